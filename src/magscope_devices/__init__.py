@@ -1,0 +1,1 @@
+"""ophyd-async devices of the magnetic-tweezers microscope and their simulated twins."""

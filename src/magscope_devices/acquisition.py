@@ -1,0 +1,375 @@
+"""The camera's acquisition loop, run in its own process.
+
+The loop grabs frames from a :class:`FrameSource` (the simulator or a camera
+SDK) at the requested frame rate, writes every frame into the shared-memory
+frame ring (live view, tracking) and, while a plan captures, appends frames to
+an HDF5 file. The :class:`~magscope_devices.camera.Camera` device steers it
+through a small shared control block (:data:`CONTROL_DTYPE`); nothing else
+crosses between the processes, so the frame rate never depends on the
+RunEngine's event loop.
+
+:class:`AcquisitionProcess` is the owner side: it creates the control block and
+the frame ring, starts the child (``spawn``), and on :meth:`~AcquisitionProcess.stop`
+(or interpreter exit) stops the child and unlinks the shared memory. The child
+exits by itself when its parent disappears.
+"""
+
+from __future__ import annotations
+
+import enum
+import multiprocessing as mp
+import os
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from magscope_tracking.rings import FrameRing
+from magscope_tracking.shm import SharedRecord, remove_stale_segments, segment_name
+
+#: HDF5 dataset paths inside a capture file.
+FRAMES_DATASET = "/entry/data/data"
+TIMESTAMPS_DATASET = "/entry/timestamps"
+FRAME_INDEX_DATASET = "/entry/frame_index"
+
+
+class AcqState(enum.IntEnum):
+    """Life cycle of the acquisition process, as stored in the control block."""
+
+    STARTING = 0
+    IDLE = 1
+    ACQUIRING = 2
+    STOPPED = 3
+    FAILED = 4
+
+
+CONTROL_DTYPE = np.dtype(
+    [
+        ("state", "<i8"),
+        ("pid", "<i8"),
+        ("quit", "<i8"),
+        ("acquire", "<i8"),  # 1: free-run into the frame ring
+        ("exposure_s", "<f8"),
+        ("frame_period_s", "<f8"),
+        ("gain", "<f8"),
+        ("roi", "<i8", (4,)),  # x, y, width, height in px (sensor coordinates)
+        ("roi_generation", "<i8"),
+        ("sensor_width", "<i8"),
+        ("sensor_height", "<i8"),
+        ("bit_depth", "<i8"),
+        ("frames_acquired", "<i8"),
+        ("frames_late", "<i8"),  # scheduled frames skipped because the loop fell behind
+        ("heartbeat", "<f8"),  # UNIX epoch s of the last loop iteration
+        ("capture_generation", "<i8"),  # bumped by the owner to open capture_path
+        ("capture_ack", "<i8"),  # set by the child once that file is open
+        ("capture_close_generation", "<i8"),
+        ("capture_close_ack", "<i8"),
+        ("capture_requested", "<i8"),  # frames requested into the open file (total)
+        ("capture_written", "<i8"),  # frames written into the open file
+        ("capture_path", "S4096"),
+        ("error", "S2048"),
+    ]
+)
+
+
+class FrameSource(Protocol):
+    """What the acquisition loop needs from a camera (simulated or SDK-driven)."""
+
+    sensor_shape: tuple[int, int]  # (height, width) px
+    dtype: np.dtype
+    bit_depth: int
+
+    def grab(self, t_s: float, exposure_s: float, gain: float, out: np.ndarray) -> None:
+        """Expose a full-sensor frame starting at ``t_s`` (UNIX s) into ``out`` (h, w)."""
+
+    def close(self) -> None:
+        """Release the camera."""
+
+
+class CameraProcessError(RuntimeError):
+    """The acquisition process is not running or reported a failure."""
+
+
+@dataclass(frozen=True)
+class AcquisitionConfig:
+    """Start-up settings of the acquisition process."""
+
+    instance: str = "default"
+    ring_capacity: int = 64  # frames
+    exposure_s: float = 0.005
+    frame_rate_hz: float = 100.0
+    gain: float = 1.0
+    start_acquiring: bool = True
+
+
+class AcquisitionProcess:
+    """Owner of the camera process, its control block and its frame ring."""
+
+    def __init__(
+        self,
+        source_factory: Callable[[], FrameSource],
+        sensor_shape: tuple[int, int],
+        dtype: np.dtype | type,
+        bit_depth: int,
+        config: AcquisitionConfig = AcquisitionConfig(),
+    ) -> None:
+        self.source_factory = source_factory
+        self.sensor_shape = (int(sensor_shape[0]), int(sensor_shape[1]))
+        self.dtype = np.dtype(dtype)
+        self.bit_depth = int(bit_depth)
+        self.config = config
+        self.control: SharedRecord | None = None
+        self.ring: FrameRing | None = None
+        self.process: mp.process.BaseProcess | None = None
+        self._finalizer: weakref.finalize | None = None
+
+    # -- owner side ------------------------------------------------------------------
+    def start(self, timeout: float = 60.0) -> None:
+        """Create the shared memory, start the child and wait until it is ready."""
+        if self.running:
+            return
+        remove_stale_segments(self.config.instance)
+        self._cleanup_shared_memory()
+        height, width = self.sensor_shape
+        self.control = SharedRecord.create(segment_name(self.config.instance, "camctl"), CONTROL_DTYPE)
+        self.ring = FrameRing.create_frames(
+            segment_name(self.config.instance, "frames"),
+            self.config.ring_capacity,
+            height,
+            width,
+            self.dtype,
+        )
+        ctl = self.control
+        ctl["exposure_s"] = self.config.exposure_s
+        ctl["frame_period_s"] = 1.0 / self.config.frame_rate_hz
+        ctl["gain"] = self.config.gain
+        ctl["roi"] = (0, 0, width, height)
+        ctl["sensor_width"] = width
+        ctl["sensor_height"] = height
+        ctl["bit_depth"] = self.bit_depth
+        ctl["acquire"] = int(self.config.start_acquiring)
+        ctx = mp.get_context("spawn")
+        self.process = ctx.Process(
+            target=acquisition_main,
+            args=(ctl.name, self.ring.name, self.source_factory, os.getpid()),
+            name=f"magscope-camera-{self.config.instance}",
+            daemon=True,
+        )
+        self.process.start()
+        self._finalizer = weakref.finalize(
+            self, _stop_and_unlink, self.process, ctl.segment.name, self.ring.segment.name
+        )
+        deadline = time.monotonic() + timeout
+        while ctl["state"] == AcqState.STARTING:
+            if not self.process.is_alive():
+                break
+            if time.monotonic() > deadline:
+                self.stop()
+                raise CameraProcessError(f"camera process did not start within {timeout} s")
+            time.sleep(0.01)
+        if ctl["state"] == AcqState.FAILED or not self.process.is_alive():
+            message = self.failure_message()
+            self.stop()
+            raise CameraProcessError(message)
+
+    @property
+    def running(self) -> bool:
+        """True while the child process is alive."""
+        return self.process is not None and self.process.is_alive()
+
+    def failure_message(self) -> str:
+        """Why the camera process is not running, for error messages."""
+        error = self.control["error"] if self.control is not None else ""
+        if self.process is None:
+            return "camera process was never started (connect the Camera device first)"
+        code = self.process.exitcode
+        if error:
+            return f"camera process failed: {error}"
+        if code is None:
+            return "camera process is running"
+        if code < 0:
+            return f"camera process was killed by signal {-code}"
+        return f"camera process exited with code {code}"
+
+    def check_alive(self) -> None:
+        """Raise :class:`CameraProcessError` if the child is gone."""
+        if not self.running:
+            raise CameraProcessError(self.failure_message())
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the child (terminate, then kill) and unlink the shared memory. Idempotent."""
+        if self.control is not None:
+            try:
+                self.control["quit"] = 1
+            except Exception:
+                pass
+        if self.process is not None:
+            self.process.join(timeout)
+            if self.process.is_alive():
+                self.process.terminate()
+                self.process.join(timeout)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join(timeout)
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        self._cleanup_shared_memory()
+
+    def _cleanup_shared_memory(self) -> None:
+        for shared in (self.ring, self.control):
+            if shared is not None:
+                shared.unlink()
+                shared.close()
+        self.ring = None
+        self.control = None
+
+    def segment_names(self) -> list[str]:
+        """Names of the shared-memory segments this owner holds."""
+        return [s.name for s in (self.control, self.ring) if s is not None]
+
+
+def _stop_and_unlink(process: mp.process.BaseProcess, *segment_names: str) -> None:
+    """Interpreter-exit / garbage-collection cleanup of an AcquisitionProcess."""
+    if process.is_alive():
+        process.kill()
+        process.join(2.0)
+    for name in segment_names:
+        Path("/dev/shm", name).unlink(missing_ok=True)
+
+
+# -- child side --------------------------------------------------------------------------
+class _CaptureFile:
+    """Frames appended to an HDF5 file in SWMR mode, flushed frame by frame."""
+
+    def __init__(self, path: str, shape: tuple[int, int], dtype: np.dtype) -> None:
+        import h5py
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.file = h5py.File(path, "w", libver="latest")
+        h, w = shape
+        self.frames = self.file.create_dataset(
+            FRAMES_DATASET, shape=(0, h, w), maxshape=(None, h, w), dtype=dtype, chunks=(1, h, w)
+        )
+        self.timestamps = self.file.create_dataset(
+            TIMESTAMPS_DATASET, shape=(0,), maxshape=(None,), dtype="<f8", chunks=(1024,)
+        )
+        self.index = self.file.create_dataset(
+            FRAME_INDEX_DATASET, shape=(0,), maxshape=(None,), dtype="<i8", chunks=(1024,)
+        )
+        self.file.swmr_mode = True
+        self.shape = shape
+        self.written = 0
+
+    def append(self, frame: np.ndarray, timestamp: float, index: int) -> None:
+        n = self.written
+        if frame.shape != self.shape:
+            raise CameraProcessError(
+                f"frame shape {frame.shape} differs from the capture file's {self.shape}: "
+                "the sensor ROI changed during a capture"
+            )
+        for dset, value in ((self.frames, frame), (self.timestamps, timestamp), (self.index, index)):
+            dset.resize(n + 1, axis=0)
+            dset[n] = value
+            dset.flush()
+        self.written = n + 1
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def acquisition_main(
+    control_name: str, ring_name: str, source_factory: Callable[[], FrameSource], parent_pid: int
+) -> None:
+    """Entry point of the camera process."""
+    ctl = SharedRecord.attach(control_name)
+    ring = FrameRing.attach(ring_name)
+    ctl["pid"] = os.getpid()
+    capture: _CaptureFile | None = None
+    source: FrameSource | None = None
+    try:
+        source = source_factory()
+        height, width = source.sensor_shape
+        scratch = np.zeros((height, width), dtype=ring.dtype)
+        ctl["state"] = AcqState.IDLE
+        next_t: float | None = None
+        while not ctl["quit"]:
+            now = time.time()
+            ctl["heartbeat"] = now
+            if os.getppid() != parent_pid:
+                break  # the owner is gone: nobody will read or clean up after us
+            capture = _serve_capture_requests(ctl, capture)
+            if not ctl["acquire"]:
+                ctl["state"] = AcqState.IDLE
+                next_t = None
+                time.sleep(0.002)
+                continue
+            ctl["state"] = AcqState.ACQUIRING
+            period = float(ctl["frame_period_s"])
+            if next_t is None:
+                next_t = now
+            if now < next_t:
+                time.sleep(min(next_t - now, 0.005))
+                continue
+            t = next_t
+            next_t += period
+            if next_t < now:
+                skipped = int((now - next_t) // period) + 1
+                next_t += skipped * period
+                ctl.increment("frames_late", skipped)
+            x, y, w, h = (int(v) for v in ctl["roi"])
+            full = (x, y, w, h) == (0, 0, width, height)
+            index, slot = ring.begin_write()
+            if full:
+                source.grab(t, float(ctl["exposure_s"]), float(ctl["gain"]), slot)
+                frame = slot
+            else:
+                source.grab(t, float(ctl["exposure_s"]), float(ctl["gain"]), scratch)
+                slot[:h, :w] = scratch[y : y + h, x : x + w]
+                frame = slot[:h, :w]
+            ring.commit_frame(index, t, h, w)
+            ctl.increment("frames_acquired")
+            if capture is not None and capture.written < ctl["capture_requested"]:
+                capture.append(frame, t, index)
+                ctl["capture_written"] = capture.written
+        ctl["state"] = AcqState.STOPPED
+    except BaseException as exc:  # report anything, then exit non-zero
+        ctl["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+        ctl["state"] = AcqState.FAILED
+        raise
+    finally:
+        if capture is not None:
+            capture.close()
+        if source is not None:
+            source.close()
+        ring.close()
+        ctl.close()
+
+
+def _serve_capture_requests(ctl: SharedRecord, capture: _CaptureFile | None) -> _CaptureFile | None:
+    """Open or close the capture file when the owner asks (generation counters)."""
+    close_gen = ctl["capture_close_generation"]
+    if close_gen != ctl["capture_close_ack"]:
+        if capture is not None:
+            capture.close()
+            capture = None
+        ctl["capture_close_ack"] = close_gen
+    gen = ctl["capture_generation"]
+    if gen != ctl["capture_ack"]:
+        if capture is not None:
+            capture.close()
+        x, y, w, h = (int(v) for v in ctl["roi"])
+        ring_dtype = np.dtype(_dtype_for_bits(int(ctl["bit_depth"])))
+        capture = _CaptureFile(ctl["capture_path"], (h, w), ring_dtype)
+        ctl["capture_written"] = 0
+        ctl["capture_requested"] = 0
+        ctl["capture_ack"] = gen
+    return capture
+
+
+def _dtype_for_bits(bit_depth: int) -> type:
+    return np.uint8 if bit_depth <= 8 else np.uint16

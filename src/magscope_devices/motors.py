@@ -1,0 +1,189 @@
+"""Movable axes of the microscope: magnet height, magnet rotation, focus stage.
+
+Each axis is an ophyd-async ``StandardMovable`` with soft limits and a velocity:
+``set()`` returns a status that finishes on arrival, fails before anything moves
+when the target is outside the limits (the message names the value and the
+limit), and can be stopped. The simulated axes move at their velocity and
+publish the readback at 50 Hz; a hardware axis subclasses :class:`Axis` with a
+logic whose ``move`` talks to the SDK (soft signals with getter/setter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import numbers
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+
+from ophyd_async.core import (
+    MovableLogic,
+    SignalR,
+    SignalRW,
+    StandardMovable,
+    StandardReadable,
+    TimeoutCalculator,
+    soft_signal_r_and_setter,
+    soft_signal_rw,
+)
+from ophyd_async.core import StandardReadableFormat as Format
+
+#: How often a simulated axis publishes its position while moving (Hz).
+UPDATE_RATE_HZ = 50.0
+
+
+class LimitError(ValueError):
+    """A requested position is outside an axis's limits."""
+
+
+@dataclass
+class SimAxisLogic(MovableLogic[float]):
+    """Moves at ``velocity`` in a straight line, checks limits, can be stopped."""
+
+    readback_set: Callable[[float], None]
+    velocity: SignalRW[float]
+    low_limit: SignalR[float]
+    high_limit: SignalR[float]
+    axis_name: Callable[[], str]
+    units: str
+
+    async def check_move(self, new_position: float) -> None:
+        low, high = await asyncio.gather(self.low_limit.get_value(), self.high_limit.get_value())
+        name = self.axis_name()
+        if not isinstance(new_position, numbers.Real) or not math.isfinite(new_position):
+            raise LimitError(f"{name}: target {new_position!r} is not a finite number of {self.units}")
+        if new_position < low:
+            raise LimitError(
+                f"{name}: target {new_position} {self.units} is below the lower limit "
+                f"{low} {self.units}"
+            )
+        if new_position > high:
+            raise LimitError(
+                f"{name}: target {new_position} {self.units} is above the upper limit "
+                f"{high} {self.units}"
+            )
+
+    async def calculate_timeout(self, old_position: float, new_position: float) -> float | None:
+        velocity = await self.velocity.get_value()
+        if velocity <= 0:
+            return 10.0
+        return abs(new_position - old_position) / velocity * 2.0 + 10.0
+
+    async def stop(self) -> None:
+        await self.setpoint.set(await self.readback.get_value())
+
+    async def move(self, new_position: float, timeout: TimeoutCalculator) -> None:
+        velocity, start = await asyncio.gather(self.velocity.get_value(), self.readback.get_value())
+        await self.setpoint.set(new_position)
+        distance = new_position - start
+        if velocity <= 0 or distance == 0:
+            self.readback_set(new_position)
+            return
+        duration = abs(distance) / velocity
+        t0 = time.monotonic()
+        period = 1.0 / UPDATE_RATE_HZ
+        while True:
+            elapsed = time.monotonic() - t0
+            if elapsed >= duration:
+                break
+            self.readback_set(start + distance * elapsed / duration)
+            await asyncio.sleep(min(period, duration - elapsed))
+        self.readback_set(new_position)
+
+
+class Axis(StandardReadable, StandardMovable[float]):
+    """A simulated single axis with limits (in ``units``) and velocity (``units``/s)."""
+
+    def __init__(
+        self,
+        *,
+        units: str,
+        initial: float,
+        low_limit: float,
+        high_limit: float,
+        velocity: float,
+        precision: int = 4,
+        name: str = "",
+    ) -> None:
+        if not low_limit <= initial <= high_limit:
+            raise LimitError(
+                f"initial position {initial} {units} is outside the limits "
+                f"[{low_limit}, {high_limit}] {units}"
+            )
+        self.units = units
+        with self.add_children_as_readables(Format.HINTED_SIGNAL):
+            self.readback, self._readback_set = soft_signal_r_and_setter(
+                float, initial, units=units, precision=precision
+            )
+        with self.add_children_as_readables(Format.CONFIG_SIGNAL):
+            self.velocity = soft_signal_rw(float, velocity, units=f"{units}/s")
+            self.low_limit = soft_signal_rw(float, low_limit, units=units)
+            self.high_limit = soft_signal_rw(float, high_limit, units=units)
+        self.setpoint = soft_signal_rw(float, initial, units=units, precision=precision)
+        super().__init__(name=name)
+
+    @cached_property
+    def movable_logic(self) -> SimAxisLogic:
+        return SimAxisLogic(
+            setpoint=self.setpoint,
+            readback=self.readback,
+            readback_set=self._readback_set,
+            velocity=self.velocity,
+            low_limit=self.low_limit,
+            high_limit=self.high_limit,
+            axis_name=lambda: self.name or type(self).__name__,
+            units=self.units,
+        )
+
+
+class MagnetZ(Axis):
+    """Magnet height above the sample (mm); smaller is closer, so a higher force."""
+
+    def __init__(
+        self,
+        initial: float = 8.0,
+        low_limit: float = 0.3,
+        high_limit: float = 10.0,
+        velocity: float = 5.0,
+        name: str = "",
+    ) -> None:
+        super().__init__(
+            units="mm", initial=initial, low_limit=low_limit, high_limit=high_limit,
+            velocity=velocity, precision=4, name=name,
+        )
+
+
+class MagnetRotation(Axis):
+    """Magnet rotation (turns); twists torsionally constrained tethers."""
+
+    def __init__(
+        self,
+        initial: float = 0.0,
+        low_limit: float = -200.0,
+        high_limit: float = 200.0,
+        velocity: float = 5.0,
+        name: str = "",
+    ) -> None:
+        super().__init__(
+            units="turns", initial=initial, low_limit=low_limit, high_limit=high_limit,
+            velocity=velocity, precision=3, name=name,
+        )
+
+
+class FocusStage(Axis):
+    """Objective / sample piezo: the focal plane's height above the surface (nm)."""
+
+    def __init__(
+        self,
+        initial: float = 0.0,
+        low_limit: float = -20_000.0,
+        high_limit: float = 80_000.0,
+        velocity: float = 500_000.0,
+        name: str = "",
+    ) -> None:
+        super().__init__(
+            units="nm", initial=initial, low_limit=low_limit, high_limit=high_limit,
+            velocity=velocity, precision=1, name=name,
+        )

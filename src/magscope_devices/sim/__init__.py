@@ -1,0 +1,1 @@
+"""The simulated magnetic-tweezers microscope: world model (physics) and image renderer."""

@@ -1,0 +1,1 @@
+"""Bluesky plans for magnetic-tweezers experiments and the analysis they need."""

@@ -1,0 +1,1 @@
+"""Running the instrument: command line, embedded Tiled server, document writers, demo."""

@@ -1,0 +1,1 @@
+"""Bead tracking compute and services: pure NumPy/numba, no Bluesky, ophyd-async or Qt."""

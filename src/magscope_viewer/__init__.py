@@ -1,0 +1,1 @@
+"""The Qt live viewer (PyQt5 + pyqtgraph), a separate process."""
