@@ -9,16 +9,21 @@ crosses between the processes, so the frame rate never depends on the
 RunEngine's event loop.
 
 :class:`AcquisitionProcess` is the owner side: it creates the control block and
-the frame ring, starts the child (``spawn``), and on :meth:`~AcquisitionProcess.stop`
+the frame ring, starts the child (a fresh interpreter running this module, so
+nothing of the caller's ``__main__`` is re-imported: scripts, IPython and the
+queueserver worker all work), and on :meth:`~AcquisitionProcess.stop`
 (or interpreter exit) stops the child and unlinks the shared memory. The child
 exits by itself when its parent disappears.
 """
 
 from __future__ import annotations
 
+import argparse
 import enum
-import multiprocessing as mp
 import os
+import pickle
+import subprocess
+import sys
 import time
 import weakref
 from collections.abc import Callable
@@ -124,7 +129,7 @@ class AcquisitionProcess:
         self.config = config
         self.control: SharedRecord | None = None
         self.ring: FrameRing | None = None
-        self.process: mp.process.BaseProcess | None = None
+        self.process: subprocess.Popen | None = None
         self._finalizer: weakref.finalize | None = None
 
     # -- owner side ------------------------------------------------------------------
@@ -152,26 +157,30 @@ class AcquisitionProcess:
         ctl["sensor_height"] = height
         ctl["bit_depth"] = self.bit_depth
         ctl["acquire"] = int(self.config.start_acquiring)
-        ctx = mp.get_context("spawn")
-        self.process = ctx.Process(
-            target=acquisition_main,
-            args=(ctl.name, self.ring.name, self.source_factory, os.getpid()),
-            name=f"magscope-camera-{self.config.instance}",
-            daemon=True,
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "magscope_devices.acquisition",
+                "--control", ctl.name, "--ring", self.ring.name, "--parent", str(os.getpid()),
+            ],
+            stdin=subprocess.PIPE,
         )
-        self.process.start()
+        assert self.process.stdin is not None
+        # like multiprocessing's spawn: the child sees the parent's import path
+        self.process.stdin.write(pickle.dumps(list(sys.path)))
+        self.process.stdin.write(pickle.dumps(self.source_factory))
+        self.process.stdin.close()
         self._finalizer = weakref.finalize(
             self, _stop_and_unlink, self.process, ctl.segment.name, self.ring.segment.name
         )
         deadline = time.monotonic() + timeout
         while ctl["state"] == AcqState.STARTING:
-            if not self.process.is_alive():
+            if self.process.poll() is not None:
                 break
             if time.monotonic() > deadline:
                 self.stop()
                 raise CameraProcessError(f"camera process did not start within {timeout} s")
             time.sleep(0.01)
-        if ctl["state"] == AcqState.FAILED or not self.process.is_alive():
+        if ctl["state"] == AcqState.FAILED or self.process.poll() is not None:
             message = self.failure_message()
             self.stop()
             raise CameraProcessError(message)
@@ -179,14 +188,14 @@ class AcquisitionProcess:
     @property
     def running(self) -> bool:
         """True while the child process is alive."""
-        return self.process is not None and self.process.is_alive()
+        return self.process is not None and self.process.poll() is None
 
     def failure_message(self) -> str:
         """Why the camera process is not running, for error messages."""
         error = self.control["error"] if self.control is not None else ""
         if self.process is None:
             return "camera process was never started (connect the Camera device first)"
-        code = self.process.exitcode
+        code = self.process.poll()
         if error:
             return f"camera process failed: {error}"
         if code is None:
@@ -208,13 +217,14 @@ class AcquisitionProcess:
             except Exception:
                 pass
         if self.process is not None:
-            self.process.join(timeout)
-            if self.process.is_alive():
-                self.process.terminate()
-                self.process.join(timeout)
-            if self.process.is_alive():
-                self.process.kill()
-                self.process.join(timeout)
+            for action in (None, self.process.terminate, self.process.kill):
+                if action is not None and self.process.poll() is None:
+                    action()
+                try:
+                    self.process.wait(timeout)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None
@@ -233,11 +243,11 @@ class AcquisitionProcess:
         return [s.name for s in (self.control, self.ring) if s is not None]
 
 
-def _stop_and_unlink(process: mp.process.BaseProcess, *segment_names: str) -> None:
+def _stop_and_unlink(process: subprocess.Popen, *segment_names: str) -> None:
     """Interpreter-exit / garbage-collection cleanup of an AcquisitionProcess."""
-    if process.is_alive():
+    if process.poll() is None:
         process.kill()
-        process.join(2.0)
+        process.wait(2.0)
     for name in segment_names:
         Path("/dev/shm", name).unlink(missing_ok=True)
 
@@ -373,3 +383,19 @@ def _serve_capture_requests(ctl: SharedRecord, capture: _CaptureFile | None) -> 
 
 def _dtype_for_bits(bit_depth: int) -> type:
     return np.uint8 if bit_depth <= 8 else np.uint16
+
+
+def _main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="magscope camera acquisition process")
+    parser.add_argument("--control", required=True)
+    parser.add_argument("--ring", required=True)
+    parser.add_argument("--parent", type=int, required=True)
+    args = parser.parse_args(argv)
+    stream = sys.stdin.buffer
+    sys.path[:] = pickle.load(stream)
+    source_factory = pickle.load(stream)
+    acquisition_main(args.control, args.ring, source_factory, args.parent)
+
+
+if __name__ == "__main__":
+    _main()

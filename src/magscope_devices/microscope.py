@@ -1,0 +1,223 @@
+"""The microscope: the top device grouping camera, magnets and focus.
+
+:func:`make_simulated_microscope` builds the default, simulated instrument. It
+has no side effects until connected (``init_devices`` or ``await
+microscope.connect()``): connecting creates the shared memory, starts the camera
+process and links the simulated axes to the world model. :meth:`Microscope.close`
+(also run at interpreter exit) stops the process and unlinks the shared memory.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+import weakref
+from pathlib import Path
+
+import numpy as np
+from ophyd_async.core import (
+    DeviceConnector,
+    PathProvider,
+    StandardReadable,
+    StaticPathProvider,
+    UUIDFilenameProvider,
+)
+
+from magscope_tracking.rings import SlotRing
+from magscope_tracking.shm import SharedRecord, remove_stale_segments, segment_name
+
+from .acquisition import AcquisitionConfig, AcquisitionProcess
+from .camera import Camera, CameraLimits
+from .motors import FocusStage, MagnetRotation, MagnetZ
+from .sim.frame_source import SIM_INPUTS_DTYPE, TRUTH_DTYPE, SimFrameSource, TruthReader
+from .sim.world import SimParams
+
+#: Frames of ground truth kept by the simulated microscope (164 s at 100 frames/s).
+TRUTH_CAPACITY = 16384
+
+
+class SimulationLink:
+    """Shared memory between the simulated axes (this process) and the world (camera process).
+
+    Owns the stage-inputs record and the ground-truth ring; mirrors the axes' readbacks
+    into the record so the world sees magnets and focus move as they move.
+    """
+
+    def __init__(self, params: SimParams, instance: str) -> None:
+        self.params = params
+        self.instance = instance
+        self.inputs_name = segment_name(instance, "siminputs")
+        self.truth_name = segment_name(instance, "truth")
+        self.inputs: SharedRecord | None = None
+        self.truth_ring: SlotRing | None = None
+        self._finalizer: weakref.finalize | None = None
+
+    def open(self, magnet_z_mm: float, magnet_turns: float, focus_nm: float) -> None:
+        if self.inputs is not None:
+            return
+        remove_stale_segments()
+        for name in (self.inputs_name, self.truth_name):
+            Path("/dev/shm", name).unlink(missing_ok=True)
+        self.inputs = SharedRecord.create(self.inputs_name, SIM_INPUTS_DTYPE)
+        self.inputs["magnet_z_mm"] = magnet_z_mm
+        self.inputs["magnet_turns"] = magnet_turns
+        self.inputs["focus_nm"] = focus_nm
+        n_beads = self.params.n_tethered + self.params.n_reference
+        self.truth_ring = SlotRing.create(self.truth_name, TRUTH_CAPACITY, (n_beads,), TRUTH_DTYPE)
+        self._finalizer = weakref.finalize(self, _unlink, self.inputs_name, self.truth_name)
+
+    def update(self, field: str, value: float) -> None:
+        if self.inputs is not None:
+            self.inputs[field] = value
+
+    def mirror(self, field: str, signal) -> None:
+        """Copy every new reading of ``signal`` into the inputs record's ``field``."""
+
+        def on_reading(reading: dict) -> None:
+            (entry,) = reading.values()
+            self.update(field, float(entry["value"]))
+
+        signal.subscribe_reading(on_reading)
+
+    @property
+    def truth(self) -> TruthReader:
+        if self.truth_ring is None:
+            raise RuntimeError("the simulated microscope is not connected")
+        return TruthReader(self.truth_ring)
+
+    def close(self) -> None:
+        for shared in (self.inputs, self.truth_ring):
+            if shared is not None:
+                shared.unlink()
+                shared.close()
+        self.inputs = None
+        self.truth_ring = None
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+
+
+def _unlink(*names: str) -> None:
+    for name in names:
+        Path("/dev/shm", name).unlink(missing_ok=True)
+
+
+class _MicroscopeConnector(DeviceConnector):
+    """Open the simulation link before the camera process starts, then mirror the axes."""
+
+    async def connect_real(self, device, timeout: float, force_reconnect: bool):
+        link: SimulationLink | None = device.simulation
+        if link is not None:
+            link.open(
+                await device.magnet_z.readback.get_value(),
+                await device.magnet_rotation.readback.get_value(),
+                await device.focus.readback.get_value(),
+            )
+        await super().connect_real(device, timeout, force_reconnect)
+        if link is not None and not device._mirrored:
+            link.mirror("magnet_z_mm", device.magnet_z.readback)
+            link.mirror("magnet_turns", device.magnet_rotation.readback)
+            link.mirror("focus_nm", device.focus.readback)
+            device._mirrored = True
+
+
+class Microscope(StandardReadable):
+    """Camera, magnet height (mm), magnet rotation (turns) and focus (nm) of one instrument.
+
+    ``read()`` gives the axes' positions; the camera is a detector of its own
+    (``microscope.camera``), used in plans next to the microscope.
+    """
+
+    def __init__(
+        self,
+        camera: Camera,
+        magnet_z: MagnetZ,
+        magnet_rotation: MagnetRotation,
+        focus: FocusStage,
+        simulation: SimulationLink | None = None,
+        name: str = "",
+    ) -> None:
+        self.simulation = simulation
+        self._mirrored = False
+        with self.add_children_as_readables():
+            self.magnet_z = magnet_z
+            self.magnet_rotation = magnet_rotation
+            self.focus = focus
+        self.camera = camera
+        super().__init__(name=name, connector=_MicroscopeConnector())
+
+    @property
+    def truth(self) -> TruthReader:
+        """Ground truth of recent frames (simulated instrument only)."""
+        if self.simulation is None:
+            raise RuntimeError(f"{self.name} is real hardware: there is no ground truth")
+        return self.simulation.truth
+
+    def close(self) -> None:
+        """Stop the camera process and release all shared memory. Idempotent."""
+        self.camera.process.stop()
+        if self.simulation is not None:
+            self.simulation.close()
+
+
+def make_simulated_microscope(
+    params: SimParams | None = None,
+    *,
+    path_provider: PathProvider | None = None,
+    data_dir: str | Path | None = None,
+    exposure_s: float = 0.005,
+    frame_rate_hz: float = 100.0,
+    ring_capacity: int = 64,
+    focus_nm: float | None = None,
+    magnet_z_mm: float = 8.0,
+    instance: str | None = None,
+    name: str = "",
+) -> Microscope:
+    """Build the simulated microscope (not yet connected).
+
+    :param params: the simulated world (beads, sensor, optics); defaults to ``SimParams()``.
+    :param path_provider: where captured frames are written; default: UUID-named files in
+        ``data_dir``.
+    :param data_dir: folder for captured HDF5 files when no ``path_provider`` is given
+        (it must be readable by the Tiled server).
+    :param exposure_s: camera exposure (s).
+    :param frame_rate_hz: camera frame rate (frames/s).
+    :param ring_capacity: frames held in the shared-memory frame ring.
+    :param focus_nm: initial focal-plane height above the surface (nm); default
+        ``params.default_focus_nm``.
+    :param magnet_z_mm: initial magnet height (mm).
+    :param instance: name of the instrument instance in shared-memory names (default random).
+    """
+    params = params or SimParams()
+    instance = instance or f"sim{uuid.uuid4().hex[:8]}"
+    if path_provider is None:
+        if data_dir is None:
+            raise ValueError("give a path_provider or a data_dir for captured frames")
+        folder = Path(data_dir).absolute()
+        folder.mkdir(parents=True, exist_ok=True)
+        path_provider = StaticPathProvider(UUIDFilenameProvider(), folder)
+    link = SimulationLink(params, instance)
+    dtype = np.uint8 if params.bit_depth <= 8 else np.uint16
+    process = AcquisitionProcess(
+        source_factory=functools.partial(
+            SimFrameSource, params, link.inputs_name, link.truth_name
+        ),
+        sensor_shape=(params.height_px, params.width_px),
+        dtype=dtype,
+        bit_depth=params.bit_depth,
+        config=AcquisitionConfig(
+            instance=instance,
+            ring_capacity=ring_capacity,
+            exposure_s=exposure_s,
+            frame_rate_hz=frame_rate_hz,
+        ),
+    )
+    focus0 = getattr(params, "default_focus_nm", 0.0) if focus_nm is None else focus_nm
+    return Microscope(
+        camera=Camera(process, path_provider, CameraLimits()),
+        magnet_z=MagnetZ(initial=magnet_z_mm),
+        magnet_rotation=MagnetRotation(),
+        focus=FocusStage(initial=focus0),
+        simulation=link,
+        name=name,
+    )

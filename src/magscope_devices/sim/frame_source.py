@@ -1,0 +1,117 @@
+"""The simulated camera: the world model and renderer behind the acquisition loop.
+
+Runs inside the camera process. Each frame it reads the stage inputs (magnet
+height, rotation, focus) that the simulated axes publish into a shared record
+(:data:`SIM_INPUTS_DTYPE`), advances the world to the frame's start time,
+renders the frame, and appends the ground truth of that frame to a truth ring
+whose index equals the frame ring's index, so any frame's truth can be looked
+up by frame index (:class:`TruthReader`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from magscope_tracking.rings import SlotRing
+from magscope_tracking.shm import SharedRecord
+
+from .render import Renderer
+from .world import SimParams, SimWorld
+
+SIM_INPUTS_DTYPE = np.dtype(
+    [
+        ("magnet_z_mm", "<f8"),
+        ("magnet_turns", "<f8"),
+        ("focus_nm", "<f8"),
+    ]
+)
+
+#: Per-bead ground truth stored for every frame (units in the names).
+TRUTH_DTYPE = np.dtype(
+    [
+        ("x_nm", "<f8"),  # exposure-averaged position, sensor coordinates
+        ("y_nm", "<f8"),
+        ("z_nm", "<f8"),  # bead centre above the surface (+ drift)
+        ("x0_nm", "<f8"),  # instantaneous position at the exposure start
+        ("y0_nm", "<f8"),
+        ("z0_nm", "<f8"),
+        ("force_pn", "<f8"),
+        ("extension_nm", "<f8"),
+        ("magnet_z_mm", "<f8"),
+        ("magnet_turns", "<f8"),
+        ("focus_nm", "<f8"),
+        ("exposure_s", "<f8"),
+    ]
+)
+
+
+def truth_rows(truth, out: np.ndarray) -> None:
+    """Fill a ``TRUTH_DTYPE`` array (one row per bead) from a ``FrameTruth``."""
+    for field in ("x_nm", "y_nm", "z_nm", "x0_nm", "y0_nm", "z0_nm", "force_pn", "extension_nm"):
+        out[field] = getattr(truth, field)
+    out["magnet_z_mm"] = truth.magnet_z_mm
+    out["magnet_turns"] = truth.magnet_turns
+    out["focus_nm"] = truth.focus_nm
+    out["exposure_s"] = truth.exposure_s
+
+
+class SimFrameSource:
+    """A :class:`~magscope_devices.acquisition.FrameSource` backed by :class:`SimWorld`."""
+
+    def __init__(self, params: SimParams, inputs_name: str, truth_name: str) -> None:
+        self.params = params
+        self.world = SimWorld(params)
+        self.sensor_shape = (params.height_px, params.width_px)
+        self.bit_depth = params.bit_depth
+        self.dtype = np.dtype(params.dtype)
+        self.inputs = SharedRecord.attach(inputs_name)
+        self.truth = SlotRing.attach(truth_name)
+        self._gain = 1.0
+        self.renderer = Renderer(params)
+        self.renderer.warmup()  # compile (or load cached) kernels before the first frame
+
+    def _renderer_for_gain(self, gain: float) -> Renderer:
+        """Camera gain scales ADU per photoelectron; a new renderer only when it changes."""
+        if gain != self._gain:
+            base = self.params.gain_e_per_adu
+            self.renderer = Renderer(
+                self.params.replace(electrons_per_adu=base / gain), seed=int(self.renderer._rng.integers(2**63))
+            )
+            self._gain = gain
+        return self.renderer
+
+    def grab(self, t_s: float, exposure_s: float, gain: float, out: np.ndarray) -> None:
+        inputs = self.inputs
+        truth = self.world.advance(
+            t_s, exposure_s, inputs["magnet_z_mm"], inputs["magnet_turns"], inputs["focus_nm"]
+        )
+        self._renderer_for_gain(gain).render(truth, out)
+        index, rows = self.truth.begin_write()
+        truth_rows(truth, rows)
+        self.truth.commit(index, t_s)
+
+    def close(self) -> None:
+        self.inputs.close()
+        self.truth.close()
+
+
+class TruthReader:
+    """Ground truth of recent frames, looked up by frame index (owner side)."""
+
+    def __init__(self, ring: SlotRing) -> None:
+        self.ring = ring
+
+    def frame(self, index: int) -> np.ndarray:
+        """``TRUTH_DTYPE`` rows (one per bead) of frame ``index``."""
+        rows, _ = self.ring.read(index)
+        return rows
+
+    def since(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Frame indices, timestamps (s) and truth rows ``(n_frames, n_beads)`` since ``k``."""
+        avail = self.ring.available_since(k)
+        indices = np.arange(avail.start, avail.stop)
+        rows = np.empty((len(indices), *self.ring.slot_shape), dtype=self.ring.dtype)
+        stamps = np.empty(len(indices))
+        for j, i in enumerate(indices):
+            rows[j], stamps[j] = self.ring.read(int(i))
+        return indices, stamps, rows

@@ -1,0 +1,99 @@
+"""Basic acquisition plans on the microscope: focus scans and counts at magnet heights."""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from typing import Any
+
+import bluesky.plan_stubs as bps
+import bluesky.plans as bp
+from bluesky.utils import Msg
+
+from magscope_devices.microscope import Microscope
+
+from .safety import DEFAULT_SAFE_MAGNET_HEIGHT_MM, with_safe_finish
+
+
+def camera_and_axes(microscope: Microscope) -> list[Any]:
+    """The camera and the three axes, to read in every event.
+
+    Pass these rather than ``[microscope.camera, microscope]``: bluesky drops a device
+    whose parent is also in the list, so the camera would never be triggered.
+    """
+    return [microscope.camera, microscope.magnet_z, microscope.magnet_rotation, microscope.focus]
+
+
+def focus_scan(
+    microscope: Microscope,
+    start_nm: float,
+    stop_nm: float,
+    num: int,
+    *,
+    md: dict[str, Any] | None = None,
+) -> Generator[Msg, Any, str]:
+    """Step the focus from ``start_nm`` to ``stop_nm`` (nm, relative to where it is) in
+    ``num`` points, one camera frame per point; the focus returns to where it started.
+
+    One run; the frames are in the run's primary stream under the camera's name.
+    """
+    if num < 2:
+        raise ValueError(f"focus_scan needs at least 2 points, got num={num}")
+    focus0 = yield from bps.rd(microscope.focus)
+    _md = {
+        "plan_name": "focus_scan",
+        "plan_args": {"start_nm": start_nm, "stop_nm": stop_nm, "num": num},
+        "focus_start_nm": focus0,
+    }
+    _md.update(md or {})
+    plan = bp.rel_scan(camera_and_axes(microscope), microscope.focus, start_nm, stop_nm, num, md=_md)
+    return (
+        yield from with_safe_finish(
+            plan, microscope, safe_magnet_height_mm=None, restore_focus_nm=focus0
+        )
+    )
+
+
+def count_at_heights(
+    microscope: Microscope,
+    magnet_heights_mm: Sequence[float],
+    *,
+    num: int = 5,
+    delay_s: float = 0.0,
+    safe_magnet_height_mm: float = DEFAULT_SAFE_MAGNET_HEIGHT_MM,
+    md: dict[str, Any] | None = None,
+) -> Generator[Msg, Any, list[str]]:
+    """At each magnet height (mm) take ``num`` camera frames, one run per height.
+
+    The magnets return to ``safe_magnet_height_mm`` (mm) at the end, also on failure.
+    Returns the run uids.
+    """
+    if not magnet_heights_mm:
+        raise ValueError("count_at_heights needs at least one magnet height")
+    heights = [float(h) for h in magnet_heights_mm]
+    for h in heights:  # refuse before anything moves
+        low = yield from bps.rd(microscope.magnet_z.low_limit)
+        high = yield from bps.rd(microscope.magnet_z.high_limit)
+        if not low <= h <= high:
+            raise ValueError(
+                f"magnet height {h} mm is outside the magnet limits [{low}, {high}] mm"
+            )
+
+    def inner() -> Generator[Msg, Any, list[str]]:
+        uids = []
+        for h in heights:
+            yield from bps.mv(microscope.magnet_z, h)
+            _md = {
+                "plan_name": "count_at_heights",
+                "plan_args": {"magnet_heights_mm": heights, "num": num, "delay_s": delay_s},
+                "magnet_height_mm": h,
+            }
+            _md.update(md or {})
+            uid = yield from bp.count(camera_and_axes(microscope), num=num, delay=delay_s, md=_md)
+            uids.append(uid)
+        return uids
+
+    return (
+        yield from with_safe_finish(
+            inner(), microscope, safe_magnet_height_mm=safe_magnet_height_mm
+        )
+    )
