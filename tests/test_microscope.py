@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import bluesky.plan_stubs as bps
+import bluesky.plans as bp
+import h5py
 import numpy as np
 import pytest
 from bluesky import RunEngine
@@ -164,3 +166,20 @@ def test_crashed_session_leaves_shared_memory_that_the_next_start_removes(RE, tm
     finally:
         fresh.close()
     assert list_segments("crashme") == []
+
+
+def test_consecutive_runs_each_write_their_own_frames_file(RE, microscope):
+    from magscope_plans.basic import camera_and_axes
+
+    resources = []
+
+    def collect(name, doc):
+        if name == "stream_resource" and doc["data_key"] == "microscope-camera":
+            resources.append(doc["uri"])
+
+    for _ in range(2):
+        RE(bp.count(camera_and_axes(microscope), num=2), collect)
+    assert len(resources) == 2 and resources[0] != resources[1]
+    for uri in resources:
+        with h5py.File(uri.removeprefix("file://localhost"), "r") as f:
+            assert f["/entry/data/data"].shape == (2, 768, 1024)

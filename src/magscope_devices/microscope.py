@@ -9,6 +9,7 @@ process and links the simulated axes to the world model. :meth:`Microscope.close
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import uuid
 import weakref
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from ophyd_async.core import (
+    AsyncStatus,
     DeviceConnector,
     PathProvider,
     StandardReadable,
@@ -145,6 +147,19 @@ class Microscope(StandardReadable):
             self.focus = focus
         self.camera = camera
         super().__init__(name=name, connector=_MicroscopeConnector())
+
+    @AsyncStatus.wrap
+    async def stage(self) -> None:
+        """Stage the axes and the camera.
+
+        Bluesky stages the root device of everything a plan lists, so a plan listing
+        ``microscope.camera`` stages the microscope: the camera must come along.
+        """
+        await asyncio.gather(StandardReadable.stage(self), self.camera.stage())
+
+    @AsyncStatus.wrap
+    async def unstage(self) -> None:
+        await asyncio.gather(StandardReadable.unstage(self), self.camera.unstage())
 
     @property
     def truth(self) -> TruthReader:

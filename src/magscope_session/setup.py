@@ -1,0 +1,86 @@
+"""Building a session: RunEngine, metadata, Tiled writer, the simulated instrument.
+
+Used by the startup profile (``profile/startup``), the demo and the tests, so all
+three make runs that look the same in Tiled.
+"""
+
+from __future__ import annotations
+
+import atexit
+import getpass
+import socket
+from typing import Any
+
+from bluesky import RunEngine
+from bluesky.callbacks.best_effort import BestEffortCallback
+from bluesky.utils import ProgressBarManager
+
+from magscope_devices.sim.world import SimParams
+
+from .document_writer import SpoolingTiledWriter
+from .tiled_server import TiledTarget
+
+#: Instrument name written into the start document of every run of the simulator.
+SIMULATED_INSTRUMENT = "magscope-sim"
+
+
+def session_metadata(
+    *,
+    sample: str = "unspecified",
+    operator: str | None = None,
+    instrument: str = SIMULATED_INSTRUMENT,
+    sim_params: SimParams | None = None,
+) -> dict[str, Any]:
+    """What every run's start document carries, so Tiled queries find it.
+
+    ``sim_params`` adds the simulator's seed and bead counts (simulated instrument only).
+    """
+    md: dict[str, Any] = {
+        "instrument": instrument,
+        "sample": sample,
+        "operator": operator or getpass.getuser(),
+        "host": socket.gethostname(),
+        "software": "magscope-bluesky",
+    }
+    if sim_params is not None:
+        md["simulated"] = True
+        md["sim_seed"] = int(sim_params.seed)
+        md["sim_n_tethered"] = int(sim_params.n_tethered)
+        md["sim_n_reference"] = int(sim_params.n_reference)
+        md["nm_per_px"] = float(sim_params.nm_per_px)
+    return md
+
+
+def make_run_engine(
+    md: dict[str, Any] | None = None,
+    *,
+    best_effort: bool = True,
+    progress_bars: bool = False,
+) -> tuple[RunEngine, BestEffortCallback | None]:
+    """A RunEngine with ``md`` as default metadata, the BestEffortCallback (tables, no
+    plots) and, if asked, progress bars on moves and waits."""
+    RE = RunEngine(md or {}, call_returns_result=True)
+    bec = None
+    if best_effort:
+        bec = BestEffortCallback()
+        bec.disable_plots()
+        RE.subscribe(bec)
+    if progress_bars:
+        RE.waiting_hook = ProgressBarManager()
+    return RE, bec
+
+
+def subscribe_tiled_writer(
+    RE: RunEngine, target: TiledTarget, *, batch_size: int = 50
+) -> SpoolingTiledWriter:
+    """Send every run to ``target`` through a spooling writer (nothing lost if Tiled is down).
+
+    The writer is flushed and closed at interpreter exit, before ``target`` stops an
+    embedded server it started.
+    """
+    atexit.register(target.close)  # registered first, so it runs after the writer's close
+    writer = SpoolingTiledWriter(
+        target.uri, target.api_key, target.spool_dir, batch_size=batch_size
+    )
+    RE.subscribe(writer)
+    return writer
