@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ipy = sub.add_parser("ipython", help="IPython with the magscope profile loaded")
     data_dir_option(ipy)
-    ipy.add_argument("ipython_args", nargs=argparse.REMAINDER, help="passed on to IPython")
+    ipy.add_argument("ipython_args", nargs="*", help="passed on to IPython (e.g. -c CODE)")
     ipy.set_defaults(func=_cmd_ipython)
 
     tiled = sub.add_parser("tiled", help="the embedded Tiled server")
@@ -106,7 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command != "ipython":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.ipython_args = [*extra, *args.ipython_args]
     return int(args.func(args) or 0)
 
 

@@ -1,0 +1,105 @@
+"""The user's entry points: `magscope demo`, `magscope ipython`, `magscope cleanup`.
+
+Each runs as a user would start it, in its own process, against a real embedded Tiled
+server on 127.0.0.1 in a temporary data folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiled.queries import Key
+
+from magscope_session.tiled_server import EmbeddedTiled
+from magscope_tracking.shm import list_segments
+
+MAGSCOPE = str(Path(sys.executable).with_name("magscope"))
+
+
+def _env(data_dir: Path) -> dict[str, str]:
+    env = dict(os.environ, MAGSCOPE_DATA_DIR=str(data_dir), MAGSCOPE_TILED_PORT="0")
+    env.pop("MAGSCOPE_TILED_URI", None)
+    env.pop("MAGSCOPE_TILED_API_KEY", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("demo-data")
+    out = subprocess.run(
+        [MAGSCOPE, "demo", "--data-dir", str(data_dir), "--port", "0"],
+        capture_output=True, text=True, timeout=300, env=_env(data_dir),
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return data_dir, out.stdout
+
+
+def test_demo_prints_runs_and_how_to_read_them(demo_run):
+    _, stdout = demo_run
+    assert "3 runs in Tiled" in stdout
+    assert "from tiled.client import from_uri" in stdout
+    assert len(re.findall(r"^  [0-9a-f-]{36}$", stdout, re.M)) == 3
+
+
+def test_demo_runs_read_back_from_tiled_after_a_restart(demo_run):
+    data_dir, stdout = demo_run
+    uids = re.findall(r"^  ([0-9a-f-]{36})$", stdout, re.M)
+    with EmbeddedTiled(data_dir, port=0) as server:
+        client = server.client()
+        scan = client[uids[0]]
+        assert scan.metadata["start"]["plan_name"] == "focus_scan"
+        focus = scan["primary"]["microscope-focus"].read()
+        assert np.allclose(np.asarray(focus), np.linspace(-2000, 2000, 9))
+        frames = scan["primary"]["microscope-camera"].read()
+        assert frames.shape == (9, 1, 768, 1024) and frames.dtype == np.uint8
+        # the beads' ring patterns are there: a range far beyond the background's shot noise
+        first = np.asarray(frames[0, 0], dtype=float)
+        assert np.ptp(first) > 10 * first[:50, :50].std()
+        counts = [client[uid] for uid in uids[1:]]
+        heights = [run.metadata["start"]["magnet_height_mm"] for run in counts]
+        assert heights == [4.0, 1.5]
+        for run in counts:
+            start = run.metadata["start"]
+            assert start["instrument"] == "magscope-sim" and start["sim_seed"] == 0
+            assert start["sample"] == "demo DNA tethers" and start["operator"]
+            assert run["primary"]["microscope-camera"].read().shape == (5, 1, 768, 1024)
+            z = np.asarray(run["primary"]["microscope-magnet_z"].read())
+            assert np.all(z == start["magnet_height_mm"])
+        found = client.search(Key("start.plan_name") == "count_at_heights")
+        assert sorted(found) == sorted(uids[1:])
+        assert list(client.search(Key("start.sample") == "demo DNA tethers")) != []
+
+
+def test_ipython_profile_gives_the_session(tmp_path):
+    code = (
+        "print('SESSION', type(RE).__name__, microscope.name, camera.name, "
+        "callable(focus_scan), callable(count_at_heights), type(tiled).__name__, "
+        "RE.md['instrument']); "
+        "uid = RE(count_at_heights(microscope, [6.0], num=2)).plan_result[0]; "
+        "tiled_writer.flush(60); print('RUN', uid in tiled)"
+    )
+    out = subprocess.run(
+        [MAGSCOPE, "ipython", "--data-dir", str(tmp_path), "-c", code],
+        capture_output=True, text=True, timeout=300, env=_env(tmp_path),
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    line = next(l for l in out.stdout.splitlines() if l.startswith("SESSION"))
+    assert line.split()[1:] == [
+        "RunEngine", "microscope", "microscope-camera", "True", "True", "Container",
+        "magscope-sim",
+    ]
+    assert "RUN True" in out.stdout
+    # the camera process and its shared memory went away with IPython
+    assert [s for s in list_segments() if not s.owner_alive] == []
+
+
+def test_cleanup_command_reports(tmp_path):
+    out = subprocess.run([MAGSCOPE, "cleanup"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    assert "stale shared-memory segment(s) removed" in out.stdout
