@@ -21,7 +21,6 @@ from frame_sources import CountingSource, FailingSource
 from magscope_devices.acquisition import (
     AcquisitionConfig,
     AcquisitionProcess,
-    CameraProcessError,
 )
 from magscope_devices.camera import Camera
 from magscope_tracking.shm import list_segments

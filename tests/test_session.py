@@ -89,7 +89,7 @@ def test_ipython_profile_gives_the_session(tmp_path):
         capture_output=True, text=True, timeout=300, env=_env(tmp_path),
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    line = next(l for l in out.stdout.splitlines() if l.startswith("SESSION"))
+    line = next(x for x in out.stdout.splitlines() if x.startswith("SESSION"))
     assert line.split()[1:] == [
         "RunEngine", "microscope", "microscope-camera", "True", "True", "Container",
         "magscope-sim",

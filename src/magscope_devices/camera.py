@@ -41,6 +41,8 @@ from ophyd_async.core import (
     soft_signal_rw,
 )
 
+from magscope_tracking.shm import SharedRecord
+
 from .acquisition import (
     FRAMES_DATASET,
     TIMESTAMPS_DATASET,
@@ -107,16 +109,16 @@ class CameraAcquireLogic(DetectorAcquireLogic):
     async def start_acquiring(self) -> None:
         cam = self.camera
         cam.process.check_alive()
-        if not cam.process.control["acquire"]:
+        ctl = cam._ctl
+        if not ctl["acquire"]:
             raise CameraProcessError(
                 f"{cam.name} is not acquiring: set {cam.name}.acquiring to True first"
             )
-        ctl = cam.process.control
         ctl["capture_requested"] = ctl["capture_requested"] + cam._pending_frames()
 
     async def wait_for_idle(self) -> None:
         cam = self.camera
-        ctl = cam.process.control
+        ctl = cam._ctl
         while ctl["capture_written"] < ctl["capture_requested"]:
             cam.process.check_alive()
             await asyncio.sleep(0.002)
@@ -140,7 +142,7 @@ class CameraDataLogic(DetectorDataLogic):
         cam.process.check_alive()
         path_info = self.path_provider(datakey_name)
         path = path_info.directory_path / f"{path_info.filename}.h5"
-        ctl = cam.process.control
+        ctl = cam._ctl
         ctl["capture_path"] = str(path)
         generation = ctl.increment("capture_generation")
         await _wait_until(lambda: ctl["capture_ack"] == generation, cam, f"open {path}")
@@ -246,7 +248,7 @@ class Camera(StandardDetector):
 
     # -- control-block plumbing -----------------------------------------------------
     @property
-    def _ctl(self):
+    def _ctl(self) -> SharedRecord:
         ctl = self.process.control
         if ctl is None:
             raise CameraProcessError(
@@ -260,7 +262,7 @@ class Camera(StandardDetector):
     def _get_frame_rate(self) -> float:
         return 1.0 / float(self._ctl["frame_period_s"])
 
-    def _set_exposure(self, value: float) -> None:
+    def _set_exposure(self, value: Any) -> None:
         lim = self.limits
         period = float(self._ctl["frame_period_s"])
         if not lim.exposure_min_s <= value <= lim.exposure_max_s:
@@ -275,7 +277,7 @@ class Camera(StandardDetector):
             )
         self._ctl["exposure_s"] = float(value)
 
-    def _set_frame_rate(self, value: float) -> None:
+    def _set_frame_rate(self, value: Any) -> None:
         lim = self.limits
         if not lim.frame_rate_min_hz <= value <= lim.frame_rate_max_hz:
             raise ValueError(
@@ -291,13 +293,13 @@ class Camera(StandardDetector):
             )
         self._ctl["frame_period_s"] = 1.0 / float(value)
 
-    def _set_gain(self, value: float) -> None:
+    def _set_gain(self, value: Any) -> None:
         lim = self.limits
         if not lim.gain_min <= value <= lim.gain_max:
             raise ValueError(f"{self.name}: gain {value} is outside [{lim.gain_min}, {lim.gain_max}]")
         self._ctl["gain"] = float(value)
 
-    def _set_acquiring(self, value: bool) -> None:
+    def _set_acquiring(self, value: Any) -> None:
         self.process.check_alive()
         self._ctl["acquire"] = int(bool(value))
 
@@ -307,7 +309,7 @@ class Camera(StandardDetector):
         def get() -> int:
             return int(self._ctl["roi"][i])
 
-        def set_(value: int) -> None:
+        def set_(value: Any) -> None:
             roi = [int(v) for v in self._ctl["roi"]]
             roi[i] = int(value)
             self._check_roi(roi, names[i], int(value))
@@ -356,7 +358,10 @@ class Camera(StandardDetector):
     async def _guarded(self, inner: WatchableAsyncStatus) -> AsyncIterator[WatcherUpdate[Any]]:
         """Forward ``inner``'s progress; fail at once, clearly, if the process dies."""
         updates: asyncio.Queue[WatcherUpdate[Any]] = asyncio.Queue()
-        inner.watch(lambda **kwargs: updates.put_nowait(WatcherUpdate(**kwargs)))
+        def forward(**kwargs: Any) -> None:
+            updates.put_nowait(WatcherUpdate(**kwargs))
+
+        inner.watch(forward)  # type: ignore[arg-type]
         while not inner.done:
             if not self.process.running:
                 inner.task.cancel()

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import bluesky.plan_stubs as bps
 from ophyd_async.core import init_devices
@@ -43,6 +44,11 @@ class DemoResult:
         )
 
 
+def _result(outcome: Any) -> Any:
+    """The plan's return value (the RunEngine is made with ``call_returns_result=True``)."""
+    return outcome.plan_result
+
+
 def run_demo(
     data_dir: str | os.PathLike[str] | None = None,
     *,
@@ -66,9 +72,9 @@ def run_demo(
             out("1. Magnets to 5 mm")
             RE(bps.mv(microscope.magnet_z, 5.0))
             out("2. Focus scan -2000 .. +2000 nm in 9 steps, one frame per step")
-            scan_uid = RE(focus_scan(microscope, -2000.0, 2000.0, 9)).plan_result
+            scan_uid = _result(RE(focus_scan(microscope, -2000.0, 2000.0, 9)))
             out("3. Five frames at magnet heights 4.0 mm and 1.5 mm")
-            count_uids = RE(count_at_heights(microscope, [4.0, 1.5], num=5)).plan_result
+            count_uids = _result(RE(count_at_heights(microscope, [4.0, 1.5], num=5)))
         finally:
             microscope.close()
             sent = writer.close(timeout=60.0)

@@ -66,7 +66,7 @@ def make_run_engine(
         bec.disable_plots()
         RE.subscribe(bec)
     if progress_bars:
-        RE.waiting_hook = ProgressBarManager()
+        RE.waiting_hook = ProgressBarManager()  # type: ignore[assignment]
     return RE, bec
 
 

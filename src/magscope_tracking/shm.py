@@ -85,7 +85,7 @@ class SegmentInfo:
 
 def list_segments(instance: str | None = None) -> list[SegmentInfo]:
     """All magscope segments in ``/dev/shm``, optionally of one instrument instance."""
-    found = []
+    found: list[SegmentInfo] = []
     if not SHM_DIR.is_dir():
         return found
     for path in SHM_DIR.iterdir():

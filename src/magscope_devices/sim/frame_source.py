@@ -66,26 +66,15 @@ class SimFrameSource:
         self.dtype = np.dtype(params.dtype)
         self.inputs = SharedRecord.attach(inputs_name)
         self.truth = SlotRing.attach(truth_name)
-        self._gain = 1.0
         self.renderer = Renderer(params)
         self.renderer.warmup()  # compile (or load cached) kernels before the first frame
-
-    def _renderer_for_gain(self, gain: float) -> Renderer:
-        """Camera gain scales ADU per photoelectron; a new renderer only when it changes."""
-        if gain != self._gain:
-            base = self.params.gain_e_per_adu
-            self.renderer = Renderer(
-                self.params.replace(electrons_per_adu=base / gain), seed=int(self.renderer._rng.integers(2**63))
-            )
-            self._gain = gain
-        return self.renderer
 
     def grab(self, t_s: float, exposure_s: float, gain: float, out: np.ndarray) -> None:
         inputs = self.inputs
         truth = self.world.advance(
             t_s, exposure_s, inputs["magnet_z_mm"], inputs["magnet_turns"], inputs["focus_nm"]
         )
-        self._renderer_for_gain(gain).render(truth, out)
+        self.renderer.render(truth, out, gain=gain)
         index, rows = self.truth.begin_write()
         truth_rows(truth, rows)
         self.truth.commit(index, t_s)

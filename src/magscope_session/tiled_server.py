@@ -1,0 +1,643 @@
+"""The embedded Tiled server a user gets by default, and the choice of which Tiled to use.
+
+Which Tiled server
+------------------
+:func:`resolve_tiled` decides. If the environment variable ``MAGSCOPE_TILED_URI`` is
+set (for example ``http://tiled.lab.example:8000``, a shared server with a PostgreSQL
+catalog), that server is used, with the API key from ``MAGSCOPE_TILED_API_KEY``, and no
+embedded server is started. Otherwise the embedded server of the data directory is used:
+attached to if it already runs (``magscope tiled`` in another terminal), started if not.
+
+The data directory
+------------------
+Default ``platformdirs.user_data_dir("magscope")`` (``~/.local/share/magscope`` on
+Linux), overridden by the ``MAGSCOPE_DATA_DIR`` environment variable, overridden by the
+``data_dir`` argument. Layout::
+
+    <data_dir>/
+      catalog.db           Tiled catalog (SQLite): run metadata, the tree of nodes
+      data/                Tiled writable file storage (zarr arrays written through Tiled)
+      tables.duckdb        Tiled writable table storage (event tables, one row per event)
+      detector-data/       HDF5 files written by detectors (camera frames, track tables);
+                           registered as readable storage so Tiled can serve them
+      spool/               per-run JSONL spool of every document (SpoolingTiledWriter)
+      spool/sent/          spool files of runs completely written to Tiled
+      tiled-config.yml     the generated ``tiled serve config`` file (rewritten at start)
+      tiled-api-key        the single-user API key (file mode 0600), reused across restarts
+      tiled-server.json    uri and pid of the running embedded server (removed at stop)
+      tiled-server.log     stdout and stderr of the last server start (the previous one
+                           is kept as tiled-server.log.1)
+
+Detectors must write their HDF5 files inside ``detector-data/``: the server refuses to
+serve files outside its readable storage (HTTP 500, after about 25 s of client retries).
+
+Reading a run back::
+
+    from tiled.client import from_uri
+    runs = from_uri("http://127.0.0.1:8000", api_key=key)
+    run = runs[uid]; run["primary"]["x"].read()
+
+(``stream[key].read()`` for array-valued event fields: see
+:mod:`magscope_session.document_writer`.)
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import logging
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+logger = logging.getLogger(__name__)
+
+ENV_DATA_DIR = "MAGSCOPE_DATA_DIR"
+ENV_TILED_URI = "MAGSCOPE_TILED_URI"
+ENV_TILED_API_KEY = "MAGSCOPE_TILED_API_KEY"
+
+DEFAULT_PORT = 8000
+DEFAULT_HOST = "127.0.0.1"
+
+CATALOG_FILENAME = "catalog.db"
+DATA_SUBDIR = "data"
+TABLES_FILENAME = "tables.duckdb"
+DETECTOR_DATA_SUBDIR = "detector-data"
+SPOOL_SUBDIR = "spool"
+CONFIG_FILENAME = "tiled-config.yml"
+API_KEY_FILENAME = "tiled-api-key"
+STATE_FILENAME = "tiled-server.json"
+LOG_FILENAME = "tiled-server.log"
+
+
+class TiledUnreachableError(RuntimeError):
+    """The Tiled server does not answer (or rejects the API key)."""
+
+
+class TiledServerError(RuntimeError):
+    """The embedded Tiled server could not be started."""
+
+
+def default_data_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The data directory: ``$MAGSCOPE_DATA_DIR``, else ``user_data_dir("magscope")``."""
+    environ = os.environ if environ is None else environ
+    if value := environ.get(ENV_DATA_DIR):
+        return Path(value).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("magscope"))
+
+
+def tiled_executable() -> Path:
+    """The ``tiled`` command of this Python environment (next to ``sys.executable``)."""
+    bindir = Path(sys.executable).parent
+    for name in ("tiled", "tiled.exe"):
+        candidate = bindir / name
+        if candidate.exists():
+            return candidate
+    raise TiledServerError(
+        f"The 'tiled' command was not found next to {sys.executable} (looked in {bindir}). "
+        "Install the server extras into this environment: pip install 'tiled[all]'."
+    )
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        if os.name == "posix":  # as uvicorn binds: a port in TIME_WAIT is usable
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Apikey {api_key}"} if api_key else {}
+
+
+def check_reachable(uri: str, api_key: str | None = None, timeout: float = 5.0) -> None:
+    """Check, without retries, that a Tiled server answers at ``uri`` and accepts the key.
+
+    Parameters
+    ----------
+    uri
+        Server address, e.g. ``http://127.0.0.1:8000``.
+    api_key
+        The API key, or None for a public server.
+    timeout
+        Time budget for the check, in s.
+
+    Raises
+    ------
+    TiledUnreachableError
+        Naming the URI that failed and what to run to fix it.
+    """
+    base = uri.rstrip("/")
+    hint = (
+        "Start the embedded server with `magscope tiled`, or, if you meant to use another "
+        f"server, fix the environment variable {ENV_TILED_URI} (currently "
+        f"{os.environ.get(ENV_TILED_URI, 'unset')!r}) and {ENV_TILED_API_KEY}."
+    )
+    try:
+        response = httpx.get(
+            f"{base}/api/v1/metadata/",
+            headers=_auth_headers(api_key),
+            timeout=timeout,
+            trust_env=False,
+        )
+    except httpx.HTTPError as err:
+        raise TiledUnreachableError(
+            f"No Tiled server answers at {uri} ({type(err).__name__}: {err}). {hint}"
+        ) from err
+    if response.status_code in (401, 403):
+        raise TiledUnreachableError(
+            f"The Tiled server at {uri} rejected the API key (HTTP {response.status_code}). "
+            f"Set {ENV_TILED_API_KEY} to the key of that server (the embedded server keeps "
+            f"its key in <data dir>/{API_KEY_FILENAME})."
+        )
+    if response.status_code != 200:
+        raise TiledUnreachableError(
+            f"The server at {uri} answered HTTP {response.status_code} to a Tiled metadata "
+            f"request; is it a Tiled server? {hint}"
+        )
+
+
+class EmbeddedTiled:
+    """A local Tiled server (SQLite catalog, file and duckdb storage) run as a subprocess.
+
+    Use it as a context manager, or call :meth:`start` and :meth:`stop` (idempotent; also
+    run at interpreter exit, so no server process outlives its parent)::
+
+        with EmbeddedTiled(port=0) as server:
+            client = server.client()
+
+    Parameters
+    ----------
+    data_dir
+        Directory holding catalog, data, detector files and API key (see the module
+        docstring). Default: ``$MAGSCOPE_DATA_DIR`` or ``user_data_dir("magscope")``.
+    port
+        TCP port on ``host``; 0 picks a free port at the first start (and keeps it for
+        restarts while it stays free). Default 8000.
+    host
+        Interface to bind; default 127.0.0.1 (this computer only).
+    api_key
+        Single-user API key (letters and digits). Default: read from
+        ``<data_dir>/tiled-api-key``, generated and stored there on first use.
+    startup_timeout
+        Time to wait for the server to answer, in s.
+    stop_timeout
+        Time to wait after SIGTERM before killing the server, in s.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str] | None = None,
+        *,
+        port: int = DEFAULT_PORT,
+        host: str = DEFAULT_HOST,
+        api_key: str | None = None,
+        startup_timeout: float = 60.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self.data_dir = Path(data_dir).expanduser() if data_dir else default_data_dir()
+        if not 0 <= int(port) < 65536:
+            raise ValueError(f"port={port!r} is not a TCP port; use 0..65535 (0 = any free).")
+        if api_key is not None and not (api_key.isascii() and api_key.isalnum()):
+            raise ValueError(
+                "api_key must contain only letters and digits (Tiled's rule); got a key "
+                f"of length {len(api_key)} with other characters. Generate one with "
+                "python -c 'import secrets; print(secrets.token_hex(32))'."
+            )
+        self._requested_port = int(port)
+        self.host = host
+        self._api_key_override = api_key
+        self.startup_timeout = float(startup_timeout)
+        self.stop_timeout = float(stop_timeout)
+        self._process: subprocess.Popen[bytes] | None = None
+        self._port: int | None = None
+        self._api_key: str | None = None
+        self._log_file: Any = None
+        self._lock = threading.Lock()
+
+    # ----------------------------------------------------------------- paths
+    @property
+    def catalog_path(self) -> Path:
+        """The SQLite catalog file."""
+        return self.data_dir / CATALOG_FILENAME
+
+    @property
+    def writable_data_dir(self) -> Path:
+        """Folder where Tiled writes arrays it stores itself."""
+        return self.data_dir / DATA_SUBDIR
+
+    @property
+    def tables_path(self) -> Path:
+        """The duckdb file holding event tables."""
+        return self.data_dir / TABLES_FILENAME
+
+    @property
+    def detector_data_dir(self) -> Path:
+        """Folder where detectors must write their HDF5 files (served by Tiled)."""
+        return self.data_dir / DETECTOR_DATA_SUBDIR
+
+    @property
+    def spool_dir(self) -> Path:
+        """Folder for the document spool of :class:`SpoolingTiledWriter`."""
+        return self.data_dir / SPOOL_SUBDIR
+
+    @property
+    def config_path(self) -> Path:
+        return self.data_dir / CONFIG_FILENAME
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / LOG_FILENAME
+
+    @property
+    def state_path(self) -> Path:
+        return self.data_dir / STATE_FILENAME
+
+    # ------------------------------------------------------------ properties
+    @property
+    def api_key(self) -> str:
+        """The single-user API key (created in the data dir on first use)."""
+        if self._api_key is None:
+            self._api_key = self._api_key_override or self._load_or_create_api_key()
+        return self._api_key
+
+    @property
+    def port(self) -> int:
+        """The TCP port the server listens on (known once started)."""
+        if self._port is None:
+            if self._requested_port == 0:
+                raise TiledServerError("port=0: the port is chosen at start(); start first.")
+            return self._requested_port
+        return self._port
+
+    @property
+    def uri(self) -> str:
+        """``http://host:port`` of the server."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        """True while the server process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def __repr__(self) -> str:
+        state = f"running at {self.uri}" if self.running else "stopped"
+        return f"<EmbeddedTiled {self.data_dir} {state}>"
+
+    # ------------------------------------------------------------- lifecycle
+    def _load_or_create_api_key(self) -> str:
+        path = self.data_dir / API_KEY_FILENAME
+        if path.exists():
+            key = path.read_text().strip()
+            if key.isascii() and key.isalnum():
+                return key
+            raise TiledServerError(
+                f"The API key file {path} holds an invalid key (letters and digits only). "
+                "Delete the file to generate a new key."
+            )
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_hex(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(key + "\n")
+        return key
+
+    def write_config(self) -> Path:
+        """Create the folders and write ``tiled-config.yml``; return its path.
+
+        The key is not in the file: the server gets it from the environment variable
+        ``TILED_SINGLE_USER_API_KEY``.
+        """
+        for folder in (self.data_dir, self.writable_data_dir, self.detector_data_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        config = {
+            "trees": [
+                {
+                    "path": "/",
+                    "tree": "catalog",
+                    "args": {
+                        "uri": f"sqlite:///{self.catalog_path.as_posix()}",
+                        "writable_storage": [
+                            self.writable_data_dir.as_posix(),
+                            f"duckdb:///{self.tables_path.as_posix()}",
+                        ],
+                        "readable_storage": [self.detector_data_dir.as_posix()],
+                        # Initialising spawns `tiled catalog init` (about 4 s): only
+                        # when the catalog does not exist yet.
+                        "init_if_not_exists": not self.catalog_path.exists(),
+                    },
+                }
+            ],
+            # One log line per request would grow the log by one line per event.
+            "uvicorn": {"host": self.host, "access_log": False},
+        }
+        # JSON is valid YAML: no YAML writer needed.
+        self.config_path.write_text(json.dumps(config, indent=2) + "\n")
+        return self.config_path
+
+    def _command(self, port: int) -> list[str]:
+        tiled = str(tiled_executable())
+        args = [tiled, "serve", "config", str(self.config_path), "--port", str(port)]
+        args += ["--host", self.host]
+        if (
+            sys.platform.startswith("linux")
+            and threading.current_thread() is threading.main_thread()
+        ):
+            # Exec tiled through a tiny launcher that asks the kernel to SIGTERM the
+            # server when this process dies, even by SIGKILL (PR_SET_PDEATHSIG = 1).
+            # Only from the main thread: the signal fires when the *thread* that
+            # started the child exits.
+            launcher = (
+                "import ctypes, os, signal, sys\n"
+                "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)\n"
+                f"if os.getppid() != {os.getpid()}: sys.exit(1)\n"
+                "os.execv(sys.argv[1], sys.argv[1:])\n"
+            )
+            return [sys.executable, "-c", launcher, *args]
+        return args
+
+    def _running_elsewhere(self) -> str | None:
+        """URI of a live server recorded in the state file by another EmbeddedTiled."""
+        try:
+            state = json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            return None
+        if state.get("owner_pid") == os.getpid() and self._process is not None:
+            return None
+        try:
+            check_reachable(state["uri"], self.api_key, timeout=2.0)
+        except (TiledUnreachableError, KeyError):
+            return None
+        return state["uri"]
+
+    def _reusable_port(self) -> int | None:
+        """With port=0, restart on the port of the previous start if it is still free,
+        so clients made before a restart keep working."""
+        if self._port is None or not _port_is_free(self.host, self._port):
+            return None
+        return self._port
+
+    def start(self) -> EmbeddedTiled:
+        """Start the server and wait until it answers. No-op if already running.
+
+        Raises
+        ------
+        TiledServerError
+            If a server for this data dir already runs, or the process exits or does not
+            answer within ``startup_timeout`` s (the message ends with its log tail).
+        """
+        with self._lock:
+            if self.running:
+                return self
+            if (other := self._running_elsewhere()) is not None:
+                raise TiledServerError(
+                    f"An embedded Tiled server for {self.data_dir} already runs at {other}. "
+                    "Use it (resolve_tiled() attaches to it) or stop it first."
+                )
+            port = self._requested_port or self._reusable_port() or _free_port(self.host)
+            if not _port_is_free(self.host, port):
+                raise TiledServerError(
+                    f"Port {port} on {self.host} is in use, so the embedded Tiled server "
+                    f"for {self.data_dir} cannot start there. Is `magscope tiled` already "
+                    f"running for another data dir? Pass another port (0 = any free one), "
+                    f"or use that server by setting {ENV_TILED_URI}."
+                )
+            self.write_config()
+            if self.log_path.exists():
+                os.replace(self.log_path, self.log_path.with_suffix(".log.1"))
+            # The server prints its API key into the log: readable by the owner only.
+            fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._log_file = os.fdopen(fd, "ab")
+            env = dict(os.environ)
+            env["TILED_SINGLE_USER_API_KEY"] = self.api_key
+            env.pop("TILED_CONFIG", None)
+            env["PYTHONUNBUFFERED"] = "1"
+            logger.info("Starting Tiled for %s on %s:%d", self.data_dir, self.host, port)
+            self._process = subprocess.Popen(
+                self._command(port),
+                stdin=subprocess.DEVNULL,
+                stdout=self._log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.data_dir,
+            )
+            self._port = port
+            atexit.register(self.stop)
+        try:
+            self._wait_until_ready()
+        except BaseException:
+            self.stop()
+            raise
+        self.state_path.write_text(
+            json.dumps({"uri": self.uri, "pid": self.pid, "owner_pid": os.getpid()}) + "\n"
+        )
+        logger.info("Tiled for %s answers at %s", self.data_dir, self.uri)
+        return self
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last ``lines`` lines of the server log."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _wait_until_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        last_error: Exception | None = None
+        while True:
+            process = self._process
+            if process is None:
+                raise TiledServerError(f"The Tiled server for {self.data_dir} was stopped.")
+            code = process.poll()
+            if code is not None:
+                raise TiledServerError(
+                    f"The Tiled server for {self.data_dir} exited with code {code} while "
+                    f"starting on {self.host}:{self._port} (is the port in use? pass "
+                    f"another port). Log {self.log_path}, last lines:\n{self.log_tail()}"
+                )
+            try:
+                check_reachable(self.uri, self.api_key, timeout=2.0)
+                return
+            except TiledUnreachableError as err:
+                last_error = err
+            if time.monotonic() > deadline:
+                raise TiledServerError(
+                    f"The Tiled server for {self.data_dir} did not answer at {self.uri} "
+                    f"within {self.startup_timeout:.0f} s (last error: {last_error}). "
+                    f"Log {self.log_path}, last lines:\n{self.log_tail()}"
+                )
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        """Stop the server: SIGTERM, then kill after ``stop_timeout`` s. Idempotent."""
+        with self._lock:
+            process, self._process = self._process, None
+            if process is not None:
+                if process.poll() is None:
+                    process.terminate()
+                    try:
+                        process.wait(self.stop_timeout)
+                    except subprocess.TimeoutExpired:
+                        logger.warning("Tiled server pid %d ignored SIGTERM; killing", process.pid)
+                        process.kill()
+                        process.wait(self.stop_timeout)
+                with contextlib.suppress(OSError, ValueError):
+                    state = json.loads(self.state_path.read_text())
+                    if state.get("pid") == process.pid:
+                        self.state_path.unlink()
+            if self._log_file is not None:
+                self._log_file.close()
+                self._log_file = None
+            atexit.unregister(self.stop)
+
+    def kill(self) -> None:
+        """Kill the server process at once (SIGKILL), as a crash would. For tests."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait(self.stop_timeout)
+        self.stop()
+
+    def __enter__(self) -> EmbeddedTiled:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def client(self, **kwargs: Any):
+        """A ``tiled.client.from_uri`` client of this server (keyword args passed on)."""
+        from tiled.client import from_uri
+
+        return from_uri(self.uri, api_key=self.api_key, **kwargs)
+
+    def run_foreground(self) -> int:
+        """Serve until Ctrl-C (the ``magscope tiled`` command); return an exit code."""
+        self.start()
+        print(
+            f"Tiled serves {self.data_dir} at {self.uri}\n"
+            f"  API key:        {self.api_key}\n"
+            f"  detector files: {self.detector_data_dir}\n"
+            f"  log:            {self.log_path}\n"
+            "Press Ctrl-C to stop.",
+            flush=True,
+        )
+        try:
+            while self.running:
+                time.sleep(0.5)
+            print(f"The Tiled server exited; log tail:\n{self.log_tail()}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("Stopping Tiled ...", flush=True)
+            return 0
+        finally:
+            self.stop()
+
+
+@dataclass
+class TiledTarget:
+    """Which Tiled server to use: its URI and key, and the embedded server if we own one.
+
+    ``close()`` (or leaving the ``with`` block) stops the embedded server if this target
+    started it; an external or already-running server is left alone.
+    """
+
+    uri: str
+    api_key: str | None
+    source: str  # "env", "embedded-started" or "embedded-running"
+    data_dir: Path
+    server: EmbeddedTiled | None = field(default=None, repr=False)
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where the document spool of this session lives (``<data_dir>/spool``)."""
+        return self.data_dir / SPOOL_SUBDIR
+
+    @property
+    def detector_data_dir(self) -> Path:
+        return self.data_dir / DETECTOR_DATA_SUBDIR
+
+    def client(self, **kwargs: Any):
+        from tiled.client import from_uri
+
+        return from_uri(self.uri, api_key=self.api_key, **kwargs)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+    def __enter__(self) -> TiledTarget:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def resolve_tiled(
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    port: int = DEFAULT_PORT,
+    start: bool = True,
+    environ: Mapping[str, str] | None = None,
+    timeout: float = 5.0,
+) -> TiledTarget:
+    """Decide which Tiled server to use, and start the embedded one if needed.
+
+    1. ``$MAGSCOPE_TILED_URI`` set: that server, key ``$MAGSCOPE_TILED_API_KEY``; checked
+       with :func:`check_reachable` (raises :class:`TiledUnreachableError`).
+    2. An embedded server for ``data_dir`` already runs: attach to it.
+    3. Otherwise start the embedded server (if ``start``; else raise
+       :class:`TiledUnreachableError`) on ``port``.
+
+    ``timeout`` (s) bounds the reachability check of an external server.
+    """
+    environ = os.environ if environ is None else environ
+    folder = Path(data_dir).expanduser() if data_dir else default_data_dir(environ)
+    if uri := environ.get(ENV_TILED_URI):
+        api_key = environ.get(ENV_TILED_API_KEY) or None
+        check_reachable(uri, api_key, timeout=timeout)
+        return TiledTarget(uri=uri, api_key=api_key, source="env", data_dir=folder)
+    server = EmbeddedTiled(folder, port=port)
+    if (running := server._running_elsewhere()) is not None:
+        return TiledTarget(
+            uri=running, api_key=server.api_key, source="embedded-running", data_dir=folder
+        )
+    if not start:
+        raise TiledUnreachableError(
+            f"No Tiled server runs for {folder} and {ENV_TILED_URI} is unset. Run "
+            f"`magscope tiled` to start the embedded server, or set {ENV_TILED_URI}."
+        )
+    server.start()
+    return TiledTarget(
+        uri=server.uri,
+        api_key=server.api_key,
+        source="embedded-started",
+        data_dir=folder,
+        server=server,
+    )
