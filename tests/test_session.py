@@ -103,3 +103,43 @@ def test_cleanup_command_reports(tmp_path):
     out = subprocess.run([MAGSCOPE, "cleanup"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0
     assert "stale shared-memory segment(s) removed" in out.stdout
+
+
+def test_tiled_command_serves_in_the_foreground_until_ctrl_c(tmp_path):
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [MAGSCOPE, "tiled", "--data-dir", str(tmp_path), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(tmp_path),
+    )
+    try:
+        lines = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if "Press Ctrl-C" in line or not line:
+                break
+        assert any("Press Ctrl-C" in x for x in lines), "".join(lines)
+        server = EmbeddedTiled(tmp_path, port=0)
+        assert server._running_elsewhere() is not None  # the state file names a live server
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+    finally:
+        proc.kill()
+    assert not (tmp_path / "tiled-server.json").exists()
+
+
+def test_tiled_replay_command_with_nothing_to_send(tmp_path):
+    out = subprocess.run(
+        [MAGSCOPE, "tiled", "replay", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, env=_env(tmp_path),
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Nothing to replay" in out.stdout
+
+
+def test_unknown_arguments_are_refused():
+    out = subprocess.run([MAGSCOPE, "demo", "--bogus"], capture_output=True, text=True)
+    assert out.returncode == 2 and "unrecognized arguments: --bogus" in out.stderr
