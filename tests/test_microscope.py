@@ -116,13 +116,14 @@ def test_imports_have_no_side_effects():
     code = textwrap.dedent(
         """
         import os, glob
-        before = set(glob.glob('/dev/shm/magscope.*'))
         import magscope_tracking, magscope_devices, magscope_plans, magscope_session
         import magscope_devices.microscope, magscope_devices.sim, magscope_plans.basic
-        import magscope_session.cli
-        after = set(glob.glob('/dev/shm/magscope.*'))
-        import multiprocessing
-        print(len(after - before), len(multiprocessing.active_children()))
+        import magscope_plans.zlut, magscope_plans.analysis, magscope_session.cli
+        mine = glob.glob(f'/dev/shm/magscope.*.{os.getpid()}-*')  # segments this process owns
+        children = [p for p in os.listdir('/proc') if p.isdigit()
+                    and open(f'/proc/{p}/stat').read().split(') ')[1].split()[1]
+                    == str(os.getpid())]
+        print(len(mine), len(children))
         """
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -43,6 +43,7 @@ def demo_run(tmp_path_factory):
 def test_demo_prints_runs_and_how_to_read_them(demo_run):
     _, stdout = demo_run
     assert "3 runs in Tiled" in stdout
+    assert re.search(r"tracking (\d+) beads", stdout)
     assert "from tiled.client import from_uri" in stdout
     assert len(re.findall(r"^  [0-9a-f-]{36}$", stdout, re.M)) == 3
 
@@ -69,6 +70,10 @@ def test_demo_runs_read_back_from_tiled_after_a_restart(demo_run):
             assert start["instrument"] == "magscope-sim" and start["sim_seed"] == 0
             assert start["sample"] == "demo DNA tethers" and start["operator"]
             assert run["primary"]["microscope-camera"].read().shape == (5, 1, 768, 1024)
+            # the beads were selected and tracked: 10 frames per event, every bead
+            x = np.asarray(run["primary"]["microscope-tracker-x_nm"].read())
+            assert x.shape[:2] == (5, 10) and x.shape[2] >= 20
+            assert np.isfinite(x).mean() > 0.99
             z = np.asarray(run["primary"]["microscope-magnet_z"].read())
             assert np.all(z == start["magnet_height_mm"])
         found = client.search(Key("start.plan_name") == "count_at_heights")
@@ -81,6 +86,7 @@ def test_ipython_profile_gives_the_session(tmp_path):
         "print('SESSION', type(RE).__name__, microscope.name, camera.name, "
         "callable(focus_scan), callable(count_at_heights), type(tiled).__name__, "
         "RE.md['instrument']); "
+        "RE(bps.wait_for([tracker.find_beads])); "
         "uid = RE(count_at_heights(microscope, [6.0], num=2)).plan_result[0]; "
         "tiled_writer.flush(60); print('RUN', uid in tiled)"
     )

@@ -11,3 +11,4 @@ camera = microscope.camera
 magnet_z = microscope.magnet_z
 magnet_rotation = microscope.magnet_rotation
 focus = microscope.focus
+tracker = microscope.tracker  # select beads: `await tracker.find_beads()` or set tracker.rois

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -184,6 +184,32 @@ class CameraDataLogic(DetectorDataLogic):
 
     def get_hinted_fields(self, datakey_name: str) -> Sequence[str]:
         return []
+
+
+async def forward_updates(
+    inner: WatchableAsyncStatus, check: Callable[[], None], poll_s: float = 0.05
+) -> AsyncIterator[WatcherUpdate[Any]]:
+    """Yield ``inner``'s watcher updates until it finishes; call ``check`` every ``poll_s``
+    (s) and, if it raises, cancel ``inner`` and raise that instead of waiting on."""
+    updates: asyncio.Queue[WatcherUpdate[Any]] = asyncio.Queue()
+
+    def forward(**kwargs: Any) -> None:
+        updates.put_nowait(WatcherUpdate(**kwargs))
+
+    inner.watch(forward)  # type: ignore[arg-type]
+    while not inner.done:
+        try:
+            check()
+        except BaseException:
+            inner.task.cancel()
+            raise
+        try:
+            yield await asyncio.wait_for(updates.get(), timeout=poll_s)
+        except TimeoutError:
+            pass
+    while not updates.empty():
+        yield updates.get_nowait()
+    await inner
 
 
 async def _wait_until(predicate, camera: Camera, what: str, timeout: float = 10.0) -> None:
@@ -357,22 +383,12 @@ class Camera(StandardDetector):
 
     async def _guarded(self, inner: WatchableAsyncStatus) -> AsyncIterator[WatcherUpdate[Any]]:
         """Forward ``inner``'s progress; fail at once, clearly, if the process dies."""
-        updates: asyncio.Queue[WatcherUpdate[Any]] = asyncio.Queue()
-        def forward(**kwargs: Any) -> None:
-            updates.put_nowait(WatcherUpdate(**kwargs))
+        async for update in forward_updates(inner, self._check_process):
+            yield update
 
-        inner.watch(forward)  # type: ignore[arg-type]
-        while not inner.done:
-            if not self.process.running:
-                inner.task.cancel()
-                raise CameraProcessError(f"{self.name}: {self.process.failure_message()}")
-            try:
-                yield await asyncio.wait_for(updates.get(), timeout=0.05)
-            except TimeoutError:
-                pass
-        while not updates.empty():
-            yield updates.get_nowait()
-        await inner
+    def _check_process(self) -> None:
+        if not self.process.running:
+            raise CameraProcessError(f"{self.name}: {self.process.failure_message()}")
 
     @AsyncStatus.wrap
     async def unstage(self) -> None:

@@ -14,6 +14,7 @@ import functools
 import uuid
 import weakref
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from ophyd_async.core import (
@@ -29,6 +30,7 @@ from magscope_tracking.rings import SlotRing
 from magscope_tracking.shm import SharedRecord, remove_stale_segments, segment_name
 
 from .acquisition import AcquisitionConfig, AcquisitionProcess
+from .bead_tracker import BeadTracker
 from .camera import Camera, CameraLimits
 from .motors import FocusStage, MagnetRotation, MagnetZ
 from .sim.frame_source import SIM_INPUTS_DTYPE, TRUTH_DTYPE, SimFrameSource, TruthReader
@@ -136,6 +138,7 @@ class Microscope(StandardReadable):
         magnet_z: MagnetZ,
         magnet_rotation: MagnetRotation,
         focus: FocusStage,
+        tracker: BeadTracker | None = None,
         simulation: SimulationLink | None = None,
         name: str = "",
     ) -> None:
@@ -146,6 +149,8 @@ class Microscope(StandardReadable):
             self.magnet_rotation = magnet_rotation
             self.focus = focus
         self.camera = camera
+        if tracker is not None:
+            self.tracker = tracker
         super().__init__(name=name, connector=_MicroscopeConnector())
 
     @AsyncStatus.wrap
@@ -155,11 +160,18 @@ class Microscope(StandardReadable):
         Bluesky stages the root device of everything a plan lists, so a plan listing
         ``microscope.camera`` stages the microscope: the camera must come along.
         """
-        await asyncio.gather(StandardReadable.stage(self), self.camera.stage())
+        await asyncio.gather(StandardReadable.stage(self), *(d.stage() for d in self.detectors()))
 
     @AsyncStatus.wrap
     async def unstage(self) -> None:
-        await asyncio.gather(StandardReadable.unstage(self), self.camera.unstage())
+        await asyncio.gather(
+            StandardReadable.unstage(self), *(d.unstage() for d in self.detectors())
+        )
+
+    def detectors(self) -> list[Any]:
+        """The camera and, if present, the bead tracker."""
+        tracker = getattr(self, "tracker", None)
+        return [self.camera] if tracker is None else [self.camera, tracker]
 
     @property
     def truth(self) -> TruthReader:
@@ -169,7 +181,11 @@ class Microscope(StandardReadable):
         return self.simulation.truth
 
     def close(self) -> None:
-        """Stop the camera process and release all shared memory. Idempotent."""
+        """Stop the tracking service and the camera process, release all shared memory.
+        Idempotent."""
+        tracker = getattr(self, "tracker", None)
+        if tracker is not None:
+            tracker.close()
         self.camera.process.stop()
         if self.simulation is not None:
             self.simulation.close()
@@ -185,6 +201,9 @@ def make_simulated_microscope(
     ring_capacity: int = 64,
     focus_nm: float | None = None,
     magnet_z_mm: float = 8.0,
+    track: bool = True,
+    tracking_workers: int | None = None,
+    roi_size_px: int = 64,
     instance: str | None = None,
     name: str = "",
 ) -> Microscope:
@@ -201,6 +220,9 @@ def make_simulated_microscope(
     :param focus_nm: initial focal-plane height above the surface (nm); default
         ``params.default_focus_nm``.
     :param magnet_z_mm: initial magnet height (mm).
+    :param track: include the bead tracker (tracking service started on connect).
+    :param tracking_workers: tracking worker processes (default one per core).
+    :param roi_size_px: side of the tracking ROIs (px).
     :param instance: name of the instrument instance in shared-memory names (default random).
     """
     params = params or SimParams()
@@ -228,8 +250,18 @@ def make_simulated_microscope(
         ),
     )
     focus0 = getattr(params, "default_focus_nm", 0.0) if focus_nm is None else focus_nm
+    camera = Camera(process, path_provider, CameraLimits())
+    tracker = (
+        BeadTracker(
+            camera, path_provider, nm_per_px=params.nm_per_px, n_workers=tracking_workers,
+            roi_size_px=roi_size_px,
+        )
+        if track
+        else None
+    )
     return Microscope(
-        camera=Camera(process, path_provider, CameraLimits()),
+        camera=camera,
+        tracker=tracker,
         magnet_z=MagnetZ(initial=magnet_z_mm),
         magnet_rotation=MagnetRotation(),
         focus=FocusStage(initial=focus0),

@@ -14,13 +14,15 @@ from magscope_devices.microscope import Microscope
 from .safety import DEFAULT_SAFE_MAGNET_HEIGHT_MM, with_safe_finish
 
 
-def camera_and_axes(microscope: Microscope) -> list[Any]:
-    """The camera and the three axes, to read in every event.
+def camera_and_axes(microscope: Microscope, *, track: bool = False) -> list[Any]:
+    """The camera (and with ``track`` the bead tracker) and the three axes, to read in
+    every event.
 
     Pass these rather than ``[microscope.camera, microscope]``: bluesky drops a device
     whose parent is also in the list, so the camera would never be triggered.
     """
-    return [microscope.camera, microscope.magnet_z, microscope.magnet_rotation, microscope.focus]
+    detectors = microscope.detectors() if track else [microscope.camera]
+    return [*detectors, microscope.magnet_z, microscope.magnet_rotation, microscope.focus]
 
 
 def focus_scan(
@@ -59,16 +61,27 @@ def count_at_heights(
     *,
     num: int = 5,
     delay_s: float = 0.0,
+    track: bool = True,
     safe_magnet_height_mm: float = DEFAULT_SAFE_MAGNET_HEIGHT_MM,
     md: dict[str, Any] | None = None,
 ) -> Generator[Msg, Any, list[str]]:
-    """At each magnet height (mm) take ``num`` camera frames, one run per height.
+    """At each magnet height (mm) take ``num`` camera frames, one run per height; with
+    ``track`` (and a microscope with a bead tracker) also the tracked beads' x, y, z.
 
     The magnets return to ``safe_magnet_height_mm`` (mm) at the end, also on failure.
     Returns the run uids.
     """
     if not magnet_heights_mm:
         raise ValueError("count_at_heights needs at least one magnet height")
+    track = track and len(microscope.detectors()) > 1
+    if track:
+        rois = yield from bps.rd(microscope.tracker.rois)
+        if len(rois.bead_id) == 0:
+            raise ValueError(
+                "no beads selected for tracking: set microscope.tracker.rois or run "
+                "`yield from bps.wait_for([microscope.tracker.find_beads])` first, "
+                "or pass track=False"
+            )
     heights = [float(h) for h in magnet_heights_mm]
     for h in heights:  # refuse before anything moves
         low = yield from bps.rd(microscope.magnet_z.low_limit)
@@ -88,7 +101,9 @@ def count_at_heights(
                 "magnet_height_mm": h,
             }
             _md.update(md or {})
-            uid = yield from bp.count(camera_and_axes(microscope), num=num, delay=delay_s, md=_md)
+            uid = yield from bp.count(
+                camera_and_axes(microscope, track=track), num=num, delay=delay_s, md=_md
+            )
             uids.append(uid)
         return uids
 

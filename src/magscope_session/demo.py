@@ -35,12 +35,13 @@ class DemoResult:
     seconds: float
 
     def read_back_code(self) -> str:
-        """The three lines of Python that read the demo's runs back from Tiled."""
+        """The lines of Python that read the demo's runs back from Tiled."""
         key = f", api_key={self.api_key!r}" if self.api_key else ""
         return (
             "from tiled.client import from_uri\n"
             f"run = from_uri({self.uri!r}{key})[{self.uids[-1]!r}]\n"
-            'frames = run["primary"]["microscope-camera"].read()  # (5, 1, 768, 1024) uint8'
+            'frames = run["primary"]["microscope-camera"].read()  # (5, 1, 768, 1024) uint8\n'
+            "x = run[\"primary\"][\"microscope-tracker-x_nm\"].read()  # (5, 10, n_beads) nm"
         )
 
 
@@ -69,11 +70,14 @@ def run_demo(
                 params, data_dir=target.detector_data_dir, name="microscope"
             )
         try:
-            out("1. Magnets to 5 mm")
+            out("1. Magnets to 5 mm; select the beads in the camera image for tracking")
             RE(bps.mv(microscope.magnet_z, 5.0))
+            RE(bps.wait_for([microscope.tracker.find_beads]))
+            n_beads = len(_result(RE(bps.rd(microscope.tracker.rois))).bead_id)
+            out(f"   tracking {n_beads} beads")
             out("2. Focus scan -2000 .. +2000 nm in 9 steps, one frame per step")
             scan_uid = _result(RE(focus_scan(microscope, -2000.0, 2000.0, 9)))
-            out("3. Five frames at magnet heights 4.0 mm and 1.5 mm")
+            out("3. Five frames and the tracked beads at magnet heights 4.0 mm and 1.5 mm")
             count_uids = _result(RE(count_at_heights(microscope, [4.0, 1.5], num=5)))
         finally:
             microscope.close()

@@ -1,1 +1,48 @@
-"""Bead tracking compute and services: pure NumPy/numba, no Bluesky, ophyd-async or Qt."""
+"""Bead tracking compute and services: pure NumPy/numba, no Bluesky, ophyd-async or Qt.
+
+Public face of the tracking kernels (see docs/tracking.md):
+
+- :func:`track` (stack, zlut=None, *, bead_index=None, options=None) -> :class:`TrackResult`
+- :func:`build_zlut` and :class:`ZLUT` (save/load, stack, select, index_of)
+- :func:`find_beads` (frame, *, roi_size, max_beads=None) -> :class:`BeadCandidates`
+- :func:`warmup` compiles (or loads from the cache) every kernel; call it at start-up.
+- Building blocks: :func:`locate_xy`, :func:`radial_profile`, :func:`match_z`, and their
+  plain-NumPy ``*_reference`` twins.
+
+Note: the submodules ``track`` and ``find_beads`` share their names with the functions
+re-exported here; import them with ``from magscope_tracking.track import ...``.
+"""
+
+from .find_beads import BeadCandidates, find_beads, roi_origin
+from .options import RadialBins, TrackOptions, TrackStatus
+from .radial_profile import radial_profile, radial_profile_reference
+from .track import TrackResult, synthetic_bead, track, track_reference, warmup
+from .xy import XYResult, locate_xy, locate_xy_reference
+from .z_match import match_z, match_z_reference
+from .zlut import ZLUT, ZLUTError, ZLUTFormatError, ZLUTMismatchError, build_zlut
+
+__all__ = [
+    "BeadCandidates",
+    "RadialBins",
+    "TrackOptions",
+    "TrackResult",
+    "TrackStatus",
+    "XYResult",
+    "ZLUT",
+    "ZLUTError",
+    "ZLUTFormatError",
+    "ZLUTMismatchError",
+    "build_zlut",
+    "find_beads",
+    "locate_xy",
+    "locate_xy_reference",
+    "match_z",
+    "match_z_reference",
+    "radial_profile",
+    "radial_profile_reference",
+    "roi_origin",
+    "synthetic_bead",
+    "track",
+    "track_reference",
+    "warmup",
+]

@@ -47,7 +47,8 @@ class SimParams:
     uniform in ``contour_nm_range``, persistence length uniform in ``persistence_nm_range``;
     per-bead force factor 1 + ``force_scale_cv`` * N(0, 1) (magnetic content spread); a
     fraction ``nicked_fraction`` of tethers is torsionally unconstrained (no hat curve).
-    Anchors at least ``edge_margin_px`` from the sensor edges and ``min_spacing_px`` apart.
+    Anchors at least ``edge_margin_px`` from the sensor edges and ``min_spacing_px`` apart
+    in x or in y (so square ROIs of that side around them never overlap).
 
     Environment: ``temperature_k``, ``viscosity_pa_s`` (water at 23 C), ``min_force_pn``
     (floor of the force used by the tether mechanics).
@@ -230,7 +231,8 @@ class _Mechanics:
 
 
 def _place_beads(params: SimParams, rng: np.random.Generator) -> np.ndarray:
-    """Random non-overlapping anchor positions (px), shape (n, 2) as (x, y)."""
+    """Random anchor positions (px), shape (n, 2) as (x, y), at least ``min_spacing_px``
+    apart in x or in y (Chebyshev distance), so square ROIs of that side never overlap."""
     n = params.n_beads
     m = params.edge_margin_px
     x_hi = params.width_px - 1 - m
@@ -238,19 +240,19 @@ def _place_beads(params: SimParams, rng: np.random.Generator) -> np.ndarray:
     if n and (x_hi < m or y_hi < m):
         raise ValueError("sensor too small for the edge margin")
     placed = np.empty((n, 2))
-    d2 = params.min_spacing_px**2
+    spacing = params.min_spacing_px
     k = 0
     stalled = 0  # successive batches of 256 candidates that placed no bead
     while k < n and stalled < 200:
         cand = np.column_stack([rng.uniform(m, x_hi, 256), rng.uniform(m, y_hi, 256)])
         k_before = k
         if k:  # drop candidates too close to the beads placed so far (vectorised)
-            dmin = np.min(np.sum((cand[:, None, :] - placed[None, :k, :]) ** 2, axis=-1), axis=1)
-            cand = cand[dmin >= d2]
+            dmin = np.min(np.max(np.abs(cand[:, None, :] - placed[None, :k, :]), axis=-1), axis=1)
+            cand = cand[dmin >= spacing]
         for c in cand:  # then place the survivors one by one
             if k == n:
                 break
-            if k == 0 or np.min(np.sum((placed[:k] - c) ** 2, axis=1)) >= d2:
+            if k == 0 or np.min(np.max(np.abs(placed[:k] - c), axis=1)) >= spacing:
                 placed[k] = c
                 k += 1
         stalled = 0 if k > k_before else stalled + 1

@@ -1,0 +1,511 @@
+"""The bead tracker as an ophyd-async detector.
+
+It wraps :class:`magscope_tracking.service.TrackingService`: worker processes track every
+camera frame into the shared-memory track ring, whether or not a plan runs. As a
+detector:
+
+- ``trigger()`` waits for the next ``window_frames`` tracked frames; ``read()`` gives, per
+  bead, the mean and standard deviation of x, y, z (nm) over those frames, with the bead
+  ids, as arrays (``<name>-bead_id``, ``<name>-x_nm_mean``, ``<name>-x_nm_std``, ...);
+- every tracked frame of the window (or of a fly scan, ``kickoff``/``complete``) is
+  written to an HDF5 track table (:mod:`magscope_tracking.track_file`) announced with
+  StreamResource/StreamDatum documents (``<name>-x_nm`` etc., one row per frame, one
+  column per bead), so an hour at 1 kHz is a file, not millions of Events.
+
+Signals: ``rois`` (table of bead id, ROI top-left x0, y0 in px), ``roi_size_px``,
+``zlut_path`` (load a Z-LUT file; empty: none), ``window_frames``, and the service's health
+counters (``frames_tracked``, ``frames_dropped``, ``queue_depth``, ``latency_p50_s``,
+``latency_p99_s``, ``worker_restarts``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import numpy as np
+from bluesky.protocols import Reading
+from event_model import DataKey
+from ophyd_async.core import (
+    Array1D,
+    AsyncStatus,
+    DetectorAcquireLogic,
+    DetectorDataLogic,
+    DetectorTriggerLogic,
+    DeviceConnector,
+    PathProvider,
+    Reference,
+    StandardDetector,
+    StreamableDataProvider,
+    StreamResourceDataProvider,
+    StreamResourceInfo,
+    Table,
+    TriggerInfo,
+    WatchableAsyncStatus,
+    WatcherUpdate,
+    soft_signal_r_and_setter,
+    soft_signal_rw,
+)
+
+from magscope_tracking.service import TrackingService
+from magscope_tracking.track_file import DATASETS, TrackFileWriter
+from magscope_tracking.track_ring import FrameStatus, TrackRing
+
+from .camera import Camera, forward_updates
+
+_STAT_FIELDS = ("x_nm", "y_nm", "z_nm")
+
+
+class BeadRois(Table):
+    """The ROI table: one row per bead; ROI top-left corner in sensor px."""
+
+    bead_id: Array1D[np.int32]
+    x0_px: Array1D[np.int32]
+    y0_px: Array1D[np.int32]
+
+
+def rois_from_centres(
+    bead_ids: Sequence[int] | np.ndarray,
+    x_px: Sequence[float] | np.ndarray,
+    y_px: Sequence[float] | np.ndarray,
+    roi_size_px: int,
+) -> BeadRois:
+    """ROIs of ``roi_size_px`` centred (to the nearest pixel) on bead centres (sensor px)."""
+    half = roi_size_px // 2
+    return BeadRois(
+        bead_id=np.asarray(bead_ids, np.int32),
+        x0_px=(np.rint(np.asarray(x_px, float)) - half).astype(np.int32),
+        y0_px=(np.rint(np.asarray(y_px, float)) - half).astype(np.int32),
+    )
+
+
+class _TrackerConnector(DeviceConnector):
+    """Connecting starts the tracking service on the camera's frame ring."""
+
+    async def connect_real(self, device, timeout: float, force_reconnect: bool):
+        tracker: BeadTracker = device
+        camera = tracker.camera
+        deadline = time.monotonic() + max(timeout, 30.0)
+        while camera.process.ring is None or not camera.process.running:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{tracker.name}: the camera's acquisition process is not running; "
+                    "connect the camera first"
+                )
+            await asyncio.sleep(0.02)
+        if tracker.service is None or force_reconnect or not tracker.service.running:
+            if tracker.service is not None:
+                await asyncio.to_thread(tracker.service.stop)
+            tracker.service = TrackingService(
+                camera.process.ring.name,
+                tracker.nm_per_px,
+                max_beads=tracker.max_beads,
+                n_workers=tracker.n_workers,
+                instance=camera.process.config.instance,
+            )
+            await asyncio.to_thread(tracker.service.start)
+        await super().connect_real(device, timeout, force_reconnect)
+
+
+class _Capture:
+    """Tails the track ring and appends frames to the open track file (RunEngine loop)."""
+
+    def __init__(self, tracker: BeadTracker) -> None:
+        self.tracker = tracker
+        self.writer: TrackFileWriter | None = None
+        self.next_index = 0
+        self.until = 0  # frames [.., until) go to the file
+        self.task: asyncio.Task | None = None
+        self.window: list[np.ndarray] = []  # per frame: rows of the current trigger window
+        self.lost = 0
+
+    def open(self, writer: TrackFileWriter) -> None:
+        self.writer = writer
+        self.until = self.next_index = self.tracker._ring.count
+        self.lost = 0
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._pump())
+
+    def request(self, frames: int) -> None:
+        """Capture the next ``frames`` frames the camera makes from now on."""
+        start = max(self.until, self.tracker._ring.count)
+        if self.next_index >= self.until:  # the previous request is complete: skip the gap
+            self.next_index = start
+        self.until = start + frames
+        self.window = []
+
+    async def _pump(self) -> None:
+        ring = self.tracker._ring
+        while self.writer is not None:
+            if self.next_index < self.until:
+                batch = ring.rows_since(self.next_index, max_frames=self.until - self.next_index)
+                if batch.lost:
+                    self.lost += batch.lost
+                    raise RuntimeError(
+                        f"{self.tracker.name}: {batch.lost} frames of tracks were overwritten "
+                        "before they reached the file (the track ring is full)"
+                    )
+                if len(batch):
+                    self._append(batch)
+                    self.next_index = batch.next_index
+                    continue
+            await asyncio.sleep(0.003)
+
+    def _append(self, batch) -> None:
+        writer = self.writer
+        assert writer is not None
+        ids = writer.bead_ids
+        k = len(batch)
+        columns = {name: np.full((k, ids.size), np.nan) for name in ("x_nm", "y_nm", "z_nm", "score")}
+        for j in range(k):
+            n = int(batch.n_beads[j])
+            rows = batch.rows[j, :n]
+            if batch.status[j] != FrameStatus.TRACKED:
+                continue
+            col = np.searchsorted(ids, rows["bead_id"])
+            ok = (col < ids.size) & (ids[np.minimum(col, ids.size - 1)] == rows["bead_id"])
+            for name in columns:
+                columns[name][j, col[ok]] = rows[name][ok]
+        writer.append(batch.frame_index, batch.timestamp, columns, status=batch.status)
+        for j in range(k):
+            self.window.append(np.stack([columns[f][j] for f in _STAT_FIELDS]))
+        self.tracker._set_frames_written(writer.frames_written)
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+class TrackerTriggerLogic(DetectorTriggerLogic):
+    """Frames come from the free-running camera; nothing to arm."""
+
+    async def prepare_internal(self, num: int, livetime: float, deadtime: float) -> None:
+        if livetime or deadtime:
+            raise ValueError(
+                "the bead tracker follows the camera: set livetime/deadtime on the camera"
+            )
+
+    async def default_trigger_info(self) -> TriggerInfo:
+        return TriggerInfo()
+
+
+class TrackerAcquireLogic(DetectorAcquireLogic):
+    def __init__(self, tracker: BeadTracker) -> None:
+        self.tracker = tracker
+
+    async def start_acquiring(self) -> None:
+        tracker = self.tracker
+        tracker._check_service()
+        info = tracker._trigger_info
+        tracker._capture.request(info.collections_per_event * max(1, info.number_of_events))
+
+    async def wait_for_idle(self) -> None:
+        capture = self.tracker._capture
+        while capture.next_index < capture.until:
+            self.tracker._check_service()
+            if capture.task is not None and capture.task.done():
+                capture.task.result()  # re-raise what stopped the pump
+            await asyncio.sleep(0.003)
+
+    async def ensure_stopped(self) -> None:
+        capture = self.tracker._capture
+        capture.until = capture.next_index
+
+
+class TrackerDataLogic(DetectorDataLogic):
+    """One HDF5 track table per prepare, columns = the beads of the ROI table then."""
+
+    def __init__(self, tracker: BeadTracker, path_provider: PathProvider) -> None:
+        self.tracker = tracker
+        self.path_provider = path_provider
+
+    async def prepare_unbounded(self, datakey_name: str) -> StreamableDataProvider:
+        tracker = self.tracker
+        tracker._check_service()
+        rois = tracker._service().rois
+        if rois.size == 0:
+            raise ValueError(
+                f"{tracker.name}: no beads selected: set {tracker.name}.rois or call "
+                f"{tracker.name}.find_beads() first"
+            )
+        ids = np.sort(rois["bead_id"].astype(np.int32))
+        info = self.path_provider(datakey_name)
+        path = info.directory_path / f"{info.filename}.h5"
+        tracker._capture.close()
+        tracker._capture.open(TrackFileWriter(path, ids))
+        tracker._set_frames_written(0)
+        tracker._bead_ids = ids
+        b = int(ids.size)
+        resources = [
+            StreamResourceInfo(
+                data_key=f"{datakey_name}-{field}",
+                shape=(b,),
+                chunk_shape=(256, b),
+                dtype_numpy=np.dtype("<f4" if field == "score" else "<f8").str,
+                parameters={"dataset": DATASETS[field]},
+            )
+            for field in ("x_nm", "y_nm", "z_nm", "score")
+        ] + [
+            StreamResourceInfo(
+                data_key=f"{datakey_name}-{field}",
+                shape=(),
+                chunk_shape=(4096,),
+                dtype_numpy=np.dtype("<i8" if field == "frame_index" else "<f8").str,
+                parameters={"dataset": DATASETS[field]},
+            )
+            for field in ("frame_index", "timestamp")
+        ] + [
+            StreamResourceInfo(
+                data_key=f"{datakey_name}-frame_status",
+                shape=(),
+                chunk_shape=(4096,),
+                dtype_numpy=np.dtype("<i4").str,
+                parameters={"dataset": DATASETS["status"]},
+            )
+        ]
+        return StreamResourceDataProvider(
+            uri=f"{info.directory_uri}{info.filename}.h5",
+            resources=resources,
+            mimetype="application/x-hdf5",
+            collections_written_signal=tracker.frames_written,
+        )
+
+    async def stop(self) -> None:
+        self.tracker._capture.close()
+
+
+class BeadTracker(StandardDetector):
+    """Tracks the beads of the ROI table in every camera frame (see the module docstring)."""
+
+    def __init__(
+        self,
+        camera: Camera,
+        path_provider: PathProvider,
+        *,
+        nm_per_px: float,
+        max_beads: int = 128,
+        n_workers: int | None = None,
+        roi_size_px: int = 64,
+        window_frames: int = 10,
+        name: str = "",
+    ) -> None:
+        self._camera_ref = Reference(camera)
+        self.nm_per_px = float(nm_per_px)
+        self.max_beads = int(max_beads)
+        self.n_workers = n_workers
+        self.service: TrackingService | None = None
+        self._capture = _Capture(self)
+        self._bead_ids = np.empty(0, np.int32)
+        self._window_stats: dict[str, np.ndarray] = {}
+        self._trigger_info = TriggerInfo()
+        self._roi_size = int(roi_size_px)
+        self._path_provider = path_provider
+
+        self.rois = soft_signal_rw(BeadRois, getter=self._get_rois, setter=self._set_rois)
+        self.roi_size_px = soft_signal_rw(
+            int, getter=lambda: self._roi_size, setter=self._set_roi_size, units="px"
+        )
+        self.zlut_path = soft_signal_rw(str, getter=self._get_zlut, setter=self._set_zlut)
+        self.window_frames = soft_signal_rw(int, window_frames, setter=self._set_window)
+        self.frames_written, self._set_frames_written = soft_signal_r_and_setter(int, 0)
+        health = self._health_getter
+        self.frames_tracked, _ = soft_signal_r_and_setter(int, getter=health("frames_tracked"))
+        self.frames_dropped, _ = soft_signal_r_and_setter(int, getter=health("frames_dropped"))
+        self.queue_depth, _ = soft_signal_r_and_setter(int, getter=health("queue_depth"))
+        self.latency_p50_s, _ = soft_signal_r_and_setter(
+            float, getter=health("latency_p50_s"), units="s"
+        )
+        self.latency_p99_s, _ = soft_signal_r_and_setter(
+            float, getter=health("latency_p99_s"), units="s"
+        )
+        self.worker_restarts, _ = soft_signal_r_and_setter(int, getter=health("worker_restarts"))
+        self.add_detector_logics(
+            TrackerTriggerLogic(), TrackerAcquireLogic(self), TrackerDataLogic(self, path_provider)
+        )
+        self.add_config_signals(self.roi_size_px, self.window_frames, self.zlut_path)
+        super().__init__(name=name, connector=_TrackerConnector())
+
+    @property
+    def camera(self) -> Camera:
+        return self._camera_ref()
+
+    # -- service plumbing -------------------------------------------------------------------
+    def _service(self) -> TrackingService:
+        if self.service is None or not self.service.running:
+            raise RuntimeError(f"{self.name}: the tracking service is not running (connect first)")
+        return self.service
+
+    def _check_service(self) -> None:
+        self._service()
+        self.camera.process.check_alive()
+
+    @property
+    def _ring(self) -> TrackRing:
+        return self._service().track_ring
+
+    def _health_getter(self, field: str):
+        def get():
+            if self.service is None:
+                return 0
+            return getattr(self.service.health(), field)
+
+        return get
+
+    def _get_rois(self) -> BeadRois:
+        if self.service is None:
+            return BeadRois.empty()
+        rois = self.service.rois
+        return BeadRois(bead_id=rois["bead_id"], x0_px=rois["x0"], y0_px=rois["y0"])
+
+    def _set_rois(self, value: Any) -> None:
+        table = value if isinstance(value, BeadRois) else BeadRois(**dict(value))
+        rows = np.zeros(len(table.bead_id), dtype=[("bead_id", "<i4"), ("x0", "<i4"), ("y0", "<i4")])
+        rows["bead_id"], rows["x0"], rows["y0"] = table.bead_id, table.x0_px, table.y0_px
+        self._service().set_rois(rows, self._roi_size)
+
+    def _set_roi_size(self, value: Any) -> None:
+        service = self._service()
+        service.set_rois(service.rois, int(value))
+        self._roi_size = int(value)
+
+    def _get_zlut(self) -> str:
+        path = self.service.zlut_path if self.service is not None else None
+        return "" if path is None else str(path)
+
+    def _set_zlut(self, value: Any) -> None:
+        if value:
+            self._service().load_zlut(str(value))
+        else:
+            self._service().clear_zlut()
+
+    def _set_window(self, value: Any) -> None:
+        if not 1 <= int(value) <= 100_000:
+            raise ValueError(f"{self.name}: window_frames {value} is outside [1, 100000] frames")
+
+    # -- bead selection -----------------------------------------------------------------------
+    async def find_beads(self, max_beads: int | None = None) -> BeadRois:
+        """Select the beads in the newest camera frame: replaces the ROI table (new ids,
+        after the largest id used so far) and returns it.
+
+        In a plan: ``yield from bps.wait_for([tracker.find_beads])``; in IPython:
+        ``await tracker.find_beads()``.
+        """
+        from magscope_tracking import find_beads
+
+        frame, _, _ = self.camera.latest_frame()
+        found = find_beads(frame, roi_size=self._roi_size, max_beads=max_beads or self.max_beads)
+        xy = found.xy
+        start = int(self._service().rois["bead_id"].max(initial=-1)) + 1
+        table = rois_from_centres(
+            range(start, start + len(xy)), xy[:, 0], xy[:, 1], self._roi_size
+        )
+        await self.rois.set(table)
+        return table
+
+    async def grab_rois(
+        self, n_frames: int, *, skip_frames: int = 1, timeout: float = 10.0
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The next ``n_frames`` camera frames cropped to the current ROI table.
+
+        Frames start ``skip_frames`` after the one being exposed now (so a move that just
+        finished is not blurred into the first frame). Returns ``(images, bead_ids,
+        frame_indices)`` with ``images`` (n_beads, n_frames, roi, roi) in the camera's
+        dtype. Used by the Z-LUT sweep; in a plan: ``bps.wait_for([partial(tracker.grab_rois,
+        n)])``.
+        """
+        if n_frames < 1:
+            raise ValueError(f"n_frames must be at least 1, got {n_frames}")
+        rois = self._service().rois
+        if rois.size == 0:
+            raise ValueError(f"{self.name}: no beads selected (set {self.name}.rois first)")
+        ring = self.camera.process.ring
+        assert ring is not None
+        s = self._roi_size
+        out = np.empty((rois.size, n_frames, s, s), dtype=ring.dtype)
+        indices = np.empty(n_frames, np.int64)
+        start = ring.count + max(0, int(skip_frames))
+        deadline = time.monotonic() + timeout + n_frames * 0.1
+        for j in range(n_frames):
+            index = start + j
+            while ring.count <= index:
+                self.camera.process.check_alive()
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.name}: no camera frame {index} within {timeout} s")
+                await asyncio.sleep(0.002)
+            frame = ring.frame_view(index)
+            for b, (x0, y0) in enumerate(zip(rois["x0"], rois["y0"], strict=True)):
+                out[b, j] = frame[y0 : y0 + s, x0 : x0 + s]
+            if not ring.is_valid(index):
+                raise RuntimeError(f"{self.name}: frame {index} was overwritten while it was read")
+            indices[j] = index
+        return out, rois["bead_id"].astype(np.int64), indices
+
+    @property
+    def data_dir(self):
+        """Folder where this tracker's files (track tables, Z-LUTs) go."""
+        return self._path_provider(None).directory_path
+
+    # -- acquisition ----------------------------------------------------------------------------
+    @AsyncStatus.wrap
+    async def prepare(self, value: TriggerInfo) -> None:
+        self._trigger_info = value
+        await StandardDetector.prepare(self, value)
+
+    @WatchableAsyncStatus.wrap
+    async def trigger(self) -> AsyncIterator[WatcherUpdate[int]]:
+        if self._prepare_ctx is None:
+            window = await self.window_frames.get_value()
+            await self.prepare(TriggerInfo(collections_per_event=window))
+        async for update in forward_updates(StandardDetector.trigger(self), self._check_service):
+            yield update
+        self._window_stats = self._stats()
+
+    def _stats(self) -> dict[str, np.ndarray]:
+        frames = self._capture.window[-self._trigger_info.collections_per_event :]
+        if not frames:
+            return {}
+        stack = np.stack(frames)  # (frames, 3, beads)
+        with np.errstate(all="ignore"):
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean = np.nanmean(stack, axis=0)
+                std = np.nanstd(stack, axis=0)
+        stats = {"bead_id": self._bead_ids.astype(np.int64)}
+        for i, field in enumerate(_STAT_FIELDS):
+            stats[f"{field}_mean"] = mean[i]
+            stats[f"{field}_std"] = std[i]
+        return stats
+
+    async def describe(self) -> dict[str, DataKey]:
+        keys = await StandardDetector.describe(self)
+        b = int(self._bead_ids.size)
+        for field in ("bead_id", *(f"{f}_{s}" for f in _STAT_FIELDS for s in ("mean", "std"))):
+            keys[f"{self.name}-{field}"] = DataKey(
+                source=f"magscope-tracker:{field}",
+                shape=[b],
+                dtype="array",
+                dtype_numpy=np.dtype("<i8" if field == "bead_id" else "<f8").str,
+                units="" if field == "bead_id" else "nm",
+            )
+        return keys
+
+    async def read(self) -> dict[str, Reading]:
+        readings = await StandardDetector.read(self)
+        now = time.time()
+        for field, value in self._window_stats.items():
+            readings[f"{self.name}-{field}"] = Reading(value=value, timestamp=now)
+        return readings
+
+    def close(self) -> None:
+        """Stop the tracking service (workers, shared memory). Idempotent."""
+        self._capture.close()
+        if self.service is not None:
+            self.service.stop()

@@ -1,0 +1,178 @@
+"""Z look-up tables: the sweep that builds one, and loading one from a past run."""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Generator, Sequence
+from pathlib import Path
+from typing import Any
+
+import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
+import numpy as np
+from bluesky.utils import Msg
+from ophyd_async.core import StandardReadable, soft_signal_rw
+from ophyd_async.plan_stubs import ensure_connected
+
+from magscope_devices.bead_tracker import BeadRois
+from magscope_devices.microscope import Microscope
+from magscope_tracking import ZLUT, build_zlut
+
+from .safety import with_safe_finish
+
+
+class ZLUTRecord(StandardReadable):
+    """The Z-LUT a sweep built, as signals, so it goes into the run as an event.
+
+    ``z_nm`` (planes,): bead height relative to the focal plane (nm; 0 at the focus where
+    the sweep started); ``profiles`` (beads, planes, bins): radial profiles; ``bead_ids``.
+    """
+
+    def __init__(self, name: str = "zlut") -> None:
+        with self.add_children_as_readables():
+            self.z_nm = soft_signal_rw(np.ndarray, np.zeros(0), units="nm")
+            self.profiles = soft_signal_rw(np.ndarray, np.zeros(0))
+            self.bead_ids = soft_signal_rw(np.ndarray, np.zeros(0, np.int64))
+        super().__init__(name=name)
+
+
+def zlut_sweep(
+    microscope: Microscope,
+    start_nm: float,
+    stop_nm: float,
+    step_nm: float,
+    *,
+    frames_per_step: int = 5,
+    beads: Sequence[int] | None = None,
+    magnet_z_mm: float | None = None,
+    settle_s: float = 0.02,
+    md: dict[str, Any] | None = None,
+) -> Generator[Msg, Any, str]:
+    """Step the focus from ``start_nm`` to ``stop_nm`` (nm, relative to where it is) in
+    steps of ``step_nm``, collect ``frames_per_step`` ROI images of every selected bead at
+    each step, build a per-bead Z-LUT, store it in the run and load it into the tracker.
+
+    :param beads: bead ids to build the Z-LUT for (default: every bead of the ROI table).
+    :param magnet_z_mm: move the magnets here first (mm): sweep at high force so tethered
+        beads hold still; they go back to a safe height at the end.
+    :param settle_s: wait after each focus step (s).
+
+    The run has a ``primary`` stream (focus per step) and a ``zlut`` stream with one event:
+    ``zlut-z_nm``, ``zlut-profiles``, ``zlut-bead_ids``; the start document names the
+    Z-LUT file (``zlut_file``), which :func:`load_zlut` reloads. The focus returns to where
+    it started. Returns the run uid.
+    """
+    tracker = getattr(microscope, "tracker", None)
+    if tracker is None:
+        raise ValueError("zlut_sweep needs a microscope with a bead tracker")
+    if not step_nm > 0:
+        raise ValueError(f"step_nm must be positive, got {step_nm} nm")
+    if frames_per_step < 1:
+        raise ValueError(f"frames_per_step must be at least 1, got {frames_per_step}")
+    lo, hi = sorted((float(start_nm), float(stop_nm)))
+    offsets = np.arange(lo, hi + step_nm / 2, step_nm)
+    if offsets.size < 5:
+        raise ValueError(
+            f"{offsets.size} focus steps from {lo} to {hi} nm by {step_nm} nm: a Z-LUT needs "
+            "at least 5"
+        )
+    rois: BeadRois = yield from bps.rd(tracker.rois)
+    selected = np.asarray(rois.bead_id, dtype=np.int64)
+    if beads is not None:
+        wanted = np.asarray(list(beads), dtype=np.int64)
+        missing = sorted(set(wanted.tolist()) - set(selected.tolist()))
+        if missing:
+            raise ValueError(
+                f"beads {missing} are not in the tracker's ROI table {selected.tolist()}"
+            )
+        selected = wanted
+    if selected.size == 0:
+        raise ValueError(
+            "no beads selected: set microscope.tracker.rois or run "
+            "`yield from bps.wait_for([microscope.tracker.find_beads])` first"
+        )
+    focus0 = yield from bps.rd(microscope.focus)
+    f_lo = yield from bps.rd(microscope.focus.low_limit)
+    f_hi = yield from bps.rd(microscope.focus.high_limit)
+    if focus0 + lo < f_lo or focus0 + hi > f_hi:
+        raise ValueError(
+            f"the sweep reaches focus {focus0 + lo} .. {focus0 + hi} nm, outside the focus "
+            f"limits [{f_lo}, {f_hi}] nm"
+        )
+    if magnet_z_mm is not None:
+        m_lo = yield from bps.rd(microscope.magnet_z.low_limit)
+        m_hi = yield from bps.rd(microscope.magnet_z.high_limit)
+        if not m_lo <= magnet_z_mm <= m_hi:
+            raise ValueError(
+                f"magnet height {magnet_z_mm} mm is outside the magnet limits [{m_lo}, {m_hi}] mm"
+            )
+    lut_path = Path(tracker.data_dir) / f"zlut-{uuid.uuid4()}.npz"
+    record = ZLUTRecord(name="zlut")
+    yield from ensure_connected(record)
+    _md = {
+        "plan_name": "zlut_sweep",
+        "plan_args": {
+            "start_nm": start_nm, "stop_nm": stop_nm, "step_nm": step_nm,
+            "frames_per_step": frames_per_step, "beads": selected.tolist(),
+            "magnet_z_mm": magnet_z_mm,
+        },
+        "zlut_file": str(lut_path),
+        "zlut_bead_ids": selected.tolist(),
+        "focus_start_nm": focus0,
+    }
+    _md.update(md or {})
+
+    @bpp.run_decorator(md=_md)
+    def inner() -> Generator[Msg, Any, None]:
+        if magnet_z_mm is not None:
+            yield from bps.mv(microscope.magnet_z, magnet_z_mm)
+        stacks = []
+        for offset in offsets:
+            yield from bps.mv(microscope.focus, focus0 + offset)
+            yield from bps.sleep(settle_s)
+            (task,) = yield from bps.wait_for(
+                [functools.partial(tracker.grab_rois, frames_per_step)]
+            )
+            images, ids, _ = task.result()
+            keep = np.isin(ids, selected)
+            stacks.append(images[keep])
+            yield from bps.trigger_and_read([microscope.focus])
+        ids_kept = ids[np.isin(ids, selected)]
+        z_rel = np.repeat(-offsets, frames_per_step)  # bead height minus the focal plane
+        lut = build_zlut(
+            np.concatenate(stacks, axis=1), z_rel, nm_per_px=tracker.nm_per_px,
+            bead_ids=ids_kept, source=None,
+        )
+        lut.save(lut_path)
+        yield from bps.mv(
+            record.z_nm, np.asarray(lut.z_nm, float),
+            record.profiles, np.asarray(lut.profiles, float),
+            record.bead_ids, np.asarray(lut.bead_ids, np.int64),
+        )
+        yield from bps.trigger_and_read([record], name="zlut")
+        yield from bps.mv(tracker.zlut_path, str(lut_path))
+
+    uid = yield from with_safe_finish(
+        inner(), microscope,
+        safe_magnet_height_mm=None if magnet_z_mm is None else 8.0,
+        restore_focus_nm=focus0,
+    )
+    return uid
+
+
+def load_zlut(microscope: Microscope, run: Any) -> Generator[Msg, Any, ZLUT]:
+    """Load the Z-LUT of a past ``zlut_sweep`` run (a Tiled run client) into the tracker.
+
+    Uses the Z-LUT file named in the run's start document; returns the ZLUT.
+    """
+    start = run.metadata["start"]
+    if start.get("plan_name") != "zlut_sweep" or "zlut_file" not in start:
+        raise ValueError(
+            f"run {start.get('uid')} is a {start.get('plan_name')!r} run, not a zlut_sweep: "
+            "it holds no Z-LUT"
+        )
+    path = Path(start["zlut_file"])
+    lut = ZLUT.load(path)
+    yield from bps.mv(microscope.tracker.zlut_path, str(path))
+    return lut

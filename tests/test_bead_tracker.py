@@ -1,0 +1,162 @@
+"""The BeadTracker device on the simulated microscope: ROIs, read(), full-rate HDF5, Tiled.
+
+Real camera process, real tracking workers, real Tiled server; scored against the
+simulator's ground truth.
+"""
+
+from __future__ import annotations
+
+import time
+
+import bluesky.plan_stubs as bps
+import bluesky.plans as bp
+import numpy as np
+import pytest
+from bluesky import RunEngine
+from bluesky.utils import FailedStatus
+from ophyd_async.core import init_devices
+
+from magscope_devices.bead_tracker import BeadRois, rois_from_centres
+from magscope_devices.microscope import make_simulated_microscope
+from magscope_devices.sim.world import SimParams
+from magscope_session.document_writer import SpoolingTiledWriter
+from magscope_tracking.shm import list_segments
+from magscope_tracking.track_file import read_track_file
+
+NM_PER_PX = 100.0
+ROI = 64
+
+
+@pytest.fixture(scope="module")
+def RE():
+    return RunEngine(call_returns_result=True)
+
+
+@pytest.fixture(scope="module")
+def microscope(RE, tiled_server):
+    with init_devices():
+        mic = make_simulated_microscope(
+            SimParams(seed=11), data_dir=tiled_server.detector_data_dir, instance="trktest",
+            tracking_workers=2, name="microscope",
+        )
+    # a few pN: Brownian excursions of tens of nm, not hundreds
+    RE(bps.mv(mic.magnet_z, 2.0))
+    yield mic
+    mic.close()
+    assert list_segments("trktest") == []
+
+
+def _truth_now(mic):
+    _, _, index = mic.camera.latest_frame()
+    return mic.truth.frame(index)
+
+
+def _select_true_beads(RE, mic, ids=None):
+    truth = _truth_now(mic)
+    ids = np.arange(len(truth)) if ids is None else np.asarray(ids)
+    table = rois_from_centres(
+        ids, truth["x_nm"][ids] / NM_PER_PX, truth["y_nm"][ids] / NM_PER_PX, ROI
+    )
+    RE(bps.mv(mic.tracker.rois, table))
+    return table
+
+
+def test_read_gives_per_bead_means_close_to_the_truth(RE, microscope):
+    _select_true_beads(RE, microscope)
+    docs = []
+    RE(bp.count([microscope.tracker], num=2), lambda n, d: docs.append((n, d)))
+    events = [d for n, d in docs if n == "event"]
+    assert len(events) == 2
+    data = events[-1]["data"]
+    ids = np.asarray(data["microscope-tracker-bead_id"])
+    assert list(ids) == list(range(24))
+    x_mean = np.asarray(data["microscope-tracker-x_nm_mean"])
+    truth = _truth_now(microscope)
+    # beads move (Brownian motion, drift): compare with the truth of the same frames below;
+    # here only that every bead was found near where it is
+    assert np.all(np.abs(x_mean - truth["x_nm"]) < 300.0)
+    assert np.all(np.asarray(data["microscope-tracker-x_nm_std"]) >= 0)
+
+
+def test_full_rate_tracks_match_the_truth_frame_by_frame(RE, microscope):
+    _select_true_beads(RE, microscope)
+    docs = []
+    RE(bps.mv(microscope.tracker.window_frames, 20))
+    RE(bp.count([microscope.tracker], num=3), lambda n, d: docs.append((n, d)))
+    resources = {d["data_key"]: d for n, d in docs if n == "stream_resource"}
+    assert "microscope-tracker-x_nm" in resources
+    path = resources["microscope-tracker-x_nm"]["uri"].removeprefix("file://localhost")
+    tracks = read_track_file(path)
+    assert tracks["x_nm"].shape == (60, 24)
+    assert np.all(np.diff(tracks["frame_index"]) >= 1)
+    errors = []
+    assert np.mean(tracks["status"] == 1) > 0.9
+    for row, index in enumerate(tracks["frame_index"]):
+        if tracks["status"][row] != 1:
+            continue  # dropped by the service (machine overloaded): NaN rows, counted
+        truth = microscope.truth.frame(int(index))
+        errors.append(tracks["x_nm"][row] - truth["x_nm"])
+        errors.append(tracks["y_nm"][row] - truth["y_nm"])
+    err = np.concatenate(errors)
+    assert np.all(np.isfinite(err))
+    rms_px = float(np.sqrt(np.mean(err**2))) / NM_PER_PX
+    assert rms_px < 0.05, f"XY error {rms_px:.4f} px RMS against the simulator's truth"
+    descriptor = next(d for n, d in docs if n == "descriptor")
+    assert descriptor["data_keys"]["microscope-tracker-x_nm"]["shape"] == [20, 24]
+    RE(bps.mv(microscope.tracker.window_frames, 10))
+
+
+def test_tracks_reach_tiled(RE, microscope, tiled_server):
+    _select_true_beads(RE, microscope, ids=[0, 1, 2])
+    writer = SpoolingTiledWriter(
+        tiled_server.uri, tiled_server.api_key, tiled_server.spool_dir, batch_size=10
+    )
+    token = RE.subscribe(writer)
+    try:
+        uid = RE(bp.count([microscope.tracker], num=2)).plan_result
+        assert writer.flush(60)
+    finally:
+        RE.unsubscribe(token)
+        writer.close()
+    run = tiled_server.client()[uid]
+    x = np.asarray(run["primary"]["microscope-tracker-x_nm"].read())
+    assert x.shape == (2, 10, 3) and x.dtype == np.float64 and np.all(np.isfinite(x))
+    ids = np.asarray(run["primary"]["microscope-tracker-bead_id"].read())
+    assert ids.shape == (2, 3) and list(ids[0]) == [0, 1, 2]
+
+
+def test_roi_off_the_sensor_is_refused_and_keeps_the_table(RE, microscope):
+    before = _select_true_beads(RE, microscope, ids=[0])
+    bad = BeadRois(bead_id=np.array([0], np.int32), x0_px=np.array([1000], np.int32),
+                   y0_px=np.array([10], np.int32))
+    with pytest.raises(FailedStatus) as info:
+        RE(bps.mv(microscope.tracker.rois, bad))
+    assert "1000 + 64 = 1064 px is beyond the sensor width 1024 px" in repr(info.value.__cause__)
+    after = RE(bps.rd(microscope.tracker.rois)).plan_result
+    assert list(after.x0_px) == list(before.x0_px)
+
+
+def test_find_beads_selects_the_beads_in_the_frame(RE, microscope):
+    RE(bps.mv(microscope.tracker.rois, BeadRois()))
+    from bluesky.run_engine import call_in_bluesky_event_loop
+
+    call_in_bluesky_event_loop(microscope.tracker.find_beads())
+    rois = RE(bps.rd(microscope.tracker.rois)).plan_result
+    truth = _truth_now(microscope)
+    centres = np.stack([rois.x0_px + ROI // 2, rois.y0_px + ROI // 2], axis=1) * NM_PER_PX
+    true_xy = np.stack([truth["x_nm"], truth["y_nm"]], axis=1)
+    nearest = np.min(np.linalg.norm(centres[:, None, :] - true_xy[None, :, :], axis=2), axis=1)
+    assert len(rois.bead_id) >= 20  # beads too close to the edge or each other are left out
+    assert np.all(nearest < 300.0)  # every ROI is centred within 3 px of a real bead
+
+
+def test_health_counters_account_for_every_frame(RE, microscope):
+    _select_true_beads(RE, microscope, ids=[0, 1])
+    time.sleep(1.0)
+    tracked = RE(bps.rd(microscope.tracker.frames_tracked)).plan_result
+    dropped = RE(bps.rd(microscope.tracker.frames_dropped)).plan_result
+    health = microscope.tracker.service.health()
+    assert tracked > 50
+    assert health.frames_seen == health.frames_tracked + health.frames_dropped
+    assert dropped == health.frames_dropped
+    assert health.latency_p99_s < 1.0
