@@ -17,29 +17,7 @@ def frame_truth(params: SimParams, x_px, y_px, dz_nm, radius_nm=1400.0) -> Frame
     x = np.atleast_1d(np.asarray(x_px, float)) * params.nm_per_px
     y = np.atleast_1d(np.asarray(y_px, float)) * params.nm_per_px
     z = np.broadcast_to(np.asarray(dz_nm, float), x.shape).copy()
-    n = x.size
-    r = np.broadcast_to(np.asarray(radius_nm, float), x.shape).copy()
-    return FrameTruth(
-        t_s=0.0,
-        exposure_s=params.exposure_s,
-        bead_id=np.arange(n),
-        tethered=np.zeros(n, bool),
-        radius_nm=r,
-        x_nm=x,
-        y_nm=y,
-        z_nm=z,
-        x0_nm=x,
-        y0_nm=y,
-        z0_nm=z,
-        force_pn=np.full(n, np.nan),
-        extension_nm=np.zeros(n),
-        drift_x_nm=0.0,
-        drift_y_nm=0.0,
-        drift_z_nm=0.0,
-        magnet_z_mm=5.0,
-        magnet_turns=0.0,
-        focus_nm=0.0,
-    )
+    return FrameTruth.still_beads(x, y, z, radius_nm=radius_nm, exposure_s=params.exposure_s)
 
 
 def render_rois(

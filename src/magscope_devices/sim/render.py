@@ -645,28 +645,10 @@ class ReferenceRenderer:
 
 def _dummy_truth(params: SimParams) -> FrameTruth:
     """A one-bead frame in the sensor centre (for warm-up)."""
-    x = np.array([params.width_px / 2 * params.nm_per_px])
-    y = np.array([params.height_px / 2 * params.nm_per_px])
-    z = np.array([params.bead_radius_nm])
-    one = np.ones(1)
-    return FrameTruth(
-        t_s=0.0,
+    return FrameTruth.still_beads(
+        params.width_px / 2 * params.nm_per_px,
+        params.height_px / 2 * params.nm_per_px,
+        params.bead_radius_nm,
+        radius_nm=params.bead_radius_nm,
         exposure_s=params.exposure_s,
-        bead_id=np.zeros(1, dtype=int),
-        tethered=np.zeros(1, dtype=bool),
-        radius_nm=one * params.bead_radius_nm,
-        x_nm=x,
-        y_nm=y,
-        z_nm=z,
-        x0_nm=x,
-        y0_nm=y,
-        z0_nm=z,
-        force_pn=one * np.nan,
-        extension_nm=one * 0.0,
-        drift_x_nm=0.0,
-        drift_y_nm=0.0,
-        drift_z_nm=0.0,
-        magnet_z_mm=10.0,
-        magnet_turns=0.0,
-        focus_nm=0.0,
     )

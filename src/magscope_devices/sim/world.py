@@ -216,6 +216,34 @@ class FrameTruth:
         """Defocus of each bead, exposure-averaged z minus the focal plane (nm)."""
         return self.z_nm - self.focus_nm
 
+    @classmethod
+    def still_beads(
+        cls,
+        x_nm,
+        y_nm,
+        z_nm,
+        *,
+        radius_nm,
+        exposure_s: float,
+        focus_nm: float = 0.0,
+        magnet_z_mm: float = 10.0,
+    ) -> FrameTruth:
+        """A frame of beads held still at given positions (nm, sensor coordinates; z
+        relative to the surface): for rendering test images and warming up kernels.
+        Arrays broadcast against each other; no force, no drift."""
+        x, y, z, r = np.broadcast_arrays(
+            *(np.atleast_1d(np.asarray(v, float)) for v in (x_nm, y_nm, z_nm, radius_nm))
+        )
+        x, y, z, r = (np.array(v) for v in (x, y, z, r))
+        n = x.size
+        return cls(
+            t_s=0.0, exposure_s=float(exposure_s), bead_id=np.arange(n),
+            tethered=np.zeros(n, bool), radius_nm=r, x_nm=x, y_nm=y, z_nm=z,
+            x0_nm=x.copy(), y0_nm=y.copy(), z0_nm=z.copy(), force_pn=np.full(n, np.nan),
+            extension_nm=np.zeros(n), drift_x_nm=0.0, drift_y_nm=0.0, drift_z_nm=0.0,
+            magnet_z_mm=float(magnet_z_mm), magnet_turns=0.0, focus_nm=float(focus_nm),
+        )
+
 
 @dataclass(frozen=True)
 class _Mechanics:
