@@ -160,3 +160,27 @@ def test_health_counters_account_for_every_frame(RE, microscope):
     assert health.frames_seen == health.frames_tracked + health.frames_dropped
     assert dropped == health.frames_dropped
     assert health.latency_p99_s < 1.0
+
+
+def test_beads_are_added_moved_and_removed_by_stable_id(RE, microscope):
+    from magscope_plans.beads import add_bead, move_bead, remove_beads
+
+    truth = _truth_now(microscope)
+    _select_true_beads(RE, microscope, ids=[0, 1, 2])
+    new_id = RE(add_bead(
+        microscope.tracker, truth["x_nm"][5] / NM_PER_PX, truth["y_nm"][5] / NM_PER_PX
+    )).plan_result
+    assert new_id == 3
+    RE(remove_beads(microscope.tracker, [1]))
+    RE(move_bead(microscope.tracker, 3, truth["x_nm"][6] / NM_PER_PX, truth["y_nm"][6] / NM_PER_PX))
+    rois = RE(bps.rd(microscope.tracker.rois)).plan_result
+    assert list(rois.bead_id) == [0, 2, 3]
+    assert rois.x0_px[2] == int(np.rint(truth["x_nm"][6] / NM_PER_PX)) - ROI // 2
+    with pytest.raises(ValueError, match=r"bead ids \[9\] are not in the ROI table \[0, 2, 3\]"):
+        RE(remove_beads(microscope.tracker, [9]))
+    with pytest.raises(ValueError, match="bead id 0 is already in the ROI table"):
+        RE(add_bead(microscope.tracker, 500.0, 400.0, bead_id=0))
+    new_id = RE(add_bead(
+        microscope.tracker, truth["x_nm"][7] / NM_PER_PX, truth["y_nm"][7] / NM_PER_PX
+    )).plan_result
+    assert new_id == 4  # one more than the largest id in the table
