@@ -312,7 +312,7 @@ def acquisition_main(
             ctl["heartbeat"] = now
             if os.getppid() != parent_pid:
                 break  # the owner is gone: nobody will read or clean up after us
-            capture = _serve_capture_requests(ctl, capture)
+            capture = _serve_capture_requests(ctl, capture, ring.dtype)
             if not ctl["acquire"]:
                 ctl["state"] = AcqState.IDLE
                 next_t = None
@@ -360,7 +360,9 @@ def acquisition_main(
         ctl.close()
 
 
-def _serve_capture_requests(ctl: SharedRecord, capture: _CaptureFile | None) -> _CaptureFile | None:
+def _serve_capture_requests(
+    ctl: SharedRecord, capture: _CaptureFile | None, dtype: np.dtype
+) -> _CaptureFile | None:
     """Open or close the capture file when the owner asks (generation counters)."""
     close_gen = ctl["capture_close_generation"]
     if close_gen != ctl["capture_close_ack"]:
@@ -373,16 +375,12 @@ def _serve_capture_requests(ctl: SharedRecord, capture: _CaptureFile | None) -> 
         if capture is not None:
             capture.close()
         x, y, w, h = (int(v) for v in ctl["roi"])
-        ring_dtype = np.dtype(_dtype_for_bits(int(ctl["bit_depth"])))
-        capture = _CaptureFile(ctl["capture_path"], (h, w), ring_dtype)
+        capture = _CaptureFile(ctl["capture_path"], (h, w), dtype)
         ctl["capture_written"] = 0
         ctl["capture_requested"] = 0
         ctl["capture_ack"] = gen
     return capture
 
-
-def _dtype_for_bits(bit_depth: int) -> type:
-    return np.uint8 if bit_depth <= 8 else np.uint16
 
 
 def _main(argv: list[str] | None = None) -> None:

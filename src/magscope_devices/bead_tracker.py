@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import warnings
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -512,13 +513,10 @@ class BeadTracker(StandardDetector):
         if not frames:
             return {}
         stack = np.stack(frames)  # (frames, 3, beads)
-        with np.errstate(all="ignore"):
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                mean = np.nanmean(stack, axis=0)
-                std = np.nanstd(stack, axis=0)
+        with warnings.catch_warnings():  # an all-NaN column (lost bead) is a NaN mean
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(stack, axis=0)
+            std = np.nanstd(stack, axis=0)
         stats = {"bead_id": self._bead_ids.astype(np.int64)}
         for i, field in enumerate(_STAT_FIELDS):
             stats[f"{field}_mean"] = mean[i]

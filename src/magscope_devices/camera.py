@@ -94,7 +94,6 @@ class CameraTriggerLogic(DetectorTriggerLogic):
         if deadtime:
             exposure = await self.camera.exposure_s.get_value()
             await self.camera.frame_rate_hz.set(1.0 / (exposure + deadtime))
-        self.camera._frames_per_trigger = 1
 
     async def default_trigger_info(self) -> TriggerInfo:
         return TriggerInfo()
@@ -114,7 +113,7 @@ class CameraAcquireLogic(DetectorAcquireLogic):
             raise CameraProcessError(
                 f"{cam.name} is not acquiring: set {cam.name}.acquiring to True first"
             )
-        ctl["capture_requested"] = ctl["capture_requested"] + cam._pending_frames()
+        ctl["capture_requested"] = ctl["capture_requested"] + 1  # one frame per trigger
 
     async def wait_for_idle(self) -> None:
         cam = self.camera
@@ -233,7 +232,6 @@ class Camera(StandardDetector):
     ) -> None:
         self.process = process
         self.limits = limits
-        self._frames_per_trigger = 1
         self.exposure_s = soft_signal_rw(
             float, getter=self._getter("exposure_s"), setter=self._set_exposure, units="s",
             precision=6,
@@ -339,7 +337,7 @@ class Camera(StandardDetector):
             roi = [int(v) for v in self._ctl["roi"]]
             roi[i] = int(value)
             self._check_roi(roi, names[i], int(value))
-            if self._ctl["capture_ack"] != self._ctl["capture_close_ack"] and self._capturing():
+            if self._capturing():
                 raise ValueError(f"{self.name}: cannot change the sensor ROI while capturing to a file")
             self._ctl["roi"] = roi
 
@@ -366,9 +364,6 @@ class Camera(StandardDetector):
                 f"{self.name}: ROI y + height = {y} + {h} = {y + h} px is beyond the sensor height "
                 f"{sh} px"
             )
-
-    def _pending_frames(self) -> int:
-        return self._frames_per_trigger
 
     # -- fail fast when the acquisition process dies -----------------------------------
     @WatchableAsyncStatus.wrap
