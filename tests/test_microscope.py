@@ -109,7 +109,10 @@ def test_reading_the_microscope_gives_positions_with_units(RE, microscope):
         "microscope-magnet_z": "mm",
         "microscope-magnet_rotation": "turns",
         "microscope-focus": "nm",
+        "microscope-force": "pN",
     }
+    # no force calibration yet: the force reads NaN, not a guess
+    assert np.isnan(RE(bps.rd(microscope.force)).plan_result)
 
 
 def test_imports_have_no_side_effects():

@@ -13,7 +13,10 @@ detector:
   column per bead), so an hour at 1 kHz is a file, not millions of Events.
 
 Signals: ``rois`` (table of bead id, ROI top-left x0, y0 in px), ``roi_size_px``,
-``zlut_path`` (load a Z-LUT file; empty: none), ``window_frames``, and the service's health
+``zlut_path`` (load a Z-LUT file; empty: none), ``window_frames``, ``bead_radius_nm`` (the
+beads' radius, used by force calibration), ``reference_beads`` (ids of beads stuck to the
+surface), ``height_offsets`` (per-bead nm added to z so that z is the height above the
+reference beads; set by an anchored Z-LUT sweep), and the service's health
 counters (``frames_tracked``, ``frames_dropped``, ``queue_depth``, ``latency_p50_s``,
 ``latency_p99_s``, ``worker_restarts``).
 """
@@ -65,6 +68,15 @@ class BeadRois(Table):
     bead_id: Array1D[np.int32]
     x0_px: Array1D[np.int32]
     y0_px: Array1D[np.int32]
+
+
+class BeadHeights(Table):
+    """Per-bead height offsets (nm) added to the tracked z, so that every bead's z is its
+    height above the reference beads at the Z-LUT sweep (see
+    :mod:`magscope_tracking.height_anchor`). Beads not in the table get no offset."""
+
+    bead_id: Array1D[np.int32]
+    offset_nm: Array1D[np.float64]
 
 
 def rois_from_centres(
@@ -123,6 +135,33 @@ def without_beads(table: BeadRois, bead_ids: Sequence[int]) -> BeadRois:
     )
 
 
+def _offsets_for(table: BeadHeights, ids: np.ndarray) -> np.ndarray | None:
+    """Height offsets (nm) for the track-file columns ``ids`` (0 for beads not in
+    ``table``), or None when the table is empty."""
+    if len(table.bead_id) == 0:
+        return None
+    lookup = dict(
+        zip(np.asarray(table.bead_id).tolist(), np.asarray(table.offset_nm).tolist(), strict=True)
+    )
+    return np.array([lookup.get(int(i), 0.0) for i in ids])
+
+
+def _columns(batch, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Track rows of a batch of frames as (frames, beads) columns in the order of the
+    sorted ``ids``; NaN where a bead is missing or the frame was not tracked."""
+    k = len(batch)
+    columns = {name: np.full((k, ids.size), np.nan) for name in ("x_nm", "y_nm", "z_nm", "score")}
+    for j in range(k):
+        if batch.status[j] != FrameStatus.TRACKED:
+            continue
+        rows = batch.rows[j, : int(batch.n_beads[j])]
+        col = np.searchsorted(ids, rows["bead_id"])
+        ok = (col < ids.size) & (ids[np.minimum(col, ids.size - 1)] == rows["bead_id"])
+        for name in columns:
+            columns[name][j, col[ok]] = rows[name][ok]
+    return columns
+
+
 class _TrackerConnector(DeviceConnector):
     """Connecting starts the tracking service on the camera's frame ring."""
 
@@ -160,7 +199,10 @@ class _Capture:
         self.next_index = 0
         self.until = 0  # frames [.., until) go to the file
         self.task: asyncio.Task | None = None
-        self.window: list[np.ndarray] = []  # per frame: rows of the current trigger window
+        self.window: list[np.ndarray] = []  # per frame: (3, beads) x, y, z of the window
+        self.window_index: list[int] = []
+        self.window_time: list[float] = []
+        self.z_offsets: np.ndarray | None = None  # per column of the file, nm
         self.lost = 0
 
     def open(self, writer: TrackFileWriter) -> None:
@@ -176,7 +218,7 @@ class _Capture:
         if self.next_index >= self.until:  # the previous request is complete: skip the gap
             self.next_index = start
         self.until = start + frames
-        self.window = []
+        self.window, self.window_index, self.window_time = [], [], []
 
     async def _pump(self) -> None:
         ring = self.tracker._ring
@@ -198,21 +240,15 @@ class _Capture:
     def _append(self, batch) -> None:
         writer = self.writer
         assert writer is not None
-        ids = writer.bead_ids
         k = len(batch)
-        columns = {name: np.full((k, ids.size), np.nan) for name in ("x_nm", "y_nm", "z_nm", "score")}
-        for j in range(k):
-            n = int(batch.n_beads[j])
-            rows = batch.rows[j, :n]
-            if batch.status[j] != FrameStatus.TRACKED:
-                continue
-            col = np.searchsorted(ids, rows["bead_id"])
-            ok = (col < ids.size) & (ids[np.minimum(col, ids.size - 1)] == rows["bead_id"])
-            for name in columns:
-                columns[name][j, col[ok]] = rows[name][ok]
+        columns = _columns(batch, writer.bead_ids)
+        if self.z_offsets is not None:
+            columns["z_nm"] += self.z_offsets
         writer.append(batch.frame_index, batch.timestamp, columns, status=batch.status)
         for j in range(k):
             self.window.append(np.stack([columns[f][j] for f in _STAT_FIELDS]))
+        self.window_index.extend(int(v) for v in batch.frame_index)
+        self.window_time.extend(float(v) for v in batch.timestamp)
         self.tracker._set_frames_written(writer.frames_written)
 
     def close(self) -> None:
@@ -281,6 +317,7 @@ class TrackerDataLogic(DetectorDataLogic):
         path = info.directory_path / f"{info.filename}.h5"
         tracker._capture.close()
         tracker._capture.open(TrackFileWriter(path, ids))
+        tracker._capture.z_offsets = _offsets_for(await tracker.height_offsets.get_value(), ids)
         tracker._set_frames_written(0)
         tracker._bead_ids = ids
         b = int(ids.size)
@@ -335,6 +372,7 @@ class BeadTracker(StandardDetector):
         n_workers: int | None = None,
         roi_size_px: int = 64,
         window_frames: int = 10,
+        bead_radius_nm: float = 1400.0,
         name: str = "",
     ) -> None:
         self._camera_ref = Reference(camera)
@@ -354,6 +392,9 @@ class BeadTracker(StandardDetector):
             int, getter=lambda: self._roi_size, setter=self._set_roi_size, units="px"
         )
         self.zlut_path = soft_signal_rw(str, getter=self._get_zlut, setter=self._set_zlut)
+        self.bead_radius_nm = soft_signal_rw(float, bead_radius_nm, units="nm")
+        self.reference_beads = soft_signal_rw(Array1D[np.int32], np.zeros(0, np.int32))
+        self.height_offsets = soft_signal_rw(BeadHeights, BeadHeights.empty())
         self.window_frames = soft_signal_rw(int, window_frames, setter=self._set_window)
         self.frames_written, self._set_frames_written = soft_signal_r_and_setter(int, 0)
         health = self._health_getter
@@ -370,7 +411,10 @@ class BeadTracker(StandardDetector):
         self.add_detector_logics(
             TrackerTriggerLogic(), TrackerAcquireLogic(self), TrackerDataLogic(self, path_provider)
         )
-        self.add_config_signals(self.roi_size_px, self.window_frames, self.zlut_path)
+        self.add_config_signals(
+            self.roi_size_px, self.window_frames, self.zlut_path, self.bead_radius_nm,
+            self.reference_beads,
+        )
         super().__init__(name=name, connector=_TrackerConnector())
 
     @property
@@ -488,6 +532,46 @@ class BeadTracker(StandardDetector):
             indices[j] = index
         return out, rois["bead_id"].astype(np.int64), indices
 
+    async def next_tracks(self, n_frames: int, *, timeout: float = 10.0) -> dict[str, np.ndarray]:
+        """The tracks of the next ``n_frames`` camera frames, straight from the track ring
+        (nothing is written to a file or a run): the same keys as :meth:`window_tracks`,
+        z including the height offsets. For quick looks and plan stubs that decide what to
+        do next; in a plan: ``bps.wait_for([partial(tracker.next_tracks, n)])``."""
+        if n_frames < 1:
+            raise ValueError(f"n_frames must be at least 1, got {n_frames}")
+        ring = self._ring
+        ids = np.sort(self._service().rois["bead_id"].astype(np.int32))
+        offsets = _offsets_for(await self.height_offsets.get_value(), ids)
+        start = next_index = ring.count + 1
+        parts: list[dict[str, np.ndarray]] = []
+        index: list[np.ndarray] = []
+        stamps: list[np.ndarray] = []
+        deadline = time.monotonic() + timeout + n_frames * 0.05
+        while next_index < start + n_frames:
+            self._check_service()
+            batch = ring.rows_since(next_index, max_frames=start + n_frames - next_index)
+            if batch.lost:
+                raise RuntimeError(f"{self.name}: {batch.lost} frames of tracks were overwritten")
+            if len(batch):
+                parts.append(_columns(batch, ids))
+                index.append(np.asarray(batch.frame_index, np.int64))
+                stamps.append(np.asarray(batch.timestamp, float))
+                next_index = batch.next_index
+                continue
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: {n_frames} frames were not tracked within {timeout} s")
+            await asyncio.sleep(0.005)
+        out = {
+            "bead_id": ids.astype(np.int64),
+            "frame_index": np.concatenate(index),
+            "timestamp": np.concatenate(stamps),
+        }
+        for f in _STAT_FIELDS:
+            out[f] = np.concatenate([p[f] for p in parts])
+        if offsets is not None:
+            out["z_nm"] = out["z_nm"] + offsets
+        return out
+
     @property
     def data_dir(self):
         """Folder where this tracker's files (track tables, Z-LUTs) go."""
@@ -522,6 +606,21 @@ class BeadTracker(StandardDetector):
             stats[f"{field}_mean"] = mean[i]
             stats[f"{field}_std"] = std[i]
         return stats
+
+    def window_tracks(self) -> dict[str, np.ndarray]:
+        """Every frame of the last trigger window (or fly scan) at full rate: ``bead_id``
+        (beads,), ``frame_index`` (frames,), ``timestamp`` (frames,) UNIX s, and ``x_nm``,
+        ``y_nm``, ``z_nm`` (frames, beads), NaN where a bead was lost or a frame dropped.
+        z includes the height offsets. The same numbers as the run's track file."""
+        capture = self._capture
+        n = len(capture.window)
+        stack = np.stack(capture.window) if n else np.zeros((0, 3, self._bead_ids.size))
+        return {
+            "bead_id": self._bead_ids.astype(np.int64),
+            "frame_index": np.asarray(capture.window_index[:n], np.int64),
+            "timestamp": np.asarray(capture.window_time[:n], float),
+            **{f: stack[:, i, :] for i, f in enumerate(_STAT_FIELDS)},
+        }
 
     async def describe(self) -> dict[str, DataKey]:
         keys = await StandardDetector.describe(self)

@@ -32,6 +32,7 @@ from magscope_tracking.shm import SharedRecord, remove_stale_segments, segment_n
 from .acquisition import AcquisitionConfig, AcquisitionProcess
 from .bead_tracker import BeadTracker
 from .camera import Camera, CameraLimits
+from .force import Force
 from .motors import FocusStage, MagnetRotation, MagnetZ
 from .sim.frame_source import SIM_INPUTS_DTYPE, TRUTH_DTYPE, SimFrameSource, TruthReader
 from .sim.world import SimParams
@@ -126,7 +127,8 @@ class _MicroscopeConnector(DeviceConnector):
 
 
 class Microscope(StandardReadable):
-    """Camera, magnet height (mm), magnet rotation (turns) and focus (nm) of one instrument.
+    """Camera, magnet height (mm), magnet rotation (turns), focus (nm) and the force on the
+    beads (pN, through the loaded force calibration) of one instrument.
 
     ``read()`` gives the axes' positions; the camera is a detector of its own
     (``microscope.camera``), used in plans next to the microscope.
@@ -148,6 +150,7 @@ class Microscope(StandardReadable):
             self.magnet_z = magnet_z
             self.magnet_rotation = magnet_rotation
             self.focus = focus
+            self.force = Force(magnet_z)
         self.camera = camera
         if tracker is not None:
             self.tracker = tracker
@@ -254,7 +257,7 @@ def make_simulated_microscope(
     tracker = (
         BeadTracker(
             camera, path_provider, nm_per_px=params.nm_per_px, n_workers=tracking_workers,
-            roi_size_px=roi_size_px,
+            roi_size_px=roi_size_px, bead_radius_nm=params.bead_radius_nm,
         )
         if track
         else None

@@ -22,7 +22,10 @@ def camera_and_axes(microscope: Microscope, *, track: bool = False) -> list[Any]
     whose parent is also in the list, so the camera would never be triggered.
     """
     detectors = microscope.detectors() if track else [microscope.camera]
-    return [*detectors, microscope.magnet_z, microscope.magnet_rotation, microscope.focus]
+    return [
+        *detectors, microscope.magnet_z, microscope.magnet_rotation, microscope.focus,
+        microscope.force,
+    ]
 
 
 def focus_scan(

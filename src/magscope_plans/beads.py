@@ -1,4 +1,5 @@
-"""Plan stubs to choose the tracked beads: add, move, remove by stable bead id.
+"""Plan stubs to choose the tracked beads: add, move, remove by stable bead id, and find
+the reference beads (stuck to the surface).
 
 Each reads the tracker's ROI table, changes it and sets it back (the tracker checks the
 new table against the sensor and the other ROIs; a refused table changes nothing).
@@ -6,10 +7,12 @@ new table against the sensor and the other ROIs; a refused table changes nothing
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Generator, Sequence
 from typing import Any
 
 import bluesky.plan_stubs as bps
+import numpy as np
 from bluesky.utils import Msg
 
 from magscope_devices.bead_tracker import (
@@ -45,3 +48,36 @@ def remove_beads(tracker: BeadTracker, bead_ids: Sequence[int]) -> Generator[Msg
     """Stop tracking ``bead_ids``; the other beads keep their ids."""
     table: BeadRois = yield from bps.rd(tracker.rois)
     yield from bps.mv(tracker.rois, without_beads(table, bead_ids))
+
+
+def find_reference_beads(
+    tracker: BeadTracker, *, frames: int = 200, max_lateral_std_nm: float = 10.0
+) -> Generator[Msg, Any, list[int]]:
+    """Mark the beads stuck to the surface as reference beads; returns their ids.
+
+    Watches the next ``frames`` frames: a bead whose x and y standard deviations (nm,
+    after removing each bead's linear drift) are both below ``max_lateral_std_nm`` does not
+    move on a tether. Tethered beads move by tens of nm even at 30 pN; stuck beads only
+    by the tracking noise (about 1 nm). Sets ``tracker.reference_beads``.
+    """
+    if frames < 10:
+        raise ValueError(f"frames must be at least 10, got {frames}")
+    (task,) = yield from bps.wait_for([functools.partial(tracker.next_tracks, frames)])
+    tracks = task.result()
+    t = np.arange(tracks["x_nm"].shape[0], dtype=float)
+    stds = []
+    for field in ("x_nm", "y_nm"):
+        values = tracks[field]
+        stds.append(np.array([_detrended_std(t, values[:, b]) for b in range(values.shape[1])]))
+    still = (stds[0] < max_lateral_std_nm) & (stds[1] < max_lateral_std_nm)
+    ids = tracks["bead_id"][still].astype(np.int32)
+    yield from bps.mv(tracker.reference_beads, ids)
+    return [int(b) for b in ids]
+
+
+def _detrended_std(t: np.ndarray, y: np.ndarray) -> float:
+    ok = np.isfinite(y)
+    if ok.sum() < 3:
+        return float("inf")
+    coeffs = np.polyfit(t[ok], y[ok], 1)
+    return float(np.std(y[ok] - np.polyval(coeffs, t[ok])))

@@ -29,11 +29,16 @@ def with_safe_finish(
     *,
     safe_magnet_height_mm: float | None = DEFAULT_SAFE_MAGNET_HEIGHT_MM,
     restore_focus_nm: float | None = None,
+    restore_turns: float | None = None,
 ) -> Generator[Msg, Any, Any]:
-    """Run ``plan``; whatever happens, leave magnets at a safe height (mm) and the focus
-    back at ``restore_focus_nm`` (nm). ``None`` leaves that axis alone."""
+    """Run ``plan``; whatever happens, turn the magnets back to ``restore_turns`` (turns),
+    leave them at a safe height (mm) and the focus back at ``restore_focus_nm`` (nm).
+    ``None`` leaves that axis alone."""
 
     def cleanup() -> Generator[Msg, Any, None]:
+        if restore_turns is not None:
+            yield from bps.stop(microscope.magnet_rotation)
+            yield from bps.mv(microscope.magnet_rotation, restore_turns)
         if safe_magnet_height_mm is not None:
             yield from restore_safe_state(microscope, safe_magnet_height_mm=safe_magnet_height_mm)
         if restore_focus_nm is not None:

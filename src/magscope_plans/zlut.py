@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import uuid
 from collections.abc import Generator, Sequence
 from pathlib import Path
@@ -15,9 +16,10 @@ from bluesky.utils import Msg
 from ophyd_async.core import StandardReadable, soft_signal_rw
 from ophyd_async.plan_stubs import ensure_connected
 
-from magscope_devices.bead_tracker import BeadRois
+from magscope_devices.bead_tracker import BeadHeights, BeadRois
 from magscope_devices.microscope import Microscope
 from magscope_tracking import ZLUT, build_zlut
+from magscope_tracking.height_anchor import height_offsets_nm
 
 from .safety import with_safe_finish
 
@@ -26,7 +28,9 @@ class ZLUTRecord(StandardReadable):
     """The Z-LUT a sweep built, as signals, so it goes into the run as an event.
 
     ``z_nm`` (planes,): bead height relative to the focal plane (nm; 0 at the focus where
-    the sweep started); ``profiles`` (beads, planes, bins): radial profiles; ``bead_ids``.
+    the sweep started); ``profiles`` (beads, planes, bins): radial profiles; ``bead_ids``;
+    ``height_nm`` (beads,): each bead's height above the reference beads at the sweep (nm;
+    NaN where it could not be anchored or without reference beads).
     """
 
     def __init__(self, name: str = "zlut") -> None:
@@ -34,6 +38,7 @@ class ZLUTRecord(StandardReadable):
             self.z_nm = soft_signal_rw(np.ndarray, np.zeros(0), units="nm")
             self.profiles = soft_signal_rw(np.ndarray, np.zeros(0))
             self.bead_ids = soft_signal_rw(np.ndarray, np.zeros(0, np.int64))
+            self.height_nm = soft_signal_rw(np.ndarray, np.zeros(0), units="nm")
         super().__init__(name=name)
 
 
@@ -46,6 +51,7 @@ def zlut_sweep(
     frames_per_step: int = 5,
     beads: Sequence[int] | None = None,
     magnet_z_mm: float | None = None,
+    reference_beads: Sequence[int] | None = None,
     settle_s: float = 0.02,
     md: dict[str, Any] | None = None,
 ) -> Generator[Msg, Any, str]:
@@ -56,6 +62,12 @@ def zlut_sweep(
     :param beads: bead ids to build the Z-LUT for (default: every bead of the ROI table).
     :param magnet_z_mm: move the magnets here first (mm): sweep at high force so tethered
         beads hold still; they go back to a safe height at the end.
+    :param reference_beads: ids of beads stuck to the surface (default: the tracker's
+        ``reference_beads``). When some are swept, every bead's height above them is found
+        by matching its profiles against theirs (:func:`height_offsets_nm`) and set as the
+        tracker's ``height_offsets``: tracked z is then the height above the reference
+        beads, and extensions follow. The sweep must span the tethers: e.g. from 2 um below
+        to 10 um above the reference beads' focus for tethers up to 8 um.
     :param settle_s: wait after each focus step (s).
 
     The run has a ``primary`` stream (focus per step) and a ``zlut`` stream with one event:
@@ -107,6 +119,11 @@ def zlut_sweep(
             raise ValueError(
                 f"magnet height {magnet_z_mm} mm is outside the magnet limits [{m_lo}, {m_hi}] mm"
             )
+    if reference_beads is None:
+        refs = np.asarray((yield from bps.rd(tracker.reference_beads)), dtype=np.int64)
+    else:
+        refs = np.asarray(list(reference_beads), dtype=np.int64)
+    refs = refs[np.isin(refs, selected)]
     lut_path = Path(tracker.data_dir) / f"zlut-{uuid.uuid4()}.npz"
     record = ZLUTRecord(name="zlut")
     yield from ensure_connected(record)
@@ -119,6 +136,7 @@ def zlut_sweep(
         },
         "zlut_file": str(lut_path),
         "zlut_bead_ids": selected.tolist(),
+        "reference_bead_ids": refs.tolist(),
         "focus_start_nm": focus0,
     }
     _md.update(md or {})
@@ -145,13 +163,19 @@ def zlut_sweep(
             bead_ids=ids_kept, source=None,
         )
         lut.save(lut_path)
+        heights = (
+            height_offsets_nm(lut, refs) if refs.size else np.full(lut.n_beads, np.nan)
+        )
+        save_heights(lut_path, lut.bead_ids, heights, refs)
         yield from bps.mv(
             record.z_nm, np.asarray(lut.z_nm, float),
             record.profiles, np.asarray(lut.profiles, float),
             record.bead_ids, np.asarray(lut.bead_ids, np.int64),
+            record.height_nm, heights,
         )
         yield from bps.trigger_and_read([record], name="zlut")
         yield from bps.mv(tracker.zlut_path, str(lut_path))
+        yield from bps.mv(tracker.height_offsets, heights_table(lut.bead_ids, heights))
 
     uid = yield from with_safe_finish(
         inner(), microscope,
@@ -174,5 +198,42 @@ def load_zlut(microscope: Microscope, run: Any) -> Generator[Msg, Any, ZLUT]:
         )
     path = Path(start["zlut_file"])
     lut = ZLUT.load(path)
+    ids, heights = load_heights(path, lut)
     yield from bps.mv(microscope.tracker.zlut_path, str(path))
+    yield from bps.mv(microscope.tracker.height_offsets, heights_table(ids, heights))
     return lut
+
+
+def heights_path(lut_path: Path) -> Path:
+    """The file beside a Z-LUT holding its beads' heights above the reference beads."""
+    return lut_path.with_name(lut_path.stem + ".heights.json")
+
+
+def save_heights(lut_path: Path, bead_ids, heights_nm, reference_ids) -> Path:
+    """Write the heights (nm, NaN = not anchored) of a Z-LUT's beads beside it."""
+    path = heights_path(Path(lut_path))
+    doc = {
+        "bead_id": [int(b) for b in bead_ids],
+        "height_nm": [None if not np.isfinite(h) else float(h) for h in heights_nm],
+        "reference_bead_ids": [int(b) for b in reference_ids],
+    }
+    path.write_text(json.dumps(doc, indent=1))
+    return path
+
+
+def load_heights(lut_path: Path, lut: ZLUT) -> tuple[np.ndarray, np.ndarray]:
+    """Bead ids and heights (nm) saved beside a Z-LUT; all NaN when there is no file."""
+    path = heights_path(Path(lut_path))
+    if not path.exists():
+        return lut.bead_ids, np.full(lut.n_beads, np.nan)
+    doc = json.loads(path.read_text())
+    heights = np.array([np.nan if h is None else h for h in doc["height_nm"]], dtype=float)
+    return np.asarray(doc["bead_id"], dtype=np.int64), heights
+
+
+def heights_table(bead_ids, heights_nm) -> BeadHeights:
+    """The tracker's ``height_offsets`` table: the beads with a finite height."""
+    ids = np.asarray(bead_ids, dtype=np.int64)
+    heights = np.asarray(heights_nm, dtype=float)
+    ok = np.isfinite(heights)
+    return BeadHeights(bead_id=ids[ok].astype(np.int32), offset_nm=heights[ok])

@@ -17,6 +17,7 @@ Units: nm, s, Hz, pN, turns (see docs/analysis.md for the models and equations).
 from .drift import reference_drift, subtract_drift
 from .force_allan import allan_force, allan_variance
 from .force_psd import periodogram, psd_force
+from .magnet_force import MagnetForceFit, fit_magnet_force
 from .ou_model import (
     ForceResult,
     allan_model,
@@ -33,6 +34,7 @@ from .wlc import WLCFit, wlc_extension_nm, wlc_fit, wlc_force_pn
 __all__ = [
     "BucklingResult",
     "ForceResult",
+    "MagnetForceFit",
     "WLCFit",
     "allan_force",
     "allan_model",
@@ -40,6 +42,7 @@ __all__ = [
     "buckling_point",
     "expected_corner_hz",
     "expected_periodogram",
+    "fit_magnet_force",
     "force_relative_error",
     "mean_and_sem",
     "periodogram",

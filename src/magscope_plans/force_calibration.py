@@ -1,0 +1,295 @@
+"""Force calibration: force per bead against magnet height, and the curve ``Force`` uses."""
+
+from __future__ import annotations
+
+import time
+import uuid
+import warnings
+from collections.abc import Generator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
+import numpy as np
+from bluesky.utils import Msg
+
+from magscope_devices.force_curve import ForceCalibration
+from magscope_devices.microscope import Microscope
+
+from .analysis import (
+    ForceResult,
+    allan_force,
+    fit_magnet_force,
+    psd_force,
+    record_length_s,
+    thermal_energy_pn_nm,
+)
+from .preflight import check_magnet_heights, select_beads
+from .recording import TrackRecorder, extension_traces, lateral_traces
+from .results import ARRAY, FLOAT, IDS, ResultRecord, emit
+from .safety import DEFAULT_SAFE_MAGNET_HEIGHT_MM, with_safe_finish
+
+__all__ = ["force_calibration", "load_force_calibration", "CALIBRATION_FIELDS", "FIT_FIELDS"]
+
+#: Per magnet height, stream ``calibration`` (one value per bead unless a number).
+CALIBRATION_FIELDS: dict[str, tuple[Any, str]] = {
+    "magnet_z_mm": (FLOAT, "mm"),
+    "record_s": (FLOAT, "s"),
+    "bead_id": (IDS, ""),
+    "extension_nm": (ARRAY, "nm"),
+    "force_psd_pn": (ARRAY, "pN"),
+    "force_psd_pn_err": (ARRAY, "pN"),
+    "stiffness_pn_per_nm": (ARRAY, "pN/nm"),
+    "stiffness_pn_per_nm_err": (ARRAY, "pN/nm"),
+    "corner_hz": (ARRAY, "Hz"),
+    "corner_hz_err": (ARRAY, "Hz"),
+    "drag_pn_s_per_nm": (ARRAY, "pN s/nm"),
+    "drag_pn_s_per_nm_err": (ARRAY, "pN s/nm"),
+    "force_allan_pn": (ARRAY, "pN"),
+    "force_allan_pn_err": (ARRAY, "pN"),
+    "force_plain_psd_pn": (ARRAY, "pN"),
+}
+
+#: Once per run, stream ``force_fit``: the double exponential F(z) the Force device uses.
+FIT_FIELDS: dict[str, tuple[Any, str]] = {
+    "f0_pn": (FLOAT, "pN"),
+    "f0_pn_err": (FLOAT, "pN"),
+    "a": (FLOAT, ""),
+    "a_err": (FLOAT, ""),
+    "l1_mm": (FLOAT, "mm"),
+    "l1_mm_err": (FLOAT, "mm"),
+    "l2_mm": (FLOAT, "mm"),
+    "l2_mm_err": (FLOAT, "mm"),
+    "rms_relative_residual": (FLOAT, ""),
+    "bead_id": (IDS, ""),
+    "bead_scale": (ARRAY, ""),
+}
+
+
+def _per_bead(results: list[ForceResult], attr: str) -> np.ndarray:
+    return np.array([getattr(r, attr) for r in results], dtype=float)
+
+
+def _record_frames(
+    pilot: dict[str, np.ndarray],
+    sel,
+    *,
+    fs_hz: float,
+    exposure_s: float,
+    radius_nm: float,
+    rel_error: float,
+    axis: str,
+    min_s: float,
+    max_s: float,
+) -> int:
+    """Frames to record so that the slowest bead's force has ``rel_error`` (relative
+    standard error), from a pilot record: equipartition gives each bead's force, the
+    extension its length, and :func:`record_length_s` the time for the expected corner
+    frequency; clipped to [min_s, max_s]."""
+    ext = np.nanmean(extension_traces(pilot, sel.beads, sel.reference), axis=0)
+    lateral = lateral_traces(pilot, sel.beads, sel.reference, axis=axis)
+    var = np.nanvar(lateral, axis=0)
+    kt = thermal_energy_pn_nm()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        force = kt * (ext + radius_nm) / var
+    ok = np.isfinite(force) & (force > 0) & np.isfinite(ext) & (ext > 0)
+    if not np.any(ok):
+        return int(round(max_s * fs_hz))
+    seconds = record_length_s(
+        force[ok], ext[ok], radius_nm, fs_hz=fs_hz, exposure_s=exposure_s, rel_error=rel_error
+    )
+    longest = float(np.max(np.atleast_1d(seconds)))
+    return int(round(min(max(longest, min_s), max_s) * fs_hz))
+
+
+def force_calibration(
+    microscope: Microscope,
+    magnet_heights_mm: Sequence[float],
+    *,
+    duration_s: float | None = None,
+    beads: Sequence[int] | None = None,
+    axis: str = "y",
+    rel_error: float = 0.05,
+    pilot_s: float = 2.0,
+    max_duration_s: float = 120.0,
+    settle_s: float = 0.5,
+    chunk_frames: int = 100,
+    safe_magnet_height_mm: float = DEFAULT_SAFE_MAGNET_HEIGHT_MM,
+    md: dict[str, Any] | None = None,
+) -> Generator[Msg, Any, str]:
+    """Measure the force on every selected bead at each magnet height (mm) and fit the
+    magnet-height to force curve that ``microscope.force`` then uses.
+
+    At each height the beads' positions are recorded at the full frame rate for
+    ``duration_s`` (s), or, when None, for as long as the slowest bead needs for a
+    relative force error ``rel_error`` (from its expected corner frequency, measured in a
+    ``pilot_s`` pilot record; at most ``max_duration_s``). The motion along ``axis``
+    (perpendicular to the field) gives the force two ways: the power spectral density
+    fitted with the camera's exposure blur and aliasing (``psd_force``), and the Allan
+    variance (``allan_force``); the plain Lorentzian fit is stored beside them to show the
+    correction. The tether length is the bead's height above the reference beads
+    (anchored Z-LUT), the bead radius ``microscope.tracker.bead_radius_nm``.
+
+    Streams: ``tracks`` (every frame, HDF5), ``calibration`` (one event per height: per
+    bead force, stiffness, corner frequency, drag and their standard errors, extension),
+    ``force_fit`` (the double exponential F(z) = f0 (a e^(-z/l1) + (1-a) e^(-z/l2)) fitted
+    to the beads' median PSD force, and each bead's force relative to it). The calibration
+    file (``force_calibration_file`` in the start document) is loaded into
+    ``microscope.force``; :func:`load_force_calibration` reloads it later. The magnets end
+    at ``safe_magnet_height_mm``. Returns the run uid.
+    """
+    plan = "force_calibration"
+    sel = yield from select_beads(microscope, beads, plan=plan)
+    heights = yield from check_magnet_heights(microscope, magnet_heights_mm, plan=plan)
+    if duration_s is not None and not duration_s > 0:
+        raise ValueError(f"{plan}: duration_s must be positive, got {duration_s} s")
+    if not 0 < rel_error < 1:
+        raise ValueError(f"{plan}: rel_error must be in (0, 1), got {rel_error}")
+    if axis not in ("x", "y"):
+        raise ValueError(f"{plan}: axis must be 'x' or 'y', not {axis!r}")
+    tracker = microscope.tracker
+    fs = float((yield from bps.rd(microscope.camera.frame_rate_hz)))
+    exposure = float((yield from bps.rd(microscope.camera.exposure_s)))
+    radius = float((yield from bps.rd(tracker.bead_radius_nm)))
+    path = Path(tracker.data_dir) / f"force-calibration-{uuid.uuid4()}.json"
+    recorder = TrackRecorder(tracker, chunk_frames=chunk_frames)
+    per_height = ResultRecord(CALIBRATION_FIELDS, name="calibration")
+    fit_record = ResultRecord(FIT_FIELDS, name="force_fit")
+    _md = {
+        "plan_name": plan,
+        "plan_args": {
+            "magnet_heights_mm": heights, "duration_s": duration_s,
+            "beads": sel.beads.tolist(), "axis": axis, "rel_error": rel_error,
+            "pilot_s": pilot_s, "max_duration_s": max_duration_s, "settle_s": settle_s,
+        },
+        "bead_ids": sel.beads.tolist(),
+        "reference_bead_ids": sel.reference.tolist(),
+        "frame_rate_hz": fs,
+        "exposure_s": exposure,
+        "bead_radius_nm": radius,
+        "force_calibration_file": str(path),
+    }
+    _md.update(md or {})
+
+    @bpp.stage_decorator([microscope])
+    @bpp.run_decorator(md=_md)
+    def inner() -> Generator[Msg, Any, None]:
+        psd_forces = []
+        for h in heights:
+            yield from bps.mv(microscope.magnet_z, h)
+            yield from bps.sleep(settle_s)
+            if duration_s is None:
+                pilot = yield from recorder.record(int(round(pilot_s * fs)))
+                n_frames = _record_frames(
+                    pilot, sel, fs_hz=fs, exposure_s=exposure, radius_nm=radius,
+                    rel_error=rel_error, axis=axis, min_s=pilot_s, max_s=max_duration_s,
+                )
+            else:
+                n_frames = int(round(duration_s * fs))
+            tracks = yield from recorder.record(n_frames)
+            ext_all = extension_traces(tracks, sel.beads, sel.reference)
+            lateral = lateral_traces(tracks, sel.beads, sel.reference, axis=axis)
+            psd, allan, plain, ext = [], [], [], []
+            for b in range(sel.beads.size):
+                length = float(np.nanmean(ext_all[:, b]))
+                ext.append(length)
+                kw: dict[str, Any] = dict(
+                    fs_hz=fs, exposure_s=exposure, length_nm=length, radius_nm=radius
+                )
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    psd.append(psd_force(lateral[:, b], **kw))
+                    allan.append(allan_force(lateral[:, b], **kw))
+                    plain.append(
+                        psd_force(
+                            lateral[:, b], **kw, blur_correction=False, aliasing_correction=False
+                        )
+                    )
+            psd_forces.append(_per_bead(psd, "force_pn"))
+            yield from emit(
+                per_height, "calibration",
+                magnet_z_mm=h, record_s=lateral.shape[0] / fs, bead_id=sel.beads,
+                extension_nm=ext,
+                force_psd_pn=_per_bead(psd, "force_pn"),
+                force_psd_pn_err=_per_bead(psd, "force_pn_err"),
+                stiffness_pn_per_nm=_per_bead(psd, "stiffness_pn_per_nm"),
+                stiffness_pn_per_nm_err=_per_bead(psd, "stiffness_pn_per_nm_err"),
+                corner_hz=_per_bead(psd, "corner_hz"),
+                corner_hz_err=_per_bead(psd, "corner_hz_err"),
+                drag_pn_s_per_nm=_per_bead(psd, "drag_pn_s_per_nm"),
+                drag_pn_s_per_nm_err=_per_bead(psd, "drag_pn_s_per_nm_err"),
+                force_allan_pn=_per_bead(allan, "force_pn"),
+                force_allan_pn_err=_per_bead(allan, "force_pn_err"),
+                force_plain_psd_pn=_per_bead(plain, "force_pn"),
+            )
+        calibration = _fit_calibration(heights, np.array(psd_forces), sel.beads)
+        fit = calibration.fit
+        cal = ForceCalibration(
+            f0_pn=fit.f0_pn, a=fit.a, l1_mm=fit.l1_mm, l2_mm=fit.l2_mm,
+            min_height_mm=min(heights), max_height_mm=max(heights),
+            bead_ids=tuple(int(b) for b in sel.beads),
+            bead_scale=tuple(float(s) for s in calibration.bead_scale),
+            source=None, created=time.time(),
+        )
+        cal.save(path)
+        yield from emit(
+            fit_record, "force_fit",
+            f0_pn=fit.f0_pn, f0_pn_err=fit.f0_pn_err, a=fit.a, a_err=fit.a_err,
+            l1_mm=fit.l1_mm, l1_mm_err=fit.l1_mm_err, l2_mm=fit.l2_mm, l2_mm_err=fit.l2_mm_err,
+            rms_relative_residual=fit.rms_relative_residual, bead_id=sel.beads,
+            bead_scale=calibration.bead_scale,
+        )
+        yield from bps.mv(microscope.force.calibration_file, str(path))
+
+    return (
+        yield from with_safe_finish(
+            inner(), microscope, safe_magnet_height_mm=safe_magnet_height_mm
+        )
+    )
+
+
+class _Calibration(NamedTuple):
+    """The ensemble fit and each bead's force relative to it."""
+
+    fit: Any
+    bead_scale: np.ndarray
+
+
+def _fit_calibration(heights, forces: np.ndarray, beads: np.ndarray) -> _Calibration:
+    """Fit F(z) to the median over beads of the force at each height; each bead's scale is
+    the median over heights of its force over the curve (1 when it has no valid force)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        median = np.nanmedian(forces, axis=1)
+    ok = np.isfinite(median) & (median > 0)
+    if ok.sum() < 2:
+        raise RuntimeError(
+            f"force_calibration: only {int(ok.sum())} magnet heights gave a force; "
+            "record longer (duration_s) or calibrate at more heights"
+        )
+    fit = fit_magnet_force(np.asarray(heights)[ok], median[ok])
+    curve = fit.f0_pn * (
+        fit.a * np.exp(-np.asarray(heights) / fit.l1_mm)
+        + (1 - fit.a) * np.exp(-np.asarray(heights) / fit.l2_mm)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        scale = np.nanmedian(forces / curve[:, None], axis=0)
+    scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+    return _Calibration(fit, scale)
+
+
+def load_force_calibration(microscope: Microscope, run: Any) -> Generator[Msg, Any, ForceCalibration]:
+    """Load the force calibration of a past ``force_calibration`` run (a Tiled run client)
+    into ``microscope.force``; returns it."""
+    start = run.metadata["start"]
+    if start.get("plan_name") != "force_calibration" or "force_calibration_file" not in start:
+        raise ValueError(
+            f"run {start.get('uid')} is a {start.get('plan_name')!r} run, not a "
+            "force_calibration: it holds no force calibration"
+        )
+    path = Path(start["force_calibration_file"])
+    cal = ForceCalibration.load(path)
+    yield from bps.mv(microscope.force.calibration_file, str(path))
+    return cal

@@ -1,0 +1,287 @@
+"""Force-extension curves with worm-like-chain fits, and rotation-extension (hat) curves."""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from typing import Any
+
+import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
+import numpy as np
+from bluesky.utils import Msg
+
+from magscope_devices.force_curve import ForceCalibration
+from magscope_devices.microscope import Microscope
+
+from .analysis import buckling_point, wlc_fit
+from .preflight import BeadSelection, require_force_calibration, select_beads
+from .recording import TrackRecorder, extension_traces, mean_extensions
+from .results import ARRAY, FLOAT, IDS, ResultRecord, emit
+from .safety import DEFAULT_SAFE_MAGNET_HEIGHT_MM, with_safe_finish
+
+__all__ = ["force_extension", "force_sequence", "rotation_extension"]
+
+_DIRECTIONS = ("up", "down", "up_down", "down_up", "as_given")
+
+EXTENSION_FIELDS: dict[str, tuple[Any, str]] = {
+    "force_pn": (FLOAT, "pN"),
+    "magnet_z_mm": (FLOAT, "mm"),
+    "turns": (FLOAT, "turns"),
+    "bead_id": (IDS, ""),
+    "bead_force_pn": (ARRAY, "pN"),
+    "extension_nm": (ARRAY, "nm"),
+    "extension_nm_err": (ARRAY, "nm"),
+}
+
+WLC_FIELDS: dict[str, tuple[Any, str]] = {
+    "bead_id": (IDS, ""),
+    "contour_nm": (ARRAY, "nm"),
+    "contour_nm_err": (ARRAY, "nm"),
+    "persistence_nm": (ARRAY, "nm"),
+    "persistence_nm_err": (ARRAY, "nm"),
+    "stretch_modulus_pn": (ARRAY, "pN"),
+    "residual_rms_nm": (ARRAY, "nm"),
+}
+
+BUCKLING_FIELDS: dict[str, tuple[Any, str]] = {
+    "force_pn": (FLOAT, "pN"),
+    "bead_id": (IDS, ""),
+    "positive_turns": (ARRAY, "turns"),
+    "positive_turns_err": (ARRAY, "turns"),
+    "negative_turns": (ARRAY, "turns"),
+    "negative_turns_err": (ARRAY, "turns"),
+    "plateau_nm": (ARRAY, "nm"),
+    "positive_slope_nm_per_turn": (ARRAY, "nm/turn"),
+}
+
+
+def force_sequence(forces_pn: Sequence[float], direction: str) -> list[float]:
+    """The order of the force steps: ``up`` (increasing), ``down``, ``up_down`` (up, then
+    back down without repeating the top), ``down_up``, or ``as_given``."""
+    if direction not in _DIRECTIONS:
+        raise ValueError(f"direction must be one of {_DIRECTIONS}, not {direction!r}")
+    forces = [float(f) for f in forces_pn]
+    up = sorted(forces)
+    if direction == "as_given":
+        return forces
+    if direction == "up":
+        return up
+    if direction == "down":
+        return up[::-1]
+    if direction == "up_down":
+        return up + up[::-1][1:]
+    return up[::-1] + up[1:]
+
+
+def _bead_forces(cal: ForceCalibration, beads: np.ndarray, magnet_z_mm: float) -> np.ndarray:
+    return np.array([cal.force_pn_for_bead(int(b), magnet_z_mm) for b in beads], dtype=float)
+
+
+def _measure(
+    microscope: Microscope,
+    sel: BeadSelection,
+    recorder: TrackRecorder,
+    cal: ForceCalibration,
+    record: ResultRecord,
+    *,
+    force_pn: float,
+    turns: float,
+    frames: int,
+) -> Generator[Msg, Any, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Record ``frames`` frames where the instrument is now; emit the mean extension per
+    bead into the ``extension`` stream; return (bead forces, extension, its error)."""
+    tracks = yield from recorder.record(frames)
+    mean, sem = mean_extensions(extension_traces(tracks, sel.beads, sel.reference))
+    magnet_z = float((yield from bps.rd(microscope.magnet_z)))
+    forces = _bead_forces(cal, sel.beads, magnet_z)
+    yield from emit(
+        record, "extension",
+        force_pn=force_pn, magnet_z_mm=magnet_z, turns=turns, bead_id=sel.beads,
+        bead_force_pn=forces, extension_nm=mean, extension_nm_err=sem,
+    )
+    return forces, mean, sem
+
+
+def _calibration(microscope: Microscope) -> Generator[Msg, Any, ForceCalibration]:
+    path = yield from bps.rd(microscope.force.calibration_file)
+    return ForceCalibration.load(path)
+
+
+def force_extension(
+    microscope: Microscope,
+    forces_pn: Sequence[float],
+    *,
+    dwell_s: float = 2.0,
+    beads: Sequence[int] | None = None,
+    direction: str = "up_down",
+    settle_s: float = 0.5,
+    extensible: bool = False,
+    safe_magnet_height_mm: float = DEFAULT_SAFE_MAGNET_HEIGHT_MM,
+    md: dict[str, Any] | None = None,
+) -> Generator[Msg, Any, str]:
+    """Step the force (pN) through ``forces_pn`` in ``direction`` order; at each step wait
+    ``settle_s`` (s), then record ``dwell_s`` (s) at full rate and take each bead's mean
+    extension (height above the reference beads, so drift and focus moves cancel) with its
+    standard error. Then fit the worm-like chain (Marko-Siggia with Bouchiat's correction;
+    ``extensible`` adds a stretch modulus) to every bead: contour and persistence length.
+
+    Needs a force calibration (``microscope.force``) covering the forces, reference beads
+    and an anchored Z-LUT. Streams: ``tracks`` (every frame), ``extension`` (one event per
+    step: the force, each bead's own force from the calibration, mean extension and error),
+    ``wlc`` (one event: per bead contour_nm, persistence_nm, their errors). The magnets end
+    at ``safe_magnet_height_mm``. Returns the run uid.
+    """
+    plan = "force_extension"
+    sequence = force_sequence(forces_pn, direction)
+    forces = yield from require_force_calibration(microscope, sequence, plan=plan)
+    sel = yield from select_beads(microscope, beads, plan=plan)
+    if len(set(forces)) < 3:
+        raise ValueError(f"{plan}: a WLC fit needs at least 3 different forces, got {sorted(set(forces))}")
+    if not dwell_s > 0:
+        raise ValueError(f"{plan}: dwell_s must be positive, got {dwell_s} s")
+    cal = yield from _calibration(microscope)
+    fs = float((yield from bps.rd(microscope.camera.frame_rate_hz)))
+    frames = max(1, int(round(dwell_s * fs)))
+    recorder = TrackRecorder(microscope.tracker, chunk_frames=frames)
+    steps = ResultRecord(EXTENSION_FIELDS, name="extension")
+    fits = ResultRecord(WLC_FIELDS, name="wlc")
+    _md = {
+        "plan_name": plan,
+        "plan_args": {
+            "forces_pn": [float(f) for f in forces_pn], "dwell_s": dwell_s,
+            "beads": sel.beads.tolist(), "direction": direction, "settle_s": settle_s,
+            "extensible": extensible,
+        },
+        "bead_ids": sel.beads.tolist(),
+        "reference_bead_ids": sel.reference.tolist(),
+        "force_calibration_file": str((yield from bps.rd(microscope.force.calibration_file))),
+    }
+    _md.update(md or {})
+
+    @bpp.stage_decorator([microscope])
+    @bpp.run_decorator(md=_md)
+    def inner() -> Generator[Msg, Any, None]:
+        all_f, all_ext, all_err = [], [], []
+        for f in forces:
+            yield from bps.mv(microscope.force, f)
+            yield from bps.sleep(settle_s)
+            bead_f, ext, err = yield from _measure(
+                microscope, sel, recorder, cal, steps, force_pn=f, turns=float("nan"),
+                frames=frames,
+            )
+            all_f.append(bead_f)
+            all_ext.append(ext)
+            all_err.append(err)
+        F, E, S = np.array(all_f), np.array(all_ext), np.array(all_err)
+        results = [
+            wlc_fit(F[:, b], E[:, b], extension_err_nm=S[:, b], extensible=extensible)
+            for b in range(sel.beads.size)
+        ]
+        yield from emit(
+            fits, "wlc",
+            bead_id=sel.beads,
+            contour_nm=[r.contour_nm for r in results],
+            contour_nm_err=[r.contour_nm_err for r in results],
+            persistence_nm=[r.persistence_nm for r in results],
+            persistence_nm_err=[r.persistence_nm_err for r in results],
+            stretch_modulus_pn=[r.stretch_modulus_pn for r in results],
+            residual_rms_nm=[r.residual_rms_nm for r in results],
+        )
+
+    return (
+        yield from with_safe_finish(
+            inner(), microscope, safe_magnet_height_mm=safe_magnet_height_mm
+        )
+    )
+
+
+def rotation_extension(
+    microscope: Microscope,
+    turns: Sequence[float],
+    *,
+    force_pn: float,
+    dwell_s: float = 2.0,
+    beads: Sequence[int] | None = None,
+    settle_s: float = 0.5,
+    safe_magnet_height_mm: float = DEFAULT_SAFE_MAGNET_HEIGHT_MM,
+    md: dict[str, Any] | None = None,
+) -> Generator[Msg, Any, str]:
+    """At constant force ``force_pn`` (pN), turn the magnets through ``turns`` (turns,
+    absolute, in the order given) and record each bead's mean extension after ``settle_s``
+    for ``dwell_s`` (s): the hat curve. Then find each bead's buckling points
+    (``buckling_point``: where the plateau meets the plectoneme slopes).
+
+    Streams: ``tracks``, ``extension`` (one event per turn), ``buckling`` (one event: per
+    bead positive and negative buckling turns with errors, plateau extension, slope).
+    The magnets turn back to where they started and rise to ``safe_magnet_height_mm``
+    at the end, also on failure or abort. Returns the run uid.
+    """
+    plan = "rotation_extension"
+    steps_turns = [float(t) for t in turns]
+    if len(steps_turns) < 5:
+        raise ValueError(f"{plan}: a hat curve needs at least 5 turn steps, got {len(steps_turns)}")
+    (force,) = yield from require_force_calibration(microscope, [force_pn], plan=plan)
+    sel = yield from select_beads(microscope, beads, plan=plan)
+    low = yield from bps.rd(microscope.magnet_rotation.low_limit)
+    high = yield from bps.rd(microscope.magnet_rotation.high_limit)
+    for t in steps_turns:
+        if not low <= t <= high:
+            raise ValueError(
+                f"{plan}: {t} turns is outside the rotation limits [{low}, {high}] turns"
+            )
+    if not dwell_s > 0:
+        raise ValueError(f"{plan}: dwell_s must be positive, got {dwell_s} s")
+    cal = yield from _calibration(microscope)
+    turns0 = float((yield from bps.rd(microscope.magnet_rotation)))
+    fs = float((yield from bps.rd(microscope.camera.frame_rate_hz)))
+    frames = max(1, int(round(dwell_s * fs)))
+    recorder = TrackRecorder(microscope.tracker, chunk_frames=frames)
+    steps = ResultRecord(EXTENSION_FIELDS, name="extension")
+    buckling = ResultRecord(BUCKLING_FIELDS, name="buckling")
+    _md = {
+        "plan_name": plan,
+        "plan_args": {
+            "turns": steps_turns, "force_pn": force, "dwell_s": dwell_s,
+            "beads": sel.beads.tolist(), "settle_s": settle_s,
+        },
+        "bead_ids": sel.beads.tolist(),
+        "reference_bead_ids": sel.reference.tolist(),
+        "turns_start": turns0,
+    }
+    _md.update(md or {})
+
+    @bpp.stage_decorator([microscope])
+    @bpp.run_decorator(md=_md)
+    def inner() -> Generator[Msg, Any, None]:
+        yield from bps.mv(microscope.force, force)
+        ext_rows, err_rows = [], []
+        for t in steps_turns:
+            yield from bps.mv(microscope.magnet_rotation, t)
+            yield from bps.sleep(settle_s)
+            _, ext, err = yield from _measure(
+                microscope, sel, recorder, cal, steps, force_pn=force, turns=t, frames=frames
+            )
+            ext_rows.append(ext)
+            err_rows.append(err)
+        E, S = np.array(ext_rows), np.array(err_rows)
+        results = [
+            buckling_point(steps_turns, E[:, b], extension_err_nm=S[:, b])
+            for b in range(sel.beads.size)
+        ]
+        yield from emit(
+            buckling, "buckling",
+            force_pn=force, bead_id=sel.beads,
+            positive_turns=[r.positive_turns for r in results],
+            positive_turns_err=[r.positive_turns_err for r in results],
+            negative_turns=[r.negative_turns for r in results],
+            negative_turns_err=[r.negative_turns_err for r in results],
+            plateau_nm=[r.plateau_nm for r in results],
+            positive_slope_nm_per_turn=[r.positive_slope_nm_per_turn for r in results],
+        )
+
+    return (
+        yield from with_safe_finish(
+            inner(), microscope, safe_magnet_height_mm=safe_magnet_height_mm,
+            restore_turns=turns0,
+        )
+    )

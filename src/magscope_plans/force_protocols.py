@@ -1,0 +1,201 @@
+"""Continuous force protocols at the full frame rate: ramps and clamps."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Generator, Sequence
+from typing import Any
+
+import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
+import numpy as np
+from bluesky.utils import Msg
+
+from magscope_devices.microscope import Microscope
+
+from .analysis import psd_force, subtract_drift
+from .preflight import require_force_calibration, select_beads
+from .recording import TrackRecorder, extension_traces, lateral_traces, mean_extensions
+from .results import ARRAY, FLOAT, IDS, ResultRecord, emit
+from .safety import DEFAULT_SAFE_MAGNET_HEIGHT_MM, with_safe_finish
+
+__all__ = ["force_clamp", "force_ramp"]
+
+RAMP_FIELDS: dict[str, tuple[Any, str]] = {
+    "time_s": (FLOAT, "s"),
+    "force_pn": (FLOAT, "pN"),
+    "bead_id": (IDS, ""),
+    "extension_nm": (ARRAY, "nm"),
+}
+
+CLAMP_FIELDS: dict[str, tuple[Any, str]] = {
+    "force_pn": (FLOAT, "pN"),
+    "duration_s": (FLOAT, "s"),
+    "bead_id": (IDS, ""),
+    "extension_nm": (ARRAY, "nm"),
+    "extension_nm_err": (ARRAY, "nm"),
+    "extension_std_nm": (ARRAY, "nm"),
+    "lateral_std_nm": (ARRAY, "nm"),
+    "force_psd_pn": (ARRAY, "pN"),
+    "force_psd_pn_err": (ARRAY, "pN"),
+}
+
+
+def force_ramp(
+    microscope: Microscope,
+    start_pn: float,
+    stop_pn: float,
+    rate_pn_per_s: float,
+    *,
+    beads: Sequence[int] | None = None,
+    update_hz: float = 10.0,
+    settle_s: float = 1.0,
+    safe_magnet_height_mm: float = DEFAULT_SAFE_MAGNET_HEIGHT_MM,
+    md: dict[str, Any] | None = None,
+) -> Generator[Msg, Any, str]:
+    """Ramp the force linearly from ``start_pn`` to ``stop_pn`` at ``rate_pn_per_s``
+    (pN/s, positive), recording every frame. The force setpoint is updated ``update_hz``
+    times per second (the magnets follow at their velocity).
+
+    Streams: ``tracks`` (every frame), ``ramp`` (one event per setpoint update: time since
+    the ramp started (s), the force, each bead's mean extension over that interval). The
+    magnets end at ``safe_magnet_height_mm``. Returns the run uid.
+    """
+    plan = "force_ramp"
+    if not rate_pn_per_s > 0:
+        raise ValueError(f"{plan}: rate_pn_per_s must be positive, got {rate_pn_per_s} pN/s")
+    if not 0 < update_hz <= 50:
+        raise ValueError(f"{plan}: update_hz must be in (0, 50] Hz, got {update_hz}")
+    yield from require_force_calibration(microscope, [start_pn, stop_pn], plan=plan)
+    sel = yield from select_beads(microscope, beads, plan=plan)
+    duration = abs(stop_pn - start_pn) / rate_pn_per_s
+    if duration <= 0:
+        raise ValueError(f"{plan}: start and stop are both {start_pn} pN: nothing to ramp")
+    fs = float((yield from bps.rd(microscope.camera.frame_rate_hz)))
+    n_updates = max(1, math.ceil(duration * update_hz))
+    setpoints = np.linspace(start_pn, stop_pn, n_updates + 1)
+    chunk = max(1, int(round(fs / update_hz)))
+    recorder = TrackRecorder(microscope.tracker, chunk_frames=chunk)
+    ramp = ResultRecord(RAMP_FIELDS, name="ramp")
+    _md = {
+        "plan_name": plan,
+        "plan_args": {
+            "start_pn": start_pn, "stop_pn": stop_pn, "rate_pn_per_s": rate_pn_per_s,
+            "beads": sel.beads.tolist(), "update_hz": update_hz, "settle_s": settle_s,
+        },
+        "bead_ids": sel.beads.tolist(),
+        "reference_bead_ids": sel.reference.tolist(),
+        "force_calibration_file": str((yield from bps.rd(microscope.force.calibration_file))),
+    }
+    _md.update(md or {})
+
+    @bpp.stage_decorator([microscope])
+    @bpp.run_decorator(md=_md)
+    def inner() -> Generator[Msg, Any, None]:
+        yield from bps.mv(microscope.force, float(start_pn))
+        yield from bps.sleep(settle_s)
+        yield from recorder.start(int(math.ceil(duration * fs)) + chunk)
+        t0 = time.monotonic()
+        times = [0.0]
+        for k, f in enumerate(setpoints[1:], start=1):
+            wait = t0 + k / update_hz - time.monotonic()
+            if wait > 0:
+                yield from bps.sleep(wait)
+            yield from bps.abs_set(microscope.force, float(f), group="ramp")
+            times.append(time.monotonic() - t0)
+        yield from bps.wait(group="ramp")
+        tracks = yield from recorder.finish()
+        ext = extension_traces(tracks, sel.beads, sel.reference)
+        t_frames = tracks["timestamp"] - tracks["timestamp"][0]
+        edges = np.append(np.asarray(times), np.inf)
+        for k in range(len(times)):
+            rows = (t_frames >= edges[k]) & (t_frames < edges[k + 1])
+            with np.errstate(invalid="ignore"):
+                mean = np.nanmean(ext[rows], axis=0) if rows.any() else np.full(sel.beads.size, np.nan)
+            yield from emit(
+                ramp, "ramp", time_s=times[k], force_pn=float(setpoints[k]),
+                bead_id=sel.beads, extension_nm=mean,
+            )
+
+    return (
+        yield from with_safe_finish(
+            inner(), microscope, safe_magnet_height_mm=safe_magnet_height_mm
+        )
+    )
+
+
+def force_clamp(
+    microscope: Microscope,
+    force_pn: float,
+    duration_s: float,
+    *,
+    beads: Sequence[int] | None = None,
+    axis: str = "y",
+    settle_s: float = 1.0,
+    chunk_frames: int = 100,
+    safe_magnet_height_mm: float = DEFAULT_SAFE_MAGNET_HEIGHT_MM,
+    md: dict[str, Any] | None = None,
+) -> Generator[Msg, Any, str]:
+    """Hold the force at ``force_pn`` (pN) for ``duration_s`` (s), recording every frame
+    (e.g. to watch a protein fold and unfold at constant force).
+
+    Streams: ``tracks`` (every frame), ``clamp`` (one event: per bead the mean extension
+    and its standard error, the extension and lateral standard deviations, and the force
+    from the lateral spectrum as a check of the calibration). The magnets end at
+    ``safe_magnet_height_mm``. Returns the run uid.
+    """
+    plan = "force_clamp"
+    if not duration_s > 0:
+        raise ValueError(f"{plan}: duration_s must be positive, got {duration_s} s")
+    (force,) = yield from require_force_calibration(microscope, [force_pn], plan=plan)
+    sel = yield from select_beads(microscope, beads, plan=plan)
+    fs = float((yield from bps.rd(microscope.camera.frame_rate_hz)))
+    exposure = float((yield from bps.rd(microscope.camera.exposure_s)))
+    radius = float((yield from bps.rd(microscope.tracker.bead_radius_nm)))
+    recorder = TrackRecorder(microscope.tracker, chunk_frames=chunk_frames)
+    clamp = ResultRecord(CLAMP_FIELDS, name="clamp")
+    _md = {
+        "plan_name": plan,
+        "plan_args": {
+            "force_pn": force, "duration_s": duration_s, "beads": sel.beads.tolist(),
+            "axis": axis, "settle_s": settle_s,
+        },
+        "bead_ids": sel.beads.tolist(),
+        "reference_bead_ids": sel.reference.tolist(),
+        "force_calibration_file": str((yield from bps.rd(microscope.force.calibration_file))),
+    }
+    _md.update(md or {})
+
+    @bpp.stage_decorator([microscope])
+    @bpp.run_decorator(md=_md)
+    def inner() -> Generator[Msg, Any, None]:
+        yield from bps.mv(microscope.force, force)
+        yield from bps.sleep(settle_s)
+        tracks = yield from recorder.record(int(round(duration_s * fs)))
+        ext = extension_traces(tracks, sel.beads, sel.reference)
+        lateral = lateral_traces(tracks, sel.beads, sel.reference, axis=axis)
+        mean, sem = mean_extensions(ext)
+        estimates = [
+            psd_force(
+                lateral[:, b], fs_hz=fs, exposure_s=exposure,
+                length_nm=float(mean[b]), radius_nm=radius,
+            )
+            for b in range(sel.beads.size)
+        ]
+        with np.errstate(invalid="ignore"):
+            yield from emit(
+                clamp, "clamp",
+                force_pn=force, duration_s=ext.shape[0] / fs, bead_id=sel.beads,
+                extension_nm=mean, extension_nm_err=sem,
+                extension_std_nm=np.nanstd(subtract_drift(ext, np.zeros(ext.shape[0])), axis=0),
+                lateral_std_nm=np.nanstd(lateral, axis=0),
+                force_psd_pn=[r.force_pn for r in estimates],
+                force_psd_pn_err=[r.force_pn_err for r in estimates],
+            )
+
+    return (
+        yield from with_safe_finish(
+            inner(), microscope, safe_magnet_height_mm=safe_magnet_height_mm
+        )
+    )

@@ -1,0 +1,126 @@
+"""Full-rate track records inside a run, and the extension and lateral traces they give.
+
+:class:`TrackRecorder` records every camera frame of a stretch of time as a fly scan of
+the bead tracker (prepare, kickoff, complete, collect): the tracks go to the run's HDF5
+track table and a ``tracks`` stream (one event per ``chunk_frames`` frames), and come back
+to the plan as arrays (:meth:`BeadTracker.window_tracks`) for the analysis.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator
+from typing import Any
+
+import bluesky.plan_stubs as bps
+import numpy as np
+from bluesky.utils import Msg
+from ophyd_async.core import TriggerInfo
+
+from magscope_devices.bead_tracker import BeadTracker
+
+from .analysis import mean_and_sem, subtract_drift
+
+__all__ = [
+    "TrackRecorder",
+    "column_of",
+    "extension_traces",
+    "lateral_traces",
+    "mean_extensions",
+]
+
+
+class TrackRecorder:
+    """Records contiguous full-rate tracks into stream ``stream`` of the open run.
+
+    Every record in one run uses the same ``chunk_frames`` (frames per event), so the
+    stream keeps one descriptor; a record is rounded up to whole chunks.
+    """
+
+    def __init__(self, tracker: BeadTracker, *, chunk_frames: int, stream: str = "tracks"):
+        if chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be at least 1, got {chunk_frames}")
+        self.tracker = tracker
+        self.chunk_frames = int(chunk_frames)
+        self.stream = stream
+        self._declared = False
+
+    def frames_for(self, n_frames: int) -> int:
+        """Frames actually recorded for a request of ``n_frames`` (whole chunks)."""
+        return max(1, math.ceil(n_frames / self.chunk_frames)) * self.chunk_frames
+
+    def start(self, n_frames: int) -> Generator[Msg, Any, int]:
+        """Start recording the next ``n_frames`` frames (rounded up to whole chunks) and
+        return at once (the plan can move things meanwhile); returns the frame count."""
+        frames = self.frames_for(n_frames)
+        info = TriggerInfo(
+            number_of_events=frames // self.chunk_frames, collections_per_event=self.chunk_frames
+        )
+        yield from bps.prepare(self.tracker, info, wait=True)
+        if not self._declared:
+            yield from bps.declare_stream(self.tracker, name=self.stream, collect=True)
+            self._declared = True
+        yield from bps.kickoff(self.tracker, wait=True)
+        return frames
+
+    def finish(self) -> Generator[Msg, Any, dict[str, np.ndarray]]:
+        """Wait for the record started by :meth:`start` to end, save it in the stream;
+        returns the tracks as :meth:`BeadTracker.window_tracks` arrays."""
+        yield from bps.complete(self.tracker, wait=True)
+        yield from bps.collect(self.tracker, name=self.stream)
+        return self.tracker.window_tracks()
+
+    def record(self, n_frames: int) -> Generator[Msg, Any, dict[str, np.ndarray]]:
+        """Record the next ``n_frames`` frames (rounded up to whole chunks); returns the
+        tracks as :meth:`BeadTracker.window_tracks` arrays."""
+        yield from self.start(n_frames)
+        return (yield from self.finish())
+
+
+def column_of(tracks: dict[str, np.ndarray], bead_ids) -> np.ndarray:
+    """Column indices of ``bead_ids`` in a tracks dict (KeyError naming a missing bead)."""
+    ids = np.asarray(tracks["bead_id"])
+    lookup = {int(b): i for i, b in enumerate(ids)}
+    try:
+        return np.array([lookup[int(b)] for b in bead_ids], dtype=np.int64)
+    except KeyError as exc:
+        raise KeyError(f"bead {exc.args[0]} is not in the tracks (beads {ids.tolist()})") from None
+
+
+def extension_traces(
+    tracks: dict[str, np.ndarray], beads, reference
+) -> np.ndarray:
+    """Per frame, each bead's height above the reference beads (nm, (frames, beads)).
+
+    With an anchored Z-LUT the tracked z is the height above the reference beads at the
+    sweep; subtracting the reference beads' mean z frame by frame removes drift and focus
+    moves, leaving the tether extension (plus the bead's radius minus the reference
+    beads'). Frames where a bead or every reference bead is lost are NaN.
+    """
+    z = tracks["z_nm"]
+    ref = z[:, column_of(tracks, reference)]
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(ref).sum(axis=1)
+        ref_mean = np.where(ok > 0, np.nansum(ref, axis=1) / np.maximum(ok, 1), np.nan)
+    return z[:, column_of(tracks, beads)] - ref_mean[:, None]
+
+
+def lateral_traces(
+    tracks: dict[str, np.ndarray], beads, reference, *, axis: str = "y"
+) -> np.ndarray:
+    """Lateral positions (nm, (frames, beads)) along ``axis`` ("x" or "y"), drift-subtracted
+    with the reference beads when there are any."""
+    if axis not in ("x", "y"):
+        raise ValueError(f"axis must be 'x' or 'y', not {axis!r}")
+    pos = tracks[f"{axis}_nm"]
+    traces = pos[:, column_of(tracks, beads)]
+    if len(reference) == 0:
+        return traces
+    return subtract_drift(traces, pos[:, column_of(tracks, reference)])
+
+
+def mean_extensions(extensions_nm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per bead (columns), the mean extension (nm) and its standard error (nm, blocking
+    method: correlated frames are not counted as independent)."""
+    pairs = [mean_and_sem(extensions_nm[:, b]) for b in range(extensions_nm.shape[1])]
+    return np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])

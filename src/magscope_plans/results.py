@@ -1,0 +1,55 @@
+"""Plan results as signals, so they go into the run as events and Tiled holds them."""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Mapping
+from typing import Any
+
+import bluesky.plan_stubs as bps
+import numpy as np
+from bluesky.utils import Msg
+from ophyd_async.core import Array1D, StandardReadable, soft_signal_rw
+from ophyd_async.plan_stubs import ensure_connected
+
+__all__ = ["FLOAT", "ARRAY", "IDS", "ResultRecord", "emit"]
+
+FLOAT = float
+ARRAY = Array1D[np.float64]
+IDS = Array1D[np.int64]
+
+
+class ResultRecord(StandardReadable):
+    """A readable whose signals hold one set of results of a plan.
+
+    ``fields`` maps a field name to ``(datatype, units)``: ``FLOAT`` for a number,
+    ``ARRAY`` for one value per bead, ``IDS`` for bead ids. Reading keys are
+    ``<name>-<field>``.
+    """
+
+    def __init__(self, fields: Mapping[str, tuple[Any, str]], name: str) -> None:
+        with self.add_children_as_readables():
+            for key, (datatype, units) in fields.items():
+                setattr(self, key, soft_signal_rw(datatype, units=units or None))
+        self._fields = dict(fields)
+        super().__init__(name=name)
+
+
+def emit(record: ResultRecord, stream: str, **values: Any) -> Generator[Msg, Any, None]:
+    """Set ``record``'s signals to ``values`` (all its fields) and save one event of them in
+    ``stream`` of the open run."""
+    missing = set(record._fields) - set(values)
+    if missing:
+        raise ValueError(f"{record.name}: no value for {sorted(missing)}")
+    yield from ensure_connected(record)
+    args: list[Any] = []
+    for key, value in values.items():
+        datatype = record._fields[key][0]
+        if datatype is ARRAY:
+            value = np.asarray(value, dtype=np.float64)
+        elif datatype is IDS:
+            value = np.asarray(value, dtype=np.int64)
+        else:
+            value = float(value)
+        args += [getattr(record, key), value]
+    yield from bps.mv(*args)
+    yield from bps.trigger_and_read([record], name=stream)
