@@ -700,3 +700,18 @@ def test_mean_and_sem_is_honest_for_correlated_traces():
     assert np.median(sems) == pytest.approx(true_sem, rel=0.2)
     naive = 10.0 / np.sqrt(5000)
     assert np.median(sems) > 5 * naive
+
+
+def test_wlc_fit_with_a_free_offset_recovers_length_and_offset():
+    kt = physics.thermal_energy(296.15)
+    force = np.geomspace(0.05, 20.0, 14)
+    ext = physics.wlc_extension(force, 3000.0, 48.0, kt)
+    rng = np.random.default_rng(4)
+    measured = ext + 45.0 + rng.normal(0.0, 2.0, force.size)  # radius difference + noise
+    plain = wlc_fit(force, measured, extension_err_nm=2.0)
+    fit = wlc_fit(force, measured, extension_err_nm=2.0, fit_offset=True)
+    assert abs(fit.offset_nm - 45.0) < 3 * fit.offset_nm_err + 1.0
+    assert abs(fit.contour_nm / 3000.0 - 1) < 0.005
+    assert abs(fit.persistence_nm / 48.0 - 1) < 0.05
+    assert abs(plain.contour_nm / 3000.0 - 1) > abs(fit.contour_nm / 3000.0 - 1)
+    assert plain.offset_nm == 0.0 and plain.offset_nm_err == 0.0

@@ -1,10 +1,14 @@
-# The RunEngine, with the metadata every run carries, the BestEffortCallback and
-# progress bars. Runs in IPython (`magscope ipython`) and in the queueserver worker.
+# The RunEngine, with the metadata every run carries. Runs in IPython (`magscope ipython`)
+# and in the queueserver worker (`magscope qserver`); the BestEffortCallback and progress
+# bars only make sense at a terminal, so the worker goes without them.
 import os
+
+from bluesky_queueserver import is_re_worker_active
 
 from magscope_devices.sim.world import SimParams
 from magscope_session.setup import make_run_engine, session_metadata
 
+interactive = not is_re_worker_active()
 sim_params = SimParams(seed=int(os.environ.get("MAGSCOPE_SIM_SEED", "0")))
 RE, bec = make_run_engine(
     session_metadata(
@@ -12,5 +16,6 @@ RE, bec = make_run_engine(
         operator=os.environ.get("MAGSCOPE_OPERATOR") or None,
         sim_params=sim_params,
     ),
-    progress_bars=True,
+    best_effort=interactive,
+    progress_bars=interactive,
 )

@@ -1,12 +1,15 @@
-# The simulated microscope. Its camera process starts here and stops at exit.
+# The simulated microscope. Its camera and tracking processes start here; they stop and
+# the shared memory is freed when this process exits (also the queueserver's worker).
 from ophyd_async.core import init_devices
 
 from magscope_devices.microscope import make_simulated_microscope
+from magscope_session.setup import close_at_exit
 
 with init_devices():
     microscope = make_simulated_microscope(
         sim_params, data_dir=tiled_target.detector_data_dir, name="microscope"
     )
+close_at_exit(microscope.close, priority=20)
 camera = microscope.camera
 magnet_z = microscope.magnet_z
 magnet_rotation = microscope.magnet_rotation

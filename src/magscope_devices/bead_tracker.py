@@ -213,10 +213,10 @@ class _Capture:
             self.task = asyncio.get_running_loop().create_task(self._pump())
 
     def request(self, frames: int) -> None:
-        """Capture the next ``frames`` frames the camera makes from now on."""
-        start = max(self.until, self.tracker._ring.count)
-        if self.next_index >= self.until:  # the previous request is complete: skip the gap
-            self.next_index = start
+        """Capture the next ``frames`` frames the camera makes from now on. A request
+        still open (a record interrupted by a pause) is abandoned: the new one starts now."""
+        start = self.tracker._ring.count
+        self.next_index = start
         self.until = start + frames
         self.window, self.window_index, self.window_time = [], [], []
 

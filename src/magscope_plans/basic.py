@@ -1,6 +1,5 @@
 """Basic acquisition plans on the microscope: focus scans and counts at magnet heights."""
 
-from __future__ import annotations
 
 from collections.abc import Generator, Sequence
 from typing import Any

@@ -5,7 +5,6 @@ Each reads the tracker's ROI table, changes it and sets it back (the tracker che
 new table against the sensor and the other ROIs; a refused table changes nothing).
 """
 
-from __future__ import annotations
 
 import functools
 from collections.abc import Generator, Sequence
@@ -81,3 +80,13 @@ def _detrended_std(t: np.ndarray, y: np.ndarray) -> float:
         return float("inf")
     coeffs = np.polyfit(t[ok], y[ok], 1)
     return float(np.std(y[ok] - np.polyval(coeffs, t[ok])))
+
+
+def auto_select_beads(
+    tracker: BeadTracker, *, max_beads: int | None = None
+) -> Generator[Msg, Any, list[int]]:
+    """Track the beads found in the newest camera frame (replaces the ROI table; new ids);
+    returns their ids. The plan form of ``await tracker.find_beads()``, for the queue."""
+    (task,) = yield from bps.wait_for([functools.partial(tracker.find_beads, max_beads)])
+    table: BeadRois = task.result()
+    return [int(b) for b in table.bead_id]

@@ -1,6 +1,5 @@
 """Force calibration: force per bead against magnet height, and the curve ``Force`` uses."""
 
-from __future__ import annotations
 
 import time
 import uuid
@@ -140,8 +139,8 @@ def force_calibration(
     at ``safe_magnet_height_mm``. Returns the run uid.
     """
     plan = "force_calibration"
-    sel = yield from select_beads(microscope, beads, plan=plan)
     heights = yield from check_magnet_heights(microscope, magnet_heights_mm, plan=plan)
+    sel = yield from select_beads(microscope, beads, plan=plan)
     if duration_s is not None and not duration_s > 0:
         raise ValueError(f"{plan}: duration_s must be positive, got {duration_s} s")
     if not 0 < rel_error < 1:

@@ -1,6 +1,5 @@
 """Continuous force protocols at the full frame rate: ramps and clamps."""
 
-from __future__ import annotations
 
 import math
 import time

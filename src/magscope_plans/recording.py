@@ -56,10 +56,13 @@ class TrackRecorder:
         info = TriggerInfo(
             number_of_events=frames // self.chunk_frames, collections_per_event=self.chunk_frames
         )
-        yield from bps.prepare(self.tracker, info, wait=True)
         if not self._declared:
+            yield from bps.prepare(self.tracker, info, wait=True)
             yield from bps.declare_stream(self.tracker, name=self.stream, collect=True)
             self._declared = True
+        # a pause rewinds to here: the record restarts (prepare, kickoff) after a resume
+        yield from bps.checkpoint()
+        yield from bps.prepare(self.tracker, info, wait=True)
         yield from bps.kickoff(self.tracker, wait=True)
         return frames
 

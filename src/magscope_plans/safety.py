@@ -1,6 +1,5 @@
 """Leaving the instrument safe when a plan ends, fails or is aborted."""
 
-from __future__ import annotations
 
 from collections.abc import Generator
 from typing import Any

@@ -1,6 +1,5 @@
 """Z look-up tables: the sweep that builds one, and loading one from a past run."""
 
-from __future__ import annotations
 
 import functools
 import json

@@ -6,9 +6,9 @@ three make runs that look the same in Tiled.
 
 from __future__ import annotations
 
-import atexit
 import getpass
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from bluesky import RunEngine
@@ -70,17 +70,29 @@ def make_run_engine(
     return RE, bec
 
 
+def close_at_exit(func: Callable[[], Any], *, priority: int) -> None:
+    """Call ``func`` when this process exits, also when it is a multiprocessing child
+    (the queueserver's RE worker), which skips ``atexit``. Higher ``priority`` runs first.
+    """
+    from multiprocessing.util import Finalize
+
+    Finalize(None, func, exitpriority=priority)
+
+
 def subscribe_tiled_writer(
-    RE: RunEngine, target: TiledTarget, *, batch_size: int = 50
+    RE: RunEngine, target: TiledTarget, *, batch_size: int = 50, check: bool = True
 ) -> SpoolingTiledWriter:
     """Send every run to ``target`` through a spooling writer (nothing lost if Tiled is down).
 
-    The writer is flushed and closed at interpreter exit, before ``target`` stops an
-    embedded server it started.
+    With ``check`` False an unreachable server is not an error: runs are spooled and
+    forwarded once it answers (``magscope tiled replay`` sends what is left). The writer is
+    flushed and closed at exit (also in the queueserver's worker), before ``target`` stops
+    an embedded server it started.
     """
-    atexit.register(target.close)  # registered first, so it runs after the writer's close
     writer = SpoolingTiledWriter(
-        target.uri, target.api_key, target.spool_dir, batch_size=batch_size
+        target.uri, target.api_key, target.spool_dir, batch_size=batch_size, check=check
     )
     RE.subscribe(writer)
+    close_at_exit(lambda: writer.close(timeout=60), priority=10)
+    close_at_exit(target.close, priority=5)
     return writer

@@ -641,3 +641,20 @@ def resolve_tiled(
         data_dir=folder,
         server=server,
     )
+
+
+def unreachable_target(
+    data_dir: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> TiledTarget:
+    """The target named by ``$MAGSCOPE_TILED_URI`` without checking that it answers: for
+    spooling runs while the server is down (``subscribe_tiled_writer(..., check=False)``).
+    """
+    environ = os.environ if environ is None else environ
+    uri = environ.get(ENV_TILED_URI)
+    if not uri:
+        raise TiledUnreachableError(f"{ENV_TILED_URI} is not set: no server to spool for")
+    folder = Path(data_dir).expanduser() if data_dir else default_data_dir(environ)
+    return TiledTarget(
+        uri=uri, api_key=environ.get(ENV_TILED_API_KEY) or None, source="env-unreachable",
+        data_dir=folder,
+    )

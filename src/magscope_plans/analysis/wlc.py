@@ -42,7 +42,8 @@ class WLCFit:
     """Result of :func:`wlc_fit`: lengths in nm, stretch modulus in pN (inf if inextensible).
 
     ``*_err`` are one standard error (NaN when not determined); ``stretch_modulus_pn_err`` is
-    0 when the modulus was fixed. ``residual_rms_nm`` is the r.m.s. of the extension
+    0 when the modulus was fixed. ``offset_nm`` is the fitted extension offset (0 and
+    error 0 when not fitted). ``residual_rms_nm`` is the r.m.s. of the extension
     residuals, ``reduced_chi2`` the weighted residual sum over (n_points - n_parameters).
     """
 
@@ -56,6 +57,8 @@ class WLCFit:
     n_points: int
     residual_rms_nm: float
     reduced_chi2: float
+    offset_nm: float = 0.0
+    offset_nm_err: float = 0.0
 
 
 def _reduced_force(x, model: str):
@@ -150,6 +153,8 @@ def wlc_fit(
     extensible: bool = False,
     stretch_modulus_pn: float | None = None,
     extension_err_nm=None,
+    fit_offset: bool = False,
+    max_offset_nm: float = 300.0,
 ) -> WLCFit:
     """Fit contour and persistence length (and stretch modulus) to a force-extension curve.
 
@@ -162,6 +167,10 @@ def wlc_fit(
     extensible : fit l = L (x_WLC(F) + F / S). The stretch modulus S is fitted unless
         ``stretch_modulus_pn`` fixes it (then only L and P are fitted).
     extension_err_nm : optional standard errors of the mean extensions (nm), the weights.
+    fit_offset : also fit a constant offset z0 (nm): the measured extension is
+        z0 + l(F). Use it when the zero of the extension is uncertain (bead radius spread,
+        an unanchored Z-LUT), bounded to +-``max_offset_nm``. Offset, L and P are only
+        separable when the forces reach below ~0.3 pN (where l/L falls below 0.7).
 
     Returns :class:`WLCFit`. Needs at least 3 points (4 when S is fitted) with F > 0; NaN
     otherwise. Use forces from ~0.05 to ~20 pN: the low forces determine P, the high
@@ -181,7 +190,8 @@ def wlc_fit(
     ok = np.isfinite(force) & np.isfinite(ext) & np.isfinite(sig) & (force > 0) & (sig > 0)
     force, ext, sig = force[ok], ext[ok], sig[ok]
     fit_s = extensible and stretch_modulus_pn is None
-    n_par = 3 if fit_s else 2
+    n_par = (3 if fit_s else 2) + (1 if fit_offset else 0)
+    i_off = n_par - 1  # index of the offset when fitted
     nan = float("nan")
     s_fixed = float(stretch_modulus_pn) if stretch_modulus_pn is not None else np.inf
     if force.size < n_par + 1:
@@ -195,7 +205,8 @@ def wlc_fit(
         inv_s = 1.0 / p[2] if fit_s else (0.0 if not extensible else 1.0 / s_fixed)
         f_red = force * pers / kt
         x = _relative_extension(f_red, model)
-        return length * (x + force * inv_s), x, f_red, inv_s
+        offset = p[i_off] if fit_offset else 0.0
+        return offset + length * (x + force * inv_s), x, f_red, inv_s
 
     def resid(p):
         return (ext - model_ext(p)[0]) / sig
@@ -207,14 +218,16 @@ def wlc_fit(
         cols = [-(x + force * inv_s), -length * dxdf * force / kt]
         if fit_s:
             cols.append(length * force / p[2] ** 2)
+        if fit_offset:
+            cols.append(-np.ones_like(force))
         return np.stack(cols, axis=1) / sig[:, None]
 
     # start: P = 50 nm, L from the extensions and the model relative extension at P = 50
     x50 = _relative_extension(force * 50.0 / kt, model)
     l0 = float(np.median(ext / np.maximum(x50, 1e-3)))
-    p0 = [l0, 50.0] + ([1000.0] if fit_s else [])
-    lower = [1.0, 0.1] + ([1.0] if fit_s else [])
-    upper = [np.inf, 1e5] + ([1e6] if fit_s else [])
+    p0 = [l0, 50.0] + ([1000.0] if fit_s else []) + ([0.0] if fit_offset else [])
+    lower = [1.0, 0.1] + ([1.0] if fit_s else []) + ([-max_offset_nm] if fit_offset else [])
+    upper = [np.inf, 1e5] + ([1e6] if fit_s else []) + ([max_offset_nm] if fit_offset else [])
     res = least_squares(
         resid,
         p0,
@@ -247,4 +260,6 @@ def wlc_fit(
         n_points=int(force.size),
         residual_rms_nm=rms,
         reduced_chi2=red,
+        offset_nm=float(p[i_off]) if fit_offset else 0.0,
+        offset_nm_err=float(errs[i_off]) if fit_offset else 0.0,
     )

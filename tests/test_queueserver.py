@@ -1,0 +1,317 @@
+"""The queueserver, driven as a user drives it: ``magscope qserver`` (a real Redis, the RE
+manager with ``profile/``, the 0MQ proxy, the embedded Tiled server) and
+``REManagerAPI()`` with no arguments.
+
+The stack uses the default addresses (Redis 6379, manager 60615/60625, proxy 5577/5578),
+so the modules that start it run one after the other, never beside a user's own stack.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from bluesky_queueserver_api import BFunc, BPlan
+from bluesky_queueserver_api.zmq import REManagerAPI
+
+from magscope_session.qserver import child_pids
+from magscope_session.services import port_open
+from magscope_session.tiled_server import resolve_tiled
+
+MAGSCOPE = str(Path(sys.executable).with_name("magscope"))
+PROFILE = Path(__file__).resolve().parents[1] / "profile"
+
+
+def _stack_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ, MAGSCOPE_DATA_DIR=str(data_dir), MAGSCOPE_SIM_SEED="4", **extra)
+    for key in ("MAGSCOPE_TILED_URI", "MAGSCOPE_TILED_API_KEY"):
+        if key not in extra:
+            env.pop(key, None)
+    return env
+
+
+class Stack:
+    """``magscope qserver`` running in a subprocess, stopped with Ctrl-C (SIGINT)."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+        if port_open("127.0.0.1:60615") or port_open("127.0.0.1:6379"):
+            pytest.fail("a queueserver or Redis already runs on the default ports")
+        self.data_dir = data_dir
+        self.log = data_dir / "magscope-qserver.out"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [MAGSCOPE, "qserver", "--port", "0"], env=env, stdout=open(self.log, "wb"),
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + 120
+        while "RE manager:" not in self.output():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"magscope qserver did not start:\n{self.output()}")
+            time.sleep(0.3)
+        self.api = REManagerAPI()  # the default addresses, as a user would
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def open_environment(self) -> None:
+        if not self.api.status()["worker_environment_exists"]:
+            self.api.environment_open()
+            self.api.wait_for_idle(timeout=180)
+        assert self.api.status()["worker_environment_exists"], self.output()
+
+    def state(self) -> dict:
+        task = self.api.function_execute(BFunc("instrument_state"), run_in_background=True)
+        deadline = time.monotonic() + 30
+        while True:
+            result = self.api.task_result(task["task_uid"])
+            if result["status"] == "completed":
+                assert result["result"]["success"], result
+                return result["result"]["return_value"]
+            assert time.monotonic() < deadline, result
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)
+            try:
+                self.process.wait(90)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        if hasattr(self, "api"):
+            self.api.close()
+
+
+def _instrument_processes() -> set[int]:
+    """Camera and tracking-worker processes of any simulated microscope on this machine."""
+    found = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if b"magscope_devices.acquisition" in text or b"magscope_tracking.service" in text:
+            found.add(int(cmdline.parent.name))
+    return found
+
+
+def _segments() -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob("magscope.*")}
+
+
+def _wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("qserver")
+    before = (_instrument_processes(), _segments())
+    s = Stack(data_dir, _stack_env(data_dir))
+    s.baseline = before
+    yield s
+    s.stop()
+    assert s.process.returncode == 0, s.output()
+    # Ctrl-C closed the environment first: no instrument process or segment of ours is left
+    _wait_until(lambda: _instrument_processes() <= before[0], 30, "instrument processes exit")
+    assert _segments() <= before[1]
+    assert not port_open("127.0.0.1:6379") and not port_open("127.0.0.1:60615")
+
+
+def test_bad_plans_are_refused_at_submission_with_the_reason(stack):
+    api = stack.api
+    cases = [
+        (BPlan("force_extension", "microscope", "2 pN"), "forces_pn"),
+        (BPlan("force_clamp", "microscope", 4.0, "ten seconds"), "duration_s"),
+        (BPlan("zlut_sweep", "no_such_microscope", -2000, 2000, 100), "no_such_microscope"),
+        (BPlan("load_zlut", "microscope", "a run"), "not in the list of allowed plans"),
+        (BPlan("with_safe_finish", "microscope"), "not in the list of allowed plans"),
+    ]
+    for plan, reason in cases:
+        with pytest.raises(api.RequestFailedError, match=reason):
+            api.item_add(plan)
+    assert api.queue_get()["items"] == []
+
+
+def test_queue_runs_a_zlut_sweep_and_a_force_extension_into_tiled(stack):
+    api = stack.api
+    stack.open_environment()
+    api.queue_clear()
+    plans = [
+        BPlan("auto_select_beads", "microscope.tracker"),
+        BPlan("find_reference_beads", "microscope.tracker"),
+        BPlan("zlut_sweep", "microscope", -2000, 10000, 200, frames_per_step=2, magnet_z_mm=1.0,
+              md={"sample": "queue test"}),
+        BPlan("force_calibration", "microscope", [1.5, 3.0, 4.5], duration_s=3.0),
+        BPlan("force_extension", "microscope", [2.0, 4.0, 8.0, 12.0], dwell_s=1.0,
+              settle_s=0.3, md={"sample": "queue test"}),
+    ]
+    for plan in plans:
+        api.item_add(plan)
+    api.queue_start()
+    api.wait_for_idle(timeout=400)
+    history = api.history_get()["items"][-len(plans):]
+    assert [h["result"]["exit_status"] for h in history] == ["completed"] * len(plans), [
+        h["result"].get("msg") for h in history
+    ]
+    zlut_uid = history[2]["result"]["run_uids"][0]
+    fe_uid = history[4]["result"]["run_uids"][0]
+    client = resolve_tiled(stack.data_dir, start=False).client()
+    _wait_until(lambda: fe_uid in client, 60, "the force-extension run reaches Tiled")
+    zlut_run, fe_run = client[zlut_uid], client[fe_uid]
+    assert zlut_run.metadata["start"]["plan_name"] == "zlut_sweep"
+    assert zlut_run.metadata["start"]["sample"] == "queue test"
+    profiles = zlut_run["zlut"]["zlut-profiles"].read()
+    assert profiles.ndim == 4 and profiles.shape[1] >= 1  # (events, beads, planes, bins)
+    contour = fe_run["wlc"]["wlc-contour_nm"].read()
+    assert contour.shape[0] == 1 and ((contour > 1000) & (contour < 10000)).mean() > 0.8
+    assert fe_run.metadata["stop"]["exit_status"] == "success"
+
+
+def _setup_plans(frames_per_step: int = 1) -> list[BPlan]:
+    """Beads, reference beads, an anchored Z-LUT and a force calibration, quickly."""
+    return [
+        BPlan("auto_select_beads", "microscope.tracker"),
+        BPlan("find_reference_beads", "microscope.tracker"),
+        BPlan("zlut_sweep", "microscope", -2000, 10000, 200, frames_per_step=frames_per_step,
+              magnet_z_mm=1.0),
+        BPlan("force_calibration", "microscope", [1.5, 3.0, 4.5], duration_s=2.0),
+    ]
+
+
+def _ensure_calibrated(stack) -> None:
+    stack.open_environment()
+    api = stack.api
+    api.queue_clear()
+    if stack.state()["force_pn"] == stack.state()["force_pn"]:  # not NaN: calibrated
+        return
+    api.item_add_batch(_setup_plans())
+    api.queue_start()
+    api.wait_for_idle(timeout=300)
+    assert {h["result"]["exit_status"] for h in api.history_get()["items"][-4:]} == {"completed"}
+
+
+def test_pause_resume_abort_and_stop_of_a_running_plan(stack):
+    api = stack.api
+    _ensure_calibrated(stack)
+    clamp = BPlan("force_clamp", "microscope", 5.0, 6.0, settle_s=0.2)
+
+    api.item_add(clamp)
+    api.queue_start()
+    _wait_until(lambda: api.status()["re_state"] == "running", 30, "the clamp runs")
+    time.sleep(1.0)
+    api.re_pause(option="immediate")
+    api.wait_for_idle_or_paused(timeout=30)
+    assert api.status()["re_state"] == "paused"
+    api.re_resume()
+    api.wait_for_idle(timeout=60)
+    assert api.history_get()["items"][-1]["result"]["exit_status"] == "completed"
+
+    api.item_add(clamp)
+    api.queue_start()
+    _wait_until(lambda: api.status()["re_state"] == "running", 30, "the clamp runs")
+    time.sleep(1.0)
+    api.re_pause(option="immediate")
+    api.wait_for_idle_or_paused(timeout=30)
+    api.re_abort()
+    api.wait_for_idle(timeout=60)
+    assert api.history_get()["items"][-1]["result"]["exit_status"] == "aborted"
+    assert api.queue_get()["items"][0]["name"] == "force_clamp"  # aborted plans go back
+    api.queue_clear()
+    state = stack.state()
+    assert state["magnet_z_mm"] == pytest.approx(8.0) and state["magnet_turns"] == 0.0
+
+    # stop: the running plan finishes, the next one stays in the queue
+    api.item_add(BPlan("force_clamp", "microscope", 5.0, 2.0, settle_s=0.2))
+    api.item_add(BPlan("force_clamp", "microscope", 5.0, 2.0, settle_s=0.2))
+    api.queue_start()
+    _wait_until(lambda: api.status()["re_state"] == "running", 30, "the clamp runs")
+    api.queue_stop()
+    api.wait_for_idle(timeout=60)
+    assert api.history_get()["items"][-1]["result"]["exit_status"] == "completed"
+    assert len(api.queue_get()["items"]) == 1
+    api.queue_clear()
+
+
+def test_closing_the_environment_leaves_no_process_or_shared_memory(stack):
+    stack.open_environment()
+    api = stack.api
+    assert _instrument_processes() - stack.baseline[0], "the worker runs a microscope"
+    api.environment_close()
+    api.wait_for_idle(timeout=60)
+    assert not api.status()["worker_environment_exists"]
+    _wait_until(
+        lambda: not (_instrument_processes() - stack.baseline[0]), 30, "instrument processes exit"
+    )
+    _wait_until(lambda: _segments() <= stack.baseline[1], 30, "shared memory is freed")
+
+
+def test_a_crashed_worker_is_reported_and_the_environment_reopens_safe(stack):
+    api = stack.api
+    stack.open_environment()
+    api.queue_clear()
+    _ensure_calibrated(stack)
+    api.item_add(BPlan("force_clamp", "microscope", 5.0, 30.0, settle_s=0.2))
+    api.queue_start()
+    _wait_until(
+        lambda: api.status()["running_item_uid"] is not None
+        and (api.queue_get()["running_item"] or {}).get("name") == "force_clamp",
+        300, "the clamp starts",
+    )
+    time.sleep(2.0)
+    cameras = _instrument_processes() - stack.baseline[0]
+    worker = _worker_pid()
+    os.kill(worker, signal.SIGKILL)
+    _wait_until(
+        lambda: not api.status()["worker_environment_exists"], 60, "the manager notices"
+    )
+    assert api.status()["manager_state"] == "idle"
+    _wait_until(lambda: "The RE worker process died" in stack.output(), 30, "it is reported")
+    last = api.history_get()["items"][-1]
+    assert last["name"] == "force_clamp" and last["result"]["exit_status"] == "failed"
+    # the worker's own camera and tracking processes notice their parent is gone
+    _wait_until(lambda: not (cameras & _instrument_processes()), 30, "orphans exit")
+    api.queue_clear()  # the failed plan went back to the queue
+    stack.open_environment()
+    state = stack.state()
+    assert state["magnet_z_mm"] == pytest.approx(8.0) and state["magnet_turns"] == 0.0
+    # the dead worker's shared memory was removed when the new microscope started
+    assert not [s for s in _segments() if f".{worker}-" in s]
+    api.queue_clear()
+
+
+def _worker_pid() -> int:
+    """The RE worker: the parent of the running camera process."""
+    for pid in _instrument_processes():
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if b"magscope_devices.acquisition" in b" ".join(cmd):
+            return int(cmd[cmd.index(b"--parent") + 1])
+    raise AssertionError("no camera process found")
+
+
+def test_a_missing_redis_is_a_clear_error_naming_the_fix(tmp_path):
+    result = subprocess.run(
+        [MAGSCOPE, "qserver", "--redis-addr", "127.0.0.1:6391", "--port", "0"],
+        env=_stack_env(tmp_path), capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "no Redis server at 127.0.0.1:6391" in result.stderr
+    assert "magscope redis --port 6391" in result.stderr
+
+
+def test_the_process_tree_helper_sees_children():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert child.pid in child_pids(os.getpid())
+    finally:
+        child.kill()
+        child.wait()

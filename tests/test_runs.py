@@ -1,0 +1,346 @@
+"""magscope_session.runs against a real Tiled server: runs written by real plans on the
+simulated microscope through the session's TiledWriter, then found and read back."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import bluesky.plan_stubs as bps
+import bluesky.plans as bp
+import bluesky.preprocessors as bpp
+import numpy as np
+import pandas as pd
+import pytest
+from ophyd_async.core import init_devices
+
+from magscope_devices.force_curve import ForceCalibration
+from magscope_devices.microscope import make_simulated_microscope
+from magscope_devices.sim.world import SimParams
+from magscope_plans.analysis import subtract_drift
+from magscope_plans.force_calibration import FIT_FIELDS
+from magscope_plans.recording import TrackRecorder
+from magscope_plans.results import ResultRecord, emit
+from magscope_plans.zlut import zlut_sweep
+from magscope_session import runs
+from magscope_session.runs import (
+    BeadNotInRunError,
+    NoTracksError,
+    bead_tracks,
+    connect,
+    find_runs,
+    force_calibration_of,
+    run_summary,
+    zlut_of,
+)
+from magscope_session.setup import make_run_engine, session_metadata, subscribe_tiled_writer
+from magscope_session.tiled_server import ENV_TILED_API_KEY, TiledTarget, TiledUnreachableError
+from magscope_tracking import ZLUT
+
+N_FRAMES = 100
+FRAME_S = 0.01  # the simulated camera runs at 100 frames/s
+
+
+@pytest.fixture(scope="module")
+def written(tiled_server, tmp_path_factory):
+    """Five runs in Tiled: two counts, a Z-LUT sweep, a full-rate record, a force fit."""
+    tag = uuid.uuid4().hex[:8]
+    target = TiledTarget(
+        uri=tiled_server.uri, api_key=tiled_server.api_key, source="embedded-running",
+        data_dir=tiled_server.data_dir,
+    )
+    params = SimParams(seed=7, n_tethered=3, n_reference=1, width_px=384, height_px=256)
+    RE, _ = make_run_engine(
+        session_metadata(sample=f"default-{tag}", operator="carol", sim_params=params),
+        best_effort=False,
+    )
+    writer = subscribe_tiled_writer(RE, target)
+    with init_devices():
+        mic = make_simulated_microscope(
+            params, data_dir=target.detector_data_dir, tracking_workers=1,
+            name="microscope",
+        )
+    try:
+        RE(bps.mv(mic.magnet_z, 2.0))  # a few pN: tethered beads hold still within tens of nm
+        RE(bps.wait_for([mic.tracker.find_beads]))
+        rois = RE(bps.rd(mic.tracker.rois)).plan_result
+        ids = np.asarray(rois.bead_id, np.int64)
+        # each tracked bead id -> the simulator's bead (nearest ROI centre; 3 = reference)
+        _, _, index = mic.camera.latest_frame()
+        truth = mic.truth.frame(index)
+        centres = np.stack([rois.x0_px + 32, rois.y0_px + 32], axis=1) * params.nm_per_px
+        dist = np.hypot(
+            centres[:, None, 0] - truth["x_nm"][None, :], centres[:, None, 1] - truth["y_nm"][None, :]
+        )
+        sim_of = {int(b): int(np.argmin(dist[i])) for i, b in enumerate(ids)}
+        assert np.all(dist.min(axis=1) < 500.0) and sorted(sim_of.values()) == [0, 1, 2, 3]
+        ref_id = next(b for b, s in sim_of.items() if s == 3)
+        tethered = sorted(b for b in sim_of if b != ref_id)
+
+        uid_a = RE(bp.count([mic.tracker], num=2, md={
+            "sample": f"lambda-{tag}", "operator": "alice", "bead_ids": tethered[:2],
+        })).plan_result
+        uid_b = RE(bp.count([mic.focus], num=1, md={
+            "sample": f"hairpin-{tag}", "operator": "bob", "bead_ids": [tethered[2]],
+        })).plan_result
+        uid_z = RE(zlut_sweep(
+            mic, -1000, 1000, 200, frames_per_step=3, magnet_z_mm=2.0,
+            reference_beads=[ref_id], md={"sample": f"lambda-{tag}"},
+        )).plan_result
+        RE(bps.mv(mic.magnet_z, 2.0))  # the sweep ends at a safe height (8 mm)
+
+        recorder = TrackRecorder(mic.tracker, chunk_frames=50)
+        recorded: list[dict[str, np.ndarray]] = []
+
+        @bpp.stage_decorator([mic])
+        @bpp.run_decorator(md={
+            "plan_name": "record_tracks", "sample": f"lambda-{tag}",
+            "bead_ids": tethered, "reference_bead_ids": [ref_id],
+        })
+        def record():
+            recorded.append((yield from recorder.record(N_FRAMES)))
+
+        uid_t = RE(record()).plan_result
+        frames = recorded[0]["frame_index"]
+        truth_rows = np.stack([mic.truth.frame(int(i)) for i in frames])  # (frames, sim beads)
+
+        cal_path = Path(target.detector_data_dir) / f"force-calibration-{tag}.json"
+        cal = ForceCalibration(
+            f0_pn=80.0, a=0.7, l1_mm=0.9, l2_mm=2.5, min_height_mm=0.5, max_height_mm=4.0,
+            bead_ids=tuple(tethered), bead_scale=(1.1, 0.9, 1.0), created=time.time(),
+        )
+        cal.save(cal_path)
+        fit = ResultRecord(FIT_FIELDS, name="force_fit")
+
+        @bpp.run_decorator(md={
+            "plan_name": "force_calibration", "sample": f"hairpin-{tag}",
+            "plan_args": {"magnet_heights_mm": [4.0, 2.0, 0.5]},
+            "bead_ids": tethered, "reference_bead_ids": [ref_id],
+            "force_calibration_file": str(cal_path),
+        })
+        def force_fit():
+            yield from emit(
+                fit, "force_fit", f0_pn=cal.f0_pn, f0_pn_err=1.0, a=cal.a, a_err=0.01,
+                l1_mm=cal.l1_mm, l1_mm_err=0.01, l2_mm=cal.l2_mm, l2_mm_err=0.01,
+                rms_relative_residual=0.02, bead_id=np.array(tethered),
+                bead_scale=np.array(cal.bead_scale),
+            )
+
+        uid_f = RE(force_fit()).plan_result
+    finally:
+        mic.close()
+        assert writer.close(timeout=60)
+    client = tiled_server.client()
+    return SimpleNamespace(
+        tag=tag, client=client, server=tiled_server, ids=ids, sim_of=sim_of, ref_id=ref_id,
+        tethered=tethered, a=uid_a, b=uid_b, z=uid_z, t=uid_t, f=uid_f,
+        recorded=recorded[0], truth=truth_rows, cal=cal, cal_path=cal_path,
+        start_time={u: client[u].metadata["start"]["time"] for u in (uid_a, uid_b, uid_z, uid_t, uid_f)},
+    )
+
+
+def uids(found) -> list[str]:
+    return [run.metadata["start"]["uid"] for run in found]
+
+
+def test_find_runs_by_metadata_bead_and_date(written):
+    w, client = written, written.client
+    mine = find_runs(client, sample=f"lambda-{w.tag}")
+    assert uids(mine) == [w.t, w.z, w.a]  # newest first
+    assert uids(find_runs(client, sample=f"hairpin-{w.tag}")) == [w.f, w.b]
+    assert uids(find_runs(client, plan="zlut_sweep")) == [w.z]
+    assert uids(find_runs(client, plan="count", operator="bob")) == [w.b]
+    assert uids(find_runs(client, sample=f"lambda-{w.tag}", limit=1)) == [w.t]
+    # bead ids: start.bead_ids (counts, record, force fit) or start.zlut_bead_ids (sweep)
+    first, last = w.tethered[0], w.tethered[2]
+    assert uids(find_runs(client, bead_id=first)) == [w.f, w.t, w.z, w.a]
+    assert uids(find_runs(client, bead_id=last)) == [w.f, w.t, w.z, w.b]
+    assert uids(find_runs(client, bead_id=w.ref_id)) == [w.z]  # only the sweep measured it
+    assert find_runs(client, bead_id=999) == []
+    # dates: UNIX times, datetimes, 'YYYY-MM-DD' strings (local time)
+    t = w.start_time
+    assert uids(find_runs(client, since=t[w.z], until=t[w.t])) == [w.t, w.z]
+    # (a datetime has microsecond resolution: fromtimestamp(t) may round past t)
+    assert uids(find_runs(client, since=dt.datetime.fromtimestamp(t[w.t] - 1e-3))) == [w.f, w.t]
+    day = dt.date.fromtimestamp(t[w.a])
+    last_day = dt.date.fromtimestamp(t[w.f])  # the same day unless run across midnight
+    everything = [w.f, w.t, w.z, w.b, w.a]
+    assert uids(find_runs(client)) == everything  # this module's server holds only these
+    assert uids(find_runs(client, since=day.isoformat(), until=last_day.isoformat())) == everything
+    assert uids(find_runs(client, since=day, until=last_day)) == everything
+    assert find_runs(client, until=(day - dt.timedelta(days=1)).isoformat()) == []
+    assert uids(find_runs(client, sample=f"lambda-{w.tag}", since=day.isoformat())) == uids(mine)
+    with pytest.raises(ValueError, match="YYYY-MM-DD"):
+        find_runs(client, since="14/03/2025")
+    # a URI with the key from the environment, or given
+    assert uids(find_runs(w.server.uri, plan="zlut_sweep", api_key=w.server.api_key)) == [w.z]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ENV_TILED_API_KEY, w.server.api_key)
+        assert uids(find_runs(w.server.uri, plan="zlut_sweep")) == [w.z]
+    assert uids(find_runs(w.server, plan="zlut_sweep")) == [w.z]  # an EmbeddedTiled
+    with pytest.raises(TypeError, match="catalog"):
+        find_runs(client[w.a])
+
+
+def test_unreachable_uri_fails_fast_naming_it():
+    dead = "http://127.0.0.1:9"
+    t0 = time.monotonic()
+    with pytest.raises(TiledUnreachableError, match="127.0.0.1:9"):
+        find_runs(dead, sample="x")
+    with pytest.raises(TiledUnreachableError, match="127.0.0.1:9"):
+        connect(dead + "/api/v1/metadata/sub", api_key="abc")
+    assert time.monotonic() - t0 < 10.0
+
+
+def test_wrong_key_is_reported(written):
+    with pytest.raises(TiledUnreachableError, match="rejected the API key"):
+        find_runs(written.server.uri, api_key="wrongkey")
+
+
+def test_run_summary(written):
+    w = written
+    summary = run_summary(w.client[w.t])
+    assert summary["uid"] == w.t and summary["plan"] == "record_tracks"
+    assert summary["sample"] == f"lambda-{w.tag}" and summary["operator"] == "carol"
+    assert summary["streams"] == ["tracks"] and summary["bead_ids"] == w.tethered
+    assert summary["reference_bead_ids"] == [w.ref_id]
+    assert summary["exit_status"] == "success" and summary["num_events"] == {"tracks": 2}
+    assert dt.datetime.fromisoformat(summary["time"]).timestamp() == pytest.approx(
+        w.start_time[w.t], abs=1.0
+    )
+    count = run_summary(w.client[w.a])
+    assert count["plan"] == "count" and count["bead_ids"] == w.tethered[:2]
+    sweep = run_summary(w.client[w.z])
+    assert sweep["bead_ids"] == w.ids.tolist() and set(sweep["streams"]) == {"primary", "zlut"}
+
+
+def test_bead_tracks_every_frame_close_to_the_truth(written):
+    w = written
+    run = w.client[w.t]
+    for bead in w.ids.tolist():
+        df = bead_tracks(run, bead)
+        assert isinstance(df, pd.DataFrame)
+        assert list(df.columns) == ["time_s", "frame_index", "x_nm", "y_nm", "z_nm"]
+        assert len(df) == N_FRAMES and df.attrs["stream"] == "tracks"
+        assert "track file" in df.attrs["bead_ids_from"]  # the stream has no bead ids
+        np.testing.assert_array_equal(df["frame_index"], w.recorded["frame_index"])
+        col = w.ids.tolist().index(bead)
+        np.testing.assert_array_equal(df["x_nm"], w.recorded["x_nm"][:, col])
+        np.testing.assert_array_equal(df["z_nm"], w.recorded["z_nm"][:, col])
+        # time: s since the first frame, in steps of one frame period (two or more where
+        # the camera fell behind and skipped a slot)
+        steps = np.diff(df["time_s"].to_numpy())
+        assert df["time_s"].iloc[0] == 0.0
+        assert np.all(steps > 0) and np.median(steps) == pytest.approx(FRAME_S, abs=1e-4)
+        np.testing.assert_allclose(steps / FRAME_S, np.round(steps / FRAME_S), atol=0.01)
+        ok = np.isfinite(df["x_nm"].to_numpy())
+        assert ok.mean() > 0.9
+        sim = w.sim_of[bead]
+        for axis in ("x_nm", "y_nm"):
+            err = df[axis].to_numpy()[ok] - w.truth[axis][ok, sim]
+            assert np.sqrt(np.mean(err**2)) < 5.0, (bead, axis, err)
+    # a count of the tracker: the primary stream, windows of 10 frames per event
+    counted = bead_tracks(w.client[w.a], w.tethered[0])
+    assert len(counted) == 20 and counted.attrs["stream"] == "primary"
+    assert "bead_id" in counted.attrs["bead_ids_from"]
+    assert np.all(np.diff(counted["frame_index"]) >= 1)
+
+
+def test_bead_ids_from_the_start_document(written, monkeypatch):
+    # a client on another computer cannot open the track file: the start document's
+    # bead_ids + reference_bead_ids account for every column
+    w = written
+    monkeypatch.setattr(runs, "_ids_from_track_file", lambda node, prefix: None)
+    df = bead_tracks(w.client[w.t], w.tethered[1])
+    assert "start document" in df.attrs["bead_ids_from"]
+    col = w.ids.tolist().index(w.tethered[1])
+    np.testing.assert_array_equal(df["y_nm"], w.recorded["y_nm"][:, col])
+
+
+def test_drift_correction(written):
+    w = written
+    run = w.client[w.t]
+    bead = w.tethered[0]
+    raw = bead_tracks(run, bead)
+    ref = bead_tracks(run, w.ref_id)
+    corrected = bead_tracks(run, bead, drift_correct=True)
+    assert corrected.attrs["reference_beads"] == [w.ref_id]
+    assert not np.allclose(corrected["x_nm"], raw["x_nm"], equal_nan=True)
+    for axis in ("x_nm", "y_nm"):
+        expected = subtract_drift(raw[axis].to_numpy(), ref[axis].to_numpy())
+        np.testing.assert_allclose(corrected[axis], expected, equal_nan=True)
+    # z: height above the reference bead, frame by frame (the sweep loaded a Z-LUT)
+    assert np.isfinite(raw["z_nm"]).mean() > 0.5
+    np.testing.assert_allclose(corrected["z_nm"], raw["z_nm"] - ref["z_nm"], equal_nan=True)
+    np.testing.assert_array_equal(corrected["time_s"], raw["time_s"])
+    # explicit reference beads win over the start document's
+    other = bead_tracks(run, bead, drift_correct=True, reference_beads=[w.tethered[1]])
+    assert other.attrs["reference_beads"] == [w.tethered[1]]
+    assert not np.allclose(other["x_nm"], corrected["x_nm"], equal_nan=True)
+    with pytest.raises(ValueError, match="no reference bead other than"):
+        bead_tracks(run, w.ref_id, drift_correct=True)
+    with pytest.raises(ValueError, match="only used with drift_correct=True"):
+        bead_tracks(run, bead, reference_beads=[w.ref_id])
+
+
+def test_clear_errors(written):
+    w = written
+    with pytest.raises(BeadNotInRunError) as info:
+        bead_tracks(w.client[w.t], 999)
+    message = str(info.value)
+    assert "bead 999" in message and w.t in message and str(w.ids.tolist()) in message
+    with pytest.raises(BeadNotInRunError, match="reference beads \\[998\\]"):
+        bead_tracks(w.client[w.t], w.tethered[0], drift_correct=True, reference_beads=[998])
+    with pytest.raises(NoTracksError, match="no full-rate bead tracks"):
+        bead_tracks(w.client[w.b], w.tethered[2])
+    with pytest.raises(NoTracksError, match="no stream 'nope'"):
+        bead_tracks(w.client[w.t], w.tethered[0], stream="nope")
+    with pytest.raises(ValueError, match="holds no Z-LUT"):
+        zlut_of(w.client[w.a])
+    with pytest.raises(ValueError, match="holds no force calibration"):
+        force_calibration_of(w.client[w.t])
+
+
+def test_zlut_of_reads_the_file_then_the_stream(written):
+    w = written
+    run = w.client[w.z]
+    path = Path(run.metadata["start"]["zlut_file"])
+    lut = zlut_of(run)
+    on_disk = ZLUT.load(path)
+    assert lut.source == w.z and lut.bead_ids.tolist() == w.ids.tolist()
+    np.testing.assert_array_equal(lut.profiles, on_disk.profiles)
+    moved = path.with_name(path.name + ".moved")
+    path.rename(moved)
+    try:
+        with pytest.warns(UserWarning, match="rebuilding the Z-LUT"):
+            rebuilt = zlut_of(run)
+    finally:
+        moved.rename(path)
+    np.testing.assert_array_equal(rebuilt.z_nm, on_disk.z_nm)
+    np.testing.assert_array_equal(rebuilt.profiles, on_disk.profiles)
+    np.testing.assert_array_equal(rebuilt.bead_ids, on_disk.bead_ids)
+    assert rebuilt.roi_size == on_disk.roi_size and rebuilt.bin_px == on_disk.bin_px
+    assert rebuilt.nm_per_px == on_disk.nm_per_px and rebuilt.source == w.z
+
+
+def test_force_calibration_of_reads_the_file_then_the_stream(written):
+    w = written
+    run = w.client[w.f]
+    cal = force_calibration_of(run)
+    assert cal.source == w.f  # the file names no source: the run it came from
+    assert cal.to_dict() == {**w.cal.to_dict(), "source": w.f}
+    moved = w.cal_path.with_name(w.cal_path.name + ".moved")
+    w.cal_path.rename(moved)
+    try:
+        with pytest.warns(UserWarning, match="rebuilding the calibration"):
+            rebuilt = force_calibration_of(run)
+    finally:
+        moved.rename(w.cal_path)
+    for name in ("f0_pn", "a", "l1_mm", "l2_mm", "min_height_mm", "max_height_mm",
+                 "bead_ids", "bead_scale"):
+        assert getattr(rebuilt, name) == getattr(cal, name), name
+    assert rebuilt.source == w.f
+    assert rebuilt.force_pn(2.0) == pytest.approx(cal.force_pn(2.0))
