@@ -19,8 +19,10 @@ import pytest
 from bluesky_queueserver_api import BFunc, BPlan
 from bluesky_queueserver_api.zmq import REManagerAPI
 
+from magscope_devices.sim.world import SimParams
 from magscope_session.qserver import child_pids
 from magscope_session.services import port_open
+from magscope_session.setup import session_metadata
 from magscope_session.tiled_server import resolve_tiled
 
 MAGSCOPE = str(Path(sys.executable).with_name("magscope"))
@@ -170,6 +172,9 @@ def test_queue_runs_a_zlut_sweep_and_a_force_extension_into_tiled(stack):
     zlut_run, fe_run = client[zlut_uid], client[fe_uid]
     assert zlut_run.metadata["start"]["plan_name"] == "zlut_sweep"
     assert zlut_run.metadata["start"]["sample"] == "queue test"
+    # the same session metadata as a run from IPython (the same profile made both)
+    assert set(session_metadata(sim_params=SimParams())) <= set(zlut_run.metadata["start"])
+    assert zlut_run.metadata["start"]["instrument"] == "magscope-sim"
     profiles = zlut_run["zlut"]["zlut-profiles"].read()
     assert profiles.ndim == 4 and profiles.shape[1] >= 1  # (events, beads, planes, bins)
     contour = fe_run["wlc"]["wlc-contour_nm"].read()

@@ -6,6 +6,7 @@ server on 127.0.0.1 in a temporary data folder.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -16,6 +17,8 @@ import numpy as np
 import pytest
 from tiled.queries import Key
 
+from magscope_devices.sim.world import SimParams
+from magscope_session.setup import session_metadata
 from magscope_session.tiled_server import EmbeddedTiled
 from magscope_tracking.shm import list_segments
 
@@ -81,14 +84,50 @@ def test_demo_runs_read_back_from_tiled_after_a_restart(demo_run):
         assert list(client.search(Key("start.sample") == "demo DNA tethers")) != []
 
 
-def test_ipython_profile_gives_the_session(tmp_path):
+SUBSCRIBER = """
+import json, sys
+from bluesky.callbacks.zmq import RemoteDispatcher
+
+dispatcher = RemoteDispatcher("127.0.0.1:5578")
+seen = []
+
+def record(name, doc):
+    seen.append([name, doc.get("plan_name") or doc.get("name") or doc.get("exit_status")])
+    if name == "stop":
+        json.dump(seen, open(sys.argv[1], "w"))
+        dispatcher.stop()
+
+dispatcher.subscribe(record)
+print("LISTENING", flush=True)
+dispatcher.start()
+"""
+
+
+def test_ipython_profile_gives_the_session_and_streams_documents(tmp_path):
+    """`magscope ipython -c ...` as a user starts it: RE, the microscope, every plan, a
+    Tiled client, the BestEffortCallback and progress bars; a run's documents reach a
+    subscriber in another process through the 0MQ proxy that `magscope ipython` starts."""
+    received = tmp_path / "received.json"
+    subscriber = subprocess.Popen(
+        [sys.executable, "-c", SUBSCRIBER, str(received)], stdout=subprocess.PIPE, text=True,
+        env=_env(tmp_path),
+    )
+    assert subscriber.stdout is not None and subscriber.stdout.readline().startswith("LISTENING")
+    plans = (
+        "zlut_sweep force_calibration force_extension rotation_extension force_ramp "
+        "force_clamp auto_select_beads find_reference_beads load_zlut load_force_calibration"
+    )
     code = (
+        "import time; "
         "print('SESSION', type(RE).__name__, microscope.name, camera.name, "
         "callable(focus_scan), callable(count_at_heights), type(tiled).__name__, "
-        "RE.md['instrument']); "
+        "RE.md['instrument'], type(bec).__name__, type(RE.waiting_hook).__name__); "
+        f"print('PLANS', all(callable(globals()[p]) for p in {plans.split()!r})); "
+        "time.sleep(2.0); "  # let the subscriber's connection through the proxy settle
         "RE(bps.wait_for([tracker.find_beads])); "
         "uid = RE(count_at_heights(microscope, [6.0], num=2)).plan_result[0]; "
-        "tiled_writer.flush(60); print('RUN', uid in tiled)"
+        "tiled_writer.flush(60); print('RUN', uid in tiled); "
+        "print('KEYS', sorted(tiled[uid].metadata['start']))"
     )
     out = subprocess.run(
         [MAGSCOPE, "ipython", "--data-dir", str(tmp_path), "-c", code],
@@ -98,11 +137,19 @@ def test_ipython_profile_gives_the_session(tmp_path):
     line = next(x for x in out.stdout.splitlines() if x.startswith("SESSION"))
     assert line.split()[1:] == [
         "RunEngine", "microscope", "microscope-camera", "True", "True", "Container",
-        "magscope-sim",
+        "magscope-sim", "BestEffortCallback", "ProgressBarManager",
     ]
+    assert "PLANS True" in out.stdout
     assert "RUN True" in out.stdout
+    keys = eval(next(x for x in out.stdout.splitlines() if x.startswith("KEYS"))[5:])
+    assert set(session_metadata(sim_params=SimParams())) <= set(keys)
     # the camera process and its shared memory went away with IPython
     assert [s for s in list_segments() if not s.owner_alive] == []
+    # the subscriber in another process saw the whole run, start to stop
+    subscriber.wait(30)
+    names = [n for n, _ in json.loads(received.read_text())]
+    assert names[0] == "start" and names[-1] == "stop"
+    assert "descriptor" in names and names.count("event") == 2
 
 
 def test_cleanup_command_reports(tmp_path):
