@@ -24,7 +24,7 @@ from .analysis import (
     record_length_s,
     thermal_energy_pn_nm,
 )
-from .preflight import check_magnet_heights, select_beads
+from .preflight import check_magnet_heights, plan_metadata, select_beads
 from .recording import TrackRecorder, extension_traces, lateral_traces
 from .results import ARRAY, FLOAT, IDS, ResultRecord, emit
 from .safety import DEFAULT_SAFE_MAGNET_HEIGHT_MM, with_safe_finish
@@ -155,21 +155,20 @@ def force_calibration(
     recorder = TrackRecorder(tracker, chunk_frames=chunk_frames)
     per_height = ResultRecord(CALIBRATION_FIELDS, name="calibration")
     fit_record = ResultRecord(FIT_FIELDS, name="force_fit")
-    _md = {
-        "plan_name": plan,
-        "plan_args": {
+    _md = plan_metadata(
+        plan,
+        {
             "magnet_heights_mm": heights, "duration_s": duration_s,
-            "beads": sel.beads.tolist(), "axis": axis, "rel_error": rel_error,
+            "axis": axis, "rel_error": rel_error,
             "pilot_s": pilot_s, "max_duration_s": max_duration_s, "settle_s": settle_s,
         },
-        "bead_ids": sel.beads.tolist(),
-        "reference_bead_ids": sel.reference.tolist(),
-        "frame_rate_hz": fs,
-        "exposure_s": exposure,
-        "bead_radius_nm": radius,
-        "force_calibration_file": str(path),
-    }
-    _md.update(md or {})
+        sel,
+        md,
+        frame_rate_hz=fs,
+        exposure_s=exposure,
+        bead_radius_nm=radius,
+        force_calibration_file=str(path),
+    )
 
     @bpp.stage_decorator([microscope])
     @bpp.run_decorator(md=_md)

@@ -13,7 +13,7 @@ from magscope_devices.force_curve import ForceCalibration
 from magscope_devices.microscope import Microscope
 
 from .analysis import buckling_point, wlc_fit
-from .preflight import BeadSelection, require_force_calibration, select_beads
+from .preflight import BeadSelection, plan_metadata, require_force_calibration, select_beads
 from .recording import TrackRecorder, extension_traces, mean_extensions
 from .results import ARRAY, FLOAT, IDS, ResultRecord, emit
 from .safety import DEFAULT_SAFE_MAGNET_HEIGHT_MM, with_safe_finish
@@ -150,18 +150,17 @@ def force_extension(
     recorder = TrackRecorder(microscope.tracker, chunk_frames=frames)
     steps = ResultRecord(EXTENSION_FIELDS, name="extension")
     fits = ResultRecord(WLC_FIELDS, name="wlc")
-    _md = {
-        "plan_name": plan,
-        "plan_args": {
+    _md = plan_metadata(
+        plan,
+        {
             "forces_pn": [float(f) for f in forces_pn], "dwell_s": dwell_s,
-            "beads": sel.beads.tolist(), "direction": direction, "settle_s": settle_s,
+            "direction": direction, "settle_s": settle_s,
             "extensible": extensible, "fit_offset": fit_offset,
         },
-        "bead_ids": sel.beads.tolist(),
-        "reference_bead_ids": sel.reference.tolist(),
-        "force_calibration_file": str((yield from bps.rd(microscope.force.calibration_file))),
-    }
-    _md.update(md or {})
+        sel,
+        md,
+        force_calibration_file=str((yield from bps.rd(microscope.force.calibration_file))),
+    )
 
     @bpp.stage_decorator([microscope])
     @bpp.run_decorator(md=_md)
@@ -247,17 +246,16 @@ def rotation_extension(
     recorder = TrackRecorder(microscope.tracker, chunk_frames=frames)
     steps = ResultRecord(EXTENSION_FIELDS, name="extension")
     buckling = ResultRecord(BUCKLING_FIELDS, name="buckling")
-    _md = {
-        "plan_name": plan,
-        "plan_args": {
+    _md = plan_metadata(
+        plan,
+        {
             "turns": steps_turns, "force_pn": force, "dwell_s": dwell_s,
-            "beads": sel.beads.tolist(), "settle_s": settle_s,
+            "settle_s": settle_s,
         },
-        "bead_ids": sel.beads.tolist(),
-        "reference_bead_ids": sel.reference.tolist(),
-        "turns_start": turns0,
-    }
-    _md.update(md or {})
+        sel,
+        md,
+        turns_start=turns0,
+    )
 
     @bpp.stage_decorator([microscope])
     @bpp.run_decorator(md=_md)

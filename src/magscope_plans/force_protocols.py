@@ -14,7 +14,7 @@ from bluesky.utils import Msg
 from magscope_devices.microscope import Microscope
 
 from .analysis import psd_force, subtract_drift
-from .preflight import require_force_calibration, select_beads
+from .preflight import plan_metadata, require_force_calibration, select_beads
 from .recording import TrackRecorder, extension_traces, lateral_traces, mean_extensions
 from .results import ARRAY, FLOAT, IDS, ResultRecord, emit
 from .safety import DEFAULT_SAFE_MAGNET_HEIGHT_MM, with_safe_finish
@@ -77,17 +77,16 @@ def force_ramp(
     chunk = max(1, int(round(fs / update_hz)))
     recorder = TrackRecorder(microscope.tracker, chunk_frames=chunk)
     ramp = ResultRecord(RAMP_FIELDS, name="ramp")
-    _md = {
-        "plan_name": plan,
-        "plan_args": {
+    _md = plan_metadata(
+        plan,
+        {
             "start_pn": start_pn, "stop_pn": stop_pn, "rate_pn_per_s": rate_pn_per_s,
-            "beads": sel.beads.tolist(), "update_hz": update_hz, "settle_s": settle_s,
+            "update_hz": update_hz, "settle_s": settle_s,
         },
-        "bead_ids": sel.beads.tolist(),
-        "reference_bead_ids": sel.reference.tolist(),
-        "force_calibration_file": str((yield from bps.rd(microscope.force.calibration_file))),
-    }
-    _md.update(md or {})
+        sel,
+        md,
+        force_calibration_file=str((yield from bps.rd(microscope.force.calibration_file))),
+    )
 
     @bpp.stage_decorator([microscope])
     @bpp.run_decorator(md=_md)
@@ -154,17 +153,16 @@ def force_clamp(
     radius = float((yield from bps.rd(microscope.tracker.bead_radius_nm)))
     recorder = TrackRecorder(microscope.tracker, chunk_frames=chunk_frames)
     clamp = ResultRecord(CLAMP_FIELDS, name="clamp")
-    _md = {
-        "plan_name": plan,
-        "plan_args": {
-            "force_pn": force, "duration_s": duration_s, "beads": sel.beads.tolist(),
+    _md = plan_metadata(
+        plan,
+        {
+            "force_pn": force, "duration_s": duration_s,
             "axis": axis, "settle_s": settle_s,
         },
-        "bead_ids": sel.beads.tolist(),
-        "reference_bead_ids": sel.reference.tolist(),
-        "force_calibration_file": str((yield from bps.rd(microscope.force.calibration_file))),
-    }
-    _md.update(md or {})
+        sel,
+        md,
+        force_calibration_file=str((yield from bps.rd(microscope.force.calibration_file))),
+    )
 
     @bpp.stage_decorator([microscope])
     @bpp.run_decorator(md=_md)

@@ -139,3 +139,24 @@ def require_force_calibration(
                 f"{high:.3g}] pN: calibrate over a wider magnet range with force_calibration"
             )
     return forces
+
+
+def plan_metadata(
+    plan: str,
+    plan_args: dict[str, Any],
+    sel: BeadSelection,
+    md: dict[str, Any] | None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The start-document metadata of an experiment: the plan's name and arguments (with
+    the beads it measures), the bead and reference bead ids Tiled queries find it by,
+    ``extra`` keys, and the user's ``md`` merged last."""
+    out: dict[str, Any] = {
+        "plan_name": plan,
+        "plan_args": {**plan_args, "beads": sel.beads.tolist()},
+        "bead_ids": sel.beads.tolist(),
+        "reference_bead_ids": sel.reference.tolist(),
+        **extra,
+    }
+    out.update(md or {})
+    return out

@@ -137,6 +137,8 @@ def zlut_sweep(
         "zlut_bead_ids": selected.tolist(),
         "reference_bead_ids": refs.tolist(),
         "focus_start_nm": focus0,
+        "roi_size_px": int((yield from bps.rd(tracker.roi_size_px))),
+        "nm_per_px": float(tracker.nm_per_px),
     }
     _md.update(md or {})
 
