@@ -153,9 +153,12 @@ def main() -> None:
             np.asarray(buck["buckling-negative_turns"]) - neg[t],
         ])
         found = np.isfinite(errs)
-        print(f"buckling at {force:.2f} pN, {args.dwell} s per turn step: |error| "
-              f"{np.median(np.abs(errs[found])):.2f} turns median, "
-              f"{np.max(np.abs(errs[found])):.2f} max; {int(found.sum())}/{errs.size} found "
+        summary = (
+            f"{np.median(np.abs(errs[found])):.2f} turns median, "
+            f"{np.max(np.abs(errs[found])):.2f} max" if found.any() else "none found"
+        )
+        print(f"buckling at {force:.2f} pN, {args.dwell} s per turn step: |error| {summary}; "
+              f"{int(found.sum())}/{errs.size} found "
               f"(true |n_b| {np.nanmin(pos[t]):.1f}..{np.nanmax(pos[t]):.1f} turns)")
     finally:
         mic.close()

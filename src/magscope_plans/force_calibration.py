@@ -19,6 +19,7 @@ from magscope_devices.microscope import Microscope
 from .analysis import (
     ForceResult,
     allan_force,
+    expected_corner_hz,
     fit_magnet_force,
     psd_force,
     record_length_s,
@@ -29,7 +30,13 @@ from .recording import TrackRecorder, extension_traces, lateral_traces
 from .results import ARRAY, FLOAT, IDS, ResultRecord, emit
 from .safety import DEFAULT_SAFE_MAGNET_HEIGHT_MM, with_safe_finish
 
-__all__ = ["force_calibration", "load_force_calibration", "CALIBRATION_FIELDS", "FIT_FIELDS"]
+__all__ = [
+    "CALIBRATION_FIELDS",
+    "FIT_FIELDS",
+    "fit_band_hz",
+    "force_calibration",
+    "load_force_calibration",
+]
 
 #: Per magnet height, stream ``calibration`` (one value per bead unless a number).
 CALIBRATION_FIELDS: dict[str, tuple[Any, str]] = {
@@ -68,6 +75,22 @@ FIT_FIELDS: dict[str, tuple[Any, str]] = {
 
 def _per_bead(results: list[ForceResult], attr: str) -> np.ndarray:
     return np.array([getattr(r, attr) for r in results], dtype=float)
+
+
+#: The PSD fit stops at this many expected corner frequencies (or at Nyquist): above,
+#: a slow bead's spectrum sinks under the tracking noise floor, which the model lacks.
+FIT_BAND_CORNERS = 25.0
+
+
+def fit_band_hz(trace_nm, *, length_nm: float, radius_nm: float, fs_hz: float) -> float:
+    """Upper frequency (Hz) of the PSD fit for one bead: ``FIT_BAND_CORNERS`` times the
+    corner frequency expected from equipartition (F = kT (l + R) / var), at most fs / 2."""
+    var = float(np.nanvar(trace_nm))
+    if not (np.isfinite(var) and var > 0 and np.isfinite(length_nm)):
+        return fs_hz / 2
+    force = thermal_energy_pn_nm() * (length_nm + radius_nm) / var
+    fc = float(expected_corner_hz(force, max(length_nm, 0.0), radius_nm))
+    return float(min(fs_hz / 2, max(FIT_BAND_CORNERS * fc, 20.0 * fs_hz / len(trace_nm))))
 
 
 def _record_frames(
@@ -127,7 +150,9 @@ def force_calibration(
     (perpendicular to the field) gives the force two ways: the power spectral density
     fitted with the camera's exposure blur and aliasing (``psd_force``), and the Allan
     variance (``allan_force``); the plain Lorentzian fit is stored beside them to show the
-    correction. The tether length is the bead's height above the reference beads
+    correction. The spectrum is fitted up to :func:`fit_band_hz` (25 expected corner
+    frequencies, at most Nyquist), where a slow bead's motion is still above the tracking
+    noise. The tether length is the bead's height above the reference beads
     (anchored Z-LUT), the bead radius ``microscope.tracker.bead_radius_nm``.
 
     Streams: ``tracks`` (every frame, HDF5), ``calibration`` (one event per height: per
@@ -195,13 +220,15 @@ def force_calibration(
                 kw: dict[str, Any] = dict(
                     fs_hz=fs, exposure_s=exposure, length_nm=length, radius_nm=radius
                 )
+                band = fit_band_hz(lateral[:, b], length_nm=length, radius_nm=radius, fs_hz=fs)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
-                    psd.append(psd_force(lateral[:, b], **kw))
+                    psd.append(psd_force(lateral[:, b], **kw, f_max_hz=band))
                     allan.append(allan_force(lateral[:, b], **kw))
                     plain.append(
                         psd_force(
-                            lateral[:, b], **kw, blur_correction=False, aliasing_correction=False
+                            lateral[:, b], **kw, f_max_hz=band, blur_correction=False,
+                            aliasing_correction=False,
                         )
                     )
             psd_forces.append(_per_bead(psd, "force_pn"))

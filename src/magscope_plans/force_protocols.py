@@ -14,6 +14,7 @@ from bluesky.utils import Msg
 from magscope_devices.microscope import Microscope
 
 from .analysis import psd_force, subtract_drift
+from .force_calibration import fit_band_hz
 from .preflight import plan_metadata, require_force_calibration, select_beads
 from .recording import TrackRecorder, extension_traces, lateral_traces, mean_extensions
 from .results import ARRAY, FLOAT, IDS, ResultRecord, emit
@@ -177,6 +178,9 @@ def force_clamp(
             psd_force(
                 lateral[:, b], fs_hz=fs, exposure_s=exposure,
                 length_nm=float(mean[b]), radius_nm=radius,
+                f_max_hz=fit_band_hz(
+                    lateral[:, b], length_nm=float(mean[b]), radius_nm=radius, fs_hz=fs
+                ),
             )
             for b in range(sel.beads.size)
         ]
