@@ -168,7 +168,10 @@ def test_queue_runs_a_zlut_sweep_and_a_force_extension_into_tiled(stack):
     zlut_uid = history[2]["result"]["run_uids"][0]
     fe_uid = history[4]["result"]["run_uids"][0]
     client = resolve_tiled(stack.data_dir, start=False).client()
-    _wait_until(lambda: fe_uid in client, 60, "the force-extension run reaches Tiled")
+    _wait_until(
+        lambda: fe_uid in client and "stop" in client[fe_uid].metadata, 60,
+        "the whole force-extension run reaches Tiled",
+    )
     zlut_run, fe_run = client[zlut_uid], client[fe_uid]
     assert zlut_run.metadata["start"]["plan_name"] == "zlut_sweep"
     assert zlut_run.metadata["start"]["sample"] == "queue test"

@@ -47,12 +47,15 @@ def ensure_proxy(log_dir: Path) -> ManagedProcess | None:
     return start_proxy(DEFAULT_PROXY_IN, DEFAULT_PROXY_OUT, log=log_dir / "proxy.log")
 
 
-class _Stop(Exception):
-    pass
+class _StopFlag:
+    """Set by SIGINT/SIGTERM; the main loop sees it between checks, so a signal never
+    lands inside a call to the manager (which could leave its client hanging)."""
 
+    def __init__(self) -> None:
+        self.requested = False
 
-def _raise_stop(signum, frame):  # pragma: no cover - signal handler
-    raise _Stop
+    def __call__(self, signum, frame) -> None:  # pragma: no cover - signal handler
+        self.requested = True
 
 
 def run_qserver(
@@ -60,7 +63,6 @@ def run_qserver(
 ) -> int:
     """Run the queueserver stack in the foreground (see the module docstring)."""
     started: list[ManagedProcess] = []
-    signal.signal(signal.SIGTERM, _raise_stop)
     target = None
     try:
         if redis_addr is not None:
@@ -98,13 +100,18 @@ def run_qserver(
             f"{manager.log_path}. Ctrl-C stops it all.", flush=True,
         )
         watch = WorkerWatch(manager.pid)
-        while manager.alive():
-            time.sleep(1.0)
-            if (report := watch.check()) is not None:
+        stop = _StopFlag()
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        while manager.alive() and not stop.requested:
+            time.sleep(0.5)
+            if not stop.requested and (report := watch.check()) is not None:
                 print(report, flush=True)
+        if stop.requested:
+            return 0
         print(f"The RE manager exited (code {manager.process.returncode}):\n{manager.log_tail()}")
         return 1
-    except (KeyboardInterrupt, _Stop):
+    except KeyboardInterrupt:  # Ctrl-C while the services were starting
         return 0
     finally:
         if started and started[-1].name == "RE manager" and started[-1].alive():
