@@ -204,7 +204,7 @@ def test_force_extension_fits_the_wlc(RE, microscope, calibrated, docs, truth_of
 
 def test_rotation_extension_finds_buckling_points(RE, microscope, calibrated, docs, truth_of):
     turns = np.arange(-24.0, 24.1, 2.0)
-    RE(rotation_extension(microscope, turns, force_pn=0.6, dwell_s=1.2, settle_s=0.2))
+    RE(rotation_extension(microscope, turns, force_pn=0.6, dwell_s=1.5, settle_s=0.2))
     result = docs.events("buckling-positive_turns")[-1]
     start = docs.starts("rotation_extension")[-1]
     steps = [
@@ -216,8 +216,12 @@ def test_rotation_extension_finds_buckling_points(RE, microscope, calibrated, do
     positive, negative = WORLD.true_buckling_turns(magnet_z)
     pos_err = np.asarray(result["buckling-positive_turns"]) - positive[t]
     neg_err = np.asarray(result["buckling-negative_turns"]) - negative[t]
-    errors = np.abs(np.concatenate([pos_err, neg_err]))
-    # 1.2 s per step leaves ~3.5 nm of thermal noise on each mean extension at 0.6 pN,
+    # a bead buckling beyond the scanned turns (the calibrated 0.6 pN may be a higher true
+    # force) cannot be found: score the beads whose true buckling lies inside the scan
+    inside = np.concatenate([positive[t], -negative[t]]) < turns.max() - 3.0
+    errors = np.abs(np.concatenate([pos_err, neg_err]))[inside]
+    assert inside.sum() >= 6, (positive[t], negative[t])
+    # 1.5 s per step leaves ~3 nm of thermal noise on each mean extension at 0.6 pN,
     # worth ~0.2 turn, and can hide a corner; benchmarks/bench_plans.py dwells 3 s for the
     # accuracy table (0.14 turn median, 0.45 max over 40 buckling points)
     assert np.isfinite(errors).sum() >= errors.size - 2, (pos_err, neg_err)

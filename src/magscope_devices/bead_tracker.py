@@ -580,6 +580,9 @@ class BeadTracker(StandardDetector):
     # -- acquisition ----------------------------------------------------------------------------
     @AsyncStatus.wrap
     async def prepare(self, value: TriggerInfo) -> None:
+        # a record interrupted by a pause is abandoned here, so no frame of it is written
+        # between this prepare and the next kickoff (which counts the frames written)
+        self._capture.until = self._capture.next_index
         self._trigger_info = value
         await StandardDetector.prepare(self, value)
 
