@@ -218,15 +218,15 @@ def test_rotation_extension_finds_buckling_points(RE, microscope, calibrated, do
     neg_err = np.asarray(result["buckling-negative_turns"]) - negative[t]
     # a bead buckling beyond the scanned turns (the calibrated 0.6 pN may be a higher true
     # force) cannot be found: score the beads whose true buckling lies inside the scan
-    inside = np.concatenate([positive[t], -negative[t]]) < turns.max() - 3.0
+    # (buckling_point fits a window of 4 turns past the corner: it needs 6 turns of scan)
+    inside = np.concatenate([positive[t], -negative[t]]) < turns.max() - 6.0
     errors = np.abs(np.concatenate([pos_err, neg_err]))[inside]
-    assert inside.sum() >= 6, (positive[t], negative[t])
+    assert inside.sum() >= 4, (positive[t], negative[t])
     # 1.5 s per step leaves ~3 nm of thermal noise on each mean extension at 0.6 pN,
     # worth ~0.2 turn, and can hide a corner; benchmarks/bench_plans.py dwells 3 s for the
     # accuracy table (0.14 turn median, 0.45 max over 40 buckling points)
-    assert np.isfinite(errors).sum() >= errors.size - 2, (pos_err, neg_err)
-    found = errors[np.isfinite(errors)]
-    assert np.median(found) < 0.3 and np.max(found) < 1.0, (pos_err, neg_err)
+    assert np.all(np.isfinite(errors)), (pos_err, neg_err)
+    assert np.median(errors) < 0.3 and np.max(errors) < 1.0, (pos_err, neg_err)
     assert start["turns_start"] == 0.0
     assert _axes(RE, microscope)[:2] == (SAFE_MM, 0.0)
 
