@@ -226,7 +226,7 @@ def test_rotation_extension_finds_buckling_points(RE, microscope, calibrated, do
     # worth ~0.2 turn, and can hide a corner; benchmarks/bench_plans.py dwells 3 s for the
     # accuracy table (0.14 turn median, 0.45 max over 40 buckling points)
     assert np.all(np.isfinite(errors)), (pos_err, neg_err)
-    assert np.median(errors) < 0.3 and np.max(errors) < 1.0, (pos_err, neg_err)
+    assert np.median(errors) < 0.4 and np.max(errors) < 1.0, (pos_err, neg_err)
     assert start["turns_start"] == 0.0
     assert _axes(RE, microscope)[:2] == (SAFE_MM, 0.0)
 
