@@ -9,12 +9,15 @@ so the modules that start it run one after the other, never beside a user's own 
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from bluesky_queueserver_api import BFunc, BPlan
 from bluesky_queueserver_api.zmq import REManagerAPI
@@ -24,6 +27,7 @@ from magscope_session.qserver import child_pids
 from magscope_session.services import port_open
 from magscope_session.setup import session_metadata
 from magscope_session.tiled_server import resolve_tiled
+from magscope_tracking.processes import port_holder
 
 MAGSCOPE = str(Path(sys.executable).with_name("magscope"))
 PROFILE = Path(__file__).resolve().parents[1] / "profile"
@@ -51,11 +55,15 @@ class Stack:
             stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + 120
-        while "RE manager:" not in self.output():
+        while "REManagerAPI() reaches it" not in self.output():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 pytest.fail(f"magscope qserver did not start:\n{self.output()}")
             time.sleep(0.3)
+        # the control socket is encrypted: export its public key as the command says
+        key = re.search(r"export QSERVER_ZMQ_PUBLIC_KEY=(\S+)", self.output()).group(1)
+        os.environ["QSERVER_ZMQ_PUBLIC_KEY"] = key
+        self.killed = False
         self.api = REManagerAPI()  # the default addresses, as a user would
 
     def output(self) -> str:
@@ -122,6 +130,9 @@ def stack(tmp_path_factory):
     s.baseline = before
     yield s
     s.stop()
+    os.environ.pop("QSERVER_ZMQ_PUBLIC_KEY", None)
+    if s.killed:  # the last test killed it; it checks what is left itself
+        return
     assert s.process.returncode == 0, s.output()
     # Ctrl-C closed the environment first: no instrument process or segment of ours is left
     _wait_until(lambda: _instrument_processes() <= before[0], 30, "instrument processes exit")
@@ -306,6 +317,59 @@ def _worker_pid() -> int:
     raise AssertionError("no camera process found")
 
 
+def test_a_second_qserver_is_refused_and_disturbs_nothing(stack, tmp_path):
+    stack.open_environment()
+    before = stack.api.status()
+    reports = stack.output().count("The RE worker process died")
+    manager = port_holder("127.0.0.1", 60615)
+    result = subprocess.run(
+        [MAGSCOPE, "qserver", "--port", "0"], env=_stack_env(tmp_path / "second"),
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "is taken by pid" in result.stderr and "magscope cleanup" in result.stderr
+    assert "reusing" not in result.stdout
+    # the first stack is untouched: same manager, environment still open, state unchanged
+    assert port_holder("127.0.0.1", 60615) == manager
+    after = stack.api.status()
+    assert after["worker_environment_exists"] and after["manager_state"] == "idle"
+    assert after["plan_history_uid"] == before["plan_history_uid"]
+    time.sleep(2.0)  # the watch looks every 0.5 s
+    assert stack.output().count("The RE worker process died") == reports
+
+
+def test_services_are_private_by_default(stack):
+    # every service listens on 127.0.0.1 only
+    for port in (5577, 5578, 6379, 60615, 60625):
+        listeners = [
+            c.laddr.ip for c in psutil.net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+        ]
+        assert listeners and set(listeners) == {"127.0.0.1"}, (port, listeners)
+    # Redis in protected mode
+    with socket.create_connection(("127.0.0.1", 6379), timeout=2) as sock:
+        sock.sendall(b"CONFIG GET protected-mode\r\n")
+        assert b"yes" in sock.recv(256)
+    # the control socket is encrypted: a client without the key gets no answer
+    key = os.environ.pop("QSERVER_ZMQ_PUBLIC_KEY")
+    try:
+        stranger = REManagerAPI(timeout_recv=1.0)
+        with pytest.raises(stranger.RequestTimeoutError):
+            stranger.status()
+        stranger.close()
+    finally:
+        os.environ["QSERVER_ZMQ_PUBLIC_KEY"] = key
+    # data files are the owner's only, and the Tiled key is in no log or output
+    tiled_key = (stack.data_dir / "tiled-api-key").read_text().strip()
+    files = [p for p in stack.data_dir.rglob("*") if p.is_file()]
+    assert len(files) > 5
+    loose = [str(p) for p in files if p.stat().st_mode & 0o077 and p.name != "magscope-qserver.out"]
+    assert not loose
+    for path in files:
+        if path.suffix in (".log", ".out") or path.name.endswith(".log.1"):
+            assert tiled_key not in path.read_text(errors="replace"), path
+
+
 def test_a_missing_redis_is_a_clear_error_naming_the_fix(tmp_path):
     result = subprocess.run(
         [MAGSCOPE, "qserver", "--redis-addr", "127.0.0.1:6391", "--port", "0"],
@@ -323,3 +387,63 @@ def test_the_process_tree_helper_sees_children():
     finally:
         child.kill()
         child.wait()
+
+
+def _stack_processes(root_pid: int) -> dict[str, list[int]]:
+    """The live descendants of a queueserver stack, by kind (psutil)."""
+    kinds = {  # the launcher first: its command line names the program it runs
+        "lifeline launcher": "lifeline.py", "redis-server": "redis-server",
+        "start-re-manager": "start-re-manager", "0MQ proxy": "zmq_proxy",
+        "camera": "magscope_devices.acquisition", "tracking worker": "magscope_tracking.service",
+        "tiled": "magscope_session.tiled_server",
+    }
+    found: dict[str, list[int]] = {k: [] for k in kinds}
+    try:
+        procs = psutil.Process(root_pid).children(recursive=True)
+    except psutil.Error:
+        return found
+    for proc in procs:
+        try:
+            cmd = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        for kind, fragment in kinds.items():
+            if fragment in cmd:
+                found[kind].append(proc.pid)
+                break
+    return found
+
+
+def _alive(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.Error:
+            continue
+    return alive
+
+
+def test_kill_9_of_qserver_leaves_no_process_within_5_s(stack):
+    """Last in the module: it kills the stack."""
+    stack.open_environment()
+    before = _stack_processes(stack.process.pid)
+    assert before["camera"] and before["tracking worker"] and before["redis-server"], before
+    print("processes before kill -9:", {k: len(v) for k, v in before.items()})
+    stack.killed = True
+    os.kill(stack.process.pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    pids = [p for v in before.values() for p in v]
+    while _alive(pids) and time.monotonic() - t0 < 5.0:
+        time.sleep(0.1)
+    elapsed = time.monotonic() - t0
+    left = {k: len(_alive(v)) for k, v in before.items()}
+    print(f"processes {elapsed:.1f} s after kill -9:", left)
+    assert not _alive(pids), left
+    for port in (5577, 5578, 6379, 60615, 60625):
+        assert port_holder("127.0.0.1", port) is None, port
+    # what the killed worker left in /dev/shm is stale; `magscope cleanup` removes it
+    out = subprocess.run([MAGSCOPE, "cleanup"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "0 orphaned process(es)" in out.stdout, out.stdout
+    assert _segments() <= stack.baseline[1]

@@ -152,10 +152,41 @@ def test_ipython_profile_gives_the_session_and_streams_documents(tmp_path):
     assert "descriptor" in names and names.count("event") == 2
 
 
-def test_cleanup_command_reports(tmp_path):
-    out = subprocess.run([MAGSCOPE, "cleanup"], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0
-    assert "stale shared-memory segment(s) removed" in out.stdout
+def test_cleanup_command_ends_orphans_and_reports(tmp_path):
+    """A child whose owner died (tagged with the owner) is ended by `magscope cleanup`."""
+    import time
+
+    import psutil
+
+    from magscope_tracking.processes import ENV_OWNER
+
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    from magscope_tracking.processes import owner_tag
+
+    tag = owner_tag(owner.pid)
+    orphan = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)"],
+        env=dict(os.environ, **{ENV_OWNER: tag}), start_new_session=True,
+    )
+    try:
+        out = subprocess.run([MAGSCOPE, "cleanup"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0
+        assert orphan.poll() is None, "an owner that runs keeps its children"
+        owner.kill()
+        owner.wait()
+        out = subprocess.run([MAGSCOPE, "cleanup"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert f"ended orphaned process {orphan.pid}" in out.stdout
+        assert "stale shared-memory segment(s) removed" in out.stdout
+        deadline = time.monotonic() + 10
+        while orphan.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert orphan.poll() is not None and not psutil.pid_exists(orphan.pid) or (
+            psutil.Process(orphan.pid).status() == "zombie"
+        )
+    finally:
+        owner.kill()
+        orphan.kill()
 
 
 def test_tiled_command_serves_in_the_foreground_until_ctrl_c(tmp_path):
@@ -175,6 +206,8 @@ def test_tiled_command_serves_in_the_foreground_until_ctrl_c(tmp_path):
             if "Press Ctrl-C" in line or not line:
                 break
         assert any("Press Ctrl-C" in x for x in lines), "".join(lines)
+        key = (tmp_path / "tiled-api-key").read_text().strip()
+        assert key not in "".join(lines) and "--show-key prints it" in "".join(lines)
         server = EmbeddedTiled(tmp_path, port=0)
         assert server._running_elsewhere() is not None  # the state file names a live server
         proc.send_signal(signal.SIGINT)
@@ -184,6 +217,32 @@ def test_tiled_command_serves_in_the_foreground_until_ctrl_c(tmp_path):
     finally:
         proc.kill()
     assert not (tmp_path / "tiled-server.json").exists()
+    # the key is in no log, and every file the server made is the owner's only
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "catalog.db" for p in files)
+    for path in files:
+        assert not path.stat().st_mode & 0o077, path
+        if ".log" in path.name:
+            assert key not in path.read_text(errors="replace"), path
+
+
+def test_services_refuse_a_taken_address_naming_the_holder(tmp_path):
+    """No silent takeover: each service checks its address first and names who holds it."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        holder = f"pid {os.getpid()}"
+        for argv in (
+            [MAGSCOPE, "tiled", "--data-dir", str(tmp_path), "--port", str(port)],
+            [MAGSCOPE, "redis", "--port", str(port)],
+        ):
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                                 env=_env(tmp_path))
+            assert out.returncode == 2, (argv, out.stdout, out.stderr)
+            assert holder in out.stderr and str(port) in out.stderr, out.stderr
 
 
 def test_tiled_replay_command_with_nothing_to_send(tmp_path):

@@ -3,11 +3,15 @@
 from ophyd_async.core import init_devices
 
 from magscope_devices.microscope import make_simulated_microscope
+from magscope_devices.ownership import instance_from_env
 from magscope_session.setup import close_at_exit
 
+# One owner per instrument: a second session on the same instance is refused, naming the
+# process that drives it; `magscope ipython --instance NAME` starts a separate one.
 with init_devices():
     microscope = make_simulated_microscope(
-        sim_params, data_dir=tiled_target.detector_data_dir, name="microscope"
+        sim_params, data_dir=tiled_target.detector_data_dir, instance=instance_from_env(),
+        name="microscope",
     )
 close_at_exit(microscope.close, priority=20)
 camera = microscope.camera

@@ -13,17 +13,27 @@ the frame ring, starts the child (a fresh interpreter running this module, so
 nothing of the caller's ``__main__`` is re-imported: scripts, IPython and the
 queueserver worker all work), and on :meth:`~AcquisitionProcess.stop`
 (or interpreter exit) stops the child and unlinks the shared memory. The child
-exits by itself when its parent disappears.
+runs in its own session (the terminal's Ctrl-C pauses the RunEngine and never
+reaches the camera) and exits by itself when its parent disappears.
+
+A child that dies while the owner still wants it (killed, crashed) is restarted in
+place by a watch thread of the owner: the control block (exposure, frame rate, gain,
+sensor ROI) and the frame ring are kept, so readers (tracking, viewer) go on reading
+the same ring; a capture that was running is abandoned and the plan that waited for it
+fails with a clear error. The restart is logged and counted
+(:attr:`AcquisitionProcess.restarts`).
 """
 
 from __future__ import annotations
 
 import argparse
 import enum
+import logging
 import os
 import pickle
-import subprocess
+import signal
 import sys
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -33,8 +43,11 @@ from typing import Protocol
 
 import numpy as np
 
+from magscope_tracking.processes import ChildProcess, describe_exit, exit_with_parent, spawn
 from magscope_tracking.rings import FrameRing
 from magscope_tracking.shm import SharedRecord, remove_stale_segments, segment_name
+
+log = logging.getLogger(__name__)
 
 #: HDF5 dataset paths inside a capture file.
 FRAMES_DATASET = "/entry/data/data"
@@ -69,6 +82,7 @@ CONTROL_DTYPE = np.dtype(
         ("frames_acquired", "<i8"),
         ("frames_late", "<i8"),  # scheduled frames skipped because the loop fell behind
         ("heartbeat", "<f8"),  # UNIX epoch s of the last loop iteration
+        ("restarts", "<i8"),  # times the owner restarted a dead child in place
         ("capture_generation", "<i8"),  # bumped by the owner to open capture_path
         ("capture_ack", "<i8"),  # set by the child once that file is open
         ("capture_close_generation", "<i8"),
@@ -129,8 +143,14 @@ class AcquisitionProcess:
         self.config = config
         self.control: SharedRecord | None = None
         self.ring: FrameRing | None = None
-        self.process: subprocess.Popen | None = None
+        self.process: ChildProcess | None = None
         self._finalizer: weakref.finalize | None = None
+        self._watch_stop = threading.Event()
+        self._watch: threading.Thread | None = None
+        self._lock = threading.RLock()
+        #: times a dead child was restarted in place, and why the last one died
+        self.restarts = 0
+        self.last_failure = ""
 
     # -- owner side ------------------------------------------------------------------
     def start(self, timeout: float = 60.0) -> None:
@@ -157,52 +177,120 @@ class AcquisitionProcess:
         ctl["sensor_height"] = height
         ctl["bit_depth"] = self.bit_depth
         ctl["acquire"] = int(self.config.start_acquiring)
-        self.process = subprocess.Popen(
+        process = self._spawn()
+        self._finalizer = weakref.finalize(
+            self, _stop_and_unlink, self._watch_stop, process, ctl.segment.name,
+            self.ring.segment.name,
+        )
+        self._wait_ready(timeout)
+        self._watch_stop.clear()
+        self._watch = threading.Thread(
+            target=self._watch_child, name=f"magscope-camera-watch-{self.config.instance}",
+            daemon=True,
+        )
+        self._watch.start()
+
+    def _spawn(self) -> ChildProcess:
+        assert self.control is not None and self.ring is not None
+        # like multiprocessing's spawn: the child sees the parent's import path
+        payload = pickle.dumps(list(sys.path)) + pickle.dumps(self.source_factory)
+        self.process = spawn(
+            "camera process",
             [
                 sys.executable, "-m", "magscope_devices.acquisition",
-                "--control", ctl.name, "--ring", self.ring.name, "--parent", str(os.getpid()),
+                "--control", self.control.name, "--ring", self.ring.name,
+                "--parent", str(os.getpid()),
             ],
-            stdin=subprocess.PIPE,
+            lifeline=False, stdin_data=payload,
         )
-        assert self.process.stdin is not None
-        # like multiprocessing's spawn: the child sees the parent's import path
-        self.process.stdin.write(pickle.dumps(list(sys.path)))
-        self.process.stdin.write(pickle.dumps(self.source_factory))
-        self.process.stdin.close()
-        self._finalizer = weakref.finalize(
-            self, _stop_and_unlink, self.process, ctl.segment.name, self.ring.segment.name
-        )
+        return self.process
+
+    def _wait_ready(self, timeout: float) -> None:
+        ctl = self.control
+        assert ctl is not None and self.process is not None
         deadline = time.monotonic() + timeout
         while ctl["state"] == AcqState.STARTING:
-            if self.process.poll() is not None:
+            if not self.process.alive():
                 break
             if time.monotonic() > deadline:
                 self.stop()
                 raise CameraProcessError(f"camera process did not start within {timeout} s")
             time.sleep(0.01)
-        if ctl["state"] == AcqState.FAILED or self.process.poll() is not None:
+        if ctl["state"] == AcqState.FAILED or not self.process.alive():
             message = self.failure_message()
             self.stop()
             raise CameraProcessError(message)
 
+    def _watch_child(self, poll_s: float = 0.1) -> None:
+        """Restart a child that died while it was wanted (see the module docstring)."""
+        while not self._watch_stop.wait(poll_s):
+            with self._lock:
+                process, ctl = self.process, self.control
+                if process is None or ctl is None or process.alive() or ctl["quit"]:
+                    continue
+                if self._watch_stop.is_set():
+                    return
+                reason = self.failure_message()
+                old_pid = process.pid
+                try:
+                    new_pid = self._restart_in_place()
+                except Exception as exc:  # leave it dead; check_alive() says why
+                    log.error("camera process %s; restarting it failed: %s", reason, exc)
+                    self.last_failure = f"{reason}; restarting it failed: {exc}"
+                    return
+                self.restarts += 1
+                self.last_failure = reason
+                log.warning(
+                    "camera process (pid %d) %s; restarted in place as pid %d with its "
+                    "settings and frame ring kept (restart %d)",
+                    old_pid, reason.removeprefix("camera process "), new_pid,
+                    self.restarts,
+                )
+
+    def _restart_in_place(self) -> int:
+        ctl = self.control
+        assert ctl is not None
+        # abandon a capture the dead child had open: the file stays as far as it got
+        ctl["capture_ack"] = ctl["capture_generation"]
+        ctl["capture_close_ack"] = ctl["capture_close_generation"]
+        ctl["capture_requested"] = ctl["capture_written"]
+        ctl["error"] = ""
+        ctl["pid"] = 0
+        ctl.increment("restarts")
+        ctl["state"] = AcqState.STARTING
+        process = self._spawn()
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        assert self.ring is not None
+        self._finalizer = weakref.finalize(
+            self, _stop_and_unlink, self._watch_stop, process, ctl.segment.name,
+            self.ring.segment.name,
+        )
+        deadline = time.monotonic() + 60.0
+        while ctl["state"] == AcqState.STARTING and process.alive():
+            if time.monotonic() > deadline:
+                raise CameraProcessError("the restarted camera process did not start in 60 s")
+            time.sleep(0.01)
+        if not process.alive() or ctl["state"] == AcqState.FAILED:
+            raise CameraProcessError(self.failure_message())
+        return process.pid
+
     @property
     def running(self) -> bool:
         """True while the child process is alive."""
-        return self.process is not None and self.process.poll() is None
+        return self.process is not None and self.process.alive()
 
     def failure_message(self) -> str:
         """Why the camera process is not running, for error messages."""
         error = self.control["error"] if self.control is not None else ""
         if self.process is None:
             return "camera process was never started (connect the Camera device first)"
-        code = self.process.poll()
+        code = self.process.returncode
         if error:
             return f"camera process failed: {error}"
         if code is None:
             return "camera process is running"
-        if code < 0:
-            return f"camera process was killed by signal {-code}"
-        return f"camera process exited with code {code}"
+        return f"camera process {describe_exit(code).replace('exit code', 'exited with code')}"
 
     def check_alive(self) -> None:
         """Raise :class:`CameraProcessError` if the child is gone."""
@@ -211,24 +299,26 @@ class AcquisitionProcess:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the child (terminate, then kill) and unlink the shared memory. Idempotent."""
-        if self.control is not None:
-            try:
-                self.control["quit"] = 1
-            except Exception:
-                pass
-        if self.process is not None:
-            for action in (None, self.process.terminate, self.process.kill):
-                if action is not None and self.process.poll() is None:
-                    action()
+        self._watch_stop.set()
+        if self._watch is not None and self._watch is not threading.current_thread():
+            self._watch.join(timeout)
+        self._watch = None
+        with self._lock:
+            if self.control is not None:
                 try:
-                    self.process.wait(timeout)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        if self._finalizer is not None:
-            self._finalizer.detach()
-            self._finalizer = None
-        self._cleanup_shared_memory()
+                    self.control["quit"] = 1
+                except Exception:
+                    pass
+            if self.process is not None:
+                # the child sees "quit" within a frame; SIGTERM/SIGKILL if it does not
+                try:
+                    self.process.process.wait(timeout)
+                except Exception:
+                    self.process.stop(timeout)
+            if self._finalizer is not None:
+                self._finalizer.detach()
+                self._finalizer = None
+            self._cleanup_shared_memory()
 
     def _cleanup_shared_memory(self) -> None:
         for shared in (self.ring, self.control):
@@ -243,11 +333,12 @@ class AcquisitionProcess:
         return [s.name for s in (self.control, self.ring) if s is not None]
 
 
-def _stop_and_unlink(process: subprocess.Popen, *segment_names: str) -> None:
+def _stop_and_unlink(
+    watch_stop: threading.Event, process: ChildProcess, *segment_names: str
+) -> None:
     """Interpreter-exit / garbage-collection cleanup of an AcquisitionProcess."""
-    if process.poll() is None:
-        process.kill()
-        process.wait(2.0)
+    watch_stop.set()  # no restart of the child we are about to kill
+    process.stop(2.0, first_signal=signal.SIGKILL)
     for name in segment_names:
         Path("/dev/shm", name).unlink(missing_ok=True)
 
@@ -296,6 +387,7 @@ def acquisition_main(
     control_name: str, ring_name: str, source_factory: Callable[[], FrameSource], parent_pid: int
 ) -> None:
     """Entry point of the camera process."""
+    exit_with_parent(parent_pid)  # also while the frame source starts (imports, compiles)
     ctl = SharedRecord.attach(control_name)
     ring = FrameRing.attach(ring_name)
     ctl["pid"] = os.getpid()

@@ -104,10 +104,12 @@ class CameraAcquireLogic(DetectorAcquireLogic):
 
     def __init__(self, camera: Camera) -> None:
         self.camera = camera
+        self._restarts = 0
 
     async def start_acquiring(self) -> None:
         cam = self.camera
         cam.process.check_alive()
+        self._restarts = cam.process.restarts
         ctl = cam._ctl
         if not ctl["acquire"]:
             raise CameraProcessError(
@@ -118,8 +120,15 @@ class CameraAcquireLogic(DetectorAcquireLogic):
     async def wait_for_idle(self) -> None:
         cam = self.camera
         ctl = cam._ctl
-        while ctl["capture_written"] < ctl["capture_requested"]:
+        while True:
             cam.process.check_alive()
+            if cam.process.restarts != self._restarts:
+                raise CameraProcessError(
+                    f"{cam.name}: the {cam.process.last_failure} during the acquisition and "
+                    f"was restarted; {ctl['capture_written']} frames were captured"
+                )
+            if ctl["capture_written"] >= ctl["capture_requested"]:
+                return
             await asyncio.sleep(0.002)
 
     async def ensure_stopped(self) -> None:

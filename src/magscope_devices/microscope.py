@@ -34,6 +34,7 @@ from .bead_tracker import BeadTracker
 from .camera import Camera, CameraLimits
 from .force import Force
 from .motors import FocusStage, MagnetRotation, MagnetZ
+from .ownership import InstrumentLock
 from .sim.frame_source import SIM_INPUTS_DTYPE, TRUTH_DTYPE, SimFrameSource, TruthReader
 from .sim.world import SimParams
 
@@ -111,6 +112,8 @@ class _MicroscopeConnector(DeviceConnector):
     """Open the simulation link before the camera process starts, then mirror the axes."""
 
     async def connect_real(self, device, timeout: float, force_reconnect: bool):
+        if device.ownership is not None:  # one owner per instrument: refuse before anything
+            device.ownership.acquire()
         link: SimulationLink | None = device.simulation
         if link is not None:
             link.open(
@@ -142,9 +145,12 @@ class Microscope(StandardReadable):
         focus: FocusStage,
         tracker: BeadTracker | None = None,
         simulation: SimulationLink | None = None,
+        ownership: InstrumentLock | None = None,
         name: str = "",
     ) -> None:
         self.simulation = simulation
+        #: the instrument's ownership lock, taken on connect, released by close()
+        self.ownership = ownership
         self._mirrored = False
         with self.add_children_as_readables():
             self.magnet_z = magnet_z
@@ -192,6 +198,8 @@ class Microscope(StandardReadable):
         self.camera.process.stop()
         if self.simulation is not None:
             self.simulation.close()
+        if self.ownership is not None:
+            self.ownership.release()
 
 
 def make_simulated_microscope(
@@ -226,9 +234,12 @@ def make_simulated_microscope(
     :param track: include the bead tracker (tracking service started on connect).
     :param tracking_workers: tracking worker processes (default one per core).
     :param roi_size_px: side of the tracking ROIs (px).
-    :param instance: name of the instrument instance in shared-memory names (default random).
+    :param instance: name of the instrument instance, in shared-memory names; a named
+        instance is owned by one process at a time (connecting takes its lock, see
+        :mod:`magscope_devices.ownership`). Default: a random, private name.
     """
     params = params or SimParams()
+    ownership = InstrumentLock(instance) if instance else None
     instance = instance or f"sim{uuid.uuid4().hex[:8]}"
     if path_provider is None:
         if data_dir is None:
@@ -269,5 +280,6 @@ def make_simulated_microscope(
         magnet_rotation=MagnetRotation(),
         focus=FocusStage(initial=focus0),
         simulation=link,
+        ownership=ownership,
         name=name,
     )

@@ -4,7 +4,7 @@
 ``magscope ipython``       IPython with the startup profile (``profile/``) loaded
 ``magscope tiled``         serve the embedded Tiled server in the foreground
 ``magscope tiled replay``  send runs that could not reach Tiled when they ran
-``magscope cleanup``       remove shared memory left behind by crashed sessions
+``magscope cleanup``       end orphaned services and remove shared memory of crashed sessions
 ``magscope qserver``       the queueserver (RE manager, Redis, proxy, Tiled) on default addresses
 ``magscope qserver list``  regenerate profile/startup/existing_plans_and_devices.yaml
 ``magscope proxy``         bluesky's 0MQ document proxy (in 127.0.0.1:5577, out :5578)
@@ -37,9 +37,31 @@ def profile_dir() -> Path:
     return candidate
 
 
+def _use_instance(args: argparse.Namespace) -> str:
+    """Export ``--instance`` as ``MAGSCOPE_INSTANCE`` (read by the profile and the demo)."""
+    from magscope_devices.ownership import ENV_INSTANCE, check_instance_name, instance_from_env
+
+    if getattr(args, "instance", None):
+        check_instance_name(args.instance)
+        os.environ[ENV_INSTANCE] = args.instance
+    return instance_from_env()
+
+
+def _refuse_if_owned(instance: str) -> None:
+    """Exit with the owner's name if another process drives ``instance``."""
+    from magscope_devices.ownership import InstrumentBusyError, InstrumentLock
+
+    try:
+        with InstrumentLock(instance):
+            pass
+    except InstrumentBusyError as err:
+        raise SystemExit(f"magscope: {err}") from None
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    _refuse_if_owned(_use_instance(args))
     run_demo(args.data_dir, port=args.port)
     return 0
 
@@ -47,12 +69,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_ipython(args: argparse.Namespace) -> int:
     from IPython import start_ipython
 
-    from .qserver import ensure_proxy
+    from .qserver import ENV_QSERVER_PUBLIC_KEY, ensure_proxy
+    from .services import QSERVER_KEYS_FILENAME, qserver_keys
     from .tiled_server import default_data_dir
 
+    _refuse_if_owned(_use_instance(args))
     if args.data_dir:
         os.environ[ENV_DATA_DIR] = str(Path(args.data_dir).expanduser().resolve())
-    ensure_proxy(default_data_dir() / "logs")  # stops when IPython exits, if we started it
+    data_dir = default_data_dir()
+    if ENV_QSERVER_PUBLIC_KEY not in os.environ and (data_dir / QSERVER_KEYS_FILENAME).exists():
+        # REManagerAPI() in this session reaches the encrypted queueserver of this data dir
+        os.environ[ENV_QSERVER_PUBLIC_KEY] = qserver_keys(data_dir)[0]
+    _, line = ensure_proxy(data_dir / "logs")  # stops when IPython exits, if we started it
+    print(line)
     argv = [f"--profile-dir={profile_dir()}", "--no-banner", *args.ipython_args]
     start_ipython(argv=argv)
     return 0
@@ -63,15 +92,31 @@ def _cmd_tiled(args: argparse.Namespace) -> int:
         from .replay import replay_main
 
         return replay_main(args.data_dir)
-    from .tiled_server import EmbeddedTiled, default_data_dir
+    from .tiled_server import EmbeddedTiled, TiledServerError, default_data_dir
 
     folder = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
-    return EmbeddedTiled(folder, port=args.port).run_foreground()
+    try:
+        return EmbeddedTiled(folder, port=args.port).run_foreground(show_key=args.show_key)
+    except TiledServerError as err:
+        print(f"magscope tiled: {err}", file=sys.stderr)
+        return 2
 
 
 def _cmd_cleanup(args: argparse.Namespace) -> int:
+    from magscope_tracking.processes import end_processes, find_orphans
     from magscope_tracking.shm import remove_stale_segments
 
+    orphans = find_orphans()
+    described = {}
+    for proc in orphans:
+        try:
+            described[proc.pid] = " ".join(proc.cmdline())[:120]
+        except Exception:
+            described[proc.pid] = "?"
+    ended = end_processes(orphans)
+    for proc in ended:
+        print(f"ended orphaned process {proc.pid} ({described.get(proc.pid, '?')})")
+    print(f"{len(ended)} orphaned process(es) of earlier sessions ended.")
     removed = remove_stale_segments()
     for seg in removed:
         print(f"removed {seg.name} ({seg.size_bytes / 1e6:.1f} MB, owner pid {seg.pid} gone)")
@@ -86,32 +131,55 @@ def _cmd_qserver(args: argparse.Namespace) -> int:
         path = list_plans_and_devices(profile_dir(), args.data_dir)
         print(f"wrote {path}")
         return 0
+    _use_instance(args)
     try:
         return run_qserver(profile_dir(), args.data_dir, port=args.port, redis_addr=args.redis_addr)
-    except RuntimeError as err:  # RedisUnavailableError, a service that would not start
+    except RuntimeError as err:  # an address taken, no Redis, a service that would not start
         print(f"magscope qserver: {err}", file=sys.stderr)
         return 2
+
+
+def _exec_service(name: str, argv: list[str], addresses: list[tuple[str, int]]) -> int:
+    """Replace this process by a service after checking its addresses are free."""
+    from magscope_tracking.processes import AddressInUseError, require_free_port
+
+    try:
+        for host, port in addresses:
+            require_free_port(name, host, port)
+    except AddressInUseError as err:
+        print(f"magscope: {err}", file=sys.stderr)
+        return 2
+    os.umask(0o077)
+    os.execv(argv[0], argv)
+    return 0  # pragma: no cover
 
 
 def _cmd_proxy(args: argparse.Namespace) -> int:
     from .services import DEFAULT_PROXY_IN, DEFAULT_PROXY_OUT
 
+    in_port, out_port = (int(a.rsplit(":", 1)[1]) for a in (DEFAULT_PROXY_IN, DEFAULT_PROXY_OUT))
     argv = [
         sys.executable, "-m", "bluesky.commandline.zmq_proxy",
-        "--in-address", DEFAULT_PROXY_IN.split(":")[-1],
-        "--out-address", DEFAULT_PROXY_OUT.split(":")[-1],
+        "--in-address", f"tcp://{args.host}:{in_port}",
+        "--out-address", f"tcp://{args.host}:{out_port}",
     ]
-    print(f"0MQ proxy: RunEngines publish to {DEFAULT_PROXY_IN}, viewers read {DEFAULT_PROXY_OUT}")
-    os.execv(sys.executable, argv)
-    return 0  # pragma: no cover
+    print(
+        f"0MQ proxy: RunEngines publish to {args.host}:{in_port}, viewers read "
+        f"{args.host}:{out_port}. Documents on it are pickled: bind only to networks "
+        "whose every host you trust.", flush=True,
+    )
+    return _exec_service(
+        "The 0MQ document proxy", argv, [(args.host, in_port), (args.host, out_port)]
+    )
 
 
 def _cmd_redis(args: argparse.Namespace) -> int:
     from .services import redis_server_executable
 
     exe = redis_server_executable()
-    os.execv(exe, [exe, "--port", str(args.port), "--bind", "127.0.0.1", "--save", ""])
-    return 0  # pragma: no cover
+    argv = [exe, "--port", str(args.port), "--bind", "127.0.0.1", "--save", "",
+            "--protected-mode", "yes"]
+    return _exec_service("Redis", argv, [("127.0.0.1", args.port)])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,13 +195,22 @@ def build_parser() -> argparse.ArgumentParser:
             "user data directory)",
         )
 
+    def instance_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--instance",
+            help="instrument instance name (default $MAGSCOPE_INSTANCE or 'default'): one "
+            "process owns an instance; another name gives a separate simulated instrument",
+        )
+
     demo = sub.add_parser("demo", help="run the demo experiment on the simulated microscope")
     data_dir_option(demo)
     demo.add_argument("--port", type=int, default=DEFAULT_PORT, help="embedded Tiled port")
+    instance_option(demo)
     demo.set_defaults(func=_cmd_demo)
 
     ipy = sub.add_parser("ipython", help="IPython with the magscope profile loaded")
     data_dir_option(ipy)
+    instance_option(ipy)
     ipy.add_argument("ipython_args", nargs="*", help="passed on to IPython (e.g. -c CODE)")
     ipy.set_defaults(func=_cmd_ipython)
 
@@ -141,9 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
     tiled.add_argument("action", nargs="?", choices=["serve", "replay"], default="serve")
     data_dir_option(tiled)
     tiled.add_argument("--port", type=int, default=DEFAULT_PORT)
+    tiled.add_argument(
+        "--show-key", action="store_true", help="print the API key (kept out of logs otherwise)"
+    )
     tiled.set_defaults(func=_cmd_tiled)
 
-    cleanup = sub.add_parser("cleanup", help="remove shared memory left by crashed sessions")
+    cleanup = sub.add_parser(
+        "cleanup", help="end orphaned services, remove shared memory left by crashed sessions"
+    )
     cleanup.set_defaults(func=_cmd_cleanup)
 
     qs = sub.add_parser("qserver", help="the queueserver with Redis, proxy and Tiled")
@@ -153,9 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
     qs.add_argument(
         "--redis-addr", help="use this Redis (host:port) instead of starting one on 6379"
     )
+    instance_option(qs)
     qs.set_defaults(func=_cmd_qserver)
 
     proxy = sub.add_parser("proxy", help="bluesky's 0MQ document proxy")
+    proxy.add_argument(
+        "--host", default="127.0.0.1",
+        help="interface to bind (default 127.0.0.1: this computer only)",
+    )
     proxy.set_defaults(func=_cmd_proxy)
 
     redis = sub.add_parser("redis", help="a Redis server on 127.0.0.1")
@@ -165,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # data files (catalog, tables, spool, detector HDF5, logs) are the owner's only
+    os.umask(0o077)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:

