@@ -460,3 +460,33 @@ def test_ipython_prints_one_line_for_a_refusal(tmp_path):
     assert "Traceback" not in refusals and "Run aborted" not in refusals, text
     assert "RuntimeError: an unexpected failure" in unexpected and "Traceback" in unexpected
     assert "Run aborted" in unexpected
+
+
+def test_refusal_display_keeps_the_traceback_of_other_errors(capsys):
+    import logging
+
+    from magscope_devices.motors import LimitError
+    from magscope_session.refusals import RunAbortedRefusalFilter, _show
+
+    def failed(cause: BaseException) -> FailedStatus:
+        try:
+            raise FailedStatus("status") from cause
+        except FailedStatus as exc:
+            return exc
+
+    shown: list[BaseException] = []
+    shell = SimpleNamespace(showtraceback=lambda exc_tuple, **kw: shown.append(exc_tuple[1]))
+    refused = failed(LimitError("mic-magnet_z: target True is a bool, not a finite number of mm"))
+    hardware = failed(RuntimeError("the motor controller stopped answering"))
+    _show(shell, FailedStatus, refused, None)
+    assert capsys.readouterr().out == (
+        "LimitError: mic-magnet_z: target True is a bool, not a finite number of mm\n"
+    )
+    _show(shell, FailedStatus, hardware, None)
+    assert shown == [hardware] and capsys.readouterr().out == ""
+    keep = RunAbortedRefusalFilter().filter
+
+    def record(exc: BaseException) -> logging.LogRecord:
+        return logging.LogRecord("bluesky", logging.ERROR, "", 0, "Run aborted", None, (type(exc), exc, None))
+
+    assert not keep(record(refused)) and keep(record(hardware))
