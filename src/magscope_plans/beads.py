@@ -34,7 +34,7 @@ def add_bead(
     x_px = args.non_negative("x_px", x_px, units="px")
     y_px = args.non_negative("y_px", y_px, units="px")
     bead_id = args.optional_count("bead_id", bead_id, minimum=0, what="a bead id")
-    check_tracker(tracker, "add_bead")
+    check_tracker(tracker, "add_bead", ready=False)
     table: BeadRois = yield from bps.rd(tracker.rois)
     size = yield from bps.rd(tracker.roi_size_px)
     new = with_bead_added(table, x_px, y_px, size, bead_id)
@@ -50,7 +50,7 @@ def move_bead(
     bead_id = args.count("bead_id", bead_id, minimum=0, what="a bead id")
     x_px = args.non_negative("x_px", x_px, units="px")
     y_px = args.non_negative("y_px", y_px, units="px")
-    check_tracker(tracker, "move_bead")
+    check_tracker(tracker, "move_bead", ready=False)
     table: BeadRois = yield from bps.rd(tracker.rois)
     size = yield from bps.rd(tracker.roi_size_px)
     yield from bps.mv(tracker.rois, with_bead_moved(table, bead_id, x_px, y_px, size))
@@ -59,7 +59,7 @@ def move_bead(
 def remove_beads(tracker: BeadTracker, bead_ids: Sequence[int]) -> Generator[Msg, Any, None]:
     """Stop tracking ``bead_ids``; the other beads keep their ids."""
     ids = PlanArgs("remove_beads").bead_ids("bead_ids", bead_ids, allow_none=False)
-    check_tracker(tracker, "remove_beads")
+    check_tracker(tracker, "remove_beads", ready=False)
     table: BeadRois = yield from bps.rd(tracker.rois)
     yield from bps.mv(tracker.rois, without_beads(table, ids or []))
 

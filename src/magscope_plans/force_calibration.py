@@ -350,7 +350,7 @@ def load_force_calibration(
     args = PlanArgs(plan)
     allow_mismatch = args.flag("allow_mismatch", allow_mismatch)
     max_shift_px = args.non_negative("max_shift_px", max_shift_px, units="px")
-    check_microscope(microscope, plan, tracker=True)
+    check_microscope(microscope, plan, tracker=True, ready=False)
     start = _start_document(run, plan)
     if start.get("plan_name") != "force_calibration" or "force_calibration_file" not in start:
         raise PlanArgumentError(

@@ -47,9 +47,12 @@ def _tracker(microscope: Microscope, plan: str):
     return tracker
 
 
-def check_microscope(microscope: Any, plan: str, *, tracker: bool = False) -> Microscope:
+def check_microscope(
+    microscope: Any, plan: str, *, tracker: bool = False, ready: bool = True
+) -> Microscope:
     """``microscope`` itself, after checking it is a :class:`Microscope` (with a bead
-    tracker when ``tracker``) whose camera and tracking processes are running."""
+    tracker when ``tracker``) and, with ``ready``, that its camera and tracking processes
+    are running (:func:`check_instrument_ready`)."""
     if not isinstance(microscope, Microscope):
         raise PlanArgumentError(
             plan, "microscope", microscope, f"is a {type(microscope).__name__}",
@@ -57,13 +60,14 @@ def check_microscope(microscope: Any, plan: str, *, tracker: bool = False) -> Mi
         )
     if tracker:
         _tracker(microscope, plan)
-    check_instrument_ready(microscope, plan)
+    if ready:
+        check_instrument_ready(microscope, plan)
     return microscope
 
 
 _RECOVER = (
-    "fix the cause, then restart the session or reconnect the microscope "
-    "(`await microscope.connect(force_reconnect=True)`)"
+    "fix the cause (e.g. free disk space), then restart the session (queueserver: close "
+    "and reopen the environment)"
 )
 
 
@@ -76,16 +80,18 @@ def check_instrument_ready(microscope: Microscope, plan: str) -> None:
     _check_tracking(getattr(microscope, "tracker", None), plan)
 
 
-def check_tracker(tracker: Any, plan: str) -> BeadTracker:
-    """``tracker`` itself, after checking it is a :class:`BeadTracker` whose tracking
-    service and camera are running (as :func:`check_instrument_ready`)."""
+def check_tracker(tracker: Any, plan: str, *, ready: bool = True) -> BeadTracker:
+    """``tracker`` itself, after checking it is a :class:`BeadTracker` and, with
+    ``ready``, that its tracking service and camera are running (as
+    :func:`check_instrument_ready`)."""
     if not isinstance(tracker, BeadTracker):
         raise PlanArgumentError(
             plan, "tracker", tracker, f"is a {type(tracker).__name__}",
             "the BeadTracker device, e.g. microscope.tracker",
         )
-    _check_camera(tracker.camera, plan)
-    _check_tracking(tracker, plan)
+    if ready:
+        _check_camera(tracker.camera, plan)
+        _check_tracking(tracker, plan)
     return tracker
 
 
