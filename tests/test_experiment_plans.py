@@ -125,8 +125,8 @@ def test_refusals_name_the_fix_and_move_nothing(RE, microscope, truth_of):
     tracker = microscope.tracker
     rois = RE(bps.rd(tracker.rois)).plan_result
     cases = [
-        (force_calibration(microscope, [2.0]), "no reference beads"),
-        (force_calibration(microscope, [2.0], beads=[99]), r"beads \[99\] are not in"),
+        (force_calibration(microscope, [2.0, 4.0]), "no reference beads"),
+        (force_calibration(microscope, [2.0, 4.0], beads=[99]), r"beads \[99\] are not in"),
         (force_extension(microscope, [1, 2, 3]), "no force calibration loaded"),
         (force_clamp(microscope, 2.0, 1.0), "no force calibration loaded"),
     ]
@@ -135,11 +135,11 @@ def test_refusals_name_the_fix_and_move_nothing(RE, microscope, truth_of):
             RE(plan)
     RE(bps.mv(tracker.reference_beads, np.array([int(rois.bead_id[0])], np.int32)))
     with pytest.raises(ValueError, match="no Z-LUT loaded: run zlut_sweep"):
-        RE(force_calibration(microscope, [2.0]))
+        RE(force_calibration(microscope, [2.0, 4.0]))
     with pytest.raises(ValueError, match="bead selection is empty"):
-        RE(force_calibration(microscope, [2.0], beads=[]))
+        RE(force_calibration(microscope, [2.0, 4.0], beads=[]))
     RE(bps.mv(tracker.reference_beads, np.zeros(0, np.int32)))
-    with pytest.raises(ValueError, match=r"magnet height 0.1 mm is outside the magnet limits"):
+    with pytest.raises(ValueError, match=r"magnet_heights_mm\[1\]=0.1 is outside the magnet height limits"):
         RE(force_calibration(microscope, [2.0, 0.1]))
     assert _axes(RE, microscope) == before
 

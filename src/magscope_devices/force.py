@@ -70,9 +70,16 @@ class ForceLogic(MovableLogic[float]):
 
     def target_height_mm(self, force_pn: float) -> float:
         """Magnet height (mm) for ``force_pn`` (pN); errors as :meth:`check_move`."""
-        cal = self._require_calibration()
         if not isinstance(force_pn, numbers.Real) or isinstance(force_pn, bool):
-            raise ForceRangeError(f"{self.device_name()}: force {force_pn!r} is not a number of pN")
+            raise ForceRangeError(
+                f"{self.device_name()}: force {force_pn!r} is a {type(force_pn).__name__}, "
+                "not a finite number of pN"
+            )
+        if not math.isfinite(force_pn):
+            raise ForceRangeError(
+                f"{self.device_name()}: force {force_pn!r} is not a finite number of pN"
+            )
+        cal = self._require_calibration()
         try:
             return float(cal.height_mm(float(force_pn)))
         except ForceRangeError as exc:

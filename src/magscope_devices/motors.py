@@ -38,6 +38,18 @@ class LimitError(ValueError):
     """A requested position is outside an axis's limits."""
 
 
+def check_target(name: str, value: object, units: str) -> None:
+    """Refuse (:class:`LimitError`) a target that is not a finite real number of
+    ``units``: a bool (``True`` would move to 1), a str, None, NaN or infinity."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise LimitError(
+            f"{name}: target {value!r} is a {type(value).__name__}, not a finite number of "
+            f"{units}"
+        )
+    if not math.isfinite(value):
+        raise LimitError(f"{name}: target {value!r} is not a finite number of {units}")
+
+
 @dataclass
 class SimAxisLogic(MovableLogic[float]):
     """Moves at ``velocity`` in a straight line, checks limits, can be stopped."""
@@ -52,8 +64,7 @@ class SimAxisLogic(MovableLogic[float]):
     async def check_move(self, new_position: float) -> None:
         low, high = await asyncio.gather(self.low_limit.get_value(), self.high_limit.get_value())
         name = self.axis_name()
-        if not isinstance(new_position, numbers.Real) or not math.isfinite(new_position):
-            raise LimitError(f"{name}: target {new_position!r} is not a finite number of {self.units}")
+        check_target(name, new_position, self.units)
         if new_position < low:
             raise LimitError(
                 f"{name}: target {new_position} {self.units} is below the lower limit "

@@ -10,6 +10,8 @@ from bluesky.utils import Msg
 
 from magscope_devices.microscope import Microscope
 
+from .arguments import PlanArgs, PreflightError
+from .preflight import check_axis_limits, check_magnet_heights, check_microscope
 from .safety import DEFAULT_SAFE_MAGNET_HEIGHT_MM, with_safe_finish
 
 
@@ -40,19 +42,29 @@ def focus_scan(
 
     One run; the frames are in the run's primary stream under the camera's name.
     """
-    if num < 2:
-        raise ValueError(f"focus_scan needs at least 2 points, got num={num}")
+    plan = "focus_scan"
+    args = PlanArgs(plan)
+    start_nm = args.real("start_nm", start_nm, units="nm")
+    stop_nm = args.real("stop_nm", stop_nm, units="nm")
+    num = args.count("num", num, minimum=2, what="a whole number of points")
+    md = args.metadata("md", md)
+    check_microscope(microscope, plan)
     focus0 = yield from bps.rd(microscope.focus)
+    for argument, value in (("start_nm", start_nm), ("stop_nm", stop_nm)):
+        yield from check_axis_limits(
+            microscope.focus, [value], plan=plan, argument=argument, units="nm",
+            what="focus", relative_to=focus0, single=True,
+        )
     _md = {
         "plan_name": "focus_scan",
         "plan_args": {"start_nm": start_nm, "stop_nm": stop_nm, "num": num},
         "focus_start_nm": focus0,
     }
     _md.update(md or {})
-    plan = bp.rel_scan(camera_and_axes(microscope), microscope.focus, start_nm, stop_nm, num, md=_md)
+    scan = bp.rel_scan(camera_and_axes(microscope), microscope.focus, start_nm, stop_nm, num, md=_md)
     return (
         yield from with_safe_finish(
-            plan, microscope, safe_magnet_height_mm=None, restore_focus_nm=focus0
+            scan, microscope, safe_magnet_height_mm=None, restore_focus_nm=focus0
         )
     )
 
@@ -73,24 +85,32 @@ def count_at_heights(
     The magnets return to ``safe_magnet_height_mm`` (mm) at the end, also on failure.
     Returns the run uids.
     """
-    if not magnet_heights_mm:
-        raise ValueError("count_at_heights needs at least one magnet height")
+    plan = "count_at_heights"
+    args = PlanArgs(plan)
+    heights = args.reals(
+        "magnet_heights_mm", magnet_heights_mm, units="mm", what="magnet heights",
+        example="[6.0, 4.0]",
+    )
+    num = args.count("num", num, minimum=1, what="a whole number of frames per height")
+    delay_s = args.non_negative("delay_s", delay_s, units="s")
+    track = args.flag("track", track)
+    safe_magnet_height_mm = args.real("safe_magnet_height_mm", safe_magnet_height_mm, units="mm")
+    md = args.metadata("md", md)
+    check_microscope(microscope, plan)
     track = track and len(microscope.detectors()) > 1
+    # refuse before anything moves
+    heights = yield from check_magnet_heights(microscope, heights, plan=plan)
+    yield from check_axis_limits(
+        microscope.magnet_z, [safe_magnet_height_mm], plan=plan,
+        argument="safe_magnet_height_mm", units="mm", what="magnet height", single=True,
+    )
     if track:
         rois = yield from bps.rd(microscope.tracker.rois)
         if len(rois.bead_id) == 0:
-            raise ValueError(
-                "no beads selected for tracking: set microscope.tracker.rois or run "
+            raise PreflightError(
+                f"{plan}: no beads selected for tracking: set microscope.tracker.rois or run "
                 "`yield from bps.wait_for([microscope.tracker.find_beads])` first, "
                 "or pass track=False"
-            )
-    heights = [float(h) for h in magnet_heights_mm]
-    for h in heights:  # refuse before anything moves
-        low = yield from bps.rd(microscope.magnet_z.low_limit)
-        high = yield from bps.rd(microscope.magnet_z.high_limit)
-        if not low <= h <= high:
-            raise ValueError(
-                f"magnet height {h} mm is outside the magnet limits [{low}, {high}] mm"
             )
 
     def inner() -> Generator[Msg, Any, list[str]]:

@@ -6,6 +6,7 @@ import uuid
 import warnings
 from collections.abc import Generator, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import bluesky.plan_stubs as bps
@@ -25,7 +26,15 @@ from .analysis import (
     record_length_s,
     thermal_energy_pn_nm,
 )
-from .preflight import check_magnet_heights, plan_metadata, select_beads
+from .arguments import PlanArgs, PlanArgumentError, PreflightError
+from .bead_match import MAX_ROI_SHIFT_PX, match_beads, rois_metadata
+from .preflight import (
+    check_axis_limits,
+    check_magnet_heights,
+    check_microscope,
+    plan_metadata,
+    select_beads,
+)
 from .recording import TrackRecorder, extension_traces, lateral_traces
 from .results import ARRAY, FLOAT, IDS, ResultRecord, emit
 from .safety import DEFAULT_SAFE_MAGNET_HEIGHT_MM, with_safe_finish
@@ -164,14 +173,28 @@ def force_calibration(
     at ``safe_magnet_height_mm``. Returns the run uid.
     """
     plan = "force_calibration"
-    heights = yield from check_magnet_heights(microscope, magnet_heights_mm, plan=plan)
-    sel = yield from select_beads(microscope, beads, plan=plan)
-    if duration_s is not None and not duration_s > 0:
-        raise ValueError(f"{plan}: duration_s must be positive, got {duration_s} s")
-    if not 0 < rel_error < 1:
-        raise ValueError(f"{plan}: rel_error must be in (0, 1), got {rel_error}")
-    if axis not in ("x", "y"):
-        raise ValueError(f"{plan}: axis must be 'x' or 'y', not {axis!r}")
+    args = PlanArgs(plan)
+    heights = args.reals(
+        "magnet_heights_mm", magnet_heights_mm, units="mm", what="magnet heights",
+        example="[1.0, 2.0, 3.0, 4.5, 6.5]", min_length=2, min_distinct=2,
+    )
+    duration_s = args.optional_real("duration_s", duration_s, units="s", low=0.0, low_open=True)
+    wanted = args.bead_ids("beads", beads)
+    axis = args.choice("axis", axis, ("x", "y"))
+    rel_error = args.real("rel_error", rel_error, low=0.0, high=1.0, low_open=True, high_open=True)
+    pilot_s = args.positive("pilot_s", pilot_s, units="s")
+    max_duration_s = args.real("max_duration_s", max_duration_s, units="s", low=pilot_s)
+    settle_s = args.non_negative("settle_s", settle_s, units="s")
+    chunk_frames = args.count("chunk_frames", chunk_frames, minimum=1, what="a whole number of frames")
+    safe_magnet_height_mm = args.real("safe_magnet_height_mm", safe_magnet_height_mm, units="mm")
+    md = args.metadata("md", md)
+    check_microscope(microscope, plan, tracker=True)
+    heights = yield from check_magnet_heights(microscope, heights, plan=plan, min_heights=2)
+    yield from check_axis_limits(
+        microscope.magnet_z, [safe_magnet_height_mm], plan=plan,
+        argument="safe_magnet_height_mm", units="mm", what="magnet height", single=True,
+    )
+    sel = yield from select_beads(microscope, wanted, plan=plan)
     tracker = microscope.tracker
     fs = float((yield from bps.rd(microscope.camera.frame_rate_hz)))
     exposure = float((yield from bps.rd(microscope.camera.exposure_s)))
@@ -193,6 +216,7 @@ def force_calibration(
         exposure_s=exposure,
         bead_radius_nm=radius,
         force_calibration_file=str(path),
+        bead_rois=rois_metadata((yield from bps.rd(tracker.rois)), sel.beads.tolist()),
     )
 
     @bpp.stage_decorator([microscope])
@@ -305,16 +329,53 @@ def _fit_calibration(heights, forces: np.ndarray, beads: np.ndarray) -> _Calibra
     return _Calibration(fit, scale)
 
 
-def load_force_calibration(microscope: Microscope, run: Any) -> Generator[Msg, Any, ForceCalibration]:
+def load_force_calibration(
+    microscope: Microscope,
+    run: Any,
+    *,
+    allow_mismatch: bool = False,
+    max_shift_px: float = MAX_ROI_SHIFT_PX,
+) -> Generator[Msg, Any, ForceCalibration]:
     """Load the force calibration of a past ``force_calibration`` run (a Tiled run client)
-    into ``microscope.force``; returns it."""
-    start = run.metadata["start"]
+    into ``microscope.force``; returns it.
+
+    Each bead's force is scaled by its own factor from the calibration (by bead id), so
+    the calibration must be of the beads tracked now: a tethered bead (not a reference
+    bead) with no factor in it, or whose ROI is more than ``max_shift_px`` (px) from where
+    the calibration saw a bead with its id, is refused unless ``allow_mismatch``. Prints
+    which bead got which factor."""
+    from .zlut import _start_document
+
+    plan = "load_force_calibration"
+    args = PlanArgs(plan)
+    allow_mismatch = args.flag("allow_mismatch", allow_mismatch)
+    max_shift_px = args.non_negative("max_shift_px", max_shift_px, units="px")
+    check_microscope(microscope, plan, tracker=True, ready=False)
+    start = _start_document(run, plan)
     if start.get("plan_name") != "force_calibration" or "force_calibration_file" not in start:
-        raise ValueError(
-            f"run {start.get('uid')} is a {start.get('plan_name')!r} run, not a "
-            "force_calibration: it holds no force calibration"
+        raise PlanArgumentError(
+            plan, "run", start.get("uid"), f"is a {start.get('plan_name')!r} run",
+            "a force_calibration run: only it holds a force calibration",
         )
     path = Path(start["force_calibration_file"])
     cal = ForceCalibration.load(path)
+    rois = yield from bps.rd(microscope.tracker.rois)
+    reference = yield from bps.rd(microscope.tracker.reference_beads)
+    tethered = ~np.isin(np.asarray(rois.bead_id), np.asarray(reference))
+    rois = SimpleNamespace(
+        bead_id=np.asarray(rois.bead_id)[tethered], x0_px=np.asarray(rois.x0_px)[tethered],
+        y0_px=np.asarray(rois.y0_px)[tethered],
+    )
+    match = match_beads(
+        f"the force calibration of run {str(start.get('uid'))[:8]}", cal.bead_ids, rois,
+        start.get("bead_rois"), max_shift_px=max_shift_px,
+    )
+    if not match.ok and not allow_mismatch:
+        raise PreflightError(
+            f"{plan}: {match.what} does not fit the tethered beads tracked now: "
+            f"{match.problems()}; run force_calibration for these beads, or pass "
+            "allow_mismatch=True to apply it by bead id anyway"
+        )
     yield from bps.mv(microscope.force.calibration_file, str(path))
+    print(match.summary())
     return cal

@@ -13,7 +13,15 @@ from magscope_devices.force_curve import ForceCalibration
 from magscope_devices.microscope import Microscope
 
 from .analysis import buckling_point, wlc_fit
-from .preflight import BeadSelection, plan_metadata, require_force_calibration, select_beads
+from .arguments import PlanArgs
+from .preflight import (
+    BeadSelection,
+    check_axis_limits,
+    check_microscope,
+    plan_metadata,
+    require_force_calibration,
+    select_beads,
+)
 from .recording import TrackRecorder, extension_traces, mean_extensions
 from .results import ARRAY, FLOAT, IDS, ResultRecord, emit
 from .safety import DEFAULT_SAFE_MAGNET_HEIGHT_MM, with_safe_finish
@@ -58,9 +66,9 @@ BUCKLING_FIELDS: dict[str, tuple[Any, str]] = {
 def force_sequence(forces_pn: Sequence[float], direction: str) -> list[float]:
     """The order of the force steps: ``up`` (increasing), ``down``, ``up_down`` (up, then
     back down without repeating the top), ``down_up``, or ``as_given``."""
-    if direction not in _DIRECTIONS:
-        raise ValueError(f"direction must be one of {_DIRECTIONS}, not {direction!r}")
-    forces = [float(f) for f in forces_pn]
+    args = PlanArgs("force_sequence")
+    direction = args.choice("direction", direction, _DIRECTIONS)
+    forces = args.reals("forces_pn", forces_pn, units="pN", what="forces", example="[1, 2, 5]")
     up = sorted(forces)
     if direction == "as_given":
         return forces
@@ -102,6 +110,13 @@ def _measure(
     return forces, mean, sem
 
 
+def _check_safe_height(microscope: Microscope, height_mm: float, plan: str):
+    yield from check_axis_limits(
+        microscope.magnet_z, [height_mm], plan=plan, argument="safe_magnet_height_mm",
+        units="mm", what="magnet height", single=True,
+    )
+
+
 def _calibration(microscope: Microscope) -> Generator[Msg, Any, ForceCalibration]:
     path = yield from bps.rd(microscope.force.calibration_file)
     return ForceCalibration.load(path)
@@ -137,13 +152,24 @@ def force_extension(
     at ``safe_magnet_height_mm``. Returns the run uid.
     """
     plan = "force_extension"
-    sequence = force_sequence(forces_pn, direction)
+    args = PlanArgs(plan)
+    given = args.reals(
+        "forces_pn", forces_pn, units="pN", what="forces", example="[0.5, 1, 2, 5, 10]",
+        min_length=3, min_distinct=3,
+    )
+    dwell_s = args.positive("dwell_s", dwell_s, units="s")
+    wanted = args.bead_ids("beads", beads)
+    direction = args.choice("direction", direction, _DIRECTIONS)
+    settle_s = args.non_negative("settle_s", settle_s, units="s")
+    extensible = args.flag("extensible", extensible)
+    fit_offset = args.flag("fit_offset", fit_offset)
+    safe_magnet_height_mm = args.real("safe_magnet_height_mm", safe_magnet_height_mm, units="mm")
+    md = args.metadata("md", md)
+    check_microscope(microscope, plan, tracker=True)
+    sequence = force_sequence(given, direction)
     forces = yield from require_force_calibration(microscope, sequence, plan=plan)
-    sel = yield from select_beads(microscope, beads, plan=plan)
-    if len(set(forces)) < 3:
-        raise ValueError(f"{plan}: a WLC fit needs at least 3 different forces, got {sorted(set(forces))}")
-    if not dwell_s > 0:
-        raise ValueError(f"{plan}: dwell_s must be positive, got {dwell_s} s")
+    yield from _check_safe_height(microscope, safe_magnet_height_mm, plan)
+    sel = yield from select_beads(microscope, wanted, plan=plan)
     cal = yield from _calibration(microscope)
     fs = float((yield from bps.rd(microscope.camera.frame_rate_hz)))
     frames = max(1, int(round(dwell_s * fs)))
@@ -153,7 +179,7 @@ def force_extension(
     _md = plan_metadata(
         plan,
         {
-            "forces_pn": [float(f) for f in forces_pn], "dwell_s": dwell_s,
+            "forces_pn": given, "dwell_s": dwell_s,
             "direction": direction, "settle_s": settle_s,
             "extensible": extensible, "fit_offset": fit_offset,
         },
@@ -225,20 +251,27 @@ def rotation_extension(
     at the end, also on failure or abort. Returns the run uid.
     """
     plan = "rotation_extension"
-    steps_turns = [float(t) for t in turns]
-    if len(steps_turns) < 5:
-        raise ValueError(f"{plan}: a hat curve needs at least 5 turn steps, got {len(steps_turns)}")
-    (force,) = yield from require_force_calibration(microscope, [force_pn], plan=plan)
-    sel = yield from select_beads(microscope, beads, plan=plan)
-    low = yield from bps.rd(microscope.magnet_rotation.low_limit)
-    high = yield from bps.rd(microscope.magnet_rotation.high_limit)
-    for t in steps_turns:
-        if not low <= t <= high:
-            raise ValueError(
-                f"{plan}: {t} turns is outside the rotation limits [{low}, {high}] turns"
-            )
-    if not dwell_s > 0:
-        raise ValueError(f"{plan}: dwell_s must be positive, got {dwell_s} s")
+    args = PlanArgs(plan)
+    steps_turns = args.reals(
+        "turns", turns, units="turns", what="magnet turns",
+        example="list(range(-20, 21, 2))", min_length=5,
+    )
+    force_pn = args.real("force_pn", force_pn, units="pN")
+    dwell_s = args.positive("dwell_s", dwell_s, units="s")
+    wanted = args.bead_ids("beads", beads)
+    settle_s = args.non_negative("settle_s", settle_s, units="s")
+    safe_magnet_height_mm = args.real("safe_magnet_height_mm", safe_magnet_height_mm, units="mm")
+    md = args.metadata("md", md)
+    check_microscope(microscope, plan, tracker=True)
+    (force,) = yield from require_force_calibration(
+        microscope, [force_pn], plan=plan, argument="force_pn", single=True
+    )
+    yield from check_axis_limits(
+        microscope.magnet_rotation, steps_turns, plan=plan, argument="turns", units="turns",
+        what="rotation",
+    )
+    yield from _check_safe_height(microscope, safe_magnet_height_mm, plan)
+    sel = yield from select_beads(microscope, wanted, plan=plan)
     cal = yield from _calibration(microscope)
     turns0 = float((yield from bps.rd(microscope.magnet_rotation)))
     fs = float((yield from bps.rd(microscope.camera.frame_rate_hz)))

@@ -14,8 +14,15 @@ from bluesky.utils import Msg
 from magscope_devices.microscope import Microscope
 
 from .analysis import psd_force, subtract_drift
+from .arguments import PlanArgs, PlanArgumentError
 from .force_calibration import fit_band_hz
-from .preflight import plan_metadata, require_force_calibration, select_beads
+from .preflight import (
+    check_axis_limits,
+    check_microscope,
+    plan_metadata,
+    require_force_calibration,
+    select_beads,
+)
 from .recording import TrackRecorder, extension_traces, lateral_traces, mean_extensions
 from .results import ARRAY, FLOAT, IDS, ResultRecord, emit
 from .safety import DEFAULT_SAFE_MAGNET_HEIGHT_MM, with_safe_finish
@@ -63,15 +70,29 @@ def force_ramp(
     magnets end at ``safe_magnet_height_mm``. Returns the run uid.
     """
     plan = "force_ramp"
-    if not rate_pn_per_s > 0:
-        raise ValueError(f"{plan}: rate_pn_per_s must be positive, got {rate_pn_per_s} pN/s")
-    if not 0 < update_hz <= 50:
-        raise ValueError(f"{plan}: update_hz must be in (0, 50] Hz, got {update_hz}")
-    yield from require_force_calibration(microscope, [start_pn, stop_pn], plan=plan)
-    sel = yield from select_beads(microscope, beads, plan=plan)
+    args = PlanArgs(plan)
+    start_pn = args.real("start_pn", start_pn, units="pN")
+    stop_pn = args.real("stop_pn", stop_pn, units="pN")
+    if stop_pn == start_pn:
+        raise PlanArgumentError(
+            plan, "stop_pn", stop_pn, f"equals start_pn={start_pn:g}",
+            "a stop force different from the start force: nothing to ramp",
+        )
+    rate_pn_per_s = args.positive("rate_pn_per_s", rate_pn_per_s, units="pN/s")
+    wanted = args.bead_ids("beads", beads)
+    update_hz = args.real("update_hz", update_hz, units="Hz", low=0.0, high=50.0, low_open=True)
+    settle_s = args.non_negative("settle_s", settle_s, units="s")
+    safe_magnet_height_mm = args.real("safe_magnet_height_mm", safe_magnet_height_mm, units="mm")
+    md = args.metadata("md", md)
+    check_microscope(microscope, plan, tracker=True)
+    yield from require_force_calibration(microscope, [start_pn], plan=plan, argument="start_pn", single=True)
+    yield from require_force_calibration(microscope, [stop_pn], plan=plan, argument="stop_pn", single=True)
+    yield from check_axis_limits(
+        microscope.magnet_z, [safe_magnet_height_mm], plan=plan,
+        argument="safe_magnet_height_mm", units="mm", what="magnet height", single=True,
+    )
+    sel = yield from select_beads(microscope, wanted, plan=plan)
     duration = abs(stop_pn - start_pn) / rate_pn_per_s
-    if duration <= 0:
-        raise ValueError(f"{plan}: start and stop are both {start_pn} pN: nothing to ramp")
     fs = float((yield from bps.rd(microscope.camera.frame_rate_hz)))
     n_updates = max(1, math.ceil(duration * update_hz))
     setpoints = np.linspace(start_pn, stop_pn, n_updates + 1)
@@ -145,10 +166,24 @@ def force_clamp(
     ``safe_magnet_height_mm``. Returns the run uid.
     """
     plan = "force_clamp"
-    if not duration_s > 0:
-        raise ValueError(f"{plan}: duration_s must be positive, got {duration_s} s")
-    (force,) = yield from require_force_calibration(microscope, [force_pn], plan=plan)
-    sel = yield from select_beads(microscope, beads, plan=plan)
+    args = PlanArgs(plan)
+    force_pn = args.real("force_pn", force_pn, units="pN")
+    duration_s = args.positive("duration_s", duration_s, units="s")
+    wanted = args.bead_ids("beads", beads)
+    axis = args.choice("axis", axis, ("x", "y"))
+    settle_s = args.non_negative("settle_s", settle_s, units="s")
+    chunk_frames = args.count("chunk_frames", chunk_frames, minimum=1, what="a whole number of frames")
+    safe_magnet_height_mm = args.real("safe_magnet_height_mm", safe_magnet_height_mm, units="mm")
+    md = args.metadata("md", md)
+    check_microscope(microscope, plan, tracker=True)
+    (force,) = yield from require_force_calibration(
+        microscope, [force_pn], plan=plan, argument="force_pn", single=True
+    )
+    yield from check_axis_limits(
+        microscope.magnet_z, [safe_magnet_height_mm], plan=plan,
+        argument="safe_magnet_height_mm", units="mm", what="magnet height", single=True,
+    )
+    sel = yield from select_beads(microscope, wanted, plan=plan)
     fs = float((yield from bps.rd(microscope.camera.frame_rate_hz)))
     exposure = float((yield from bps.rd(microscope.camera.exposure_s)))
     radius = float((yield from bps.rd(microscope.tracker.bead_radius_nm)))

@@ -10,6 +10,8 @@ from bluesky.utils import Msg
 
 from magscope_devices.microscope import Microscope
 
+from .arguments import PlanArgs, PlanArgumentError
+
 #: Magnet height (mm) plans retreat to when they finish: the lowest force.
 DEFAULT_SAFE_MAGNET_HEIGHT_MM = 8.0
 
@@ -17,9 +19,24 @@ DEFAULT_SAFE_MAGNET_HEIGHT_MM = 8.0
 def restore_safe_state(
     microscope: Microscope, *, safe_magnet_height_mm: float = DEFAULT_SAFE_MAGNET_HEIGHT_MM
 ) -> Generator[Msg, Any, None]:
-    """Magnets up to ``safe_magnet_height_mm`` (mm), rotation stopped where it is."""
+    """Magnets up to ``safe_magnet_height_mm`` (mm), rotation stopped where it is.
+
+    Runs also when the camera has failed: it only moves the magnets."""
+    from .preflight import check_axis_limits
+
+    plan = "restore_safe_state"
+    if not isinstance(microscope, Microscope):
+        raise PlanArgumentError(
+            plan, "microscope", microscope, f"is a {type(microscope).__name__}",
+            "the Microscope device, e.g. microscope",
+        )
+    height = PlanArgs(plan).real("safe_magnet_height_mm", safe_magnet_height_mm, units="mm")
+    yield from check_axis_limits(
+        microscope.magnet_z, [height], plan=plan, argument="safe_magnet_height_mm",
+        units="mm", what="magnet height", single=True,
+    )
     yield from bps.stop(microscope.magnet_rotation)
-    yield from bps.mv(microscope.magnet_z, safe_magnet_height_mm)
+    yield from bps.mv(microscope.magnet_z, height)
 
 
 def with_safe_finish(

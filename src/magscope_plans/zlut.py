@@ -4,7 +4,7 @@
 import functools
 import json
 import uuid
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,9 @@ from magscope_devices.microscope import Microscope
 from magscope_tracking import ZLUT, build_zlut
 from magscope_tracking.height_anchor import height_offsets_nm
 
+from .arguments import PlanArgs, PlanArgumentError, PreflightError
+from .bead_match import MAX_ROI_SHIFT_PX, match_beads, rois_metadata
+from .preflight import check_axis_limits, check_microscope
 from .safety import with_safe_finish
 
 
@@ -74,54 +77,63 @@ def zlut_sweep(
     Z-LUT file (``zlut_file``), which :func:`load_zlut` reloads. The focus returns to where
     it started. Returns the run uid.
     """
-    tracker = getattr(microscope, "tracker", None)
-    if tracker is None:
-        raise ValueError("zlut_sweep needs a microscope with a bead tracker")
-    if not step_nm > 0:
-        raise ValueError(f"step_nm must be positive, got {step_nm} nm")
-    if frames_per_step < 1:
-        raise ValueError(f"frames_per_step must be at least 1, got {frames_per_step}")
-    lo, hi = sorted((float(start_nm), float(stop_nm)))
+    plan = "zlut_sweep"
+    args = PlanArgs(plan)
+    start_nm = args.real("start_nm", start_nm, units="nm")
+    stop_nm = args.real("stop_nm", stop_nm, units="nm")
+    step_nm = args.positive("step_nm", step_nm, units="nm")
+    frames_per_step = args.count(
+        "frames_per_step", frames_per_step, minimum=1, what="a whole number of frames"
+    )
+    wanted = args.bead_ids("beads", beads)
+    magnet_z_mm = args.optional_real("magnet_z_mm", magnet_z_mm, units="mm")
+    wanted_refs = args.bead_ids("reference_beads", reference_beads)
+    settle_s = args.non_negative("settle_s", settle_s, units="s")
+    md = args.metadata("md", md)
+    lo, hi = sorted((start_nm, stop_nm))
     offsets = np.arange(lo, hi + step_nm / 2, step_nm)
     if offsets.size < 5:
-        raise ValueError(
-            f"{offsets.size} focus steps from {lo} to {hi} nm by {step_nm} nm: a Z-LUT needs "
-            "at least 5"
+        raise PlanArgumentError(
+            plan, "step_nm", step_nm,
+            f"gives {offsets.size} focus steps from {lo:g} to {hi:g} nm",
+            "at least 5 steps: a Z-LUT needs at least 5 planes",
         )
+    check_microscope(microscope, plan, tracker=True)
+    tracker = microscope.tracker
     rois: BeadRois = yield from bps.rd(tracker.rois)
     selected = np.asarray(rois.bead_id, dtype=np.int64)
-    if beads is not None:
-        wanted = np.asarray(list(beads), dtype=np.int64)
-        missing = sorted(set(wanted.tolist()) - set(selected.tolist()))
+    if wanted is not None:
+        missing = sorted(set(wanted) - set(selected.tolist()))
         if missing:
-            raise ValueError(
-                f"beads {missing} are not in the tracker's ROI table {selected.tolist()}"
+            raise PreflightError(
+                f"{plan}: beads {missing} are not in the tracker's ROI table "
+                f"{selected.tolist()}"
             )
-        selected = wanted
+        selected = np.asarray(wanted, dtype=np.int64)
     if selected.size == 0:
-        raise ValueError(
-            "no beads selected: set microscope.tracker.rois or run "
+        raise PreflightError(
+            f"{plan}: no beads selected: set microscope.tracker.rois or run "
             "`yield from bps.wait_for([microscope.tracker.find_beads])` first"
         )
     focus0 = yield from bps.rd(microscope.focus)
     f_lo = yield from bps.rd(microscope.focus.low_limit)
     f_hi = yield from bps.rd(microscope.focus.high_limit)
     if focus0 + lo < f_lo or focus0 + hi > f_hi:
-        raise ValueError(
-            f"the sweep reaches focus {focus0 + lo} .. {focus0 + hi} nm, outside the focus "
-            f"limits [{f_lo}, {f_hi}] nm"
+        raise PlanArgumentError(
+            plan, "start_nm, stop_nm", (start_nm, stop_nm),
+            f"reach focus {focus0 + lo:g} .. {focus0 + hi:g} nm, outside the focus limits "
+            f"[{f_lo:g}, {f_hi:g}] nm",
+            f"a range within [{f_lo - focus0:g}, {f_hi - focus0:g}] nm of the focus now",
         )
     if magnet_z_mm is not None:
-        m_lo = yield from bps.rd(microscope.magnet_z.low_limit)
-        m_hi = yield from bps.rd(microscope.magnet_z.high_limit)
-        if not m_lo <= magnet_z_mm <= m_hi:
-            raise ValueError(
-                f"magnet height {magnet_z_mm} mm is outside the magnet limits [{m_lo}, {m_hi}] mm"
-            )
-    if reference_beads is None:
+        yield from check_axis_limits(
+            microscope.magnet_z, [magnet_z_mm], plan=plan, argument="magnet_z_mm",
+            units="mm", what="magnet height", single=True,
+        )
+    if wanted_refs is None:
         refs = np.asarray((yield from bps.rd(tracker.reference_beads)), dtype=np.int64)
     else:
-        refs = np.asarray(list(reference_beads), dtype=np.int64)
+        refs = np.asarray(wanted_refs, dtype=np.int64)
     refs = refs[np.isin(refs, selected)]
     lut_path = Path(tracker.data_dir) / f"zlut-{uuid.uuid4()}.npz"
     record = ZLUTRecord(name="zlut")
@@ -135,6 +147,7 @@ def zlut_sweep(
         },
         "zlut_file": str(lut_path),
         "zlut_bead_ids": selected.tolist(),
+        "bead_rois": rois_metadata(rois, selected.tolist()),
         "reference_bead_ids": refs.tolist(),
         "focus_start_nm": focus0,
         "roi_size_px": int((yield from bps.rd(tracker.roi_size_px))),
@@ -186,23 +199,61 @@ def zlut_sweep(
     return uid
 
 
-def load_zlut(microscope: Microscope, run: Any) -> Generator[Msg, Any, ZLUT]:
+def load_zlut(
+    microscope: Microscope,
+    run: Any,
+    *,
+    allow_mismatch: bool = False,
+    max_shift_px: float = MAX_ROI_SHIFT_PX,
+) -> Generator[Msg, Any, ZLUT]:
     """Load the Z-LUT of a past ``zlut_sweep`` run (a Tiled run client) into the tracker.
 
-    Uses the Z-LUT file named in the run's start document; returns the ZLUT.
+    Uses the Z-LUT file named in the run's start document; returns the ZLUT. The tracker
+    applies a Z-LUT by bead id, so it must be the Z-LUT of the beads tracked now: a
+    current bead with no table in it, or whose ROI is more than ``max_shift_px`` (px)
+    from where the sweep saw a bead with its id (another flow cell, a rebuilt ROI table)
+    is refused, unless ``allow_mismatch``. Prints which bead got which table.
     """
-    start = run.metadata["start"]
+    plan = "load_zlut"
+    args = PlanArgs(plan)
+    allow_mismatch = args.flag("allow_mismatch", allow_mismatch)
+    max_shift_px = args.non_negative("max_shift_px", max_shift_px, units="px")
+    check_microscope(microscope, plan, tracker=True, ready=False)
+    start = _start_document(run, plan)
     if start.get("plan_name") != "zlut_sweep" or "zlut_file" not in start:
-        raise ValueError(
-            f"run {start.get('uid')} is a {start.get('plan_name')!r} run, not a zlut_sweep: "
-            "it holds no Z-LUT"
+        raise PlanArgumentError(
+            plan, "run", start.get("uid"), f"is a {start.get('plan_name')!r} run",
+            "a zlut_sweep run: only it holds a Z-LUT",
         )
     path = Path(start["zlut_file"])
     lut = ZLUT.load(path)
     ids, heights = load_heights(path, lut)
+    rois = yield from bps.rd(microscope.tracker.rois)
+    match = match_beads(
+        f"the Z-LUT of run {str(start.get('uid'))[:8]}", lut.bead_ids, rois,
+        start.get("bead_rois"), max_shift_px=max_shift_px,
+    )
+    if not match.ok and not allow_mismatch:
+        raise PreflightError(
+            f"{plan}: {match.what} does not fit the beads tracked now: {match.problems()}; "
+            "run zlut_sweep for these beads, or pass allow_mismatch=True to apply it by "
+            "bead id anyway"
+        )
     yield from bps.mv(microscope.tracker.zlut_path, str(path))
     yield from bps.mv(microscope.tracker.height_offsets, heights_table(ids, heights))
+    print(match.summary())
     return lut
+
+
+def _start_document(run: Any, plan: str) -> dict[str, Any]:
+    """The start document of a Tiled run client (refuses anything else)."""
+    start = getattr(getattr(run, "metadata", None), "get", lambda _key: None)("start")
+    if not isinstance(start, Mapping):
+        raise PlanArgumentError(
+            plan, "run", run, f"is a {type(run).__name__}",
+            "a run from Tiled, e.g. tiled[uid] or tiled.values().last()",
+        )
+    return dict(start)
 
 
 def heights_path(lut_path: Path) -> Path:
