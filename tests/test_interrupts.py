@@ -90,8 +90,13 @@ SCRIPT = textwrap.dedent(
     while cam.restarts == 0 and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(0.5)
+    try:  # the first plan after it refuses, naming what happened, before anything moves
+        RE(count_at_heights(mic, [5.0], num=5, track=False))
+        refusal = ""
+    except Exception as err:
+        refusal = str(err)
     result = RE(count_at_heights(mic, [5.0], num=5, track=False))
-    say(step="recovered", restarts=cam.restarts, reason=cam.last_failure,
+    say(step="recovered", restarts=cam.restarts, reason=cam.last_failure, refusal=refusal,
         exit_status=result.exit_status, exposure_s=float(cam.control["exposure_s"]),
         frames=int(cam.ring.count), **children())
     mic.close()
@@ -182,6 +187,8 @@ def test_ctrl_c_pauses_resumes_aborts_safely_and_a_killed_camera_recovers(tmp_pa
         recovered = session.expect("recovered")
         assert recovered["restarts"] == 1
         assert "SIGKILL" in recovered["reason"]
+        assert "refused, nothing moved" in recovered["refusal"]
+        assert "killed by SIGKILL and was restarted in place" in recovered["refusal"]
         assert recovered["camera"] != ready["camera"]
         assert recovered["exit_status"] == "success"
         assert recovered["exposure_s"] == 0.005

@@ -109,6 +109,11 @@ class FrameSource(Protocol):
         """Release the camera."""
 
 
+#: A child that dies this many times within ``RESTART_WINDOW_S`` (s) is left dead.
+MAX_RESTARTS = 3
+RESTART_WINDOW_S = 60.0
+
+
 class CameraProcessError(RuntimeError):
     """The acquisition process is not running or reported a failure."""
 
@@ -151,6 +156,13 @@ class AcquisitionProcess:
         #: times a dead child was restarted in place, and why the last one died
         self.restarts = 0
         self.last_failure = ""
+        #: the failure behind the last restart until a plan has refused once on it
+        #: (``magscope_plans.preflight``): the user hears of it before anything moves
+        self.pending_failure = ""
+        #: set when the child kept dying (``MAX_RESTARTS`` within ``RESTART_WINDOW_S``)
+        #: and was left dead
+        self.gave_up = False
+        self._restart_times: list[float] = []
 
     # -- owner side ------------------------------------------------------------------
     def start(self, timeout: float = 60.0) -> None:
@@ -184,6 +196,8 @@ class AcquisitionProcess:
         )
         self._wait_ready(timeout)
         self._watch_stop.clear()
+        self.gave_up = False
+        self._restart_times = []
         self._watch = threading.Thread(
             target=self._watch_child, name=f"magscope-camera-watch-{self.config.instance}",
             daemon=True,
@@ -232,6 +246,21 @@ class AcquisitionProcess:
                     return
                 reason = self.failure_message()
                 old_pid = process.pid
+                now = time.monotonic()
+                self._restart_times = [
+                    t for t in self._restart_times if now - t < RESTART_WINDOW_S
+                ]
+                if len(self._restart_times) >= MAX_RESTARTS:
+                    self.gave_up = True
+                    self.last_failure = reason
+                    log.error(
+                        "camera process (pid %d) %s; it died %d times within %.0f s, so it "
+                        "is not restarted again (fix the cause, then reconnect the camera)",
+                        old_pid, reason.removeprefix("camera process "), MAX_RESTARTS + 1,
+                        RESTART_WINDOW_S,
+                    )
+                    return
+                self._restart_times.append(now)
                 try:
                     new_pid = self._restart_in_place()
                 except Exception as exc:  # leave it dead; check_alive() says why
@@ -240,6 +269,7 @@ class AcquisitionProcess:
                     return
                 self.restarts += 1
                 self.last_failure = reason
+                self.pending_failure = reason
                 log.warning(
                     "camera process (pid %d) %s; restarted in place as pid %d with its "
                     "settings and frame ring kept (restart %d)",

@@ -110,6 +110,14 @@ def _check_camera(camera: Any, plan: str) -> None:
             f"{plan} refused, nothing moved: {camera.name or 'the camera'}: "
             f"{process.failure_message()}; {_RECOVER}"
         )
+    pending = getattr(process, "pending_failure", "")
+    if pending:  # it died and was restarted in place: say so once, before anything moves
+        process.pending_failure = ""
+        raise InstrumentNotReadyError(
+            f"{plan} refused, nothing moved: {camera.name or 'the camera'}: the {pending} "
+            "and was restarted in place with its settings; fix the cause (e.g. free disk "
+            "space), then run the plan again"
+        )
 
 
 def _check_tracking(tracker: Any, plan: str) -> None:
