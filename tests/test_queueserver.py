@@ -235,6 +235,27 @@ def test_pause_resume_abort_and_stop_of_a_running_plan(stack):
     api.wait_for_idle(timeout=60)
     assert api.history_get()["items"][-1]["result"]["exit_status"] == "completed"
 
+    # an aborted run with camera frames and tracks stays readable: every stream, every
+    # field, from Tiled
+    api.item_add(BPlan("count_at_heights", "microscope", [5.0], num=300, delay_s=0.02))
+    api.queue_start()
+    _wait_until(lambda: api.status()["re_state"] == "running", 30, "the count runs")
+    time.sleep(2.0)
+    api.re_pause(option="immediate")
+    api.wait_for_idle_or_paused(timeout=30)
+    api.re_abort()
+    api.wait_for_idle(timeout=60)
+    aborted = api.history_get()["items"][-1]["result"]
+    assert aborted["exit_status"] == "aborted"
+    client = resolve_tiled(stack.data_dir, start=False).client()
+    uid = aborted["run_uids"][-1]
+    _wait_until(lambda: uid in client and "stop" in client[uid].metadata, 60, "the stop doc")
+    run = client[uid]
+    assert run.metadata["stop"]["exit_status"] == "abort"
+    read = _read_every_stream(run)
+    assert read["primary"] > 0, read
+    api.queue_clear()
+
     api.item_add(clamp)
     api.queue_start()
     _wait_until(lambda: api.status()["re_state"] == "running", 30, "the clamp runs")
@@ -259,6 +280,18 @@ def test_pause_resume_abort_and_stop_of_a_running_plan(stack):
     assert api.history_get()["items"][-1]["result"]["exit_status"] == "completed"
     assert len(api.queue_get()["items"]) == 1
     api.queue_clear()
+
+
+def _read_every_stream(run) -> dict[str, int]:
+    """Read every field of every stream of a run from Tiled; the rows read per stream."""
+    rows = {}
+    for name in run:
+        stream = run[name]
+        n = 0
+        for key in stream:
+            n = max(n, len(stream[key].read()))
+        rows[name] = n
+    return rows
 
 
 def test_closing_the_environment_leaves_no_process_or_shared_memory(stack):

@@ -95,9 +95,9 @@ def run_qserver(
     target = None
     public_key = None
     try:
-        _check_addresses(redis_addr)
         if redis_addr is not None:
             check_redis(redis_addr)  # the user's Redis: refuse early, with the fix
+        _check_addresses(redis_addr)
         try:
             target = resolve_tiled(data_dir, port=port)
             print(f"Tiled: {target.uri} ({target.source})", flush=True)
@@ -188,8 +188,9 @@ class WorkerWatch:
     running plan is marked failed, the state is idle, and the environment can be opened
     again. (bluesky-queueserver 0.0.25 does not notice a dead worker by itself.)
 
-    It only ever acts on the manager it started: the process listening on the control
-    address must belong to that manager's process group, or nothing is done.
+    It only ever acts on the manager it started (:func:`start_re_manager` checked that
+    the process answering at the control address belongs to it), and only while that
+    manager runs.
     """
 
     _BUSY = {"creating_environment", "closing_environment", "destroying_environment"}
@@ -199,16 +200,10 @@ class WorkerWatch:
         self.public_key = public_key
         self._suspect = 0
 
-    def ours(self) -> bool:
-        """True if the RE manager answering at the control address is the one we started."""
-        host, port = DEFAULT_ZMQ_CONTROL.removeprefix("tcp://").rsplit(":", 1)
-        holder = port_holder(host, int(port))
-        return holder is not None and holder.pid in self.manager.group_pids()
-
     def check(self) -> str | None:
         from bluesky_queueserver_api.zmq import REManagerAPI
 
-        if not self.manager.alive() or not self.ours():
+        if not self.manager.alive():
             return None
         api = REManagerAPI(
             zmq_control_addr=DEFAULT_ZMQ_CONTROL, zmq_public_key=self.public_key,

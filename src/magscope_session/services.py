@@ -25,6 +25,7 @@ from pathlib import Path
 from magscope_tracking.processes import (
     AddressInUseError,
     ChildProcess,
+    port_holder,
     require_free_port,
     spawn,
 )
@@ -242,4 +243,13 @@ def start_re_manager(
             api.close()
 
     proc.wait_until(answers, 60.0, f"answer at {zmq_control}")
+    # the manager that answers must be the one we started, never another session's
+    host, port = _split(zmq_control.removeprefix("tcp://"))
+    holder = port_holder(host, port)
+    if holder is None or holder.pid not in proc.group_pids():
+        proc.stop()
+        raise AddressInUseError(
+            f"the RE manager at {zmq_control} that answers is not the one just started "
+            f"(it is {holder}); stop that one first (`magscope cleanup` ends orphans)"
+        )
     return proc
