@@ -89,6 +89,11 @@ CONTROL_DTYPE = np.dtype(
         ("capture_close_ack", "<i8"),
         ("capture_requested", "<i8"),  # frames requested into the open file (total)
         ("capture_written", "<i8"),  # frames written into the open file
+        # frames of the open file announced in StreamDatum documents (set by the owner):
+        # the file is cut back to these when it is closed, on every exit path
+        ("capture_announced", "<i8"),
+        ("capture_rewind_generation", "<i8"),  # bumped by the owner: drop the frames
+        ("capture_rewind_ack", "<i8"),  # beyond capture_announced, cancel open requests
         ("capture_path", "S4096"),
         ("error", "S2048"),
     ]
@@ -409,8 +414,25 @@ class _CaptureFile:
             dset.flush()
         self.written = n + 1
 
-    def close(self) -> None:
-        self.file.close()
+    def truncate(self, frames: int) -> None:
+        """Drop every frame after the first ``frames`` (frames no document announced)."""
+        n = max(0, int(frames))
+        if n >= self.written:
+            return
+        for dset in (self.frames, self.timestamps, self.index):
+            dset.resize(n, axis=0)
+            dset.flush()
+        self.written = n
+
+    def close(self, announced: int | None = None) -> None:
+        """Close the file, first cutting it to the ``announced`` frames (if given), so it
+        never holds a frame that no event describes (a trigger a pause, an abort or a
+        crash interrupted)."""
+        try:
+            if announced is not None and self.file.id.valid:
+                self.truncate(announced)
+        finally:
+            self.file.close()
 
 
 def acquisition_main(
@@ -474,8 +496,8 @@ def acquisition_main(
         ctl["state"] = AcqState.FAILED
         raise
     finally:
-        if capture is not None:
-            capture.close()
+        if capture is not None:  # also when the owner died: cut to what was announced
+            capture.close(int(ctl["capture_announced"]))
         if source is not None:
             source.close()
         ring.close()
@@ -485,21 +507,34 @@ def acquisition_main(
 def _serve_capture_requests(
     ctl: SharedRecord, capture: _CaptureFile | None, dtype: np.dtype
 ) -> _CaptureFile | None:
-    """Open or close the capture file when the owner asks (generation counters)."""
+    """Open, rewind or close the capture file when the owner asks (generation counters).
+
+    Closing cuts the file to the frames the owner announced (``capture_announced``);
+    rewinding does the same and cancels requests still open (a trigger a pause
+    interrupted, repeated after the resume).
+    """
+    rewind_gen = ctl["capture_rewind_generation"]
+    if rewind_gen != ctl["capture_rewind_ack"]:
+        if capture is not None:
+            capture.truncate(int(ctl["capture_announced"]))
+            ctl["capture_written"] = capture.written
+            ctl["capture_requested"] = capture.written
+        ctl["capture_rewind_ack"] = rewind_gen
     close_gen = ctl["capture_close_generation"]
     if close_gen != ctl["capture_close_ack"]:
         if capture is not None:
-            capture.close()
+            capture.close(int(ctl["capture_announced"]))
             capture = None
         ctl["capture_close_ack"] = close_gen
     gen = ctl["capture_generation"]
     if gen != ctl["capture_ack"]:
         if capture is not None:
-            capture.close()
+            capture.close(int(ctl["capture_announced"]))
         x, y, w, h = (int(v) for v in ctl["roi"])
         capture = _CaptureFile(ctl["capture_path"], (h, w), dtype)
         ctl["capture_written"] = 0
         ctl["capture_requested"] = 0
+        ctl["capture_announced"] = 0
         ctl["capture_ack"] = gen
     return capture
 

@@ -43,7 +43,6 @@ from ophyd_async.core import (
     Reference,
     StandardDetector,
     StreamableDataProvider,
-    StreamResourceDataProvider,
     StreamResourceInfo,
     Table,
     TriggerInfo,
@@ -57,7 +56,7 @@ from magscope_tracking.service import TrackingService
 from magscope_tracking.track_file import DATASETS, TrackFileWriter
 from magscope_tracking.track_ring import FrameStatus, TrackRing
 
-from .camera import Camera, forward_updates
+from .camera import AnnouncedFramesProvider, Camera, forward_updates
 
 _STAT_FIELDS = ("x_nm", "y_nm", "z_nm")
 
@@ -204,11 +203,13 @@ class _Capture:
         self.window_time: list[float] = []
         self.z_offsets: np.ndarray | None = None  # per column of the file, nm
         self.lost = 0
+        self.announced = 0  # rows of the file announced in StreamDatum documents
 
     def open(self, writer: TrackFileWriter) -> None:
         self.writer = writer
         self.until = self.next_index = self.tracker._ring.count
         self.lost = 0
+        self.announced = 0
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._pump())
 
@@ -251,13 +252,30 @@ class _Capture:
         self.window_time.extend(float(v) for v in batch.timestamp)
         self.tracker._set_frames_written(writer.frames_written)
 
+    def announce(self, rows: int) -> None:
+        self.announced = int(rows)
+
+    def drop_unannounced(self) -> None:
+        """End the open request and cut the file back to the announced rows: a record or
+        trigger window a pause interrupted must leave no row that the next one's
+        StreamDatums would claim (the file would hold more rows than the events, and
+        the events the wrong rows)."""
+        self.until = self.next_index
+        writer = self.writer
+        if writer is not None and writer.frames_written > self.announced:
+            writer.truncate(self.announced)
+            self.tracker._set_frames_written(writer.frames_written)
+
     def close(self) -> None:
         if self.task is not None:
             self.task.cancel()
             self.task = None
         if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+            try:  # the file keeps only rows some document announced
+                self.drop_unannounced()
+            finally:
+                self.writer.close()
+                self.writer = None
 
 
 class TrackerTriggerLogic(DetectorTriggerLogic):
@@ -348,11 +366,12 @@ class TrackerDataLogic(DetectorDataLogic):
                 parameters={"dataset": DATASETS["status"]},
             )
         ]
-        return StreamResourceDataProvider(
+        return AnnouncedFramesProvider(
             uri=f"{info.directory_uri}{info.filename}.h5",
             resources=resources,
             mimetype="application/x-hdf5",
             collections_written_signal=tracker.frames_written,
+            on_announce=tracker._capture.announce,
         )
 
     async def stop(self) -> None:
@@ -580,9 +599,10 @@ class BeadTracker(StandardDetector):
     # -- acquisition ----------------------------------------------------------------------------
     @AsyncStatus.wrap
     async def prepare(self, value: TriggerInfo) -> None:
-        # a record interrupted by a pause is abandoned here, so no frame of it is written
-        # between this prepare and the next kickoff (which counts the frames written)
-        self._capture.until = self._capture.next_index
+        # a record interrupted by a pause is abandoned here, and its rows dropped, so no
+        # frame of it is written between this prepare and the next kickoff (which counts
+        # the frames written) and none is claimed by the next record's StreamDatums
+        self._capture.drop_unannounced()
         self._trigger_info = value
         await StandardDetector.prepare(self, value)
 
@@ -591,6 +611,8 @@ class BeadTracker(StandardDetector):
         if self._prepare_ctx is None:
             window = await self.window_frames.get_value()
             await self.prepare(TriggerInfo(collections_per_event=window))
+        else:  # a window a pause interrupted: its rows go, the new window starts now
+            self._capture.drop_unannounced()
         async for update in forward_updates(StandardDetector.trigger(self), self._check_service):
             yield update
         self._window_stats = self._stats()

@@ -137,8 +137,37 @@ class CameraAcquireLogic(DetectorAcquireLogic):
             ctl["capture_requested"] = ctl["capture_written"]
 
 
+class AnnouncedFramesProvider(StreamResourceDataProvider):
+    """A :class:`StreamResourceDataProvider` that reports, after each batch of
+    StreamDatum documents, how many frames (collections) they announce in all, to
+    ``on_announce``: the writer of the file then never keeps more frames than the events
+    describe (Tiled sizes the stream from the StreamDatums and refuses a file with more).
+    """
+
+    def __init__(self, *args: Any, on_announce: Callable[[int], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_announce = on_announce
+        self.collections_announced = 0
+
+    async def make_stream_docs(
+        self, collections_written: int, collections_per_event: int
+    ) -> AsyncIterator[Any]:
+        async for doc in super().make_stream_docs(collections_written, collections_per_event):
+            yield doc
+        announced = self.last_emitted * collections_per_event
+        if announced != self.collections_announced:
+            self.collections_announced = announced
+            self._on_announce(announced)
+
+
 class CameraDataLogic(DetectorDataLogic):
-    """Frames and their timestamps go to one HDF5 file per prepare."""
+    """Frames and their timestamps go to one HDF5 file per prepare.
+
+    The file holds exactly the frames announced in StreamDatum documents: a frame
+    captured for a trigger that a pause, an abort or a crash interrupted is dropped
+    (:meth:`Camera.drop_unannounced_frames` before the next trigger or prepare, and by
+    the camera process when it closes the file, also when its owner died).
+    """
 
     def __init__(self, camera: Camera, path_provider: PathProvider) -> None:
         self.camera = camera
@@ -172,11 +201,18 @@ class CameraDataLogic(DetectorDataLogic):
                 parameters={"dataset": TIMESTAMPS_DATASET},
             ),
         ]
-        return StreamResourceDataProvider(
+
+        def announce(frames: int) -> None:
+            control = cam.process.control
+            if control is not None:
+                control["capture_announced"] = frames
+
+        return AnnouncedFramesProvider(
             uri=f"{path_info.directory_uri}{path_info.filename}.h5",
             resources=resources,
             mimetype="application/x-hdf5",
             collections_written_signal=cam.frames_captured,
+            on_announce=announce,
         )
 
     async def stop(self) -> None:
@@ -374,9 +410,31 @@ class Camera(StandardDetector):
                 f"{sh} px"
             )
 
+    # -- frames no event describes ------------------------------------------------------
+    async def drop_unannounced_frames(self) -> None:
+        """Drop frames of the open file that no StreamDatum announced, and cancel frame
+        requests still open: what a trigger interrupted by a pause left (the resumed plan
+        triggers again; without this, one event would cover two frames)."""
+        ctl = self.process.control
+        if ctl is None or not self.process.running or ctl["capture_ack"] == 0:
+            return
+        announced = int(ctl["capture_announced"])
+        if ctl["capture_written"] == announced and ctl["capture_requested"] == announced:
+            return
+        generation = ctl.increment("capture_rewind_generation")
+        await _wait_until(
+            lambda: ctl["capture_rewind_ack"] == generation, self, "drop unannounced frames"
+        )
+
+    @AsyncStatus.wrap
+    async def prepare(self, value: TriggerInfo) -> None:
+        await self.drop_unannounced_frames()
+        await StandardDetector.prepare(self, value)
+
     # -- fail fast when the acquisition process dies -----------------------------------
     @WatchableAsyncStatus.wrap
     async def trigger(self) -> AsyncIterator[WatcherUpdate[int]]:
+        await self.drop_unannounced_frames()
         async for update in self._guarded(StandardDetector.trigger(self)):
             yield update
 

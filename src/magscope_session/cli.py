@@ -91,7 +91,7 @@ def _cmd_tiled(args: argparse.Namespace) -> int:
     if args.action == "replay":
         from .replay import replay_main
 
-        return replay_main(args.data_dir)
+        return replay_main(args.data_dir, port=args.port)
     from .tiled_server import EmbeddedTiled, TiledServerError, default_data_dir
 
     folder = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()

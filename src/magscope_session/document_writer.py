@@ -81,6 +81,8 @@ from .tiled_server import TiledUnreachableError, check_reachable
 logger = logging.getLogger(__name__)
 
 SENT_SUBDIR = "sent"
+#: Where :func:`replay` moves spool files holding no document (reported once).
+EMPTY_SUBDIR = "empty"
 SPOOL_SUFFIX = ".jsonl"
 DEFAULT_BATCH_SIZE = 100
 DEFAULT_MAX_ARRAY_SIZE = 0
@@ -527,6 +529,12 @@ class ReplaySummary:
     stop_added: list[str] = field(default_factory=list)
     skipped_in_use: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    #: spool files with no document (the disk was full at the start document), moved
+    #: to ``<spool_dir>/empty/`` so they are reported once: file name -> new path
+    empty: dict[str, str] = field(default_factory=dict)
+    #: per run, the external HDF5 data keys whose file holds more rows than the run's
+    #: StreamDatums announce (a writer killed mid-record): Tiled serves the announced rows
+    trimmed: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -548,6 +556,16 @@ class ReplaySummary:
             lines.append(
                 f"  {len(self.already_in_tiled)} run(s) were already complete in Tiled: "
                 + ", ".join(self.already_in_tiled)
+            )
+        for uid, notes in self.trimmed.items():
+            lines.append(
+                f"  {uid}: file(s) hold rows no event describes (the session died while "
+                "writing them); Tiled serves the described rows: " + "; ".join(notes)
+            )
+        for name, moved in self.empty.items():
+            lines.append(
+                f"  {name} held no document (the disk was full when its run started?); "
+                f"moved to {moved}, not replayed"
             )
         if self.skipped_in_use:
             lines.append(
@@ -594,6 +612,86 @@ def _synthesize_stop(docs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     }
 
 
+def _announced_rows_only(
+    docs: list[tuple[str, dict[str, Any]]],
+) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+    """Make Tiled serve only the rows of external HDF5 datasets that the run's
+    StreamDatum documents announce.
+
+    A detector that writes rows as they come and is killed mid-acquisition (``kill -9``
+    of the session) leaves rows in its file that no document announced; Tiled sizes the
+    array from the StreamDatums and then refuses the whole stream ("Can not reshape").
+    For each such data key the first StreamResource gets the parameter
+    ``slice="0:<announced rows>"`` (applied by Tiled's HDF5 adapter along the leading
+    axis of the concatenated files). Only the last file of a data key may hold extra
+    rows; files that cannot be opened here are left alone. Returns the (copied) documents
+    and one note per trimmed data key.
+    """
+    descriptors: dict[str, dict[str, Any]] = {}
+    resources: dict[str, dict[str, Any]] = {}
+    announced: dict[str, int] = {}
+    descriptor_of: dict[str, str] = {}
+    for name, doc in docs:
+        if name == "descriptor":
+            descriptors[doc["uid"]] = doc
+        elif name == "stream_resource" and doc.get("mimetype") == "application/x-hdf5":
+            resources[doc["uid"]] = doc
+        elif name == "stream_datum" and doc["stream_resource"] in resources:
+            res = doc["stream_resource"]
+            announced[res] = max(announced.get(res, 0), int(doc["indices"]["stop"]))
+            descriptor_of[res] = doc["descriptor"]
+    # data key (per descriptor) -> its resources, in document order
+    groups: dict[tuple[str, str], list[str]] = {}
+    for res, doc in resources.items():
+        if res in descriptor_of:
+            groups.setdefault((descriptor_of[res], doc["data_key"]), []).append(res)
+    notes: list[str] = []
+    patched: dict[str, dict[str, Any]] = {}
+    for (descriptor, data_key), members in groups.items():
+        first = resources[members[0]]
+        if "slice" in first.get("parameters", {}):
+            continue
+        try:
+            shape = descriptors[descriptor]["data_keys"][data_key]["shape"]
+            needed, held = [], []
+            for res in members:
+                rows, trailing = _hdf5_rows(resources[res])
+                per_index = int(np.prod(shape)) / max(1, int(np.prod(trailing)))
+                if per_index != int(per_index):
+                    raise ValueError("the datum shape does not divide into file rows")
+                needed.append(announced.get(res, 0) * int(per_index))
+                held.append(rows)
+        except Exception as err:  # noqa: BLE001 - leave this key as it is
+            logger.debug("Not checking the rows of %s: %s", data_key, err)
+            continue
+        if held == needed or held[-1] < needed[-1] or held[:-1] != needed[:-1]:
+            continue  # exact, short (Tiled pads nothing: left alone), or not fixable here
+        total = sum(needed)
+        params = {**first.get("parameters", {}), "slice": f"0:{total}"}
+        patched[members[0]] = {**first, "parameters": params}
+        notes.append(f"{data_key} ({sum(held)} rows in the file, {total} described)")
+    if not patched:
+        return docs, notes
+    out = [
+        (name, patched.get(doc["uid"], doc) if name == "stream_resource" else doc)
+        for name, doc in docs
+    ]
+    return out, notes
+
+
+def _hdf5_rows(resource: dict[str, Any]) -> tuple[int, tuple[int, ...]]:
+    """Rows (leading axis) and trailing shape of a StreamResource's HDF5 dataset."""
+    from urllib.parse import urlparse
+
+    import h5py
+
+    path = urlparse(resource["uri"]).path
+    # swmr=True: also a file whose writer was killed (still marked open for writing)
+    with h5py.File(path, "r", swmr=True, locking=False) as file:
+        shape = file[resource["parameters"]["dataset"]].shape
+    return int(shape[0]), tuple(int(d) for d in shape[1:])
+
+
 def _replay_state(uid: str, summary: ReplaySummary) -> str:
     if uid in summary.failed:
         return f"FAILED ({summary.failed[uid]})"
@@ -601,6 +699,8 @@ def _replay_state(uid: str, summary: ReplaySummary) -> str:
         return "skipped, a live session still writes it"
     if uid in summary.already_in_tiled:
         return "already complete in Tiled"
+    if uid in summary.empty:
+        return f"empty spool file, moved to {summary.empty[uid]}"
     return "replayed"
 
 
@@ -612,7 +712,16 @@ def _replay_one(
             summary.skipped_in_use.append(path.stem)
             return
         docs = read_spool(path)
-        if not docs or docs[0][0] != "start":
+        if not docs:  # e.g. the disk was full when the run started: nothing to send
+            handle.close()
+            folder = path.parent / EMPTY_SUBDIR
+            folder.mkdir(exist_ok=True)
+            target = folder / path.name
+            os.replace(path, target)
+            summary.empty[path.stem] = str(target)
+            logger.warning("Spool file %s holds no document; moved to %s", path, target)
+            return
+        if docs[0][0] != "start":
             raise ValueError(f"{path} does not begin with a start document")
         uid = docs[0][1]["uid"]
         if uid in client:
@@ -628,6 +737,9 @@ def _replay_one(
         if docs[-1][0] != "stop":
             docs.append(("stop", _synthesize_stop(docs)))
             summary.stop_added.append(uid)
+        docs, trimmed = _announced_rows_only(docs)
+        if trimmed:
+            summary.trimmed[uid] = trimmed
         writer = _new_tiled_writer(client, batch_size, max_array_size)
         for name, doc in docs:
             writer(name, doc)

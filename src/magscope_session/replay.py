@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .document_writer import replay, unsent_spool_files
 from .tiled_server import (
+    DEFAULT_PORT,
     ENV_TILED_API_KEY,
     ENV_TILED_URI,
     SPOOL_SUBDIR,
@@ -22,12 +23,15 @@ def replay_main(
     data_dir: str | os.PathLike[str] | None = None,
     uri: str | None = None,
     api_key: str | None = None,
+    *,
+    port: int = DEFAULT_PORT,
 ) -> int:
     """Replay ``<data_dir>/spool`` into Tiled; print what was done; return an exit code.
 
     The server: ``uri`` (with ``api_key``), else ``$MAGSCOPE_TILED_URI`` (with
     ``$MAGSCOPE_TILED_API_KEY``), else the embedded server of ``data_dir``, attached to
-    if it runs, else started for the replay and stopped afterwards.
+    if it runs, else started on ``port`` (``magscope tiled replay --port``; 0 = any free
+    port) for the replay and stopped afterwards.
 
     Returns 0 if every unsent run is now in Tiled (or there was none), 1 if some run
     failed or was skipped because a live session still writes it, 2 if no server answers.
@@ -45,7 +49,7 @@ def replay_main(
     server: EmbeddedTiled | None = None
     try:
         if uri is None:
-            server = EmbeddedTiled(folder)
+            server = EmbeddedTiled(folder, port=port)
             if (running := server._running_elsewhere()) is not None:
                 uri, api_key, server = running, server.api_key, None
             else:

@@ -13,7 +13,7 @@ from typing import Any
 
 from bluesky import RunEngine
 from bluesky.callbacks.best_effort import BestEffortCallback
-from bluesky.utils import ProgressBarManager
+from bluesky.utils import FailedStatus, ProgressBarManager
 
 from magscope_devices.sim.world import SimParams
 
@@ -51,15 +51,51 @@ def session_metadata(
     return md
 
 
+class MagscopeRunEngine(RunEngine):
+    """A RunEngine whose stop documents name the error of a failed run.
+
+    When a plan fails because a status object failed (a device's ``set``, ``trigger``,
+    ``kickoff`` ...), bluesky writes ``str(FailedStatus(status))`` into the stop
+    document's ``reason``: the status object's repr (``<AsyncStatus, device: camera,
+    task: <coroutine ...>, errored: CameraProcessError(...)>``). This RunEngine writes the
+    error instead: ``"CameraProcessError: camera process was killed by signal 9"``.
+    Every other stop document is left as bluesky makes it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._status_errors: dict[str, BaseException] = {}
+
+    def _status_object_completed(self, ret: Any, *args: Any, **kwargs: Any) -> Any:
+        # bluesky raises FailedStatus(ret) from ret.exception(); remember which error a
+        # reason of str(FailedStatus(ret)) stands for.
+        try:
+            if ret.done and not ret.success:
+                error = ret.exception(timeout=0)
+                if isinstance(error, BaseException):
+                    self._status_errors[str(FailedStatus(ret))] = error
+        except Exception:  # noqa: BLE001 - never let the bookkeeping break the RunEngine
+            pass
+        return super()._status_object_completed(ret, *args, **kwargs)
+
+    def emit_sync(self, name: Any, doc: Any) -> None:
+        if str(getattr(name, "value", name)) == "stop":
+            error = self._status_errors.get(doc.get("reason") or "")
+            if doc.get("exit_status") == "fail" and error is not None:
+                doc = {**doc, "reason": f"{type(error).__name__}: {error}"}
+            self._status_errors.clear()
+        super().emit_sync(name, doc)
+
+
 def make_run_engine(
     md: dict[str, Any] | None = None,
     *,
     best_effort: bool = True,
     progress_bars: bool = False,
 ) -> tuple[RunEngine, BestEffortCallback | None]:
-    """A RunEngine with ``md`` as default metadata, the BestEffortCallback (tables, no
-    plots) and, if asked, progress bars on moves and waits."""
-    RE = RunEngine(md or {}, call_returns_result=True)
+    """A :class:`MagscopeRunEngine` with ``md`` as default metadata, the
+    BestEffortCallback (tables, no plots) and, if asked, progress bars on moves and waits."""
+    RE = MagscopeRunEngine(md or {}, call_returns_result=True)
     bec = None
     if best_effort:
         bec = BestEffortCallback()

@@ -17,7 +17,10 @@ Linux), overridden by the ``MAGSCOPE_DATA_DIR`` environment variable, overridden
     <data_dir>/
       catalog.db           Tiled catalog (SQLite): run metadata, the tree of nodes
       data/                Tiled writable file storage (zarr arrays written through Tiled)
-      tables.duckdb        Tiled writable table storage (event tables, one row per event)
+      tables.sqlite        Tiled writable table storage (event tables, one row per event);
+                           SQLite, so several processes can write runs at once
+      tables.duckdb        (data dirs made before tables.sqlite) the old table storage:
+                           still served read-only, new runs go to tables.sqlite
       detector-data/       HDF5 files written by detectors (camera frames, track tables);
                            registered as readable storage so Tiled can serve them
       spool/               per-run JSONL spool of every document (SpoolingTiledWriter)
@@ -75,7 +78,9 @@ DEFAULT_HOST = "127.0.0.1"
 
 CATALOG_FILENAME = "catalog.db"
 DATA_SUBDIR = "data"
-TABLES_FILENAME = "tables.duckdb"
+TABLES_FILENAME = "tables.sqlite"
+#: The table storage of data dirs made by earlier versions; kept readable (see write_config).
+LEGACY_TABLES_FILENAME = "tables.duckdb"
 DETECTOR_DATA_SUBDIR = "detector-data"
 SPOOL_SUBDIR = "spool"
 CONFIG_FILENAME = "tiled-config.yml"
@@ -186,7 +191,8 @@ def check_reachable(uri: str, api_key: str | None = None, timeout: float = 5.0) 
 
 
 class EmbeddedTiled:
-    """A local Tiled server (SQLite catalog, file and duckdb storage) run as a subprocess.
+    """A local Tiled server (SQLite catalog, file and SQLite table storage) run as a
+    subprocess.
 
     Use it as a context manager, or call :meth:`start` and :meth:`stop` (idempotent; also
     run at interpreter exit, so no server process outlives its parent)::
@@ -255,8 +261,13 @@ class EmbeddedTiled:
 
     @property
     def tables_path(self) -> Path:
-        """The duckdb file holding event tables."""
+        """The SQLite file holding event tables."""
         return self.data_dir / TABLES_FILENAME
+
+    @property
+    def legacy_tables_path(self) -> Path:
+        """The duckdb table file of a data dir made by an earlier version (read-only)."""
+        return self.data_dir / LEGACY_TABLES_FILENAME
 
     @property
     def detector_data_dir(self) -> Path:
@@ -338,9 +349,18 @@ class EmbeddedTiled:
 
         The key is not in the file: the server gets it from the environment variable
         ``TILED_SINGLE_USER_API_KEY``.
+
+        Event tables go to a SQLite file: with a duckdb table store, two or more
+        processes writing runs at once crashed the server (tiled 0.2.20: ADBC "No active
+        transaction, cannot commit" in ``append_partition``, then a segfault). The
+        ``tables.duckdb`` of a data dir made before stays readable storage, so its runs
+        are still served; new runs, and runs replayed into it, go to ``tables.sqlite``.
         """
         for folder in (self.data_dir, self.writable_data_dir, self.detector_data_dir):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # the owner's data only
+        readable = [self.detector_data_dir.as_posix()]
+        if self.legacy_tables_path.exists():
+            readable.append(f"duckdb:///{self.legacy_tables_path.as_posix()}")
         config = {
             "trees": [
                 {
@@ -350,9 +370,9 @@ class EmbeddedTiled:
                         "uri": f"sqlite:///{self.catalog_path.as_posix()}",
                         "writable_storage": [
                             self.writable_data_dir.as_posix(),
-                            f"duckdb:///{self.tables_path.as_posix()}",
+                            f"sqlite:///{self.tables_path.as_posix()}",
                         ],
-                        "readable_storage": [self.detector_data_dir.as_posix()],
+                        "readable_storage": readable,
                         # Initialising spawns `tiled catalog init` (about 4 s): only
                         # when the catalog does not exist yet.
                         "init_if_not_exists": not self.catalog_path.exists(),

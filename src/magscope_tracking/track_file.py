@@ -13,7 +13,9 @@ Layout (one file per capture; ``n`` frames, ``b`` beads, fixed for the file)::
                                                :class:`magscope_tracking.track_ring.FrameStatus`
 
 Written in SWMR mode and flushed every ``flush_every`` frames, so Tiled and other
-readers see the rows while a run is going.
+readers see the rows while a run is going. A file whose writer was killed (``kill -9``)
+stays marked open for writing: h5py then opens it only with ``swmr=True``, as
+:func:`read_track_file` does (``h5py.File(path, "r", swmr=True)``); Tiled reads it too.
 """
 
 from __future__ import annotations
@@ -104,6 +106,16 @@ class TrackFileWriter:
         self._unflushed += k
         if self._unflushed >= self.flush_every:
             self.flush()
+
+    def truncate(self, frames: int) -> None:
+        """Drop every row after the first ``frames`` (rows no document announced)."""
+        n = max(0, int(frames))
+        if n >= self.frames_written:
+            return
+        for dset in (*self._per_bead.values(), *self._per_frame.values()):
+            dset.resize(n, axis=0)
+        self.frames_written = n
+        self.flush()
 
     def flush(self) -> None:
         for dset in (*self._per_bead.values(), *self._per_frame.values()):
