@@ -439,7 +439,10 @@ def acquisition_main(
     control_name: str, ring_name: str, source_factory: Callable[[], FrameSource], parent_pid: int
 ) -> None:
     """Entry point of the camera process."""
-    exit_with_parent(parent_pid)  # also while the frame source starts (imports, compiles)
+    # exit with the owner also while the frame source starts (imports, compiles); the
+    # loop below notices first and closes the capture file, cut to the announced frames
+    exit_with_parent(parent_pid, grace_s=3.0)
+    signal.signal(signal.SIGTERM, _raise_exit)  # SIGTERM ends the loop through `finally`
     ctl = SharedRecord.attach(control_name)
     ring = FrameRing.attach(ring_name)
     ctl["pid"] = os.getpid()
@@ -502,6 +505,10 @@ def acquisition_main(
             source.close()
         ring.close()
         ctl.close()
+
+
+def _raise_exit(signum: int, frame: object) -> None:
+    raise SystemExit(f"stopped by {signal.Signals(signum).name}")
 
 
 def _serve_capture_requests(

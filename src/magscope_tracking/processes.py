@@ -237,14 +237,18 @@ def spawn(
     )
 
 
-def exit_with_parent(parent_pid: int, poll_s: float = 0.2) -> threading.Thread:
-    """In a child: end this process (``os._exit``) as soon as ``parent_pid`` is no longer
-    its parent (the owner died, however). Runs in a daemon thread, so it works while the
-    main thread is busy (importing, compiling kernels); returns that thread."""
+def exit_with_parent(
+    parent_pid: int, poll_s: float = 0.2, grace_s: float = 0.0
+) -> threading.Thread:
+    """In a child: end this process (``os._exit``) once ``parent_pid`` is no longer its
+    parent (the owner died, however), ``grace_s`` seconds after noticing (time for a main
+    loop that watches too to close its files). Runs in a daemon thread, so it works while
+    the main thread is busy (importing, compiling kernels); returns that thread."""
 
     def watch() -> None:
         while os.getppid() == parent_pid:
             time.sleep(poll_s)
+        time.sleep(grace_s)
         os._exit(1)
 
     thread = threading.Thread(target=watch, name="magscope-exit-with-parent", daemon=True)
