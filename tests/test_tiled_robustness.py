@@ -405,12 +405,16 @@ def test_session_killed_mid_run_reads_back_after_replay(tiled_server, tmp_path):
     assert rows_in(cam_path, cam_dataset) == 3  # the killed shot's frame is not kept
     trk_path, _ = file_of(docs, "mic-tracker-x_nm")
     tracks = read_track_file(trk_path)  # SWMR: readable though its writer was killed
-    assert tracks["x_nm"].shape[0] > 30  # rows of the killed window are in the file
+    # every announced row is on disk (flushed before its StreamDatum); rows of the killed
+    # window may follow, as far as they were flushed
+    assert tracks["x_nm"].shape[0] >= 30
 
     summary = replay(spool, tiled_server.uri, tiled_server.api_key)
     assert summary.replayed == [uid] and summary.stop_added == [uid], summary
-    assert summary.ok and uid in summary.trimmed, summary
-    assert "mic-tracker-x_nm" in " ".join(summary.trimmed[uid])
+    assert summary.ok, summary
+    if tracks["x_nm"].shape[0] > 30:  # Tiled is told to serve the announced rows only
+        assert uid in summary.trimmed, summary
+        assert "mic-tracker-x_nm" in " ".join(summary.trimmed[uid])
     assert (spool / SENT_SUBDIR / f"{uid}.jsonl").exists()
 
     client = tiled_server.client()

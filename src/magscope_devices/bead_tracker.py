@@ -255,6 +255,13 @@ class _Capture:
     def announce(self, rows: int) -> None:
         self.announced = int(rows)
 
+    def flush_before_announcing(self, rows: int) -> None:
+        """Rows up to ``rows`` may be announced in StreamDatum documents next: put them on
+        disk first, so a crash after the document never leaves it pointing at rows the
+        file lacks."""
+        if self.writer is not None and int(rows) > self.announced:
+            self.writer.flush()
+
     def drop_unannounced(self) -> None:
         """End the open request and cut the file back to the announced rows: a record or
         trigger window a pause interrupted must leave no row that the next one's
@@ -372,6 +379,7 @@ class TrackerDataLogic(DetectorDataLogic):
             mimetype="application/x-hdf5",
             collections_written_signal=tracker.frames_written,
             on_announce=tracker._capture.announce,
+            before_announce=tracker._capture.flush_before_announcing,
         )
 
     async def stop(self) -> None:

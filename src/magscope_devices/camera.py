@@ -144,14 +144,20 @@ class AnnouncedFramesProvider(StreamResourceDataProvider):
     describe (Tiled sizes the stream from the StreamDatums and refuses a file with more).
     """
 
-    def __init__(self, *args: Any, on_announce: Callable[[int], None], **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, on_announce: Callable[[int], None],
+        before_announce: Callable[[int], None] | None = None, **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._on_announce = on_announce
+        self._before_announce = before_announce
         self.collections_announced = 0
 
     async def make_stream_docs(
         self, collections_written: int, collections_per_event: int
     ) -> AsyncIterator[Any]:
+        if self._before_announce is not None:  # e.g. put those rows on disk first
+            self._before_announce(collections_written)
         async for doc in super().make_stream_docs(collections_written, collections_per_event):
             yield doc
         announced = self.last_emitted * collections_per_event
