@@ -254,18 +254,7 @@ def test_pause_resume_abort_and_stop_of_a_running_plan(stack):
     assert run.metadata["stop"]["exit_status"] == "abort"
     read = _read_every_stream(run)
     assert read["primary"] > 0, read
-    api.queue_clear()
-
-    api.item_add(clamp)
-    api.queue_start()
-    _wait_until(lambda: api.status()["re_state"] == "running", 30, "the clamp runs")
-    time.sleep(1.0)
-    api.re_pause(option="immediate")
-    api.wait_for_idle_or_paused(timeout=30)
-    api.re_abort()
-    api.wait_for_idle(timeout=60)
-    assert api.history_get()["items"][-1]["result"]["exit_status"] == "aborted"
-    assert api.queue_get()["items"][0]["name"] == "force_clamp"  # aborted plans go back
+    assert api.queue_get()["items"][0]["name"] == "count_at_heights"  # aborted plans go back
     api.queue_clear()
     state = stack.state()
     assert state["magnet_z_mm"] == pytest.approx(8.0) and state["magnet_turns"] == 0.0

@@ -614,6 +614,15 @@ class BeadTracker(StandardDetector):
         self._trigger_info = value
         await StandardDetector.prepare(self, value)
 
+    def pause(self) -> None:
+        """The RunEngine paused: drop the rows of a window the pause interrupted now, so
+        a run aborted or stopped from the pause never leaves a row its events do not
+        describe (a reader right after the stop document would see it)."""
+        self._capture.drop_unannounced()
+
+    def resume(self) -> None:
+        """Nothing to do: the resumed plan triggers a new window."""
+
     @WatchableAsyncStatus.wrap
     async def trigger(self) -> AsyncIterator[WatcherUpdate[int]]:
         if self._prepare_ctx is None:

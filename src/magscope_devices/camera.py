@@ -432,6 +432,15 @@ class Camera(StandardDetector):
             lambda: ctl["capture_rewind_ack"] == generation, self, "drop unannounced frames"
         )
 
+    async def pause(self) -> None:
+        """The RunEngine paused: drop the frame of a trigger the pause interrupted now, so
+        a run aborted or stopped from the pause never leaves a frame its events do not
+        describe (a reader right after the stop document would see it)."""
+        await self.drop_unannounced_frames()
+
+    def resume(self) -> None:
+        """Nothing to do: the resumed plan triggers again."""
+
     @AsyncStatus.wrap
     async def prepare(self, value: TriggerInfo) -> None:
         await self.drop_unannounced_frames()

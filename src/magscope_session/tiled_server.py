@@ -373,9 +373,9 @@ class EmbeddedTiled:
                             f"sqlite:///{self.tables_path.as_posix()}",
                         ],
                         "readable_storage": readable,
-                        # Initialising spawns `tiled catalog init` (about 4 s): only
-                        # when the catalog does not exist yet.
-                        "init_if_not_exists": not self.catalog_path.exists(),
+                        # serve_main creates the catalog in-process when it does not
+                        # exist yet (Tiled's own init spawns `tiled catalog init`, 4 s)
+                        "init_if_not_exists": False,
                     },
                 }
             ],
@@ -679,6 +679,12 @@ def serve_main(argv: list[str] | None = None) -> None:
     from tiled.server.app import build_app_from_config
 
     config = parse_configs(args.config)
+    for tree in config.trees:  # create a new SQLite catalog here, not in a subprocess
+        uri = str(tree.args.get("uri", "")) if isinstance(tree.args, dict) else ""
+        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+            from tiled.commandline._catalog import init as init_catalog
+
+            init_catalog(database=uri, if_not_exists=True)
     config.authentication.single_user_api_key = os.environ.pop(ENV_SERVER_API_KEY)
     kwargs = dict(config.uvicorn)
     kwargs.update(host=args.host, port=args.port)
