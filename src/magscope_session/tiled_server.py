@@ -542,28 +542,43 @@ class EmbeddedTiled:
         return from_uri(self.uri, api_key=self.api_key, **kwargs)
 
     def run_foreground(self, *, show_key: bool = False) -> int:
-        """Serve until Ctrl-C (the ``magscope tiled`` command); return an exit code. The API
-        key is printed only with ``show_key`` (it stays in ``<data dir>/tiled-api-key``)."""
-        self.start()
-        key_line = self.api_key if show_key else f"in {self.data_dir / API_KEY_FILENAME} (--show-key prints it)"
-        print(
-            f"Tiled serves {self.data_dir} at {self.uri}\n"
-            f"  API key:        {key_line}\n"
-            f"  detector files: {self.detector_data_dir}\n"
-            f"  log:            {self.log_path}\n"
-            "Press Ctrl-C to stop.",
-            flush=True,
-        )
+        """Serve until Ctrl-C or SIGTERM (the ``magscope tiled`` command); return an exit
+        code. The API key is printed only with ``show_key`` (it stays in
+        ``<data dir>/tiled-api-key``).
+
+        The signals only set a flag that the loop checks, so they never land inside a
+        call that waits on the server process (a KeyboardInterrupt there can leave
+        ``subprocess``'s wait lock taken, and the stop would then hang)."""
+        requested: list[int] = []
+        previous = {
+            sig: signal.signal(sig, lambda signum, frame: requested.append(signum))
+            for sig in (signal.SIGINT, signal.SIGTERM)
+        }
         try:
-            while self.running:
-                time.sleep(0.5)
+            self.start()
+            key_line = (
+                self.api_key if show_key
+                else f"in {self.data_dir / API_KEY_FILENAME} (--show-key prints it)"
+            )
+            print(
+                f"Tiled serves {self.data_dir} at {self.uri}\n"
+                f"  API key:        {key_line}\n"
+                f"  detector files: {self.detector_data_dir}\n"
+                f"  log:            {self.log_path}\n"
+                "Press Ctrl-C to stop.",
+                flush=True,
+            )
+            while self.running and not requested:
+                time.sleep(0.2)
+            if requested:
+                print("Stopping Tiled ...", flush=True)
+                return 0
             print(f"The Tiled server exited; log tail:\n{self.log_tail()}", file=sys.stderr)
             return 1
-        except KeyboardInterrupt:
-            print("Stopping Tiled ...", flush=True)
-            return 0
         finally:
             self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 @dataclass

@@ -158,7 +158,8 @@ class ChildProcess:
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(self.pid, signal.SIGKILL)
-                self.process.wait(5.0)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.process.wait(5.0)
         # helpers the child left in its group (a launcher killed by SIGKILL, say)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
