@@ -202,7 +202,6 @@ def test_force_extension_fits_the_wlc(RE, microscope, calibrated, docs, truth_of
     assert RE(bps.rd(microscope.magnet_z)).plan_result == SAFE_MM
 
 
-@pytest.mark.soak  # 64 s of hat curve: `make soak`; benchmarks/bench_plans.py measures it too
 def test_rotation_extension_finds_buckling_points(RE, microscope, calibrated, docs, truth_of):
     turns = np.arange(-24.0, 24.1, 2.0)
     RE(rotation_extension(microscope, turns, force_pn=0.6, dwell_s=1.5, settle_s=0.2))
