@@ -161,9 +161,9 @@ def test_cleanup_command_ends_orphans_and_reports(tmp_path):
     from magscope_tracking.processes import ENV_OWNER
 
     owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    from magscope_tracking.processes import owner_tag
+    from magscope_tracking.shm import owner_token
 
-    tag = owner_tag(owner.pid)
+    tag = owner_token(owner.pid)
     orphan = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(120)"],
         env=dict(os.environ, **{ENV_OWNER: tag}), start_new_session=True,

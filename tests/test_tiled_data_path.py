@@ -7,7 +7,6 @@ import logging
 import os
 import shutil
 import socket
-import time
 import uuid
 from urllib.parse import urlparse
 
@@ -48,6 +47,7 @@ from magscope_session.tiled_server import (
     check_reachable,
     resolve_tiled,
 )
+from process_helpers import wait_for_pid_exit
 
 # Every array signal in events: (name, dtype, shape of one reading).
 ARRAY_SIGNALS = {
@@ -118,17 +118,6 @@ def per_shot_with_values(dev: ArrayDevice, counter: list[int]):
         yield from bps.trigger_and_read(detectors)
 
     return per_shot
-
-
-def wait_for_pid_exit(pid: int, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def free_port() -> int:

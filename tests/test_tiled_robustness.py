@@ -45,6 +45,7 @@ from magscope_session.replay import replay_main
 from magscope_session.setup import make_run_engine, session_metadata, subscribe_tiled_writer
 from magscope_session.tiled_server import TiledTarget
 from magscope_tracking.track_file import read_track_file
+from process_helpers import wait_for_pid_exit
 
 WRITERS = 4
 RUNS = 3
@@ -357,17 +358,6 @@ KILLED_SESSION = SHOTS_PLAN + textwrap.dedent(
 )
 
 
-def wait_for_exit(pid: int, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_session_killed_mid_run_reads_back_after_replay(tiled_server, tmp_path):
     from magscope_tracking.shm import remove_stale_segments
 
@@ -394,7 +384,7 @@ def test_session_killed_mid_run_reads_back_after_replay(tiled_server, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     uid = said["uid"]
     # the camera process notices that its owner died, closes its file and exits
-    assert wait_for_exit(said["camera_pid"]), "the camera process outlived its owner"
+    assert wait_for_pid_exit(said["camera_pid"]), "the camera process outlived its owner"
     remove_stale_segments()
 
     spool = data_dir / "spool"

@@ -12,7 +12,7 @@ manager, bluesky's 0MQ proxy and the embedded Tiled server are all started with
   watches the parent and ends the program's whole process group; our own Python
   children (camera, tracking workers) watch their parent themselves with
   :func:`exit_with_parent`.
-* **An owner tag.** ``MAGSCOPE_OWNER=<pid>@<start time>`` in the child's environment
+* **An owner tag.** ``MAGSCOPE_OWNER=<pid>-<start time>`` in the child's environment
   names the process that started it, so :func:`find_orphans` recognises the children of
   an owner that is gone (``magscope cleanup`` ends them).
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -37,7 +38,10 @@ from typing import IO
 
 import psutil
 
-#: Environment variable naming a child's owner: ``<pid>@<create time, UNIX s>``.
+from .shm import owner_token, token_owner_alive
+
+#: Environment variable naming a child's owner: its ``<pid>-<start time>`` token, the one
+#: that names its shared-memory segments (:func:`magscope_tracking.shm.owner_token`).
 ENV_OWNER = "MAGSCOPE_OWNER"
 #: Seconds the lifeline launcher waits between SIGTERM and SIGKILL of a program's group.
 DEFAULT_GRACE_S = 3.0
@@ -46,22 +50,6 @@ _LIFELINE = Path(__file__).with_name("lifeline.py")
 
 class ChildStartError(RuntimeError):
     """A child process exited or did not become ready in time."""
-
-
-def owner_tag(pid: int | None = None) -> str:
-    """The ``<pid>@<create time>`` tag of process ``pid`` (default: this process)."""
-    proc = psutil.Process(os.getpid() if pid is None else pid)
-    return f"{proc.pid}@{proc.create_time():.2f}"
-
-
-def owner_alive(tag: str) -> bool:
-    """True if the process named by an owner tag still runs (same pid, same start)."""
-    try:
-        pid_text, created = tag.split("@", 1)
-        proc = psutil.Process(int(pid_text))
-        return abs(proc.create_time() - float(created)) < 0.05 and proc.status() != "zombie"
-    except (ValueError, psutil.Error):
-        return False
 
 
 class ChildProcess:
@@ -204,7 +192,7 @@ def spawn(
     :param grace_s: seconds between SIGTERM and SIGKILL when the launcher ends the group.
     """
     child_env = dict(os.environ if env is None else env)
-    child_env[ENV_OWNER] = owner_tag()
+    child_env[ENV_OWNER] = owner_token()
     log_file: IO[bytes] | None = None
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -312,8 +300,6 @@ def port_holder(host: str, port: int) -> ProcessInfo | None:
         if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
             if conn.laddr.ip in wildcard:
                 return describe_process(conn.pid) if conn.pid else ProcessInfo(None, "", "")
-    import socket
-
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.3)
         if sock.connect_ex((host, port)) == 0:  # someone listens that psutil cannot see
@@ -372,7 +358,7 @@ def find_orphans() -> list[psutil.Process]:
             continue
         if tag is not None:
             if tag not in tags:
-                tags[tag] = owner_alive(tag)
+                tags[tag] = token_owner_alive(tag)
             if not tags[tag]:
                 found.append(proc)
             continue

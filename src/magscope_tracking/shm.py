@@ -37,13 +37,16 @@ class SharedMemoryError(RuntimeError):
 
 
 def _process_start_time(pid: int) -> int | None:
-    """Start time of process ``pid`` in clock ticks since boot, or None if it is gone."""
+    """Start time of process ``pid`` in clock ticks since boot, or None if it is gone
+    (a zombie, dead but not yet reaped, counts as gone)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     # The command name (field 2) may contain spaces; fields after the last ')' are fixed.
     fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":
+        return None
     return int(fields[19])
 
 
@@ -54,6 +57,17 @@ def owner_token(pid: int | None = None) -> str:
     if start is None:
         raise SharedMemoryError(f"process {pid} does not exist")
     return f"{pid}-{start}"
+
+
+def token_owner_alive(token: str) -> bool:
+    """True while the process named by an :func:`owner_token` runs (same pid, same start
+    time: a reused pid is not mistaken for the owner)."""
+    try:
+        pid_text, start_text = token.split("-", 1)
+        pid, start = int(pid_text), int(start_text)
+    except ValueError:
+        return False
+    return _process_start_time(pid) == start
 
 
 def segment_name(instance: str, kind: str) -> str:
@@ -80,7 +94,7 @@ class SegmentInfo:
     @property
     def owner_alive(self) -> bool:
         """True while the process that created the segment still runs."""
-        return _process_start_time(self.pid) == self.start_time
+        return token_owner_alive(f"{self.pid}-{self.start_time}")
 
 
 def list_segments(instance: str | None = None) -> list[SegmentInfo]:
