@@ -2,7 +2,107 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import os
+
+import psutil
 import pytest
+
+# ---------------------------------------------------------------------------------------
+# Test tiers. ``make test-fast`` runs ``-m "not system and not slow"``:
+#   system  starts real processes (camera, tracking workers, Tiled, Redis, queueserver, a
+#           ``magscope`` command); marked per module or per test.
+#   slow    pure computation that takes seconds (accuracy against the simulator's truth).
+#   soak    minutes; kept out of ``make test`` (``make soak``).
+# Every other test is in the fast tier, and two checks keep it honest: a fast test that
+# starts a process fails, and an async test that leaves an asyncio task pending fails.
+# ---------------------------------------------------------------------------------------
+
+_TIER_MARKERS = ("system", "slow", "soak")
+# started once per interpreter by the standard library, not by the code under test
+_ALLOWED_CHILDREN = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+
+
+def _children() -> dict[int, str]:
+    out = {}
+    for child in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            out[child.pid] = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+    return {
+        pid: cmd for pid, cmd in out.items() if not any(a in cmd for a in _ALLOWED_CHILDREN)
+    }
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_start_no_process(request):
+    """A test outside the system tier must not start a process (or leave one running)."""
+    if any(request.node.get_closest_marker(m) for m in _TIER_MARKERS):
+        yield
+        return
+    before = _children()
+    yield
+    started = {pid: cmd for pid, cmd in _children().items() if pid not in before}
+    for pid in started:
+        try:
+            psutil.Process(pid).kill()
+        except psutil.Error:
+            pass
+    assert not started, (
+        f"a fast-tier test started processes {started}: mark it (or its module) "
+        "pytest.mark.system"
+    )
+
+
+def pending_tasks(loop: asyncio.AbstractEventLoop | None = None) -> list[asyncio.Task]:
+    """Tasks of ``loop`` (default: the running one) still pending, the caller excepted."""
+    current = asyncio.current_task() if loop is None else None
+    tasks = asyncio.all_tasks(loop) if loop is not None else asyncio.all_tasks()
+    return [t for t in tasks if t is not current and not t.done()]
+
+
+@pytest.fixture
+async def _no_pending_tasks():
+    """After an async test and its other fixtures, no asyncio task may be left pending."""
+    yield
+    for _ in range(3):  # let tasks that are finishing (callbacks, cancellations) settle
+        await asyncio.sleep(0)
+    leaked = pending_tasks()
+    for task in leaked:
+        task.cancel()
+    assert not leaked, f"the test left asyncio tasks pending: {leaked}"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        function = getattr(item, "function", None)
+        if function is not None and inspect.iscoroutinefunction(function):
+            # first in the fixture order, so it is torn down after the test's own fixtures
+            item.fixturenames.insert(0, "_no_pending_tasks")
+
+
+@pytest.fixture
+def RE():
+    """A RunEngine on its own loop; fails the test if a plan left an asyncio task pending.
+
+    Modules that share one RunEngine between tests define their own ``RE`` fixture.
+    """
+    from bluesky import RunEngine
+
+    engine = RunEngine({}, call_returns_result=True)
+    yield engine
+    if engine.state != "idle":
+        engine.abort("test teardown")
+
+    async def pending():
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return [repr(t) for t in pending_tasks()]
+
+    leaked = asyncio.run_coroutine_threadsafe(pending(), engine.loop).result(timeout=10)
+    assert not leaked, f"the plan left asyncio tasks pending on the RunEngine's loop: {leaked}"
 
 # ---------------------------------------------------------------------------------------
 # Tiled data path: real embedded Tiled servers (subprocesses) on 127.0.0.1.

@@ -243,6 +243,7 @@ def force_grid():
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fs", [r[0] for r in RATES])
 @pytest.mark.parametrize("f_nom", FORCES_PN)
 @pytest.mark.parametrize("method", ["psd", "allan"])
@@ -379,6 +380,7 @@ def test_fit_range_can_exclude_residual_drift():
 # ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("f_nom", "fs", "exposure"), [(10.0, 100.0, 0.005), (30.0, 100.0, 0.005), (30.0, 1000.0, 0.001)]
 )
@@ -530,6 +532,7 @@ def test_wlc_model_is_the_simulators_law():
     assert np.isnan(wlc_fit(f[:2], ext[:2]).contour_nm)
 
 
+@pytest.mark.slow
 def test_wlc_fit_of_simulated_force_extension_steps():
     """Force steps 0.1 .. 20 pN like a force-extension plan; mean z per step from frames."""
     params = SimParams(n_tethered=20, n_reference=4, seed=5)
@@ -597,6 +600,7 @@ def _hat_scan(world, z_mag, fs, seconds_per_turn, max_turns, t0=0.0):
     return turns, ext, sem
 
 
+@pytest.mark.slow
 def test_buckling_point_of_simulated_hat_curves():
     """0.5 pN, 16 tethers of 2..5 um, 1-turn steps of 3 s (like rotation_extension)."""
     params = SimParams(n_tethered=16, n_reference=2, seed=9, contour_nm_range=(2000.0, 5000.0))
@@ -625,6 +629,7 @@ def test_buckling_point_of_simulated_hat_curves():
     assert 0.6 < np.std(zs) < 1.5, zs  # honest error bars
 
 
+@pytest.mark.slow
 def test_no_negative_buckling_above_the_melting_force():
     params = SimParams(n_tethered=4, n_reference=2, seed=2, contour_nm_range=(2000.0, 3500.0))
     world = SimWorld(params)

@@ -23,6 +23,8 @@ from magscope_session.document_writer import SpoolingTiledWriter
 from magscope_tracking.shm import list_segments
 from magscope_tracking.track_file import read_track_file
 
+pytestmark = pytest.mark.system
+
 NM_PER_PX = 100.0
 ROI = 64
 
@@ -159,7 +161,7 @@ def test_health_counters_account_for_every_frame(RE, microscope):
     assert tracked > 50
     assert health.frames_seen == health.frames_tracked + health.frames_dropped
     assert dropped == health.frames_dropped
-    assert health.latency_p99_s < 1.0
+    assert 0 < health.latency_p50_s <= health.latency_p99_s  # figures: bench_tracking_service
 
 
 def test_beads_are_added_moved_and_removed_by_stable_id(RE, microscope):

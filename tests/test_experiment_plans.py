@@ -28,6 +28,8 @@ from magscope_plans.force_extension import force_extension, rotation_extension
 from magscope_plans.force_protocols import force_clamp, force_ramp
 from magscope_plans.zlut import zlut_sweep
 
+pytestmark = pytest.mark.system
+
 PARAMS = SimParams(
     seed=3, n_tethered=6, n_reference=2, width_px=512, height_px=384,
     contour_nm_range=(2000.0, 3000.0),

@@ -20,6 +20,9 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
+
+pytestmark = pytest.mark.system
 
 SCRIPT = textwrap.dedent(
     """

@@ -23,6 +23,8 @@ from magscope_devices.microscope import make_simulated_microscope
 from magscope_devices.sim.world import SimParams
 from magscope_tracking.shm import list_segments
 
+pytestmark = pytest.mark.system
+
 
 @pytest.fixture(scope="module")
 def RE():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 from ophyd_async.core import init_devices
@@ -23,14 +22,14 @@ async def axes():
 async def test_move_arrives_at_the_velocity(axes):
     magnet_z, _, _ = axes
     seen = []
-    t0 = time.monotonic()
     status = magnet_z.set(6.0)
     status.watch(lambda current, **_: seen.append(current))
     await status
-    elapsed = time.monotonic() - t0
     assert await magnet_z.readback.get_value() == 6.0
-    assert 0.08 <= elapsed < 0.6, f"2 mm at 20 mm/s took {elapsed:.3f} s"
+    # it travels (positions between start and end, in order), not jumps; how long the
+    # travel takes against the velocity is benchmarks/bench_motors.py's figure
     assert len(seen) >= 3 and all(6.0 <= v <= 8.0 for v in seen)
+    assert seen == sorted(seen, reverse=True)
     reading = await magnet_z.read()
     assert reading[magnet_z.name]["value"] == 6.0
     assert (await magnet_z.describe())[magnet_z.name]["units"] == "mm"

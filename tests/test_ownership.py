@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from pathlib import Path
 
@@ -54,6 +53,7 @@ def holder():
     proc.wait()
 
 
+@pytest.mark.system
 def test_a_second_owner_is_refused_naming_the_holder(holder):
     name, proc = holder
     with pytest.raises(InstrumentBusyError) as info:
@@ -63,6 +63,7 @@ def test_a_second_owner_is_refused_naming_the_holder(holder):
     assert repr(name) in message
 
 
+@pytest.mark.system
 def test_the_lock_is_released_when_its_owner_is_killed(holder):
     name, proc = holder
     os.kill(proc.pid, signal.SIGKILL)
@@ -77,6 +78,7 @@ def test_bad_instance_names_are_refused():
             InstrumentLock(bad)
 
 
+@pytest.mark.system
 def test_connecting_a_named_microscope_takes_its_lock_and_another_name_is_separate(
     holder, tmp_path
 ):
@@ -110,9 +112,9 @@ def test_connecting_a_named_microscope_takes_its_lock_and_another_name_is_separa
         assert lock.held
 
 
+@pytest.mark.system
 def test_magscope_ipython_refuses_an_instance_another_process_drives(holder, tmp_path):
     name, proc = holder
-    t0 = time.monotonic()
     result = subprocess.run(
         [MAGSCOPE, "ipython", "--instance", name, "-c", "print('started')"],
         capture_output=True, text=True, timeout=60,
@@ -121,4 +123,3 @@ def test_magscope_ipython_refuses_an_instance_another_process_drives(holder, tmp
     assert result.returncode != 0
     assert "started" not in result.stdout
     assert f"pid {proc.pid}" in result.stderr and "--instance NAME" in result.stderr
-    assert time.monotonic() - t0 < 30

@@ -273,6 +273,7 @@ class DiskFullSource:
         pass
 
 
+@pytest.mark.system
 def test_after_a_camera_failure_the_next_plan_refuses_before_moving(RE, tmp_path, docs):
     mic = _mock_microscope(tmp_path, name="failing")
     process = AcquisitionProcess(
@@ -429,6 +430,7 @@ RE(broken())
 """
 
 
+@pytest.mark.system
 def test_ipython_prints_one_line_for_a_refusal(tmp_path):
     """The profile's startup files as IPython runs them (the RunEngine file and the
     refusal display; not the devices, Tiled or the proxy): a refusal is one line, an

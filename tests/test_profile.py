@@ -10,7 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
+
+pytestmark = pytest.mark.system
 
 PROFILE = Path(__file__).resolve().parents[1] / "profile"
 MAGSCOPE = str(Path(sys.executable).with_name("magscope"))

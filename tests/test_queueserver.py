@@ -29,6 +29,8 @@ from magscope_session.setup import session_metadata
 from magscope_session.tiled_server import resolve_tiled
 from magscope_tracking.processes import port_holder
 
+pytestmark = pytest.mark.system
+
 MAGSCOPE = str(Path(sys.executable).with_name("magscope"))
 PROFILE = Path(__file__).resolve().parents[1] / "profile"
 

@@ -7,10 +7,13 @@ from __future__ import annotations
 import socket
 import subprocess
 
+import pytest
 from bluesky_queueserver_api import BPlan
 
 from magscope_session.tiled_server import EmbeddedTiled
 from test_queueserver import MAGSCOPE, Stack, _stack_env
+
+pytestmark = pytest.mark.system
 
 
 def _free_port() -> int:

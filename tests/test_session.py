@@ -22,6 +22,8 @@ from magscope_session.setup import session_metadata
 from magscope_session.tiled_server import EmbeddedTiled
 from magscope_tracking.shm import list_segments
 
+pytestmark = pytest.mark.system
+
 MAGSCOPE = str(Path(sys.executable).with_name("magscope"))
 
 

@@ -116,6 +116,7 @@ def test_bad_names_and_sizes_are_refused():
         SlotRing.create("magscope.x.1-1.y", 1, (3,), np.uint8)
 
 
+@pytest.mark.system
 def test_segments_of_a_killed_process_are_found_and_removed(instance):
     code = textwrap.dedent(
         f"""

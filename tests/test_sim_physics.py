@@ -217,6 +217,7 @@ def test_ou_moments_match_quadrature():
         assert physics.ou_blur_factor(a) == pytest.approx(var_stat_m, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_variance_equipartition_and_mean_extension():
     """Var(x) = kT (l + R) / F, Var(z) = kT / k_z and <z> - R = WLC(F), irregular frames."""
     world = SimWorld(_many_beads())
@@ -252,6 +253,7 @@ def test_variance_equipartition_and_mean_extension():
     assert np.all(np.ptp(x0[:, ~t], axis=0) == 0.0)
 
 
+@pytest.mark.slow
 def test_power_spectrum_is_lorentzian_with_expected_corner():
     world = SimWorld(_many_beads(n_tethered=20))
     mag = 0.8  # mm, ~30 pN: corner frequencies 10 .. 50 Hz
@@ -291,6 +293,7 @@ def test_power_spectrum_is_lorentzian_with_expected_corner():
     assert abs(np.mean(ratios) - 1) < 0.03
 
 
+@pytest.mark.slow
 def test_exposure_average_matches_motion_blur_formula():
     """Frames back to back: Var(mean) = sigma^2 blur(W/tau), Cov with start and end points."""
     world = SimWorld(_many_beads(n_tethered=30))

@@ -49,6 +49,8 @@ from magscope_session.tiled_server import (
 )
 from process_helpers import wait_for_pid_exit
 
+pytestmark = pytest.mark.system
+
 # Every array signal in events: (name, dtype, shape of one reading).
 ARRAY_SIGNALS = {
     "vec_f64": (np.float64, (5,)),  # small: would go to the SQL table with TiledWriter defaults

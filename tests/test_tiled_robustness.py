@@ -47,6 +47,8 @@ from magscope_session.tiled_server import TiledTarget
 from magscope_tracking.track_file import read_track_file
 from process_helpers import wait_for_pid_exit
 
+pytestmark = pytest.mark.system
+
 WRITERS = 4
 RUNS = 3
 EVENTS = 100

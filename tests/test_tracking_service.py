@@ -30,6 +30,8 @@ from magscope_tracking.shm import list_segments, segment_name
 from magscope_tracking.track_ring import TRACK_DTYPE, FrameStatus, TrackRing
 from magscope_tracking.zlut import ZLUTMismatchError, build_zlut
 
+pytestmark = pytest.mark.system
+
 NM_PER_PX = 100.0
 ROI = 48  # px
 FPS = 100.0
@@ -306,7 +308,7 @@ def test_rows_for_every_frame_in_order_at_the_truth(rig, scene):
     health = service.health()
     assert health.frames_seen == health.frames_tracked + health.frames_dropped
     assert health.frames_seen >= 150 and health.worker_restarts == 0
-    assert 0 < health.latency_p50_s <= health.latency_p99_s < 1.0
+    assert 0 < health.latency_p50_s <= health.latency_p99_s  # figures: bench_tracking_service
     assert health.queue_depth < 20
 
 

@@ -16,6 +16,8 @@ from magscope_plans.zlut import zlut_sweep
 from magscope_tracking import ZLUT
 from magscope_tracking.track_file import read_track_file
 
+pytestmark = pytest.mark.system
+
 NM_PER_PX = 100.0
 
 

@@ -422,7 +422,9 @@ class BeadTracker(StandardDetector):
         self.bead_radius_nm = soft_signal_rw(float, bead_radius_nm, units="nm")
         self.reference_beads = soft_signal_rw(Array1D[np.int32], np.zeros(0, np.int32))
         self.height_offsets = soft_signal_rw(BeadHeights, BeadHeights.empty())
-        self.window_frames = soft_signal_rw(int, window_frames, setter=self._set_window)
+        self.window_frames = soft_signal_rw(
+            int, window_frames, setter=self._set_window, units="frames"
+        )
         self.frames_written, self._set_frames_written = soft_signal_r_and_setter(int, 0)
         health = self._health_getter
         self.frames_tracked, _ = soft_signal_r_and_setter(int, getter=health("frames_tracked"))

@@ -28,6 +28,7 @@ from functools import cached_property
 
 from ophyd_async.core import (
     CalculatableTimeout,
+    DeviceMock,
     MovableLogic,
     Reference,
     SignalRW,
@@ -35,6 +36,7 @@ from ophyd_async.core import (
     StandardMovable,
     StandardReadable,
     TimeoutCalculator,
+    default_mock_class,
     derived_signal_r,
     soft_signal_r_and_setter,
     soft_signal_rw,
@@ -120,6 +122,17 @@ class ForceLogic(MovableLogic[float]):
         await self.magnet().stop(success=True)
 
 
+class ForceMock(DeviceMock["Force"]):
+    """Mock mode: the force moves its (mock) magnet, which arrives at once, and the
+    readback is derived from the magnet's readback; so nothing is added here. (The
+    default mock of a movable copies the setpoint into the readback, which a derived
+    readback refuses.)"""
+
+    async def connect(self, device: Force) -> None:
+        return None
+
+
+@default_mock_class(ForceMock)
 class Force(StandardReadable, StandardMovable[float]):
     """Force on the beads (pN) set through the magnet height and a force calibration.
 
