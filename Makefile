@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test soak lint typecheck layers venv bench clean
+.PHONY: demo test test-fast soak lint typecheck layers venv bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ layers: $(STAMP)
 
 test: lint typecheck layers
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 $(PYTEST_ARGS)
+
+# the fast tier: mock devices, message lists, in-process Tiled, pure computation (< 1 min)
+test-fast: $(STAMP)
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -p no:cacheprovider -m "not system and not slow and not soak" --durations=10 $(PYTEST_ARGS)
 
 # the long tests kept out of `make test` (minutes each): run them on purpose
 soak: $(STAMP)

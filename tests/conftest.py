@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import secrets
 
 import psutil
 import pytest
@@ -130,3 +131,33 @@ def tiled_server(tmp_path_factory):
 # ---------------------------------------------------------------------------------------
 # (other sections below)
 # ---------------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------
+# In-process Tiled (fast tier): the embedded server's own config (SQLite catalog and table
+# store, detector folder as readable storage) served by an ASGI app inside the test
+# process, for tests where a server process is not the point.
+#   tiled_in_process   a catalog client (module scope); writes and reads go through
+#                      Tiled's HTTP API without a socket.
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiled_in_process(tmp_path_factory):
+    from tiled.client import Context, from_context
+    from tiled.commandline._catalog import init as init_catalog
+    from tiled.config import parse_configs
+    from tiled.server.app import build_app_from_config
+
+    from magscope_session.tiled_server import EmbeddedTiled
+
+    server = EmbeddedTiled(tmp_path_factory.mktemp("tiled-in-process"), port=0)
+    config = parse_configs(str(server.write_config()))
+    init_catalog(database=f"sqlite:///{server.catalog_path}", if_not_exists=True)
+    key = secrets.token_hex(16)
+    config.authentication.single_user_api_key = key
+    context = Context.from_app(build_app_from_config(config), api_key=key)
+    try:
+        yield from_context(context)
+    finally:
+        context.close()

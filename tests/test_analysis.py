@@ -258,6 +258,7 @@ def test_force_within_5_percent_median(force_grid, fs, f_nom, method):
     assert res.method.startswith(method)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fs", [r[0] for r in RATES])
 @pytest.mark.parametrize("method", ["psd", "allan"])
 def test_force_within_10_percent_for_95_percent_of_beads(force_grid, fs, method):
