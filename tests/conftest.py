@@ -76,8 +76,19 @@ async def _no_pending_tasks():
     assert not leaked, f"the test left asyncio tasks pending: {leaked}"
 
 
+#: Modules that use the queueserver's and the 0MQ proxy's fixed addresses (Redis 6379,
+#: manager 60615/60625, proxy 5577/5578) or the default instrument: one xdist group, so
+#: ``make test`` (two workers) never runs two of them at once.
+_FIXED_ADDRESSES = {"test_queueserver", "test_queueserver_tiled_down", "test_session", "test_docs"}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
+        # pytest-xdist (--dist loadgroup): a module's tests stay on one worker, so its
+        # module-scoped fixtures (microscopes, servers, swept Z-LUTs) are built once
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else item.nodeid
+        group = "fixed-addresses" if module in _FIXED_ADDRESSES else module
+        item.add_marker(pytest.mark.xdist_group(group))
         function = getattr(item, "function", None)
         if function is not None and inspect.iscoroutinefunction(function):
             # first in the fixture order, so it is torn down after the test's own fixtures
