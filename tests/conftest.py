@@ -82,6 +82,7 @@ async def _no_pending_tasks():
 _FIXED_ADDRESSES = {"test_queueserver", "test_queueserver_tiled_down", "test_session", "test_docs"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
         # pytest-xdist (--dist loadgroup): a module's tests stay on one worker, so its
