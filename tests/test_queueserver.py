@@ -23,11 +23,11 @@ from bluesky_queueserver_api import BFunc, BPlan
 from bluesky_queueserver_api.zmq import REManagerAPI
 
 from magscope_devices.sim.world import SimParams
+from magscope_ipc.processes import port_holder
 from magscope_session.qserver import child_pids
 from magscope_session.services import port_open
 from magscope_session.setup import session_metadata
 from magscope_session.tiled_server import resolve_tiled
-from magscope_tracking.processes import port_holder
 
 MAGSCOPE = str(Path(sys.executable).with_name("magscope"))
 PROFILE = Path(__file__).resolve().parents[1] / "profile"

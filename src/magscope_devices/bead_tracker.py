@@ -52,9 +52,9 @@ from ophyd_async.core import (
     soft_signal_rw,
 )
 
+from magscope_ipc.track_ring import FrameStatus, TrackRing
 from magscope_tracking.service import TrackingService
 from magscope_tracking.track_file import DATASETS, TrackFileWriter
-from magscope_tracking.track_ring import FrameStatus, TrackRing
 
 from .camera import AnnouncedFramesProvider, Camera, forward_updates
 

@@ -17,7 +17,7 @@ its own output ring. The ROI table and the Z-LUT are read once per frame (a seql
 table), so changes apply between frames, never within one.
 
 A collector thread in the owner merges the workers' entries in frame order into the public
-:class:`~magscope_tracking.track_ring.TrackRing` (one writer), one entry per camera frame
+:class:`~magscope_ipc.track_ring.TrackRing` (one writer), one entry per camera frame
 from the frame the service started at: tracked or dropped, never missing.
 
 Backpressure is explicit. A worker more than ``max_lag_frames`` behind the camera (default
@@ -58,11 +58,12 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from magscope_ipc.processes import exit_with_parent, spawn
+from magscope_ipc.rings import EntryOverwrittenError, FrameRing, SlotRing
+from magscope_ipc.shm import SharedRecord, remove_stale_segments, segment_name
+from magscope_ipc.track_ring import TRACK_DTYPE, FrameStatus, TrackRing, empty_rows
+
 from .options import MIN_ROI_PX
-from .processes import exit_with_parent, spawn
-from .rings import EntryOverwrittenError, FrameRing, SlotRing
-from .shm import SharedRecord, remove_stale_segments, segment_name
-from .track_ring import TRACK_DTYPE, FrameStatus, TrackRing, empty_rows
 
 log = logging.getLogger(__name__)
 

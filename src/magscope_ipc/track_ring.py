@@ -1,6 +1,6 @@
 """The track ring: per camera frame, the tracked position of every bead.
 
-A :class:`TrackRing` is a :class:`~magscope_tracking.rings.SlotRing` whose slot is one
+A :class:`TrackRing` is a :class:`~magscope_ipc.rings.SlotRing` whose slot is one
 camera frame: ``max_beads`` rows of :data:`TRACK_DTYPE` (bead id, x, y, z in nm, score)
 of which the first ``n_beads`` are used. The ring index *is* the camera frame index (the
 frame ring's index): the ring starts at the frame the tracking service started with
