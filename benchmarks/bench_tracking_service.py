@@ -33,7 +33,7 @@ from magscope_devices.sim.render import Renderer
 from magscope_devices.sim.world import FrameTruth, SimParams
 from magscope_ipc.rings import FrameRing
 from magscope_ipc.shm import segment_name
-from magscope_tracking.service import ROI_DTYPE, TrackingService
+from magscope_tracking import ROI_DTYPE, TrackingService
 
 WIDTH, HEIGHT, ROI, NM_PER_PX = 1024, 768, 64, 100.0
 FRAME_RATES = (100.0, 200.0, 500.0, 1000.0)

@@ -106,7 +106,7 @@ def _instrument_processes() -> set[int]:
             text = cmdline.read_bytes().replace(b"\0", b" ")
         except OSError:
             continue
-        if b"magscope_devices.acquisition" in text or b"magscope_tracking.service" in text:
+        if b"magscope_devices.acquisition" in text or b"magscope_tracking._worker" in text:
             found.add(int(cmdline.parent.name))
     return found
 
@@ -416,7 +416,7 @@ def _stack_processes(root_pid: int) -> dict[str, list[int]]:
     kinds = {  # the launcher first: its command line names the program it runs
         "lifeline launcher": "lifeline.py", "redis-server": "redis-server",
         "start-re-manager": "start-re-manager", "0MQ proxy": "zmq_proxy",
-        "camera": "magscope_devices.acquisition", "tracking worker": "magscope_tracking.service",
+        "camera": "magscope_devices.acquisition", "tracking worker": "magscope_tracking._worker",
         "tiled": "magscope_session.tiled_server",
     }
     found: dict[str, list[int]] = {k: [] for k in kinds}

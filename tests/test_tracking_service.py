@@ -27,7 +27,7 @@ from magscope_devices.sim.world import FrameTruth, SimParams
 from magscope_ipc.rings import FrameRing
 from magscope_ipc.shm import list_segments, segment_name
 from magscope_ipc.track_ring import TRACK_DTYPE, FrameStatus, TrackRing
-from magscope_tracking.service import ROI_DTYPE, TrackingService
+from magscope_tracking import ROI_DTYPE, TrackingService
 from magscope_tracking.zlut import ZLUTMismatchError, build_zlut
 
 NM_PER_PX = 100.0
@@ -601,7 +601,7 @@ def test_workers_exit_when_their_owner_dies():
         import time
         import numpy as np
         from magscope_ipc.rings import FrameRing
-        from magscope_tracking.service import TrackingService
+        from magscope_tracking import TrackingService
         from magscope_ipc.shm import segment_name
         ring = FrameRing.create_frames(segment_name({instance!r}, "frames"), 8, 64, 64, np.uint8)
         service = TrackingService(ring.name, 100.0, max_beads=4, n_workers=2,

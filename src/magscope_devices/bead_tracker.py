@@ -53,7 +53,7 @@ from ophyd_async.core import (
 )
 
 from magscope_ipc.track_ring import FrameStatus, TrackRing
-from magscope_tracking.service import TrackingService
+from magscope_tracking import ROI_DTYPE, TrackingService
 from magscope_tracking.track_file import DATASETS, TrackFileWriter
 
 from .camera import AnnouncedFramesProvider, Camera, forward_updates
@@ -478,7 +478,7 @@ class BeadTracker(StandardDetector):
 
     def _set_rois(self, value: Any) -> None:
         table = value if isinstance(value, BeadRois) else BeadRois(**dict(value))
-        rows = np.zeros(len(table.bead_id), dtype=[("bead_id", "<i4"), ("x0", "<i4"), ("y0", "<i4")])
+        rows = np.zeros(len(table.bead_id), ROI_DTYPE)
         rows["bead_id"], rows["x0"], rows["y0"] = table.bead_id, table.x0_px, table.y0_px
         self._service().set_rois(rows, self._roi_size)
 

@@ -334,7 +334,7 @@ def require_free_port(service: str, host: str, port: int, *, option: str = "") -
 #: that did not yet tag their children.
 _OUR_PROGRAMS = (
     "magscope_devices.acquisition",
-    "magscope_tracking.service",
+    "magscope_tracking._worker",
     "magscope_ipc/lifeline.py",
     "bluesky.commandline.zmq_proxy",
     "start-re-manager",
