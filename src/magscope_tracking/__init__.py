@@ -21,12 +21,13 @@ re-exported here; import them with ``from magscope_tracking.track import ...``.
 
 from ._health import DropReason, TrackingHealth, TrackingServiceError, WorkerHealth
 from ._roi_table import MIN_ROI_SIZE, ROI_DTYPE, as_roi_table, validate_rois
+from ._warmup import synthetic_bead, warmup
 from .find_beads import BeadCandidates, find_beads, roi_origin
 from .options import RadialBins, TrackOptions, TrackStatus
 from .radial_profile import radial_profile, radial_profile_reference
 from .service import TrackingService
-from .track import TrackResult, synthetic_bead, track, track_reference, warmup
-from .xy import XYResult, locate_xy, locate_xy_reference
+from .track import TrackResult, locate_xy, track, track_reference
+from .xy import XYResult, locate_xy_reference
 from .z_match import match_z, match_z_reference
 from .zlut import ZLUT, ZLUTError, ZLUTFormatError, ZLUTMismatchError, build_zlut
 

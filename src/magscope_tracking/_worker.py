@@ -37,7 +37,8 @@ from magscope_ipc.track_ring import FrameStatus, empty_rows
 
 from ._health import DropReason
 from ._records import WorkerState, file_sha256, read_rois, read_zlut
-from .track import synthetic_bead, track, warmup
+from ._warmup import synthetic_bead, warmup
+from .track import track
 from .zlut import ZLUT, build_zlut
 
 
