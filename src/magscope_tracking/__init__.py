@@ -14,12 +14,15 @@ The tracking service (see docs/architecture.md):
 - :class:`TrackingService` runs worker processes that track every camera frame into the
   shared-memory track ring; :meth:`TrackingService.health` -> :class:`TrackingHealth`.
 - The ROI table: :data:`ROI_DTYPE`, :func:`as_roi_table`, :func:`validate_rois`.
+- Recording: :meth:`TrackingService.start_recording` -> :class:`TrackRecorder`, which the
+  service's collector feeds with the rows it merges into an HDF5 track file.
 
 Note: the submodules ``track`` and ``find_beads`` share their names with the functions
 re-exported here; import them with ``from magscope_tracking.track import ...``.
 """
 
 from ._health import DropReason, TrackingHealth, TrackingServiceError, WorkerHealth
+from ._recorder import TrackRecorder, TrackRecordingError
 from ._roi_table import MIN_ROI_SIZE, ROI_DTYPE, as_roi_table, validate_rois
 from ._warmup import synthetic_bead, warmup
 from .find_beads import BeadCandidates, find_beads, roi_origin
@@ -40,6 +43,8 @@ __all__ = [
     "TrackOptions",
     "TrackResult",
     "TrackStatus",
+    "TrackRecorder",
+    "TrackRecordingError",
     "TrackingHealth",
     "TrackingService",
     "TrackingServiceError",

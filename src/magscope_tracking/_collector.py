@@ -50,6 +50,7 @@ from ._health import (
     TrackingServiceError,
     WorkerHealth,
 )
+from ._recorder import TrackRecorder
 from ._records import (
     WORKER_DTYPE,
     WorkerState,
@@ -63,6 +64,8 @@ log = logging.getLogger("magscope_tracking.service")
 
 #: The module a worker process runs.
 WORKER_MODULE = "magscope_tracking._worker"
+#: Seconds between two appends of a recording (the rows merged meanwhile go together).
+RECORD_PERIOD_S = 0.003
 
 
 def _exit_description(code: int | None) -> str:
@@ -134,6 +137,7 @@ class Collector:
         self.workers: list[SharedRecord] = []
         self.outputs: list[SlotRing] = []
         self.track_ring: TrackRing | None = None
+        self.recorder: TrackRecorder | None = None  # set and cleared by the service
         self.thread: threading.Thread | None = None
         self.failure = ""
         # collector state
@@ -218,6 +222,9 @@ class Collector:
         self.stop_event.set()
         if self.thread is not None and self.thread is not threading.current_thread():
             self.thread.join(timeout)
+        recorder, self.recorder = self.recorder, None
+        if recorder is not None:
+            recorder.close()
         if self.ctl is not None:
             try:
                 self.ctl["quit"] = 1
@@ -352,6 +359,7 @@ class Collector:
     def _run(self) -> None:
         last_check = 0.0
         last_mirror = 0.0
+        last_record = 0.0
         try:
             while not self.stop_event.is_set():
                 now = time.monotonic()
@@ -359,6 +367,10 @@ class Collector:
                     self._check_workers()
                     last_check = now
                 progressed = self._merge()
+                recorder = self.recorder
+                if recorder is not None and now - last_record >= RECORD_PERIOD_S:
+                    recorder.pump()  # the rows just merged go to the open track file
+                    last_record = now
                 if now - last_mirror > 0.1:
                     self._mirror_counters()
                     last_mirror = now

@@ -24,7 +24,7 @@ import os
 import threading
 import time
 import weakref
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,7 @@ from magscope_ipc.track_ring import TrackRing
 
 from ._collector import Collector, emergency_cleanup
 from ._health import TrackingHealth, TrackingServiceError
+from ._recorder import TrackRecorder
 from ._records import file_sha256
 from ._roi_table import ROI_DTYPE, as_roi_table, validate_rois
 from .zlut import ZLUT, ZLUTMismatchError
@@ -349,6 +350,40 @@ class TrackingService:
                 self._worker_delay_s = float(worker_delay_s)
                 if collector is not None:
                     collector.ctl["worker_delay_s"] = float(worker_delay_s)
+
+    # -- recording -----------------------------------------------------------------------
+    def start_recording(
+        self, path: str | PurePath, bead_ids: Any, *,
+        z_offsets: np.ndarray | None = None, flush_every: int = 16,
+    ) -> TrackRecorder:
+        """Open the HDF5 track file ``path`` with the columns ``bead_ids`` (sorted) and
+        return its :class:`~magscope_tracking._recorder.TrackRecorder`: from then on the
+        collector appends the frames asked for with ``recorder.capture(n)`` as it merges
+        them. ``z_offsets``: nm added to each (sorted) bead's z. A recording still open is
+        closed first (its unannounced rows dropped); one recording at a time."""
+        collector = self._require_running()
+        self.stop_recording()
+        assert collector.track_ring is not None
+        recorder = TrackRecorder(
+            collector.track_ring, path, bead_ids, z_offsets=z_offsets, flush_every=flush_every
+        )
+        collector.recorder = recorder
+        return recorder
+
+    @property
+    def recorder(self) -> TrackRecorder | None:
+        """The open recording, if any."""
+        collector = self._collector
+        return collector.recorder if collector is not None else None
+
+    def stop_recording(self) -> None:
+        """Close the open recording (its unannounced rows dropped), if any. Idempotent."""
+        collector = self._collector
+        if collector is None:
+            return
+        recorder, collector.recorder = collector.recorder, None
+        if recorder is not None:
+            recorder.close()
 
     # -- health --------------------------------------------------------------------------
     def health(self) -> TrackingHealth:
