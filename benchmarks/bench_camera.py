@@ -20,8 +20,8 @@ import numpy as np
 from magscope_devices.acquisition import AcquisitionConfig, AcquisitionProcess
 from magscope_devices.sim.frame_source import SIM_INPUTS_DTYPE, TRUTH_DTYPE, SimFrameSource
 from magscope_devices.sim.world import SimParams
-from magscope_tracking.rings import SlotRing
-from magscope_tracking.shm import SharedRecord, segment_name
+from magscope_ipc.rings import SlotRing
+from magscope_ipc.shm import SharedRecord, segment_name
 
 TARGET_FPS = 100.0
 

@@ -31,9 +31,9 @@ import numpy as np
 
 from magscope_devices.sim.render import Renderer
 from magscope_devices.sim.world import FrameTruth, SimParams
-from magscope_tracking.rings import FrameRing
-from magscope_tracking.service import ROI_DTYPE, TrackingService
-from magscope_tracking.shm import segment_name
+from magscope_ipc.rings import FrameRing
+from magscope_ipc.shm import segment_name
+from magscope_tracking import ROI_DTYPE, TrackingService
 
 WIDTH, HEIGHT, ROI, NM_PER_PX = 1024, 768, 64, 100.0
 FRAME_RATES = (100.0, 200.0, 500.0, 1000.0)
@@ -44,7 +44,7 @@ WRITER = textwrap.dedent(
     """
     import os, sys, time
     import numpy as np
-    from magscope_tracking.rings import FrameRing
+    from magscope_ipc.rings import FrameRing
     ring_name, patterns_file, fps, parent = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
     patterns = np.load(patterns_file)
     ring = FrameRing.attach(ring_name)

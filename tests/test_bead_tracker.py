@@ -19,8 +19,8 @@ from ophyd_async.core import init_devices
 from magscope_devices.bead_tracker import BeadRois, rois_from_centres
 from magscope_devices.microscope import make_simulated_microscope
 from magscope_devices.sim.world import SimParams
+from magscope_ipc.shm import list_segments
 from magscope_session.document_writer import SpoolingTiledWriter
-from magscope_tracking.shm import list_segments
 from magscope_tracking.track_file import read_track_file
 
 pytestmark = pytest.mark.system

@@ -23,7 +23,7 @@ from magscope_devices.acquisition import (
     AcquisitionProcess,
 )
 from magscope_devices.camera import Camera
-from magscope_tracking.shm import list_segments
+from magscope_ipc.shm import list_segments
 
 pytestmark = pytest.mark.system
 

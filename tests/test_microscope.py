@@ -21,7 +21,7 @@ from ophyd_async.core import init_devices
 
 from magscope_devices.microscope import make_simulated_microscope
 from magscope_devices.sim.world import SimParams
-from magscope_tracking.shm import list_segments
+from magscope_ipc.shm import list_segments
 
 pytestmark = pytest.mark.system
 

@@ -49,8 +49,7 @@ from magscope_plans.force_extension import force_extension, rotation_extension
 from magscope_plans.force_protocols import force_clamp, force_ramp
 from magscope_plans.safety import restore_safe_state
 from magscope_plans.zlut import load_zlut, zlut_sweep
-from magscope_tracking import ZLUT
-from magscope_tracking.service import ROI_DTYPE
+from magscope_tracking import ROI_DTYPE, ZLUT
 
 PROFILE = Path(__file__).resolve().parents[1] / "profile"
 nan = float("nan")

@@ -23,11 +23,11 @@ from bluesky_queueserver_api import BFunc, BPlan
 from bluesky_queueserver_api.zmq import REManagerAPI
 
 from magscope_devices.sim.world import SimParams
+from magscope_ipc.processes import port_holder
 from magscope_session.qserver import child_pids
 from magscope_session.services import port_open
 from magscope_session.setup import session_metadata
 from magscope_session.tiled_server import resolve_tiled
-from magscope_tracking.processes import port_holder
 
 pytestmark = pytest.mark.system
 
@@ -108,7 +108,7 @@ def _instrument_processes() -> set[int]:
             text = cmdline.read_bytes().replace(b"\0", b" ")
         except OSError:
             continue
-        if b"magscope_devices.acquisition" in text or b"magscope_tracking.service" in text:
+        if b"magscope_devices.acquisition" in text or b"magscope_tracking._worker" in text:
             found.add(int(cmdline.parent.name))
     return found
 
@@ -418,7 +418,7 @@ def _stack_processes(root_pid: int) -> dict[str, list[int]]:
     kinds = {  # the launcher first: its command line names the program it runs
         "lifeline launcher": "lifeline.py", "redis-server": "redis-server",
         "start-re-manager": "start-re-manager", "0MQ proxy": "zmq_proxy",
-        "camera": "magscope_devices.acquisition", "tracking worker": "magscope_tracking.service",
+        "camera": "magscope_devices.acquisition", "tracking worker": "magscope_tracking._worker",
         "tiled": "magscope_session.tiled_server",
     }
     found: dict[str, list[int]] = {k: [] for k in kinds}

@@ -18,9 +18,9 @@ import pytest
 from tiled.queries import Key
 
 from magscope_devices.sim.world import SimParams
+from magscope_ipc.shm import list_segments
 from magscope_session.setup import session_metadata
 from magscope_session.tiled_server import EmbeddedTiled
-from magscope_tracking.shm import list_segments
 
 pytestmark = pytest.mark.system
 
@@ -160,10 +160,10 @@ def test_cleanup_command_ends_orphans_and_reports(tmp_path):
 
     import psutil
 
-    from magscope_tracking.processes import ENV_OWNER
+    from magscope_ipc.processes import ENV_OWNER
 
     owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    from magscope_tracking.shm import owner_token
+    from magscope_ipc.shm import owner_token
 
     tag = owner_token(owner.pid)
     orphan = subprocess.Popen(

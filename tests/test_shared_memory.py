@@ -12,8 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from magscope_tracking.rings import EntryOverwrittenError, FrameRing, SlotRing
-from magscope_tracking.shm import (
+from magscope_ipc.rings import EntryOverwrittenError, FrameRing, SlotRing
+from magscope_ipc.shm import (
     Segment,
     SharedMemoryError,
     SharedRecord,
@@ -121,8 +121,8 @@ def test_segments_of_a_killed_process_are_found_and_removed(instance):
     code = textwrap.dedent(
         f"""
         import time, numpy as np
-        from magscope_tracking.rings import FrameRing
-        from magscope_tracking.shm import segment_name
+        from magscope_ipc.rings import FrameRing
+        from magscope_ipc.shm import segment_name
         ring = FrameRing.create_frames(segment_name({instance!r}, "frames"), 4, 8, 8, np.uint8)
         print(ring.name, flush=True)
         time.sleep(60)

@@ -361,7 +361,7 @@ KILLED_SESSION = SHOTS_PLAN + textwrap.dedent(
 
 
 def test_session_killed_mid_run_reads_back_after_replay(tiled_server, tmp_path):
-    from magscope_tracking.shm import remove_stale_segments
+    from magscope_ipc.shm import remove_stale_segments
 
     data_dir = tmp_path / "session"
     proc = subprocess.Popen(

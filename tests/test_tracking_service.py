@@ -24,10 +24,10 @@ import pytest
 
 from magscope_devices.sim.render import Renderer
 from magscope_devices.sim.world import FrameTruth, SimParams
-from magscope_tracking.rings import FrameRing
-from magscope_tracking.service import ROI_DTYPE, TrackingService
-from magscope_tracking.shm import list_segments, segment_name
-from magscope_tracking.track_ring import TRACK_DTYPE, FrameStatus, TrackRing
+from magscope_ipc.rings import FrameRing
+from magscope_ipc.shm import list_segments, segment_name
+from magscope_ipc.track_ring import TRACK_DTYPE, FrameStatus, TrackRing
+from magscope_tracking import ROI_DTYPE, TrackingService
 from magscope_tracking.zlut import ZLUTMismatchError, build_zlut
 
 pytestmark = pytest.mark.system
@@ -317,7 +317,7 @@ def test_a_reader_in_another_process_attaches_by_name(rig):
     code = textwrap.dedent(
         """
         import sys
-        from magscope_tracking.track_ring import TrackRing
+        from magscope_ipc.track_ring import TrackRing
         ring = TrackRing.attach(sys.argv[1])
         got = ring.rows_since(ring.count - 5)
         print(ring.first_index, ring.nm_per_px, got.lost, *got.frame_index)
@@ -602,9 +602,9 @@ def test_workers_exit_when_their_owner_dies():
         f"""
         import time
         import numpy as np
-        from magscope_tracking.rings import FrameRing
-        from magscope_tracking.service import TrackingService
-        from magscope_tracking.shm import segment_name
+        from magscope_ipc.rings import FrameRing
+        from magscope_tracking import TrackingService
+        from magscope_ipc.shm import segment_name
         ring = FrameRing.create_frames(segment_name({instance!r}, "frames"), 8, 64, 64, np.uint8)
         service = TrackingService(ring.name, 100.0, max_beads=4, n_workers=2,
                                   instance={instance!r})

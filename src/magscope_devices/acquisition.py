@@ -43,9 +43,9 @@ from typing import Protocol
 
 import numpy as np
 
-from magscope_tracking.processes import ChildProcess, describe_exit, exit_with_parent, spawn
-from magscope_tracking.rings import FrameRing
-from magscope_tracking.shm import SharedRecord, remove_stale_segments, segment_name
+from magscope_ipc.processes import ChildProcess, describe_exit, exit_with_parent, spawn
+from magscope_ipc.rings import FrameRing
+from magscope_ipc.shm import SharedRecord, remove_stale_segments, segment_name
 
 log = logging.getLogger(__name__)
 

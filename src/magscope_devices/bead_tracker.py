@@ -8,7 +8,9 @@ detector:
   bead, the mean and standard deviation of x, y, z (nm) over those frames, with the bead
   ids, as arrays (``<name>-bead_id``, ``<name>-x_nm_mean``, ``<name>-x_nm_std``, ...);
 - every tracked frame of the window (or of a fly scan, ``kickoff``/``complete``) is
-  written to an HDF5 track table (:mod:`magscope_tracking.track_file`) announced with
+  written to an HDF5 track table (:mod:`magscope_tracking.track_file`) by the tracking
+  service's collector as it merges the rows (:class:`magscope_tracking.TrackRecorder`);
+  the tracker announces what it wrote with
   StreamResource/StreamDatum documents (``<name>-x_nm`` etc., one row per frame, one
   column per bead), so an hour at 1 kHz is a file, not millions of Events.
 
@@ -52,9 +54,9 @@ from ophyd_async.core import (
     soft_signal_rw,
 )
 
-from magscope_tracking.service import TrackingService
-from magscope_tracking.track_file import DATASETS, TrackFileWriter
-from magscope_tracking.track_ring import FrameStatus, TrackRing
+from magscope_ipc.track_ring import TrackRing
+from magscope_tracking import ROI_DTYPE, TrackingService, TrackRecorder
+from magscope_tracking.track_file import DATASETS
 
 from .camera import AnnouncedFramesProvider, Camera, forward_updates
 
@@ -145,22 +147,6 @@ def _offsets_for(table: BeadHeights, ids: np.ndarray) -> np.ndarray | None:
     return np.array([lookup.get(int(i), 0.0) for i in ids])
 
 
-def _columns(batch, ids: np.ndarray) -> dict[str, np.ndarray]:
-    """Track rows of a batch of frames as (frames, beads) columns in the order of the
-    sorted ``ids``; NaN where a bead is missing or the frame was not tracked."""
-    k = len(batch)
-    columns = {name: np.full((k, ids.size), np.nan) for name in ("x_nm", "y_nm", "z_nm", "score")}
-    for j in range(k):
-        if batch.status[j] != FrameStatus.TRACKED:
-            continue
-        rows = batch.rows[j, : int(batch.n_beads[j])]
-        col = np.searchsorted(ids, rows["bead_id"])
-        ok = (col < ids.size) & (ids[np.minimum(col, ids.size - 1)] == rows["bead_id"])
-        for name in columns:
-            columns[name][j, col[ok]] = rows[name][ok]
-    return columns
-
-
 class _TrackerConnector(DeviceConnector):
     """Connecting starts the tracking service on the camera's frame ring."""
 
@@ -190,99 +176,78 @@ class _TrackerConnector(DeviceConnector):
 
 
 class _Capture:
-    """Tails the track ring and appends frames to the open track file (RunEngine loop)."""
+    """The tracker's open recording. The tracking service's collector writes the rows of
+    the requested frames to the track file as it merges them
+    (:class:`~magscope_tracking.TrackRecorder`); this asks for frames and says which
+    rows the StreamDatum documents announced."""
 
     def __init__(self, tracker: BeadTracker) -> None:
         self.tracker = tracker
-        self.writer: TrackFileWriter | None = None
-        self.next_index = 0
-        self.until = 0  # frames [.., until) go to the file
-        self.task: asyncio.Task | None = None
-        self.window: list[np.ndarray] = []  # per frame: (3, beads) x, y, z of the window
-        self.window_index: list[int] = []
-        self.window_time: list[float] = []
-        self.z_offsets: np.ndarray | None = None  # per column of the file, nm
-        self.lost = 0
-        self.announced = 0  # rows of the file announced in StreamDatum documents
+        self.recorder: TrackRecorder | None = None
 
-    def open(self, writer: TrackFileWriter) -> None:
-        self.writer = writer
-        self.until = self.next_index = self.tracker._ring.count
-        self.lost = 0
-        self.announced = 0
-        if self.task is None or self.task.done():
-            self.task = asyncio.get_running_loop().create_task(self._pump())
+    def open(self, path, bead_ids: np.ndarray, z_offsets: np.ndarray | None) -> None:
+        self.close()
+        self.recorder = self.tracker._service().start_recording(
+            path, bead_ids, z_offsets=z_offsets
+        )
+
+    @property
+    def rows_written(self) -> int:
+        """Rows in the open track file (0 without one)."""
+        return self.recorder.rows_written if self.recorder is not None else 0
 
     def request(self, frames: int) -> None:
         """Capture the next ``frames`` frames the camera makes from now on. A request
         still open (a record interrupted by a pause) is abandoned: the new one starts now."""
-        start = self.tracker._ring.count
-        self.next_index = start
-        self.until = start + frames
-        self.window, self.window_index, self.window_time = [], [], []
+        if self.recorder is None:
+            raise RuntimeError(f"{self.tracker.name}: no track file is open (prepare first)")
+        self.recorder.capture(frames)
 
-    async def _pump(self) -> None:
-        ring = self.tracker._ring
-        while self.writer is not None:
-            if self.next_index < self.until:
-                batch = ring.rows_since(self.next_index, max_frames=self.until - self.next_index)
-                if batch.lost:
-                    self.lost += batch.lost
-                    raise RuntimeError(
-                        f"{self.tracker.name}: {batch.lost} frames of tracks were overwritten "
-                        "before they reached the file (the track ring is full)"
-                    )
-                if len(batch):
-                    self._append(batch)
-                    self.next_index = batch.next_index
-                    continue
-            await asyncio.sleep(0.003)
+    @property
+    def busy(self) -> bool:
+        """True while requested frames are not yet in the file (raises if recording failed)."""
+        return self.recorder is not None and self.recorder.busy
 
-    def _append(self, batch) -> None:
-        writer = self.writer
-        assert writer is not None
-        k = len(batch)
-        columns = _columns(batch, writer.bead_ids)
-        if self.z_offsets is not None:
-            columns["z_nm"] += self.z_offsets
-        writer.append(batch.frame_index, batch.timestamp, columns, status=batch.status)
-        for j in range(k):
-            self.window.append(np.stack([columns[f][j] for f in _STAT_FIELDS]))
-        self.window_index.extend(int(v) for v in batch.frame_index)
-        self.window_time.extend(float(v) for v in batch.timestamp)
-        self.tracker._set_frames_written(writer.frames_written)
+    def stop(self) -> None:
+        if self.recorder is not None:
+            self.recorder.stop_capture()
 
     def announce(self, rows: int) -> None:
-        self.announced = int(rows)
+        if self.recorder is not None:
+            self.recorder.announce(rows)
 
     def flush_before_announcing(self, rows: int) -> None:
         """Rows up to ``rows`` may be announced in StreamDatum documents next: put them on
         disk first, so a crash after the document never leaves it pointing at rows the
         file lacks."""
-        if self.writer is not None and int(rows) > self.announced:
-            self.writer.flush()
+        if self.recorder is not None:
+            self.recorder.flush_through(rows)
 
     def drop_unannounced(self) -> None:
         """End the open request and cut the file back to the announced rows: a record or
         trigger window a pause interrupted must leave no row that the next one's
         StreamDatums would claim (the file would hold more rows than the events, and
         the events the wrong rows)."""
-        self.until = self.next_index
-        writer = self.writer
-        if writer is not None and writer.frames_written > self.announced:
-            writer.truncate(self.announced)
-            self.tracker._set_frames_written(writer.frames_written)
+        if self.recorder is not None:
+            self.recorder.drop_unannounced()
+
+    def window(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(frame_index, timestamp, xyz (frames, 3, beads)) of the last request."""
+        if self.recorder is None:
+            b = self.tracker._bead_ids.size
+            return np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 3, b))
+        return self.recorder.window()
 
     def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            self.task = None
-        if self.writer is not None:
-            try:  # the file keeps only rows some document announced
-                self.drop_unannounced()
-            finally:
-                self.writer.close()
-                self.writer = None
+        """Close the track file, keeping only announced rows. Idempotent."""
+        recorder, self.recorder = self.recorder, None
+        if recorder is None:
+            return
+        service = self.tracker.service
+        if service is not None and service.recorder is recorder:
+            service.stop_recording()
+        else:
+            recorder.close()
 
 
 class TrackerTriggerLogic(DetectorTriggerLogic):
@@ -310,15 +275,12 @@ class TrackerAcquireLogic(DetectorAcquireLogic):
 
     async def wait_for_idle(self) -> None:
         capture = self.tracker._capture
-        while capture.next_index < capture.until:
+        while capture.busy:  # the service's collector writes the rows
             self.tracker._check_service()
-            if capture.task is not None and capture.task.done():
-                capture.task.result()  # re-raise what stopped the pump
             await asyncio.sleep(0.003)
 
     async def ensure_stopped(self) -> None:
-        capture = self.tracker._capture
-        capture.until = capture.next_index
+        self.tracker._capture.stop()
 
 
 class TrackerDataLogic(DetectorDataLogic):
@@ -340,10 +302,8 @@ class TrackerDataLogic(DetectorDataLogic):
         ids = np.sort(rois["bead_id"].astype(np.int32))
         info = self.path_provider(datakey_name)
         path = info.directory_path / f"{info.filename}.h5"
-        tracker._capture.close()
-        tracker._capture.open(TrackFileWriter(path, ids))
-        tracker._capture.z_offsets = _offsets_for(await tracker.height_offsets.get_value(), ids)
-        tracker._set_frames_written(0)
+        offsets = _offsets_for(await tracker.height_offsets.get_value(), ids)
+        tracker._capture.open(path, ids, offsets)
         tracker._bead_ids = ids
         b = int(ids.size)
         resources = [
@@ -425,7 +385,9 @@ class BeadTracker(StandardDetector):
         self.window_frames = soft_signal_rw(
             int, window_frames, setter=self._set_window, units="frames"
         )
-        self.frames_written, self._set_frames_written = soft_signal_r_and_setter(int, 0)
+        self.frames_written, _ = soft_signal_r_and_setter(
+            int, getter=lambda: self._capture.rows_written, poll_period=0.005
+        )
         health = self._health_getter
         self.frames_tracked, _ = soft_signal_r_and_setter(int, getter=health("frames_tracked"))
         self.frames_dropped, _ = soft_signal_r_and_setter(int, getter=health("frames_dropped"))
@@ -480,7 +442,7 @@ class BeadTracker(StandardDetector):
 
     def _set_rois(self, value: Any) -> None:
         table = value if isinstance(value, BeadRois) else BeadRois(**dict(value))
-        rows = np.zeros(len(table.bead_id), dtype=[("bead_id", "<i4"), ("x0", "<i4"), ("y0", "<i4")])
+        rows = np.zeros(len(table.bead_id), ROI_DTYPE)
         rows["bead_id"], rows["x0"], rows["y0"] = table.bead_id, table.x0_px, table.y0_px
         self._service().set_rois(rows, self._roi_size)
 
@@ -582,7 +544,7 @@ class BeadTracker(StandardDetector):
             if batch.lost:
                 raise RuntimeError(f"{self.name}: {batch.lost} frames of tracks were overwritten")
             if len(batch):
-                parts.append(_columns(batch, ids))
+                parts.append(batch.columns(ids))
                 index.append(np.asarray(batch.frame_index, np.int64))
                 stamps.append(np.asarray(batch.timestamp, float))
                 next_index = batch.next_index
@@ -637,10 +599,10 @@ class BeadTracker(StandardDetector):
         self._window_stats = self._stats()
 
     def _stats(self) -> dict[str, np.ndarray]:
-        frames = self._capture.window[-self._trigger_info.collections_per_event :]
-        if not frames:
+        _, _, xyz = self._capture.window()
+        stack = xyz[-self._trigger_info.collections_per_event :]  # (frames, 3, beads)
+        if not len(stack):
             return {}
-        stack = np.stack(frames)  # (frames, 3, beads)
         with warnings.catch_warnings():  # an all-NaN column (lost bead) is a NaN mean
             warnings.simplefilter("ignore", RuntimeWarning)
             mean = np.nanmean(stack, axis=0)
@@ -656,13 +618,11 @@ class BeadTracker(StandardDetector):
         (beads,), ``frame_index`` (frames,), ``timestamp`` (frames,) UNIX s, and ``x_nm``,
         ``y_nm``, ``z_nm`` (frames, beads), NaN where a bead was lost or a frame dropped.
         z includes the height offsets. The same numbers as the run's track file."""
-        capture = self._capture
-        n = len(capture.window)
-        stack = np.stack(capture.window) if n else np.zeros((0, 3, self._bead_ids.size))
+        index, stamps, stack = self._capture.window()
         return {
             "bead_id": self._bead_ids.astype(np.int64),
-            "frame_index": np.asarray(capture.window_index[:n], np.int64),
-            "timestamp": np.asarray(capture.window_time[:n], float),
+            "frame_index": index,
+            "timestamp": stamps,
             **{f: stack[:, i, :] for i, f in enumerate(_STAT_FIELDS)},
         }
 

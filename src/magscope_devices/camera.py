@@ -41,7 +41,7 @@ from ophyd_async.core import (
     soft_signal_rw,
 )
 
-from magscope_tracking.shm import SharedRecord
+from magscope_ipc.shm import SharedRecord
 
 from .acquisition import (
     FRAMES_DATASET,

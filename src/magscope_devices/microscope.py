@@ -26,8 +26,8 @@ from ophyd_async.core import (
     UUIDFilenameProvider,
 )
 
-from magscope_tracking.rings import SlotRing
-from magscope_tracking.shm import SharedRecord, remove_stale_segments, segment_name
+from magscope_ipc.rings import SlotRing
+from magscope_ipc.shm import SharedRecord, remove_stale_segments, segment_name
 
 from .acquisition import AcquisitionConfig, AcquisitionProcess
 from .bead_tracker import BeadTracker

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from magscope_tracking.processes import describe_process
+from magscope_ipc.processes import describe_process
 
 ENV_INSTANCE = "MAGSCOPE_INSTANCE"
 DEFAULT_INSTANCE = "default"

@@ -103,8 +103,8 @@ def _cmd_tiled(args: argparse.Namespace) -> int:
 
 
 def _cmd_cleanup(args: argparse.Namespace) -> int:
-    from magscope_tracking.processes import end_processes, find_orphans
-    from magscope_tracking.shm import remove_stale_segments
+    from magscope_ipc.processes import end_processes, find_orphans
+    from magscope_ipc.shm import remove_stale_segments
 
     orphans = find_orphans()
     described = {}
@@ -141,7 +141,7 @@ def _cmd_qserver(args: argparse.Namespace) -> int:
 
 def _exec_service(name: str, argv: list[str], addresses: list[tuple[str, int]]) -> int:
     """Replace this process by a service after checking its addresses are free."""
-    from magscope_tracking.processes import AddressInUseError, require_free_port
+    from magscope_ipc.processes import AddressInUseError, require_free_port
 
     try:
         for host, port in addresses:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 
-from magscope_tracking.processes import AddressInUseError, ChildProcess, port_holder
+from magscope_ipc.processes import AddressInUseError, ChildProcess, port_holder
 
 from .services import (
     DEFAULT_PROXY_IN,

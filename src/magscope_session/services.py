@@ -6,7 +6,7 @@ Each is a real process started with the addresses the client libraries use by de
 socket tcp://127.0.0.1:60625, the proxy 127.0.0.1:5577 in / 5578 out), so
 ``REManagerAPI()`` and ``RemoteDispatcher("127.0.0.1:5578")`` reach them with no
 arguments; they bind 127.0.0.1 only. Every service is started by the process supervisor
-(:mod:`magscope_tracking.processes`): in a session of its own, its log owner-only, and
+(:mod:`magscope_ipc.processes`): in a session of its own, its log owner-only, and
 ended with its parent however the parent ends. A service whose address is taken refuses
 to start and names the process holding it (:class:`AddressInUseError`).
 """
@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from magscope_tracking.processes import (
+from magscope_ipc.processes import (
     AddressInUseError,
     ChildProcess,
     port_holder,

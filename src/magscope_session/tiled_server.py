@@ -65,7 +65,7 @@ from typing import Any
 
 import httpx
 
-from magscope_tracking.processes import ChildProcess, port_holder, spawn
+from magscope_ipc.processes import ChildProcess, port_holder, spawn
 
 logger = logging.getLogger(__name__)
 

@@ -9,29 +9,52 @@ Public face of the tracking kernels (see docs/tracking.md):
 - Building blocks: :func:`locate_xy`, :func:`radial_profile`, :func:`match_z`, and their
   plain-NumPy ``*_reference`` twins.
 
+The tracking service (see docs/architecture.md):
+
+- :class:`TrackingService` runs worker processes that track every camera frame into the
+  shared-memory track ring; :meth:`TrackingService.health` -> :class:`TrackingHealth`.
+- The ROI table: :data:`ROI_DTYPE`, :func:`as_roi_table`, :func:`validate_rois`.
+- Recording: :meth:`TrackingService.start_recording` -> :class:`TrackRecorder`, which the
+  service's collector feeds with the rows it merges into an HDF5 track file.
+
 Note: the submodules ``track`` and ``find_beads`` share their names with the functions
 re-exported here; import them with ``from magscope_tracking.track import ...``.
 """
 
+from ._health import DropReason, TrackingHealth, TrackingServiceError, WorkerHealth
+from ._recorder import TrackRecorder, TrackRecordingError
+from ._roi_table import MIN_ROI_SIZE, ROI_DTYPE, as_roi_table, validate_rois
+from ._warmup import synthetic_bead, warmup
 from .find_beads import BeadCandidates, find_beads, roi_origin
 from .options import RadialBins, TrackOptions, TrackStatus
 from .radial_profile import radial_profile, radial_profile_reference
-from .track import TrackResult, synthetic_bead, track, track_reference, warmup
-from .xy import XYResult, locate_xy, locate_xy_reference
+from .service import TrackingService
+from .track import TrackResult, locate_xy, track, track_reference
+from .xy import XYResult, locate_xy_reference
 from .z_match import match_z, match_z_reference
 from .zlut import ZLUT, ZLUTError, ZLUTFormatError, ZLUTMismatchError, build_zlut
 
 __all__ = [
+    "MIN_ROI_SIZE",
+    "ROI_DTYPE",
     "BeadCandidates",
+    "DropReason",
     "RadialBins",
     "TrackOptions",
     "TrackResult",
     "TrackStatus",
+    "TrackRecorder",
+    "TrackRecordingError",
+    "TrackingHealth",
+    "TrackingService",
+    "TrackingServiceError",
+    "WorkerHealth",
     "XYResult",
     "ZLUT",
     "ZLUTError",
     "ZLUTFormatError",
     "ZLUTMismatchError",
+    "as_roi_table",
     "build_zlut",
     "find_beads",
     "locate_xy",
@@ -44,5 +67,6 @@ __all__ = [
     "synthetic_bead",
     "track",
     "track_reference",
+    "validate_rois",
     "warmup",
 ]

@@ -6,7 +6,7 @@ and contraction (vectorised reductions, fused multiply-add) but *not* ``nnan``/`
 NaN and infinity keep their IEEE meaning inside the kernels.
 
 Cache freshness: numba keys a cached kernel on the source of *its own* file only, so a
-parallel kernel in track.py would keep running the old code of a function it calls in
+parallel kernel in _kernels.py would keep running the old code of a function it calls in
 xy.py after xy.py changed. Here the kernels of this package are keyed on one fingerprint
 of all the kernel modules (:data:`FINGERPRINT`), computed when this module is imported:
 any change to any of them invalidates all their cached code, and a process still running
@@ -33,7 +33,7 @@ __all__ = [
 
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 _KERNEL_MODULES = ("_numba.py", "background.py", "radial_profile.py", "xy.py", "z_match.py",
-                   "track.py")
+                   "_kernels.py")
 
 
 def _fingerprint() -> bytes:

@@ -13,11 +13,11 @@ import numpy as np
 
 from ._numba import jit
 
-__all__ = ["roi_stats", "roi_stats_reference"]
+__all__ = ["border_stats", "roi_stats", "roi_stats_reference"]
 
 
 @jit
-def _border_stats(img):
+def border_stats(img):
     """(mean, variance) of the border pixels of one ROI (h, w)."""
     h, w = img.shape
     s = 0.0
@@ -53,7 +53,7 @@ def _roi_stats_one(img, saturation):
             ns += v >= saturation
         n_bad += nb
         n_sat += ns
-    mean, var = _border_stats(img)
+    mean, var = border_stats(img)
     return n_bad, n_sat, mean, var
 
 

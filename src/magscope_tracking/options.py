@@ -140,6 +140,11 @@ class TrackOptions:
             return float(np.iinfo(dtype).max)
         return math.inf
 
+    def max_saturated_for(self, shape: tuple[int, ...]) -> int:
+        """Most saturated pixels an ROI of ``shape`` (..., h, w) may hold and still be
+        tracked (``max_saturated_fraction`` of its pixels, rounded down)."""
+        return int(math.floor(self.max_saturated_fraction * shape[-1] * shape[-2]))
+
 
 def check_bins_fit(bins: RadialBins, roi_shape: tuple[int, int]) -> None:
     """Raise ValueError unless the profile disc fits in the ROI with the bead centred."""

@@ -28,10 +28,18 @@ import numpy as np
 from numba import prange
 
 from ._numba import jit, n_chunks, parallel_jit
+from ._stack import as_stack
 from .background import roi_stats_reference
 from .options import RadialBins
 
-__all__ = ["PROFILE_PENALTY", "radial_profile", "radial_profile_reference"]
+__all__ = [
+    "PROFILE_PENALTY",
+    "profile_fit_reference",
+    "radial_profile",
+    "radial_profile_reference",
+    "solve_profile",
+    "template_pass",
+]
 
 PROFILE_PENALTY = 0.1
 """First-difference penalty lambda of the profile fit (pixel-weight units)."""
@@ -41,7 +49,7 @@ PROFILE_PENALTY = 0.1
 
 
 @jit
-def _template_pass(img, bg, cx, cy, n_bins, inv_bin, radius, stride, kbuf, ubuf, diag, off, rhs):
+def template_pass(img, bg, cx, cy, n_bins, inv_bin, radius, stride, kbuf, ubuf, diag, off, rhs):
     """Accumulate the normal equations of the profile fit about (cx, cy).
 
     Visits the pixels within ``radius`` of the centre row by row (``stride`` 2: only the
@@ -96,7 +104,7 @@ def _template_pass(img, bg, cx, cy, n_bins, inv_bin, radius, stride, kbuf, ubuf,
 
 
 @jit
-def _solve_profile(n_bins, diag, off, rhs, penalty, coef, cp, dp):
+def solve_profile(n_bins, diag, off, rhs, penalty, coef, cp, dp):
     """Solve (A + penalty * L) coef = rhs, A = tridiag(off, diag, off), L the first-
     difference Laplacian (Thomas algorithm). Returns the residual sum of squares of the
     fit, sum_p (I_p - bg - T(r_p))^2 minus sum_p (I_p - bg)^2, i.e.
@@ -137,34 +145,17 @@ def _profiles_stack(stack, bg, xs, ys, n_bins, bin_px, penalty, n_chunks, out, n
                     out[r, k] = np.nan
                 npix[r] = 0
                 continue
-            npix[r], _ = _template_pass(
+            npix[r], _ = template_pass(
                 stack[r], bg[r], xs[r], ys[r], n_bins, inv_bin, radius, 1, kbuf, ubuf,
                 work[0], work[1], work[2],
             )
-            _solve_profile(n_bins, work[0], work[1], work[2], penalty, out[r], work[3], work[4])
+            solve_profile(n_bins, work[0], work[1], work[2], penalty, out[r], work[3], work[4])
             inv = 1.0 / bg[r]
             for k in range(n_bins):
                 out[r, k] *= inv
 
 
 # --------------------------------------------------------------------------- public
-
-
-def _as_stack(stack) -> np.ndarray:
-    """``stack`` as a C-contiguous, writeable (n, h, w) array the kernels accept: uint8,
-    uint16 or float64 (any other integer or float type is converted to float64, so that
-    the kernels are compiled for three dtypes only). Read-only inputs are copied, so that
-    one compiled kernel per dtype serves every call."""
-    a = np.asarray(stack)
-    if a.ndim == 2:
-        a = a[None]
-    if a.ndim != 3:
-        raise ValueError(f"stack must be (n, h, w) or (h, w), got shape {a.shape}")
-    if a.dtype.kind not in "uif" or a.dtype == np.bool_:
-        raise TypeError(f"stack must be an integer or float array, got {a.dtype}")
-    if a.dtype not in (np.uint8, np.uint16, np.float64):
-        a = a.astype(np.float64)
-    return np.require(a, requirements=["C", "W"])
 
 
 def radial_profile(stack, x_px, y_px, bins: RadialBins, background=None) -> np.ndarray:
@@ -174,7 +165,7 @@ def radial_profile(stack, x_px, y_px, bins: RadialBins, background=None) -> np.n
     background (``background``, ADU per ROI; default: the ROI border mean), i.e. relative
     modulation (0 = background level). NaN rows for non-finite centres.
     """
-    a = _as_stack(stack)
+    a = as_stack(stack)
     n = a.shape[0]
     xs = np.ascontiguousarray(np.broadcast_to(np.asarray(x_px, np.float64), (n,)))
     ys = np.ascontiguousarray(np.broadcast_to(np.asarray(y_px, np.float64), (n,)))

@@ -1,30 +1,27 @@
-"""The combined fast path: XY, radial profile and Z of a stack of bead ROIs in one kernel.
+"""The public face of the fused tracking kernel: :func:`track` and :func:`locate_xy`.
 
-:func:`track` runs, per ROI and in parallel over ROIs (numba ``prange``): the validity
-checks and background (:mod:`.background`), the centre-of-mass seed and radial-symmetry
-fit (:mod:`.xy`), whose last profile fit is the radial profile (:mod:`.radial_profile`),
-and, with a Z-LUT, the profile match (:mod:`.z_match`). :func:`track_reference` does the
-same with the plain-NumPy twins. :func:`warmup` compiles (or loads from the on-disk
-cache) every kernel for the stack dtypes in use, so the first real call does not pay it.
+:func:`track` runs the one compiled kernel (:mod:`._kernels`) per ROI and in parallel
+over ROIs: the validity checks and background (:mod:`.background`), the centre-of-mass
+seed and radial-symmetry fit (:mod:`.xy`), whose last profile fit is the radial profile
+(:mod:`.radial_profile`), and, with a Z-LUT, the profile match (:mod:`.z_match`).
+:func:`locate_xy` is the same kernel without a Z-LUT. :func:`track_reference` and
+:func:`~.xy.locate_xy_reference` do the same with the plain-NumPy twins.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
-from numba import prange
 
-from ._numba import n_chunks, parallel_jit
+from ._kernels import run_kernel
+from ._stack import as_stack
 from .options import RadialBins, TrackOptions, TrackStatus
-from .radial_profile import _as_stack
-from .xy import _N_WORK, _buffer_size, _locate_one, _max_saturated, locate_xy_reference
-from .z_match import _match_one, match_z_reference
+from .xy import XYResult, locate_xy_reference
+from .z_match import match_z_reference
 from .zlut import ZLUT, ZLUTMismatchError
 
-__all__ = ["TrackResult", "track", "track_reference", "warmup"]
+__all__ = ["TrackResult", "locate_xy", "track", "track_reference"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,67 +65,9 @@ class TrackResult:
         return (self.status != TrackStatus.OK) & (self.status != TrackStatus.Z_OUT_OF_RANGE)
 
 
-# --------------------------------------------------------------------------- kernel
-
-
-@parallel_jit
-def _track_stack(stack, saturation, max_sat, n_bins, bin_px, max_iter, tol, min_score,
-                 has_lut, index, u_diag, u_off, e, z, planes, second, gram, norms,
-                 n_chunks, out_f, out_i, profiles):
-    """out_f[:, :6] = x, y, z, xy_score, z_score, bg; out_i = status; profiles (n, n_bins)
-    or (0, 0)."""
-    n = stack.shape[0]
-    size = _buffer_size(n_bins, bin_px)
-    keep = profiles.shape[0] == n
-    n_planes = z.size
-    for c in prange(n_chunks):
-        kbuf = np.empty(size, np.int32)
-        ubuf = np.empty(size)
-        work = np.empty((_N_WORK, n_bins))
-        seg = np.empty((n_bins, 4))
-        prof = np.empty(n_bins)
-        q = np.empty(n_bins)
-        corr = np.empty(max(n_planes, 1))
-        for r in range(c * n // n_chunks, (c + 1) * n // n_chunks):
-            x, y, xy_score, status, bg, _ = _locate_one(
-                stack[r], saturation, max_sat, n_bins, bin_px, max_iter, tol, min_score,
-                kbuf, ubuf, work, seg,
-            )
-            zz = np.nan
-            z_score = np.nan
-            if status == 0:
-                inv = 1.0 / bg
-                for k in range(n_bins):
-                    prof[k] = work[3, k] * inv
-                if has_lut:
-                    b = index[r]
-                    zz, z_score, in_range = _match_one(
-                        prof, u_diag, u_off, e, z, planes[b], second[b], gram[b], norms[b],
-                        q, corr,
-                    )
-                    if not in_range:
-                        zz = np.nan
-                        status = 6
-            elif has_lut:
-                z_score = 0.0
-            out_f[r, 0] = x
-            out_f[r, 1] = y
-            out_f[r, 2] = zz
-            out_f[r, 3] = xy_score
-            out_f[r, 4] = z_score
-            out_f[r, 5] = bg
-            out_i[r] = status
-            if keep:
-                for k in range(n_bins):
-                    profiles[r, k] = prof[k] if (status == 0 or status == 6) else np.nan
-
-
-# --------------------------------------------------------------------------- public
-
-
 def _resolve(stack, zlut: ZLUT | None, bead_index, options: TrackOptions | None):
     options = options or TrackOptions()
-    a = _as_stack(stack)
+    a = as_stack(stack)
     n, h, w = a.shape
     if zlut is None:
         if bead_index is not None:
@@ -178,18 +117,6 @@ def _result(out_f, status, zlut, profiles, bins) -> TrackResult:
     )
 
 
-_EMPTY_LUT = (
-    np.zeros(1),
-    np.zeros(1),
-    np.zeros(1),
-    np.zeros(1),
-    np.zeros((1, 1, 1)),
-    np.zeros((1, 1, 1)),
-    np.zeros((1, 1, 4, 4)),
-    np.zeros((1, 1)),
-)
-
-
 def track(stack, zlut: ZLUT | None = None, *, bead_index=None,
           options: TrackOptions | None = None) -> TrackResult:
     """Track the beads in a stack of ROIs: sub-pixel x, y and, with a Z-LUT, z.
@@ -206,31 +133,25 @@ def track(stack, zlut: ZLUT | None = None, *, bead_index=None,
     :class:`ZLUTMismatchError` if the LUT does not fit the stack.
     """
     a, options, bins, index = _resolve(stack, zlut, bead_index, options)
-    out_f, status, profiles = _run_kernel(a, options, bins, zlut, index, options.return_profiles)
+    lut = zlut.prepared if zlut is not None else None
+    out_f, status, profiles = run_kernel(a, options, bins, lut, index, options.return_profiles)
     return _result(out_f, status, zlut, profiles, bins)
 
 
-def _run_kernel(a, options: TrackOptions, bins: RadialBins, zlut: ZLUT | None, index,
-                profiles: bool):
-    """Run ``_track_stack`` on a checked stack: (out_f (n, 6), status (n,), profiles)."""
-    n = a.shape[0]
-    if zlut is not None:
-        p = zlut.prepared
-        lut = (p.u_diag, p.u_off, p.e, p.z_nm, p.planes, p.second, p.gram, p.norms)
-    else:
-        lut = _EMPTY_LUT
-        index = np.zeros(n, np.int64)
-    out_f = np.empty((n, 6))
-    status = np.empty(n, np.int64)
-    prof = np.empty((n, bins.n_bins)) if profiles else np.empty((0, 0))
-    if n:
-        _track_stack(
-            a, options.saturation_for(a.dtype), _max_saturated(options, a.shape), bins.n_bins,
-            float(bins.bin_px), int(options.max_iterations), float(options.tolerance_px),
-            float(options.min_xy_score), zlut is not None, index, *lut, n_chunks(n), out_f,
-            status, prof,
-        )
-    return out_f, status, (prof if profiles else None)
+def locate_xy(stack, *, options: TrackOptions | None = None, bins: RadialBins | None = None,
+              profiles: bool = False) -> XYResult:
+    """Sub-pixel bead centres of the ROIs of ``stack`` (n, h, w) (numba, parallel: the
+    kernel of :func:`track` without a Z-LUT).
+
+    ``bins`` default: ``options.bins_for((h, w))``. ``profiles=True`` also returns the
+    relative radial profiles fitted at the final centres.
+    """
+    options = options or TrackOptions()
+    a = as_stack(stack)
+    bins = bins or options.bins_for(a.shape[1:])
+    out_f, status, prof = run_kernel(a, options, bins, None, None, profiles)
+    return XYResult(out_f[:, 0], out_f[:, 1], out_f[:, 3], status.astype(np.uint8),
+                    out_f[:, 5], prof, bins)
 
 
 def track_reference(stack, zlut: ZLUT | None = None, *, bead_index=None,
@@ -254,51 +175,3 @@ def track_reference(stack, zlut: ZLUT | None = None, *, bead_index=None,
         status[good & ~ok] = TrackStatus.Z_OUT_OF_RANGE
     profiles = xy.profiles if options.return_profiles else None
     return _result(out_f, status, zlut, profiles, bins)
-
-
-# --------------------------------------------------------------------------- warm-up
-
-
-def synthetic_bead(shape=(64, 64), x_px=None, y_px=None, dz: float = 0.0,
-                   background: float = 125.0, contrast: float = 0.3) -> np.ndarray:
-    """A noise-free, radially symmetric ring pattern (float64, ADU) for warm-up and demos.
-
-    ``dz`` (arbitrary units, about -3 .. 3) changes the ring pattern monotonically. Not a
-    physical model; use the simulator (``magscope_devices.sim``) for realistic images.
-    """
-    h, w = shape
-    cx = (w - 1) / 2 if x_px is None else x_px
-    cy = (h - 1) / 2 if y_px is None else y_px
-    yy, xx = np.indices(shape, dtype=np.float64)
-    r2 = (xx - cx) ** 2 + (yy - cy) ** 2
-    zeff = math.sqrt(1.0 + dz * dz)
-    rho = 6.5 + 2.5 * zeff
-    ring = np.cos(math.pi * r2 / (20.0 * zeff) + 2.0 * math.atan(dz) + math.pi / 2)
-    return background * (1.0 + contrast / zeff * np.exp(-((r2 / rho**2) ** 2)) * ring)
-
-
-def warmup(dtypes=(np.uint8, np.uint16), roi_size: int = 64) -> float:
-    """Compile, or load from numba's on-disk cache, the tracking kernel of :func:`track`
-    (with and without a Z-LUT; also used by :func:`build_zlut` and :func:`find_beads`)
-    for each stack dtype in ``dtypes``. Returns the seconds it took: about 1 s from the
-    cache, 30-60 s per dtype on a first run (compilation)."""
-    from .find_beads import find_beads
-    from .zlut import build_zlut
-
-    t0 = time.perf_counter()
-    shape = (roi_size, roi_size)
-    dz = np.linspace(-2.0, 2.0, 9)
-    sweep = np.stack([synthetic_bead(shape, dz=d) for d in dz])
-    lut = None
-    for dtype in dtypes:
-        dt = np.dtype(dtype)
-        stack = sweep.astype(dt) if dt.kind == "f" else np.round(sweep).astype(dt)
-        if lut is None:
-            lut = build_zlut(stack, dz * 1000.0, nm_per_px=100.0, smooth_planes=0)
-        track(stack)
-        track(stack, lut, options=TrackOptions(return_profiles=True))
-        frame = np.full((3 * roi_size, 3 * roi_size), 125.0)
-        frame[roi_size : 2 * roi_size, roi_size : 2 * roi_size] = sweep[4]
-        find_beads(frame.astype(dt) if dt.kind == "f" else np.round(frame).astype(dt),
-                   roi_size=roi_size)
-    return time.perf_counter() - t0

@@ -10,7 +10,7 @@ Layout (one file per capture; ``n`` frames, ``b`` beads, fixed for the file)::
     /entry/tracks/frame_index (n,)     int64   camera frame index
     /entry/tracks/timestamp   (n,)     float64 frame time, UNIX s
     /entry/tracks/status      (n,)     int32   1 tracked, 2 dropped (rows NaN): see
-                                               :class:`magscope_tracking.track_ring.FrameStatus`
+                                               :class:`magscope_ipc.track_ring.FrameStatus`
 
 Written in SWMR mode and flushed every ``flush_every`` frames, so Tiled and other
 readers see the rows while a run is going. A file whose writer was killed (``kill -9``)

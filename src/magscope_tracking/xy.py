@@ -35,17 +35,24 @@ import math
 import numpy as np
 
 from ._numba import jit, scalar_jit
-from .background import _border_stats, roi_stats_reference
+from .background import border_stats, roi_stats_reference
 from .options import RadialBins, TrackOptions, TrackStatus
 from .radial_profile import (
     PROFILE_PENALTY,
-    _as_stack,
-    _solve_profile,
-    _template_pass,
     profile_fit_reference,
+    solve_profile,
+    template_pass,
 )
 
-__all__ = ["SEED_NOISE_FACTOR", "XYResult", "locate_xy", "locate_xy_reference"]
+__all__ = [
+    "N_WORK",
+    "SEED_NOISE_FACTOR",
+    "XYResult",
+    "buffer_size",
+    "locate_one",
+    "locate_one_reference",
+    "locate_xy_reference",
+]
 
 SEED_NOISE_FACTOR = 4.0
 """Noise floor of the centre-of-mass seed, in border noise variances."""
@@ -53,7 +60,8 @@ SEED_NOISE_FACTOR = 4.0
 _WEIGHT_SMOOTHING = 2  # [1, 2, 1] / 4 passes over the profile before differentiating
 _COARSE_RADIUS = 0.7  # the first step uses a checkerboard of the pixels within 0.7 R
 _MAX_STEP_PX = 2.0  # trust region of one Gauss-Newton step
-_N_WORK = 9  # knot-sized scratch rows
+N_WORK = 9
+"""Knot-sized scratch rows :func:`locate_one` needs (``work``: (N_WORK, n_bins))."""
 
 
 # --------------------------------------------------------------------------- numba kernels
@@ -149,7 +157,7 @@ def _curvature(n_bins, bin_px, coef, diag, off, ws):
 
 @scalar_jit
 def _gradient_pass(img, bg, cx, cy, radius, stride, kbuf, ubuf, seg):
-    """(gx, gy) over the pixels of ``_template_pass`` (same order)."""
+    """(gx, gy) over the pixels of ``template_pass`` (same order)."""
     h, w = img.shape
     r2max = radius * radius
     i0 = max(int(math.ceil(cy - radius)), 0)
@@ -187,8 +195,8 @@ def _gradient_pass(img, bg, cx, cy, radius, stride, kbuf, ubuf, seg):
 
 
 @jit
-def _locate_one(img, saturation, max_sat, n_bins, bin_px, max_iter, tol, min_score, kbuf, ubuf,
-                work, seg):
+def locate_one(img, saturation, max_sat, n_bins, bin_px, max_iter, tol, min_score, kbuf, ubuf,
+               work, seg):
     """Check, seed and fit one ROI: (x, y, xy_score, status, background, iterations).
 
     The first Gauss-Newton step uses a checkerboard half of the pixels within
@@ -198,7 +206,7 @@ def _locate_one(img, saturation, max_sat, n_bins, bin_px, max_iter, tol, min_sco
     converged).
     """
     h, w = img.shape
-    bg, var = _border_stats(img)
+    bg, var = border_stats(img)
     bad, n_sat, cx, cy = _seed_pass(img, bg, SEED_NOISE_FACTOR * var, saturation)
     if bad or not math.isfinite(bg):
         return np.nan, np.nan, 0.0, 1, np.nan, 0  # NON_FINITE
@@ -231,13 +239,13 @@ def _locate_one(img, saturation, max_sat, n_bins, bin_px, max_iter, tol, min_sco
         if not (-0.5 <= cx <= w - 0.5 and -0.5 <= cy <= h - 0.5):
             status = 4  # EDGE: the centre left the ROI
             break
-        npx, ssv = _template_pass(
+        npx, ssv = template_pass(
             img, bg, cx, cy, nb, inv_bin, rad, stride, kbuf, ubuf, diag, off, rhs
         )
         if npx < (2 * nb) // stride:
             status = 4
             break
-        quad = _solve_profile(nb, diag, off, rhs, PROFILE_PENALTY, coef, cp, dp)
+        quad = solve_profile(nb, diag, off, rhs, PROFILE_PENALTY, coef, cp, dp)
         score = -quad / ssv if ssv > 0.0 else 0.0  # 1 - sum(res^2) / sum(v^2)
         _weights(nb, bin_px, coef, smooth, ws, wr, seg)
         gx, gy = _gradient_pass(img, bg, cx, cy, rad, stride, kbuf, ubuf, seg)
@@ -273,7 +281,7 @@ def _locate_one(img, saturation, max_sat, n_bins, bin_px, max_iter, tol, min_sco
 
 
 @jit
-def _buffer_size(n_bins, bin_px):
+def buffer_size(n_bins, bin_px):
     """Pixels a disc of the profile radius can cover (scratch buffer length)."""
     return (2 * int(math.ceil((n_bins - 1) * bin_px)) + 3) ** 2
 
@@ -282,7 +290,7 @@ def _buffer_size(n_bins, bin_px):
 
 
 class XYResult:
-    """Result of :func:`locate_xy`: arrays of length n.
+    """Result of :func:`~magscope_tracking.locate_xy`: arrays of length n.
 
     ``x_px``, ``y_px`` (ROI pixel coordinates, NaN when lost), ``score`` (XY score in
     [0, 1], 0 when lost), ``status`` (:class:`TrackStatus` codes, uint8), ``background``
@@ -304,28 +312,6 @@ class XYResult:
     def lost(self) -> np.ndarray:
         """True where the bead is lost (status other than OK)."""
         return self.status != TrackStatus.OK
-
-
-def _max_saturated(options: TrackOptions, shape) -> int:
-    return int(math.floor(options.max_saturated_fraction * shape[-1] * shape[-2]))
-
-
-def locate_xy(stack, *, options: TrackOptions | None = None, bins: RadialBins | None = None,
-              profiles: bool = False) -> XYResult:
-    """Sub-pixel bead centres of the ROIs of ``stack`` (n, h, w) (numba, parallel: the
-    kernel of :func:`track` without a Z-LUT).
-
-    ``bins`` default: ``options.bins_for((h, w))``. ``profiles=True`` also returns the
-    relative radial profiles fitted at the final centres.
-    """
-    from .track import _run_kernel  # the same compiled kernel as track(), without a LUT
-
-    options = options or TrackOptions()
-    a = _as_stack(stack)
-    bins = bins or options.bins_for(a.shape[1:])
-    out_f, status, prof = _run_kernel(a, options, bins, None, None, profiles)
-    return XYResult(out_f[:, 0], out_f[:, 1], out_f[:, 3], status.astype(np.uint8),
-                    out_f[:, 5], prof, bins)
 
 
 # --------------------------------------------------------------------------- reference
@@ -419,7 +405,8 @@ def locate_one_reference(img, bg: float, var: float, bins: RadialBins, options: 
 
 def locate_xy_reference(stack, *, options: TrackOptions | None = None,
                         bins: RadialBins | None = None, profiles: bool = False) -> XYResult:
-    """Plain-NumPy twin of :func:`locate_xy` (slow; for tests and benchmarks)."""
+    """Plain-NumPy twin of :func:`~magscope_tracking.locate_xy` (slow; for tests and
+    benchmarks)."""
     options = options or TrackOptions()
     a = np.asarray(stack)
     if a.ndim == 2:
@@ -428,7 +415,7 @@ def locate_xy_reference(stack, *, options: TrackOptions | None = None,
     bins = bins or options.bins_for((h, w))
     sat = options.saturation_for(a.dtype)
     n_bad, n_sat, bg, var = roi_stats_reference(a, sat)
-    max_sat = _max_saturated(options, a.shape)
+    max_sat = options.max_saturated_for(a.shape)
     x = np.full(n, np.nan)
     y = np.full(n, np.nan)
     score = np.zeros(n)

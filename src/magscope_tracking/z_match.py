@@ -31,7 +31,14 @@ from numba import prange
 
 from ._numba import jit, n_chunks, parallel_jit
 
-__all__ = ["PreparedLUT", "match_z", "match_z_reference", "prepare_lut", "profile_metric"]
+__all__ = [
+    "PreparedLUT",
+    "match_one",
+    "match_z",
+    "match_z_reference",
+    "prepare_lut",
+    "profile_metric",
+]
 
 _GRID = 4  # grid cells per plane interval before the Newton refinement
 _NEWTON_ITERATIONS = 8
@@ -224,7 +231,7 @@ def _interval_max(h, c0, c1, d0, d1, g):
 
 
 @jit
-def _match_one(p, u_diag, u_off, e, z, planes, second, gram, norms, q, corr):
+def match_one(p, u_diag, u_off, e, z, planes, second, gram, norms, q, corr):
     """Match one relative profile p against one bead's prepared LUT.
 
     Returns (z_nm, score, in_range). ``q`` (n_bins) and ``corr`` (n_planes) are scratch.
@@ -299,7 +306,7 @@ def _match_stack(prof, index, u_diag, u_off, e, z, planes, second, gram, norms, 
                 out[r, 1] = 0.0
                 out[r, 2] = 0.0
                 continue
-            zz, s, ok = _match_one(
+            zz, s, ok = match_one(
                 prof[r], u_diag, u_off, e, z, planes[b], second[b], gram[b], norms[b], q, corr
             )
             out[r, 0] = zz if ok else np.nan

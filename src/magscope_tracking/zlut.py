@@ -38,8 +38,9 @@ from typing import Any
 
 import numpy as np
 
+from ._kernels import run_kernel
+from ._stack import as_stack
 from .options import RadialBins, TrackOptions, TrackStatus, check_bins_fit
-from .xy import locate_xy
 from .z_match import PreparedLUT, prepare_lut
 
 __all__ = [
@@ -424,18 +425,19 @@ def build_zlut(
     bins = options.bins_for((h, w))
     out = np.empty((n_beads, levels.size, bins.n_bins))
     for b in range(n_beads):
-        res = locate_xy(imgs[b], options=options, bins=bins, profiles=True)
-        assert res.profiles is not None
-        ok = res.status == TrackStatus.OK
+        # the kernel of locate_xy() (and track() without a LUT): x, y and the profiles
+        _, status, profiles = run_kernel(as_stack(imgs[b]), options, bins, None, None, True)
+        assert profiles is not None
+        ok = status == TrackStatus.OK
         counts = np.bincount(inverse[ok], minlength=levels.size)
         if np.any(counts == 0):
             bad = levels[counts == 0]
             raise ValueError(
                 f"bead {int(ids[b])}: no usable image at z = {bad[:5].tolist()} nm "
-                f"(bead lost: status {np.bincount(res.status, minlength=7).tolist()})"
+                f"(bead lost: status {np.bincount(status, minlength=7).tolist()})"
             )
         sums = np.zeros((levels.size, bins.n_bins))
-        np.add.at(sums, inverse[ok], res.profiles[ok])
+        np.add.at(sums, inverse[ok], profiles[ok])
         out[b] = _smooth_along_z(sums / counts[:, None], levels, int(smooth_planes))
     return ZLUT(
         z_nm=levels,

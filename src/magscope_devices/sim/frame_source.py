@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from magscope_tracking.rings import SlotRing
-from magscope_tracking.shm import SharedRecord
+from magscope_ipc.rings import SlotRing
+from magscope_ipc.shm import SharedRecord
 
 from .render import Renderer
 from .world import SimParams, SimWorld

@@ -8,7 +8,7 @@ manager, bluesky's 0MQ proxy and the embedded Tiled server are all started with
   ``magscope ipython`` reaches the RunEngine (which pauses) and nothing else.
 * **Its life tied to its parent's.** However the parent dies (``kill -9`` included),
   every child is gone within a few seconds. Programs we do not write (Redis, the RE
-  manager, Tiled) run under :mod:`magscope_tracking.lifeline`, a tiny launcher that
+  manager, Tiled) run under :mod:`magscope_ipc.lifeline`, a tiny launcher that
   watches the parent and ends the program's whole process group; our own Python
   children (camera, tracking workers) watch their parent themselves with
   :func:`exit_with_parent`.
@@ -41,7 +41,7 @@ import psutil
 from .shm import owner_token, token_owner_alive
 
 #: Environment variable naming a child's owner: its ``<pid>-<start time>`` token, the one
-#: that names its shared-memory segments (:func:`magscope_tracking.shm.owner_token`).
+#: that names its shared-memory segments (:func:`magscope_ipc.shm.owner_token`).
 ENV_OWNER = "MAGSCOPE_OWNER"
 #: Seconds the lifeline launcher waits between SIGTERM and SIGKILL of a program's group.
 DEFAULT_GRACE_S = 3.0
@@ -57,7 +57,7 @@ class ChildProcess:
 
     :param name: what the child is, for messages ("Redis", "camera process").
     :param popen: the started process (the lifeline launcher when ``lifeline`` is True).
-    :param lifeline: the process runs under :mod:`magscope_tracking.lifeline`.
+    :param lifeline: the process runs under :mod:`magscope_ipc.lifeline`.
     :param log_path: file receiving the child's stdout and stderr, if any.
     """
 
@@ -334,8 +334,8 @@ def require_free_port(service: str, host: str, port: int, *, option: str = "") -
 #: that did not yet tag their children.
 _OUR_PROGRAMS = (
     "magscope_devices.acquisition",
-    "magscope_tracking.service",
-    "magscope_tracking/lifeline.py",
+    "magscope_tracking._worker",
+    "magscope_ipc/lifeline.py",
     "bluesky.commandline.zmq_proxy",
     "start-re-manager",
     "tiled-config.yml",

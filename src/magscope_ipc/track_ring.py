@@ -1,6 +1,6 @@
 """The track ring: per camera frame, the tracked position of every bead.
 
-A :class:`TrackRing` is a :class:`~magscope_tracking.rings.SlotRing` whose slot is one
+A :class:`TrackRing` is a :class:`~magscope_ipc.rings.SlotRing` whose slot is one
 camera frame: ``max_beads`` rows of :data:`TRACK_DTYPE` (bead id, x, y, z in nm, score)
 of which the first ``n_beads`` are used. The ring index *is* the camera frame index (the
 frame ring's index): the ring starts at the frame the tracking service started with
@@ -98,6 +98,25 @@ class TrackRows:
     def tracked(self) -> np.ndarray:
         """Boolean mask (n,) of frames the kernels tracked."""
         return self.status == FrameStatus.TRACKED
+
+    def columns(self, bead_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """The rows as (frames, beads) columns ``x_nm``, ``y_nm``, ``z_nm``, ``score``
+        (float64), one column per id of the sorted ``bead_ids``; NaN where a bead is
+        missing from a frame or the frame was not tracked."""
+        ids = np.asarray(bead_ids)
+        k = len(self)
+        out = {name: np.full((k, ids.size), np.nan) for name in ("x_nm", "y_nm", "z_nm", "score")}
+        if ids.size == 0:
+            return out
+        for j in range(k):
+            if self.status[j] != FrameStatus.TRACKED:
+                continue
+            rows = self.rows[j, : int(self.n_beads[j])]
+            col = np.searchsorted(ids, rows["bead_id"])
+            ok = (col < ids.size) & (ids[np.minimum(col, ids.size - 1)] == rows["bead_id"])
+            for name in out:
+                out[name][j, col[ok]] = rows[name][ok]
+        return out
 
     def table(self) -> np.ndarray:
         """Flat table, one record per (frame, bead) of the used rows: ``frame_index``,

@@ -1,6 +1,6 @@
 """Run a program so that it and everything it starts dies with this launcher's parent.
 
-Usage (by :mod:`magscope_tracking.processes`, never by hand)::
+Usage (by :mod:`magscope_ipc.processes`, never by hand)::
 
     python -I -S lifeline.py PARENT_PID GRACE_S -- PROGRAM [ARGS...]
 
