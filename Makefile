@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test test-fast soak lint typecheck layers venv bench clean
+.PHONY: demo test test-fast numba-cache soak lint typecheck layers venv bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,11 +29,15 @@ typecheck: $(STAMP)
 layers: $(STAMP)
 	$(BIN)/lint-imports
 
-test: lint typecheck layers
+# numba's on-disk cache filled once, not by every test process at the same time
+numba-cache: $(STAMP)
+	$(BIN)/python tests/warm_numba_cache.py
+
+test: lint typecheck layers numba-cache
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --durations=25 $(PYTEST_ARGS)
 
 # the fast tier: mock devices, message lists, in-process Tiled, pure computation (< 1 min)
-test-fast: $(STAMP)
+test-fast: numba-cache
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -p no:cacheprovider -m "not system and not slow and not soak" --durations=10 $(PYTEST_ARGS)
 
 # the long tests kept out of `make test` (minutes each): run them on purpose
