@@ -52,6 +52,7 @@ from ophyd_async.core import (
     soft_signal_rw,
 )
 
+from magscope_tracking import ZLUT
 from magscope_tracking.service import TrackingService
 from magscope_tracking.track_file import DATASETS, TrackFileWriter
 from magscope_tracking.track_ring import FrameStatus, TrackRing
@@ -180,7 +181,7 @@ class _TrackerConnector(DeviceConnector):
                 await asyncio.to_thread(tracker.service.stop)
             tracker.service = TrackingService(
                 camera.process.ring.name,
-                tracker.nm_per_px,
+                tracker._nm_per_px,
                 max_beads=tracker.max_beads,
                 n_workers=tracker.n_workers,
                 instance=camera.process.config.instance,
@@ -327,6 +328,8 @@ class TrackerDataLogic(DetectorDataLogic):
     def __init__(self, tracker: BeadTracker, path_provider: PathProvider) -> None:
         self.tracker = tracker
         self.path_provider = path_provider
+        #: the ROI table rows of the open file's columns (sorted by bead id), or None
+        self.columns: np.ndarray | None = None
 
     async def prepare_unbounded(self, datakey_name: str) -> StreamableDataProvider:
         tracker = self.tracker
@@ -340,6 +343,8 @@ class TrackerDataLogic(DetectorDataLogic):
         ids = np.sort(rois["bead_id"].astype(np.int32))
         info = self.path_provider(datakey_name)
         path = info.directory_path / f"{info.filename}.h5"
+        order = np.argsort(rois["bead_id"], kind="stable")
+        self.columns = rois[order].copy()  # the file's columns, with their ROIs now
         tracker._capture.close()
         tracker._capture.open(TrackFileWriter(path, ids))
         tracker._capture.z_offsets = _offsets_for(await tracker.height_offsets.get_value(), ids)
@@ -384,6 +389,7 @@ class TrackerDataLogic(DetectorDataLogic):
 
     async def stop(self) -> None:
         self.tracker._capture.close()
+        self.columns = None
 
 
 class BeadTracker(StandardDetector):
@@ -403,7 +409,7 @@ class BeadTracker(StandardDetector):
         name: str = "",
     ) -> None:
         self._camera_ref = Reference(camera)
-        self.nm_per_px = float(nm_per_px)
+        self._nm_per_px = float(nm_per_px)
         self.max_beads = int(max_beads)
         self.n_workers = n_workers
         self.service: TrackingService | None = None
@@ -413,12 +419,27 @@ class BeadTracker(StandardDetector):
         self._trigger_info = TriggerInfo()
         self._roi_size = int(roi_size_px)
         self._path_provider = path_provider
+        self._zlut_uid = ""
+        self._data_logic = TrackerDataLogic(self, path_provider)
 
         self.rois = soft_signal_rw(BeadRois, getter=self._get_rois, setter=self._set_rois)
         self.roi_size_px = soft_signal_rw(
             int, getter=lambda: self._roi_size, setter=self._set_roi_size, units="px"
         )
         self.zlut_path = soft_signal_rw(str, getter=self._get_zlut, setter=self._set_zlut)
+        # the layout of the per-bead arrays (magscope_devices.bead_layout): the columns of
+        # the open track file, else the ROI table now, in increasing bead id
+        self.bead_ids, _ = soft_signal_r_and_setter(
+            Array1D[np.int64], getter=lambda: self._columns()["bead_id"].astype(np.int64)
+        )
+        self.roi_x0_px, _ = soft_signal_r_and_setter(
+            Array1D[np.int64], getter=lambda: self._columns()["x0"].astype(np.int64), units="px"
+        )
+        self.roi_y0_px, _ = soft_signal_r_and_setter(
+            Array1D[np.int64], getter=lambda: self._columns()["y0"].astype(np.int64), units="px"
+        )
+        self.nm_per_px, _ = soft_signal_r_and_setter(float, self._nm_per_px, units="nm/px")
+        self.zlut_uid, _ = soft_signal_r_and_setter(str, getter=lambda: self._zlut_uid)
         self.bead_radius_nm = soft_signal_rw(float, bead_radius_nm, units="nm")
         self.reference_beads = soft_signal_rw(Array1D[np.int32], np.zeros(0, np.int32))
         self.height_offsets = soft_signal_rw(BeadHeights, BeadHeights.empty())
@@ -436,10 +457,11 @@ class BeadTracker(StandardDetector):
         )
         self.worker_restarts, _ = soft_signal_r_and_setter(int, getter=health("worker_restarts"))
         self.add_detector_logics(
-            TrackerTriggerLogic(), TrackerAcquireLogic(self), TrackerDataLogic(self, path_provider)
+            TrackerTriggerLogic(), TrackerAcquireLogic(self), self._data_logic
         )
         self.add_config_signals(
-            self.roi_size_px, self.window_frames, self.zlut_path, self.bead_radius_nm,
+            self.bead_ids, self.roi_x0_px, self.roi_y0_px, self.roi_size_px, self.nm_per_px,
+            self.zlut_uid, self.window_frames, self.zlut_path, self.bead_radius_nm,
             self.reference_beads,
         )
         super().__init__(name=name, connector=_TrackerConnector())
@@ -494,8 +516,20 @@ class BeadTracker(StandardDetector):
     def _set_zlut(self, value: Any) -> None:
         if value:
             self._service().load_zlut(str(value))
+            self._zlut_uid = ZLUT.load(str(value)).source or ""
         else:
             self._service().clear_zlut()
+            self._zlut_uid = ""
+
+    def _columns(self) -> np.ndarray:
+        """ROI table rows of the per-bead arrays' columns, in increasing bead id."""
+        columns = self._data_logic.columns
+        if columns is not None:
+            return columns
+        if self.service is None:
+            return np.zeros(0, dtype=[("bead_id", "<i4"), ("x0", "<i4"), ("y0", "<i4")])
+        rois = self.service.rois
+        return rois[np.argsort(rois["bead_id"], kind="stable")]
 
     def _set_window(self, value: Any) -> None:
         if not 1 <= int(value) <= 100_000:

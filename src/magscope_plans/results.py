@@ -8,8 +8,10 @@ from typing import Any
 import bluesky.plan_stubs as bps
 import numpy as np
 from bluesky.utils import Msg
-from ophyd_async.core import Array1D, StandardReadable, soft_signal_rw
+from ophyd_async.core import Array1D, soft_signal_rw
 from ophyd_async.plan_stubs import ensure_connected
+
+from magscope_devices.bead_layout import BeadLayoutRecord
 
 __all__ = ["FLOAT", "ARRAY", "IDS", "ResultRecord", "emit"]
 
@@ -18,12 +20,15 @@ ARRAY = Array1D[np.float64]
 IDS = Array1D[np.int64]
 
 
-class ResultRecord(StandardReadable):
+class ResultRecord(BeadLayoutRecord):
     """A readable whose signals hold one set of results of a plan.
 
     ``fields`` maps a field name to ``(datatype, units)``: ``FLOAT`` for a number,
     ``ARRAY`` for one value per bead, ``IDS`` for bead ids. Reading keys are
-    ``<name>-<field>``.
+    ``<name>-<field>``. Its configuration is the beads' layout
+    (:class:`~magscope_devices.bead_layout.BeadLayoutRecord`): set it with
+    ``bps.mv(*record.layout_moves(layout))`` before the first :func:`emit`; the ``ARRAY``
+    fields have one value per bead of the layout, in its order.
     """
 
     def __init__(self, fields: Mapping[str, tuple[Any, str]], name: str) -> None:
