@@ -13,7 +13,6 @@ import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 import numpy as np
 from bluesky.utils import Msg
-from ophyd_async.plan_stubs import ensure_connected
 
 from magscope_devices.force_curve import ForceCalibration
 from magscope_devices.microscope import Microscope
@@ -34,11 +33,10 @@ from .preflight import (
     check_magnet_heights,
     check_microscope,
     plan_metadata,
-    read_layout,
     select_beads,
 )
 from .recording import TrackRecorder, extension_traces, lateral_traces
-from .results import ARRAY, FLOAT, IDS, ResultRecord, emit
+from .results import ARRAY, FLOAT, IDS, ResultRecord, emit, set_layouts
 from .run_results import force_calibration_from_run
 from .safety import DEFAULT_SAFE_MAGNET_HEIGHT_MM, with_safe_finish
 
@@ -234,10 +232,7 @@ def force_calibration(
         bead_rois=rois_metadata((yield from bps.rd(tracker.rois)), sel.beads.tolist()),
     )
 
-    layout = (yield from read_layout(tracker)).select(sel.beads)
-    yield from ensure_connected(per_height, fit_record)
-    yield from bps.mv(*per_height.layout_moves(layout))
-    yield from bps.mv(*fit_record.layout_moves(layout))
+    yield from set_layouts(tracker, sel.beads, per_height, fit_record)
     made: list[ForceCalibration] = []
 
     @bpp.stage_decorator([microscope])

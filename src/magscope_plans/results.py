@@ -13,7 +13,7 @@ from ophyd_async.plan_stubs import ensure_connected
 
 from magscope_devices.bead_layout import BeadLayoutRecord
 
-__all__ = ["FLOAT", "ARRAY", "IDS", "ResultRecord", "emit"]
+__all__ = ["FLOAT", "ARRAY", "IDS", "ResultRecord", "emit", "set_layouts"]
 
 FLOAT = float
 ARRAY = Array1D[np.float64]
@@ -58,3 +58,16 @@ def emit(record: ResultRecord, stream: str, **values: Any) -> Generator[Msg, Any
         args += [getattr(record, key), value]
     yield from bps.mv(*args)
     yield from bps.trigger_and_read([record], name=stream)
+
+
+def set_layouts(
+    tracker: Any, bead_ids: Any, *records: ResultRecord
+) -> Generator[Msg, Any, None]:
+    """Set the bead layout (configuration) of ``records`` to the tracker's layout of
+    ``bead_ids``, in that order: the beads of their per-bead arrays."""
+    from .preflight import read_layout
+
+    layout = (yield from read_layout(tracker)).select(bead_ids)
+    for record in records:
+        yield from ensure_connected(record)
+        yield from bps.mv(*record.layout_moves(layout))
