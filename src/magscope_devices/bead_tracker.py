@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import time
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
@@ -41,12 +41,14 @@ from ophyd_async.core import (
     DeviceConnector,
     PathProvider,
     Reference,
+    SignalR,
     StandardDetector,
     StreamableDataProvider,
     StreamResourceInfo,
     TriggerInfo,
     WatchableAsyncStatus,
     WatcherUpdate,
+    merge_gathered_dicts,
     soft_signal_r_and_setter,
     soft_signal_rw,
 )
@@ -221,49 +223,68 @@ class _Capture:
 
 
 class TrackerTriggerLogic(DetectorTriggerLogic):
-    """Frames come from the free-running camera; nothing to arm."""
+    """Frames come from the free-running camera; nothing to arm. Holds how many frames
+    each acquisition (a trigger window, or a whole fly scan) captures."""
+
+    def __init__(self) -> None:
+        self.frames = 1
 
     async def prepare_internal(self, num: int, livetime: float, deadtime: float) -> None:
         if livetime or deadtime:
             raise ValueError(
                 "the bead tracker follows the camera: set livetime/deadtime on the camera"
             )
+        if num < 1:
+            raise ValueError(
+                f"the bead tracker records a finite number of frames, not {num}: give "
+                "number_of_events >= 1"
+            )
+        self.frames = int(num)
 
     async def default_trigger_info(self) -> TriggerInfo:
         return TriggerInfo()
 
 
 class TrackerAcquireLogic(DetectorAcquireLogic):
-    def __init__(self, tracker: BeadTracker) -> None:
-        self.tracker = tracker
+    """Asks the capture for the frames the trigger logic was prepared for, and waits
+    until they are captured. ``check`` raises when the service or camera died."""
+
+    def __init__(
+        self, capture: _Capture, trigger: TrackerTriggerLogic, check: Callable[[], None]
+    ) -> None:
+        self.capture = capture
+        self.trigger = trigger
+        self.check = check
 
     async def start_acquiring(self) -> None:
-        tracker = self.tracker
-        tracker._check_service()
-        info = tracker._trigger_info
-        tracker._capture.request(info.collections_per_event * max(1, info.number_of_events))
+        self.check()
+        self.capture.request(self.trigger.frames)
 
     async def wait_for_idle(self) -> None:
-        capture = self.tracker._capture
+        capture = self.capture
         while capture.next_index < capture.until:
-            self.tracker._check_service()
+            self.check()
             if capture.task is not None and capture.task.done():
                 capture.task.result()  # re-raise what stopped the pump
             await asyncio.sleep(0.003)
 
     async def ensure_stopped(self) -> None:
-        capture = self.tracker._capture
-        capture.until = capture.next_index
+        self.capture.until = self.capture.next_index
 
 
 class TrackerDataLogic(DetectorDataLogic):
     """One HDF5 track table per prepare, columns = the beads of the ROI table then."""
 
-    def __init__(self, tracker: BeadTracker, path_provider: PathProvider) -> None:
+    def __init__(
+        self, tracker: BeadTracker, path_provider: PathProvider, capture: _Capture
+    ) -> None:
         self.tracker = tracker
         self.path_provider = path_provider
+        self.capture = capture
         #: the ROI table rows of the open file's columns (sorted by bead id), or None
         self.columns: np.ndarray | None = None
+        #: the bead ids of the last file's columns (kept after it closed)
+        self.bead_ids = np.empty(0, np.int32)
 
     async def prepare_unbounded(self, datakey_name: str) -> StreamableDataProvider:
         tracker = self.tracker
@@ -279,11 +300,11 @@ class TrackerDataLogic(DetectorDataLogic):
         path = info.directory_path / f"{info.filename}.h5"
         order = np.argsort(rois["bead_id"], kind="stable")
         self.columns = rois[order].copy()  # the file's columns, with their ROIs now
-        tracker._capture.close()
-        tracker._capture.open(TrackFileWriter(path, ids))
-        tracker._capture.z_offsets = offsets_for(await tracker.height_offsets.get_value(), ids)
+        self.capture.close()
+        self.capture.open(TrackFileWriter(path, ids))
+        self.capture.z_offsets = offsets_for(await tracker.height_offsets.get_value(), ids)
         tracker._set_frames_written(0)
-        tracker._bead_ids = ids
+        self.bead_ids = ids
         b = int(ids.size)
         resources = [
             StreamResourceInfo(
@@ -317,12 +338,12 @@ class TrackerDataLogic(DetectorDataLogic):
             resources=resources,
             mimetype="application/x-hdf5",
             collections_written_signal=tracker.frames_written,
-            on_announce=tracker._capture.announce,
-            before_announce=tracker._capture.flush_before_announcing,
+            on_announce=self.capture.announce,
+            before_announce=self.capture.flush_before_announcing,
         )
 
     async def stop(self) -> None:
-        self.tracker._capture.close()
+        self.capture.close()
         self.columns = None
 
 
@@ -348,13 +369,13 @@ class BeadTracker(StandardDetector):
         self.n_workers = n_workers
         self.service: TrackingService | None = None
         self._capture = _Capture(self)
-        self._bead_ids = np.empty(0, np.int32)
-        self._window_stats: dict[str, np.ndarray] = {}
-        self._trigger_info = TriggerInfo()
+        self._prepared = False  # prepared since the last stage (else trigger prepares)
         self._roi_size = int(roi_size_px)
         self._path_provider = path_provider
         self._zlut_uid = ""
-        self._data_logic = TrackerDataLogic(self, path_provider)
+        self._data_logic = TrackerDataLogic(self, path_provider, self._capture)
+        trigger_logic = TrackerTriggerLogic()
+        acquire_logic = TrackerAcquireLogic(self._capture, trigger_logic, self._check_service)
 
         self.rois = soft_signal_rw(BeadRois, getter=self._get_rois, setter=self._set_rois)
         self.roi_size_px = soft_signal_rw(
@@ -379,6 +400,21 @@ class BeadTracker(StandardDetector):
         self.height_offsets = soft_signal_rw(BeadHeights, BeadHeights.empty())
         self.window_frames = soft_signal_rw(int, window_frames, setter=self._set_window)
         self.frames_written, self._set_frames_written = soft_signal_r_and_setter(int, 0)
+        # per-bead statistics of the last trigger window, read with each event: bead ids
+        # (the columns) and the mean and standard deviation of x, y, z (nm)
+        self._stats_cache: tuple[tuple[int, int], dict[str, np.ndarray]] = ((0, -1), {})
+        self.bead_id, _ = soft_signal_r_and_setter(
+            Array1D[np.int64], getter=self._stat_getter("bead_id")
+        )
+        stats: list[SignalR] = [self.bead_id]
+        for field in _STAT_FIELDS:
+            for stat in ("mean", "std"):
+                signal, _ = soft_signal_r_and_setter(
+                    Array1D[np.float64], getter=self._stat_getter(f"{field}_{stat}"), units="nm"
+                )
+                setattr(self, f"{field}_{stat}", signal)
+                stats.append(signal)
+        self._stat_signals = tuple(stats)
         health = self._health_getter
         self.frames_tracked, _ = soft_signal_r_and_setter(int, getter=health("frames_tracked"))
         self.frames_dropped, _ = soft_signal_r_and_setter(int, getter=health("frames_dropped"))
@@ -391,7 +427,7 @@ class BeadTracker(StandardDetector):
         )
         self.worker_restarts, _ = soft_signal_r_and_setter(int, getter=health("worker_restarts"))
         self.add_detector_logics(
-            TrackerTriggerLogic(), TrackerAcquireLogic(self), self._data_logic
+            trigger_logic, acquire_logic, self._data_logic
         )
         self.add_config_signals(
             self.bead_ids, self.roi_x0_px, self.roi_y0_px, self.roi_size_px, self.nm_per_px,
@@ -574,13 +610,18 @@ class BeadTracker(StandardDetector):
 
     # -- acquisition ----------------------------------------------------------------------------
     @AsyncStatus.wrap
+    async def stage(self) -> None:
+        self._prepared = False
+        await StandardDetector.stage(self)
+
+    @AsyncStatus.wrap
     async def prepare(self, value: TriggerInfo) -> None:
         # a record interrupted by a pause is abandoned here, and its rows dropped, so no
         # frame of it is written between this prepare and the next kickoff (which counts
         # the frames written) and none is claimed by the next record's StreamDatums
         self._capture.drop_unannounced()
-        self._trigger_info = value
         await StandardDetector.prepare(self, value)
+        self._prepared = True
 
     def pause(self) -> None:
         """The RunEngine paused: drop the rows of a window the pause interrupted now, so
@@ -593,29 +634,36 @@ class BeadTracker(StandardDetector):
 
     @WatchableAsyncStatus.wrap
     async def trigger(self) -> AsyncIterator[WatcherUpdate[int]]:
-        if self._prepare_ctx is None:
+        # unprepared, a window is ``window_frames`` frames (StandardDetector would take 1)
+        if not self._prepared:
             window = await self.window_frames.get_value()
             await self.prepare(TriggerInfo(collections_per_event=window))
         else:  # a window a pause interrupted: its rows go, the new window starts now
             self._capture.drop_unannounced()
         async for update in forward_updates(StandardDetector.trigger(self), self._check_service):
             yield update
-        self._window_stats = self._stats()
 
-    def _stats(self) -> dict[str, np.ndarray]:
-        frames = self._capture.window[-self._trigger_info.collections_per_event :]
-        if not frames:
-            return {}
-        stack = np.stack(frames)  # (frames, 3, beads)
-        with warnings.catch_warnings():  # an all-NaN column (lost bead) is a NaN mean
-            warnings.simplefilter("ignore", RuntimeWarning)
-            mean = np.nanmean(stack, axis=0)
-            std = np.nanstd(stack, axis=0)
-        stats = {"bead_id": self._bead_ids.astype(np.int64)}
-        for i, field in enumerate(_STAT_FIELDS):
-            stats[f"{field}_mean"] = mean[i]
-            stats[f"{field}_std"] = std[i]
-        return stats
+    def _window_stats(self) -> dict[str, np.ndarray]:
+        """Per bead (columns of the window), mean and std (nm) of x, y, z over the frames
+        of the last window; computed once per window."""
+        window = self._capture.window
+        key = (id(window), len(window))
+        if self._stats_cache[0] != key:
+            ids = self._data_logic.bead_ids
+            stack = np.stack(window) if window else np.full((1, 3, ids.size), np.nan)
+            with warnings.catch_warnings():  # an all-NaN column (lost bead) is a NaN mean
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean = np.nanmean(stack, axis=0)
+                std = np.nanstd(stack, axis=0)
+            stats = {"bead_id": ids.astype(np.int64)}
+            for i, field in enumerate(_STAT_FIELDS):
+                stats[f"{field}_mean"] = mean[i]
+                stats[f"{field}_std"] = std[i]
+            self._stats_cache = (key, stats)
+        return self._stats_cache[1]
+
+    def _stat_getter(self, key: str) -> Callable[[], np.ndarray]:
+        return lambda: self._window_stats()[key]
 
     def window_tracks(self) -> dict[str, np.ndarray]:
         """Every frame of the last trigger window (or fly scan) at full rate: ``bead_id``
@@ -623,34 +671,27 @@ class BeadTracker(StandardDetector):
         ``y_nm``, ``z_nm`` (frames, beads), NaN where a bead was lost or a frame dropped.
         z includes the height offsets. The same numbers as the run's track file."""
         capture = self._capture
+        ids = self._data_logic.bead_ids
         n = len(capture.window)
-        stack = np.stack(capture.window) if n else np.zeros((0, 3, self._bead_ids.size))
+        stack = np.stack(capture.window) if n else np.zeros((0, 3, ids.size))
         return {
-            "bead_id": self._bead_ids.astype(np.int64),
+            "bead_id": ids.astype(np.int64),
             "frame_index": np.asarray(capture.window_index[:n], np.int64),
             "timestamp": np.asarray(capture.window_time[:n], float),
             **{f: stack[:, i, :] for i, f in enumerate(_STAT_FIELDS)},
         }
 
+    # StandardDetector reads only its data providers, and makes readable ones only for a
+    # single collection per event: the per-window statistics signals join them here
     async def describe(self) -> dict[str, DataKey]:
-        keys = await StandardDetector.describe(self)
-        b = int(self._bead_ids.size)
-        for field in ("bead_id", *(f"{f}_{s}" for f in _STAT_FIELDS for s in ("mean", "std"))):
-            keys[f"{self.name}-{field}"] = DataKey(
-                source=f"magscope-tracker:{field}",
-                shape=[b],
-                dtype="array",
-                dtype_numpy=np.dtype("<i8" if field == "bead_id" else "<f8").str,
-                units="" if field == "bead_id" else "nm",
-            )
-        return keys
+        return await merge_gathered_dicts(
+            [StandardDetector.describe(self), *(sig.describe() for sig in self._stat_signals)]
+        )
 
     async def read(self) -> dict[str, Reading]:
-        readings = await StandardDetector.read(self)
-        now = time.time()
-        for field, value in self._window_stats.items():
-            readings[f"{self.name}-{field}"] = Reading(value=value, timestamp=now)
-        return readings
+        return await merge_gathered_dicts(
+            [StandardDetector.read(self), *(sig.read(cached=False) for sig in self._stat_signals)]
+        )
 
     def close(self) -> None:
         """Stop the tracking service (workers, shared memory). Idempotent."""
