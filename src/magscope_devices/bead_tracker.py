@@ -6,7 +6,8 @@ detector:
 
 - ``trigger()`` waits for the next ``window_frames`` tracked frames; ``read()`` gives, per
   bead, the mean and standard deviation of x, y, z (nm) over those frames, with the bead
-  ids, as arrays (``<name>-bead_id``, ``<name>-x_nm_mean``, ``<name>-x_nm_std``, ...);
+  ids, as arrays: the signals ``bead_id``, ``x_nm_mean``, ``x_nm_std``, ... (getters on
+  the last window; event keys ``<name>-bead_id``, ``<name>-x_nm_mean``, ...);
 - every tracked frame of the window (or of a fly scan, ``kickoff``/``complete``) is
   written to an HDF5 track table (:mod:`magscope_tracking.track_file`) announced with
   StreamResource/StreamDatum documents (``<name>-x_nm`` etc., one row per frame, one
@@ -19,6 +20,16 @@ surface), ``height_offsets`` (per-bead nm added to z so that z is the height abo
 reference beads; set by an anchored Z-LUT sweep), and the service's health
 counters (``frames_tracked``, ``frames_dropped``, ``queue_depth``, ``latency_p50_s``,
 ``latency_p99_s``, ``worker_restarts``).
+
+Configuration (in every stream the tracker is read or collected in): the bead layout of
+:mod:`magscope_devices.bead_layout` (``bead_ids``: the columns of the per-bead arrays;
+``roi_x0_px``, ``roi_y0_px``; ``roi_size_px``; ``nm_per_px``; ``zlut_uid``: the run of
+the loaded Z-LUT), with ``window_frames``, ``zlut_path``, ``bead_radius_nm`` and
+``reference_beads``: a run alone is enough to re-analyse its tracks.
+
+The logics: :class:`TrackerTriggerLogic` holds the frames per acquisition,
+:class:`TrackerAcquireLogic` asks the capture for them and waits, and
+:class:`TrackerDataLogic` opens the track file and holds its columns.
 """
 
 from __future__ import annotations
