@@ -78,6 +78,23 @@ def test_read_gives_per_bead_means_close_to_the_truth(RE, microscope):
     # here only that every bead was found near where it is
     assert np.all(np.abs(x_mean - truth["x_nm"]) < 300.0)
     assert np.all(np.asarray(data["microscope-tracker-x_nm_std"]) >= 0)
+    # the statistics are signals of the tracker: the last window's, read on their own
+    for field in ("bead_id", "x_nm_mean", "z_nm_std"):
+        np.testing.assert_array_equal(
+            RE(bps.rd(getattr(microscope.tracker, field))).plan_result,
+            np.asarray(data[f"microscope-tracker-{field}"]),
+        )
+    descriptor = next(d for n, d in docs if n == "descriptor")
+    assert descriptor["data_keys"]["microscope-tracker-x_nm_mean"]["shape"] == [24]
+    assert descriptor["data_keys"]["microscope-tracker-x_nm_mean"]["units"] == "nm"
+    # the stream says which bead each column is, where its ROI was, and the pixel size
+    config = descriptor["configuration"]["microscope-tracker"]["data"]
+    assert list(config["microscope-tracker-bead_ids"]) == list(range(24))
+    table = RE(bps.rd(microscope.tracker.rois)).plan_result
+    order = np.argsort(table.bead_id)
+    assert list(config["microscope-tracker-roi_x0_px"]) == list(table.x0_px[order])
+    assert config["microscope-tracker-nm_per_px"] == NM_PER_PX
+    assert config["microscope-tracker-zlut_uid"] == ""
 
 
 def test_full_rate_tracks_match_the_truth_frame_by_frame(RE, microscope):

@@ -23,7 +23,7 @@ from ophyd_async.core import init_devices
 from magscope_devices.microscope import make_simulated_microscope
 from magscope_devices.sim.world import SimParams, SimWorld
 from magscope_plans.beads import find_reference_beads
-from magscope_plans.force_calibration import force_calibration
+from magscope_plans.force_calibration import calibration_cache_path, force_calibration
 from magscope_plans.force_extension import force_extension, rotation_extension
 from magscope_plans.force_protocols import force_clamp, force_ramp
 from magscope_plans.zlut import zlut_sweep
@@ -177,8 +177,8 @@ def test_force_calibration_against_truth(RE, microscope, calibrated, docs, truth
     height = RE(bps.rd(microscope.magnet_z)).plan_result
     true_median = np.median(WORLD.true_force(height)[: PARAMS.n_tethered])
     assert abs(5.0 / true_median - 1) < 0.06
-    start = docs.starts("force_calibration")[-1]
-    assert RE(bps.rd(microscope.force.calibration_file)).plan_result == start["force_calibration_file"]
+    cache = calibration_cache_path(microscope.tracker.data_dir, calibrated)
+    assert RE(bps.rd(microscope.force.calibration_file)).plan_result == str(cache)
     assert RE(bps.rd(microscope.magnet_z)).plan_result == pytest.approx(height)
 
 

@@ -44,11 +44,15 @@ from magscope_plans.beads import (
     move_bead,
     remove_beads,
 )
-from magscope_plans.force_calibration import force_calibration, load_force_calibration
+from magscope_plans.force_calibration import (
+    calibration_cache_path,
+    force_calibration,
+    load_force_calibration,
+)
 from magscope_plans.force_extension import force_extension, rotation_extension
 from magscope_plans.force_protocols import force_clamp, force_ramp
 from magscope_plans.safety import restore_safe_state
-from magscope_plans.zlut import load_zlut, zlut_sweep
+from magscope_plans.zlut import load_zlut, zlut_cache_path, zlut_sweep
 from magscope_tracking import ROI_DTYPE, ZLUT
 
 PROFILE = Path(__file__).resolve().parents[1] / "profile"
@@ -322,15 +326,16 @@ EIGHT = _rois(range(8), np.arange(8) * 70 + 10, np.full(8, 20))  # where the swe
 TWENTY_FOUR = _rois(range(24), (np.arange(24) % 6) * 80 + 40, (np.arange(24) // 6) * 90 + 200)
 
 
-def _zlut_run(tmp_path: Path, rois: dict | None) -> SimpleNamespace:
+def _zlut_run(mic, rois: dict | None) -> SimpleNamespace:
+    """A zlut_sweep run whose Z-LUT is in the tracker's cache (named by the run uid)."""
     lut = ZLUT(
         z_nm=np.arange(7) * 100.0, profiles=np.random.default_rng(0).random((8, 7, 36)),
         roi_size=(32, 32), bin_px=0.25, nm_per_px=100.0, bead_ids=np.arange(8),
         created=time.time(),
     )
-    path = tmp_path / "zlut-other-flow-cell.npz"
-    lut.save(path)
-    start = {"uid": "0123456789abcdef", "plan_name": "zlut_sweep", "zlut_file": str(path)}
+    uid = "0123456789abcdef"
+    lut.save(zlut_cache_path(mic.tracker.data_dir, uid))
+    start = {"uid": uid, "plan_name": "zlut_sweep"}
     if rois is not None:
         start["bead_rois"] = rois
     return _run(start)
@@ -345,7 +350,7 @@ def _as_md(rois: BeadRois, shift: int = 0) -> dict:
 
 
 def test_zlut_of_another_flow_cell_is_refused_unless_asked(RE, mic, tmp_path, capsys):
-    run = _zlut_run(tmp_path, _as_md(EIGHT))
+    run = _zlut_run(mic, _as_md(EIGHT))
     _track(mic, TWENTY_FOUR)
     mic.tracker.service.clear_zlut()
     with pytest.raises(PreflightError) as info:
@@ -358,13 +363,15 @@ def test_zlut_of_another_flow_cell_is_refused_unless_asked(RE, mic, tmp_path, ca
 
     RE(load_zlut(mic, run, allow_mismatch=True))
     out = capsys.readouterr().out
-    assert RE(bps.rd(mic.tracker.zlut_path)).plan_result == run.metadata["start"]["zlut_file"]
+    assert RE(bps.rd(mic.tracker.zlut_path)).plan_result == str(
+        zlut_cache_path(mic.tracker.data_dir, run.metadata["start"]["uid"])
+    )
     assert "beads 0-7: the tables of the beads with these ids, whose ROIs were" in out
     assert "beads 8-23: no table" in out
 
 
 def test_zlut_of_the_same_beads_loads_and_says_so(RE, mic, tmp_path, capsys):
-    run = _zlut_run(tmp_path, _as_md(EIGHT, shift=-3))  # the XY lock moved them by 3 px
+    run = _zlut_run(mic, _as_md(EIGHT, shift=-3))  # the XY lock moved them by 3 px
     _track(mic, EIGHT)
     lut = RE(load_zlut(mic, run)).plan_result
     assert list(lut.bead_ids) == list(range(8))
@@ -377,7 +384,7 @@ def test_zlut_of_the_same_beads_loads_and_says_so(RE, mic, tmp_path, capsys):
         RE(load_zlut(mic, run))
     # an older run without ROI positions: matched by id, and said so
     _track(mic, EIGHT)
-    RE(load_zlut(mic, _zlut_run(tmp_path, None)))
+    RE(load_zlut(mic, _zlut_run(mic, None)))
     assert "matched by id only" in capsys.readouterr().out
 
 
@@ -386,11 +393,9 @@ def test_force_calibration_of_other_beads_is_refused_unless_asked(RE, mic, tmp_p
         f0_pn=80.0, a=0.6, l1_mm=0.6, l2_mm=1.8, min_height_mm=1.0, max_height_mm=6.5,
         bead_ids=tuple(range(8)), bead_scale=(1.0,) * 8,
     )
-    path = cal.save(tmp_path / "calibration.json")
-    run = _run({
-        "uid": "fedcba9876543210", "plan_name": "force_calibration",
-        "force_calibration_file": str(path), "bead_rois": _as_md(EIGHT),
-    })
+    uid = "fedcba9876543210"
+    path = cal.save(calibration_cache_path(mic.tracker.data_dir, uid))
+    run = _run({"uid": uid, "plan_name": "force_calibration", "bead_rois": _as_md(EIGHT)})
     set_mock_value(mic.force.calibration_file, "")
     _track(mic, TWENTY_FOUR)
     set_mock_value(mic.tracker.reference_beads, np.array([22, 23], np.int32))

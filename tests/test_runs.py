@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
-from pathlib import Path
 from types import SimpleNamespace
 
 import bluesky.plan_stubs as bps
@@ -16,16 +15,17 @@ import numpy as np
 import pandas as pd
 import pytest
 from ophyd_async.core import init_devices
+from ophyd_async.plan_stubs import ensure_connected
 
 from magscope_devices.force_curve import ForceCalibration
 from magscope_devices.microscope import make_simulated_microscope
 from magscope_devices.sim.world import SimParams
 from magscope_plans.analysis import subtract_drift
 from magscope_plans.force_calibration import FIT_FIELDS
+from magscope_plans.preflight import read_layout
 from magscope_plans.recording import TrackRecorder
 from magscope_plans.results import ResultRecord, emit
 from magscope_plans.zlut import zlut_sweep
-from magscope_session import runs
 from magscope_session.runs import (
     BeadNotInRunError,
     NoTracksError,
@@ -38,7 +38,6 @@ from magscope_session.runs import (
 )
 from magscope_session.setup import make_run_engine, session_metadata, subscribe_tiled_writer
 from magscope_session.tiled_server import ENV_TILED_API_KEY, TiledTarget, TiledUnreachableError
-from magscope_tracking import ZLUT
 
 pytestmark = pytest.mark.system
 
@@ -109,26 +108,27 @@ def written(tiled_server, tmp_path_factory):
         frames = recorded[0]["frame_index"]
         truth_rows = np.stack([mic.truth.frame(int(i)) for i in frames])  # (frames, sim beads)
 
-        cal_path = Path(target.detector_data_dir) / f"force-calibration-{tag}.json"
         cal = ForceCalibration(
             f0_pn=80.0, a=0.7, l1_mm=0.9, l2_mm=2.5, min_height_mm=0.5, max_height_mm=4.0,
             bead_ids=tuple(tethered), bead_scale=(1.1, 0.9, 1.0), created=time.time(),
         )
-        cal.save(cal_path)
         fit = ResultRecord(FIT_FIELDS, name="force_fit")
+        layout = RE(read_layout(mic.tracker)).plan_result.select(tethered)
 
         @bpp.run_decorator(md={
             "plan_name": "force_calibration", "sample": f"hairpin-{tag}",
             "plan_args": {"magnet_heights_mm": [4.0, 2.0, 0.5]},
             "bead_ids": tethered, "reference_bead_ids": [ref_id],
-            "force_calibration_file": str(cal_path),
         })
         def force_fit():
+            yield from ensure_connected(fit)
+            yield from bps.mv(*fit.layout_moves(layout))
             yield from emit(
                 fit, "force_fit", f0_pn=cal.f0_pn, f0_pn_err=1.0, a=cal.a, a_err=0.01,
                 l1_mm=cal.l1_mm, l1_mm_err=0.01, l2_mm=cal.l2_mm, l2_mm_err=0.01,
-                rms_relative_residual=0.02, bead_id=np.array(tethered),
-                bead_scale=np.array(cal.bead_scale),
+                rms_relative_residual=0.02, min_height_mm=cal.min_height_mm,
+                max_height_mm=cal.max_height_mm, bead_id=np.array(tethered),
+                bead_scale=np.array(cal.bead_scale), created=cal.created,
             )
 
         uid_f = RE(force_fit()).plan_result
@@ -139,7 +139,7 @@ def written(tiled_server, tmp_path_factory):
     return SimpleNamespace(
         tag=tag, client=client, server=tiled_server, ids=ids, sim_of=sim_of, ref_id=ref_id,
         tethered=tethered, a=uid_a, b=uid_b, z=uid_z, t=uid_t, f=uid_f,
-        recorded=recorded[0], truth=truth_rows, cal=cal, cal_path=cal_path,
+        recorded=recorded[0], truth=truth_rows, cal=cal,
         start_time={u: client[u].metadata["start"]["time"] for u in (uid_a, uid_b, uid_z, uid_t, uid_f)},
     )
 
@@ -226,7 +226,9 @@ def test_bead_tracks_every_frame_close_to_the_truth(written):
         assert isinstance(df, pd.DataFrame)
         assert list(df.columns) == ["time_s", "frame_index", "x_nm", "y_nm", "z_nm"]
         assert len(df) == N_FRAMES and df.attrs["stream"] == "tracks"
-        assert "track file" in df.attrs["bead_ids_from"]  # the stream has no bead ids
+        # the columns' beads: the tracker's bead layout in the stream's configuration
+        assert df.attrs["layout"].bead_ids.tolist() == w.ids.tolist()
+        assert df.attrs["layout"].roi_size_px == 64
         np.testing.assert_array_equal(df["frame_index"], w.recorded["frame_index"])
         col = w.ids.tolist().index(bead)
         np.testing.assert_array_equal(df["x_nm"], w.recorded["x_nm"][:, col])
@@ -246,19 +248,24 @@ def test_bead_tracks_every_frame_close_to_the_truth(written):
     # a count of the tracker: the primary stream, windows of 10 frames per event
     counted = bead_tracks(w.client[w.a], w.tethered[0])
     assert len(counted) == 20 and counted.attrs["stream"] == "primary"
-    assert "bead_id" in counted.attrs["bead_ids_from"]
+    assert counted.attrs["layout"].bead_ids.tolist() == w.ids.tolist()
     assert np.all(np.diff(counted["frame_index"]) >= 1)
 
 
-def test_bead_ids_from_the_start_document(written, monkeypatch):
-    # a client on another computer cannot open the track file: the start document's
-    # bead_ids + reference_bead_ids account for every column
+def test_every_per_bead_stream_carries_its_bead_layout(written):
+    # bead ids, ROI origins, ROI size, nm/px and the Z-LUT's run uid: in the configuration
     w = written
-    monkeypatch.setattr(runs, "_ids_from_track_file", lambda node, prefix: None)
-    df = bead_tracks(w.client[w.t], w.tethered[1])
-    assert "start document" in df.attrs["bead_ids_from"]
-    col = w.ids.tolist().index(w.tethered[1])
-    np.testing.assert_array_equal(df["y_nm"], w.recorded["y_nm"][:, col])
+    tracks = w.client[w.t]["tracks"].metadata["configuration"]["microscope-tracker"]["data"]
+    assert list(tracks["microscope-tracker-bead_ids"]) == w.ids.tolist()
+    assert tracks["microscope-tracker-zlut_uid"] == w.z  # the sweep's Z-LUT gave z
+    assert tracks["microscope-tracker-roi_size_px"] == 64
+    assert tracks["microscope-tracker-nm_per_px"] == 100.0
+    assert len(tracks["microscope-tracker-roi_x0_px"]) == w.ids.size
+    sweep = w.client[w.z]
+    for stream, device in (("primary", "zlut_images"), ("zlut", "zlut")):
+        data = sweep[stream].metadata["configuration"][device]["data"]
+        assert list(data[f"{device}-bead_ids"]) == w.ids.tolist()
+        assert data[f"{device}-roi_size_px"] == 64
 
 
 def test_drift_correction(written):
@@ -305,43 +312,21 @@ def test_clear_errors(written):
         force_calibration_of(w.client[w.t])
 
 
-def test_zlut_of_reads_the_file_then_the_stream(written):
+def test_zlut_of_reads_the_run(written):
     w = written
     run = w.client[w.z]
-    path = Path(run.metadata["start"]["zlut_file"])
     lut = zlut_of(run)
-    on_disk = ZLUT.load(path)
     assert lut.source == w.z and lut.bead_ids.tolist() == w.ids.tolist()
-    np.testing.assert_array_equal(lut.profiles, on_disk.profiles)
-    moved = path.with_name(path.name + ".moved")
-    path.rename(moved)
-    try:
-        with pytest.warns(UserWarning, match="rebuilding the Z-LUT"):
-            rebuilt = zlut_of(run)
-    finally:
-        moved.rename(path)
-    np.testing.assert_array_equal(rebuilt.z_nm, on_disk.z_nm)
-    np.testing.assert_array_equal(rebuilt.profiles, on_disk.profiles)
-    np.testing.assert_array_equal(rebuilt.bead_ids, on_disk.bead_ids)
-    assert rebuilt.roi_size == on_disk.roi_size and rebuilt.bin_px == on_disk.bin_px
-    assert rebuilt.nm_per_px == on_disk.nm_per_px and rebuilt.source == w.z
+    assert lut.roi_size == (64, 64) and lut.nm_per_px == 100.0
+    rebuilt = zlut_of(run, from_images=True)  # from the ROI images of every step
+    np.testing.assert_allclose(rebuilt.profiles, lut.profiles, rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(rebuilt.z_nm, lut.z_nm)
+    np.testing.assert_array_equal(rebuilt.bead_ids, lut.bead_ids)
+    assert rebuilt.roi_size == lut.roi_size and rebuilt.bin_px == lut.bin_px
+    assert rebuilt.nm_per_px == lut.nm_per_px and rebuilt.created == lut.created
 
 
-def test_force_calibration_of_reads_the_file_then_the_stream(written):
+def test_force_calibration_of_reads_the_run(written):
     w = written
-    run = w.client[w.f]
-    cal = force_calibration_of(run)
-    assert cal.source == w.f  # the file names no source: the run it came from
+    cal = force_calibration_of(w.client[w.f])
     assert cal.to_dict() == {**w.cal.to_dict(), "source": w.f}
-    moved = w.cal_path.with_name(w.cal_path.name + ".moved")
-    w.cal_path.rename(moved)
-    try:
-        with pytest.warns(UserWarning, match="rebuilding the calibration"):
-            rebuilt = force_calibration_of(run)
-    finally:
-        moved.rename(w.cal_path)
-    for name in ("f0_pn", "a", "l1_mm", "l2_mm", "min_height_mm", "max_height_mm",
-                 "bead_ids", "bead_scale"):
-        assert getattr(rebuilt, name) == getattr(cal, name), name
-    assert rebuilt.source == w.f
-    assert rebuilt.force_pn(2.0) == pytest.approx(cal.force_pn(2.0))

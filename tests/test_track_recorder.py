@@ -98,6 +98,7 @@ def test_a_lapped_recorder_reports_the_lost_frames(ring, tmp_path):
     rec.close()
 
 
+@pytest.mark.system
 def test_flushed_rows_survive_a_killed_writer(tmp_path):
     """The rows flushed before announcing are on disk when the process dies (SWMR)."""
     script = f"""

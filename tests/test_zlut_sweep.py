@@ -12,7 +12,7 @@ from ophyd_async.core import init_devices
 from magscope_devices.bead_tracker import rois_from_centres
 from magscope_devices.microscope import make_simulated_microscope
 from magscope_devices.sim.world import SimParams
-from magscope_plans.zlut import zlut_sweep
+from magscope_plans.zlut import zlut_cache_path, zlut_sweep
 from magscope_tracking import ZLUT
 from magscope_tracking.track_file import read_track_file
 
@@ -77,14 +77,27 @@ def test_sweep_builds_loads_and_tracks_z_against_truth(RE, microscope):
     ).plan_result
     start = next(d for n, d in docs if n == "start")
     assert start["uid"] == uid and start["plan_name"] == "zlut_sweep"
-    lut = ZLUT.load(start["zlut_file"])
-    assert list(lut.bead_ids) == ids and lut.n_planes == 61
+    path = zlut_cache_path(microscope.tracker.data_dir, uid)
+    lut = ZLUT.load(path)
+    assert list(lut.bead_ids) == ids and lut.n_planes == 61 and lut.source == uid
     zlut_event = next(
         d for n, d in docs
         if n == "event" and "zlut-profiles" in d["data"]
     )
     assert np.asarray(zlut_event["data"]["zlut-profiles"]).shape == lut.profiles.shape
-    assert RE(bps.rd(microscope.tracker.zlut_path)).plan_result == start["zlut_file"]
+    # every step's ROI images are in the run, with the beads' layout in the configuration
+    steps = [d for n, d in docs if n == "event" and "zlut_images-images" in d["data"]]
+    assert len(steps) == 61
+    assert np.asarray(steps[0]["data"]["zlut_images-images"]).shape == (5, 3, 64, 64)
+    descriptor = next(
+        d for n, d in docs if n == "descriptor" and d["name"] == "primary"
+    )
+    config = descriptor["configuration"]["zlut_images"]["data"]
+    assert list(config["zlut_images-bead_ids"]) == ids
+    assert config["zlut_images-roi_size_px"] == 64
+    assert config["zlut_images-nm_per_px"] == NM_PER_PX
+    assert RE(bps.rd(microscope.tracker.zlut_path)).plan_result == str(path)
+    assert RE(bps.rd(microscope.tracker.zlut_uid)).plan_result == uid
     assert RE(bps.rd(microscope.focus)).plan_result == start["focus_start_nm"]
     # now track at high force, with the focus 1 um off where the sweep started
     RE(bps.mv(microscope.magnet_z, 1.0, microscope.focus, start["focus_start_nm"] + 1000.0))
@@ -96,6 +109,10 @@ def test_sweep_builds_loads_and_tracks_z_against_truth(RE, microscope):
         if n == "stream_resource" and d["data_key"] == "microscope-tracker-z_nm"
     )
     tracks = read_track_file(resource["uri"].removeprefix("file://localhost"))
+    descriptor = next(d for n, d in track_docs if n == "descriptor")
+    config = descriptor["configuration"]["microscope-tracker"]["data"]
+    assert list(config["microscope-tracker-bead_ids"]) == sorted(ids)
+    assert config["microscope-tracker-zlut_uid"] == uid
     dz_true = np.array([
         microscope.truth.frame(int(i))["z_nm"][ids] - microscope.truth.frame(int(i))["focus_nm"][0]
         for i in tracks["frame_index"]

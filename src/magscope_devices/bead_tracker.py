@@ -6,7 +6,8 @@ detector:
 
 - ``trigger()`` waits for the next ``window_frames`` tracked frames; ``read()`` gives, per
   bead, the mean and standard deviation of x, y, z (nm) over those frames, with the bead
-  ids, as arrays (``<name>-bead_id``, ``<name>-x_nm_mean``, ``<name>-x_nm_std``, ...);
+  ids, as arrays: the signals ``bead_id``, ``x_nm_mean``, ``x_nm_std``, ... (getters on
+  the last window; event keys ``<name>-bead_id``, ``<name>-x_nm_mean``, ...);
 - every tracked frame of the window (or of a fly scan, ``kickoff``/``complete``) is
   written to an HDF5 track table (:mod:`magscope_tracking.track_file`) by the tracking
   service's collector as it merges the rows (:class:`magscope_tracking.TrackRecorder`);
@@ -21,6 +22,16 @@ surface), ``height_offsets`` (per-bead nm added to z so that z is the height abo
 reference beads; set by an anchored Z-LUT sweep), and the service's health
 counters (``frames_tracked``, ``frames_dropped``, ``queue_depth``, ``latency_p50_s``,
 ``latency_p99_s``, ``worker_restarts``).
+
+Configuration (in every stream the tracker is read or collected in): the bead layout of
+:mod:`magscope_devices.bead_layout` (``bead_ids``: the columns of the per-bead arrays;
+``roi_x0_px``, ``roi_y0_px``; ``roi_size_px``; ``nm_per_px``; ``zlut_uid``: the run of
+the loaded Z-LUT), with ``window_frames``, ``zlut_path``, ``bead_radius_nm`` and
+``reference_beads``: a run alone is enough to re-analyse its tracks.
+
+The logics: :class:`TrackerTriggerLogic` holds the frames per acquisition,
+:class:`TrackerAcquireLogic` asks the capture for them and waits, and
+:class:`TrackerDataLogic` opens the track file and holds its columns.
 """
 
 from __future__ import annotations
@@ -28,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import time
 import warnings
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
@@ -43,108 +54,46 @@ from ophyd_async.core import (
     DeviceConnector,
     PathProvider,
     Reference,
+    SignalR,
     StandardDetector,
     StreamableDataProvider,
     StreamResourceInfo,
-    Table,
     TriggerInfo,
     WatchableAsyncStatus,
     WatcherUpdate,
+    merge_gathered_dicts,
     soft_signal_r_and_setter,
     soft_signal_rw,
 )
 
 from magscope_ipc.track_ring import TrackRing
-from magscope_tracking import ROI_DTYPE, TrackingService, TrackRecorder
+from magscope_tracking import ROI_DTYPE, ZLUT, TrackingService, TrackRecorder
 from magscope_tracking.track_file import DATASETS
 
+from .bead_rois import (
+    BeadHeights,
+    BeadRois,
+    offsets_for,
+    rois_from_centres,
+    with_bead_added,
+    with_bead_moved,
+    without_beads,
+)
 from .camera import AnnouncedFramesProvider, Camera, forward_updates
+
+__all__ = [
+    "BeadHeights",
+    "BeadRois",
+    "BeadTracker",
+    "rois_from_centres",
+    "with_bead_added",
+    "with_bead_moved",
+    "without_beads",
+]
 
 _STAT_FIELDS = ("x_nm", "y_nm", "z_nm")
 
 
-class BeadRois(Table):
-    """The ROI table: one row per bead; ROI top-left corner in sensor px."""
-
-    bead_id: Array1D[np.int32]
-    x0_px: Array1D[np.int32]
-    y0_px: Array1D[np.int32]
-
-
-class BeadHeights(Table):
-    """Per-bead height offsets (nm) added to the tracked z, so that every bead's z is its
-    height above the reference beads at the Z-LUT sweep (see
-    :mod:`magscope_tracking.height_anchor`). Beads not in the table get no offset."""
-
-    bead_id: Array1D[np.int32]
-    offset_nm: Array1D[np.float64]
-
-
-def rois_from_centres(
-    bead_ids: Sequence[int] | np.ndarray,
-    x_px: Sequence[float] | np.ndarray,
-    y_px: Sequence[float] | np.ndarray,
-    roi_size_px: int,
-) -> BeadRois:
-    """ROIs of ``roi_size_px`` centred (to the nearest pixel) on bead centres (sensor px)."""
-    half = roi_size_px // 2
-    return BeadRois(
-        bead_id=np.asarray(bead_ids, np.int32),
-        x0_px=(np.rint(np.asarray(x_px, float)) - half).astype(np.int32),
-        y0_px=(np.rint(np.asarray(y_px, float)) - half).astype(np.int32),
-    )
-
-
-def with_bead_added(
-    table: BeadRois, x_px: float, y_px: float, roi_size_px: int, bead_id: int | None = None
-) -> BeadRois:
-    """``table`` plus a bead centred at (``x_px``, ``y_px``) (sensor px). Its id is
-    ``bead_id`` or one more than the largest id in the table."""
-    ids = np.asarray(table.bead_id, np.int64)
-    new_id = int(ids.max(initial=-1)) + 1 if bead_id is None else int(bead_id)
-    if new_id in set(ids.tolist()):
-        raise ValueError(f"bead id {new_id} is already in the ROI table")
-    return table + rois_from_centres([new_id], [x_px], [y_px], roi_size_px)
-
-
-def with_bead_moved(
-    table: BeadRois, bead_id: int, x_px: float, y_px: float, roi_size_px: int
-) -> BeadRois:
-    """``table`` with bead ``bead_id``'s ROI re-centred at (``x_px``, ``y_px``) (sensor px);
-    the bead keeps its id."""
-    ids = np.asarray(table.bead_id)
-    hits = np.flatnonzero(ids == bead_id)
-    if hits.size == 0:
-        raise ValueError(f"bead id {bead_id} is not in the ROI table {ids.tolist()}")
-    moved = rois_from_centres([bead_id], [x_px], [y_px], roi_size_px)
-    x0, y0 = np.array(table.x0_px), np.array(table.y0_px)
-    x0[hits[0]], y0[hits[0]] = moved.x0_px[0], moved.y0_px[0]
-    return BeadRois(bead_id=np.array(ids, np.int32), x0_px=x0, y0_px=y0)
-
-
-def without_beads(table: BeadRois, bead_ids: Sequence[int]) -> BeadRois:
-    """``table`` without the beads ``bead_ids``; the other beads keep their ids."""
-    ids = np.asarray(table.bead_id)
-    missing = sorted(set(int(b) for b in bead_ids) - set(ids.tolist()))
-    if missing:
-        raise ValueError(f"bead ids {missing} are not in the ROI table {ids.tolist()}")
-    keep = ~np.isin(ids, np.asarray(list(bead_ids)))
-    return BeadRois(
-        bead_id=np.array(ids[keep], np.int32),
-        x0_px=np.array(table.x0_px)[keep],
-        y0_px=np.array(table.y0_px)[keep],
-    )
-
-
-def _offsets_for(table: BeadHeights, ids: np.ndarray) -> np.ndarray | None:
-    """Height offsets (nm) for the track-file columns ``ids`` (0 for beads not in
-    ``table``), or None when the table is empty."""
-    if len(table.bead_id) == 0:
-        return None
-    lookup = dict(
-        zip(np.asarray(table.bead_id).tolist(), np.asarray(table.offset_nm).tolist(), strict=True)
-    )
-    return np.array([lookup.get(int(i), 0.0) for i in ids])
 
 
 class _TrackerConnector(DeviceConnector):
@@ -166,7 +115,7 @@ class _TrackerConnector(DeviceConnector):
                 await asyncio.to_thread(tracker.service.stop)
             tracker.service = TrackingService(
                 camera.process.ring.name,
-                tracker.nm_per_px,
+                tracker._nm_per_px,
                 max_beads=tracker.max_beads,
                 n_workers=tracker.n_workers,
                 instance=camera.process.config.instance,
@@ -234,7 +183,7 @@ class _Capture:
     def window(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(frame_index, timestamp, xyz (frames, 3, beads)) of the last request."""
         if self.recorder is None:
-            b = self.tracker._bead_ids.size
+            b = self.tracker._data_logic.bead_ids.size
             return np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 3, b))
         return self.recorder.window()
 
@@ -251,44 +200,65 @@ class _Capture:
 
 
 class TrackerTriggerLogic(DetectorTriggerLogic):
-    """Frames come from the free-running camera; nothing to arm."""
+    """Frames come from the free-running camera; nothing to arm. Holds how many frames
+    each acquisition (a trigger window, or a whole fly scan) captures."""
+
+    def __init__(self) -> None:
+        self.frames = 1
 
     async def prepare_internal(self, num: int, livetime: float, deadtime: float) -> None:
         if livetime or deadtime:
             raise ValueError(
                 "the bead tracker follows the camera: set livetime/deadtime on the camera"
             )
+        if num < 1:
+            raise ValueError(
+                f"the bead tracker records a finite number of frames, not {num}: give "
+                "number_of_events >= 1"
+            )
+        self.frames = int(num)
 
     async def default_trigger_info(self) -> TriggerInfo:
         return TriggerInfo()
 
 
 class TrackerAcquireLogic(DetectorAcquireLogic):
-    def __init__(self, tracker: BeadTracker) -> None:
-        self.tracker = tracker
+    """Asks the capture for the frames the trigger logic was prepared for, and waits
+    until they are captured. ``check`` raises when the service or camera died."""
+
+    def __init__(
+        self, capture: _Capture, trigger: TrackerTriggerLogic, check: Callable[[], None]
+    ) -> None:
+        self.capture = capture
+        self.trigger = trigger
+        self.check = check
 
     async def start_acquiring(self) -> None:
-        tracker = self.tracker
-        tracker._check_service()
-        info = tracker._trigger_info
-        tracker._capture.request(info.collections_per_event * max(1, info.number_of_events))
+        self.check()
+        self.capture.request(self.trigger.frames)
 
     async def wait_for_idle(self) -> None:
-        capture = self.tracker._capture
-        while capture.busy:  # the service's collector writes the rows
-            self.tracker._check_service()
+        while self.capture.busy:  # the service's collector writes the rows
+            self.check()
             await asyncio.sleep(0.003)
 
     async def ensure_stopped(self) -> None:
-        self.tracker._capture.stop()
+        self.capture.stop()
 
 
 class TrackerDataLogic(DetectorDataLogic):
     """One HDF5 track table per prepare, columns = the beads of the ROI table then."""
 
-    def __init__(self, tracker: BeadTracker, path_provider: PathProvider) -> None:
+    def __init__(
+        self, tracker: BeadTracker, path_provider: PathProvider, capture: _Capture
+    ) -> None:
         self.tracker = tracker
         self.path_provider = path_provider
+        self.capture = capture
+        #: the ROI table rows of the open file's columns (sorted by bead id), or None
+        self.columns: np.ndarray | None = None
+        #: the bead ids of the last file's columns (kept after it closed)
+        self.bead_ids = np.empty(0, np.int32)
 
     async def prepare_unbounded(self, datakey_name: str) -> StreamableDataProvider:
         tracker = self.tracker
@@ -302,9 +272,11 @@ class TrackerDataLogic(DetectorDataLogic):
         ids = np.sort(rois["bead_id"].astype(np.int32))
         info = self.path_provider(datakey_name)
         path = info.directory_path / f"{info.filename}.h5"
-        offsets = _offsets_for(await tracker.height_offsets.get_value(), ids)
-        tracker._capture.open(path, ids, offsets)
-        tracker._bead_ids = ids
+        order = np.argsort(rois["bead_id"], kind="stable")
+        self.columns = rois[order].copy()  # the file's columns, with their ROIs now
+        offsets = offsets_for(await tracker.height_offsets.get_value(), ids)
+        self.capture.open(path, ids, offsets)
+        self.bead_ids = ids
         b = int(ids.size)
         resources = [
             StreamResourceInfo(
@@ -338,12 +310,13 @@ class TrackerDataLogic(DetectorDataLogic):
             resources=resources,
             mimetype="application/x-hdf5",
             collections_written_signal=tracker.frames_written,
-            on_announce=tracker._capture.announce,
-            before_announce=tracker._capture.flush_before_announcing,
+            on_announce=self.capture.announce,
+            before_announce=self.capture.flush_before_announcing,
         )
 
     async def stop(self) -> None:
-        self.tracker._capture.close()
+        self.capture.close()
+        self.columns = None
 
 
 class BeadTracker(StandardDetector):
@@ -363,22 +336,37 @@ class BeadTracker(StandardDetector):
         name: str = "",
     ) -> None:
         self._camera_ref = Reference(camera)
-        self.nm_per_px = float(nm_per_px)
+        self._nm_per_px = float(nm_per_px)
         self.max_beads = int(max_beads)
         self.n_workers = n_workers
         self.service: TrackingService | None = None
         self._capture = _Capture(self)
-        self._bead_ids = np.empty(0, np.int32)
-        self._window_stats: dict[str, np.ndarray] = {}
-        self._trigger_info = TriggerInfo()
+        self._prepared = False  # prepared since the last stage (else trigger prepares)
         self._roi_size = int(roi_size_px)
         self._path_provider = path_provider
+        self._zlut_uid = ""
+        self._data_logic = TrackerDataLogic(self, path_provider, self._capture)
+        trigger_logic = TrackerTriggerLogic()
+        acquire_logic = TrackerAcquireLogic(self._capture, trigger_logic, self._check_service)
 
         self.rois = soft_signal_rw(BeadRois, getter=self._get_rois, setter=self._set_rois)
         self.roi_size_px = soft_signal_rw(
             int, getter=lambda: self._roi_size, setter=self._set_roi_size, units="px"
         )
         self.zlut_path = soft_signal_rw(str, getter=self._get_zlut, setter=self._set_zlut)
+        # the layout of the per-bead arrays (magscope_devices.bead_layout): the columns of
+        # the open track file, else the ROI table now, in increasing bead id
+        self.bead_ids, _ = soft_signal_r_and_setter(
+            Array1D[np.int64], getter=lambda: self._columns()["bead_id"].astype(np.int64)
+        )
+        self.roi_x0_px, _ = soft_signal_r_and_setter(
+            Array1D[np.int64], getter=lambda: self._columns()["x0"].astype(np.int64), units="px"
+        )
+        self.roi_y0_px, _ = soft_signal_r_and_setter(
+            Array1D[np.int64], getter=lambda: self._columns()["y0"].astype(np.int64), units="px"
+        )
+        self.nm_per_px, _ = soft_signal_r_and_setter(float, self._nm_per_px, units="nm/px")
+        self.zlut_uid, _ = soft_signal_r_and_setter(str, getter=lambda: self._zlut_uid)
         self.bead_radius_nm = soft_signal_rw(float, bead_radius_nm, units="nm")
         self.reference_beads = soft_signal_rw(Array1D[np.int32], np.zeros(0, np.int32))
         self.height_offsets = soft_signal_rw(BeadHeights, BeadHeights.empty())
@@ -388,6 +376,21 @@ class BeadTracker(StandardDetector):
         self.frames_written, _ = soft_signal_r_and_setter(
             int, getter=lambda: self._capture.rows_written, poll_period=0.005
         )
+        # per-bead statistics of the last trigger window, read with each event: bead ids
+        # (the columns) and the mean and standard deviation of x, y, z (nm)
+        self._stats_cache: tuple[tuple[int, int, int], dict[str, np.ndarray]] = ((0, -1, -1), {})
+        self.bead_id, _ = soft_signal_r_and_setter(
+            Array1D[np.int64], getter=self._stat_getter("bead_id")
+        )
+        stats: list[SignalR] = [self.bead_id]
+        for field in _STAT_FIELDS:
+            for stat in ("mean", "std"):
+                signal, _ = soft_signal_r_and_setter(
+                    Array1D[np.float64], getter=self._stat_getter(f"{field}_{stat}"), units="nm"
+                )
+                setattr(self, f"{field}_{stat}", signal)
+                stats.append(signal)
+        self._stat_signals = tuple(stats)
         health = self._health_getter
         self.frames_tracked, _ = soft_signal_r_and_setter(int, getter=health("frames_tracked"))
         self.frames_dropped, _ = soft_signal_r_and_setter(int, getter=health("frames_dropped"))
@@ -400,10 +403,11 @@ class BeadTracker(StandardDetector):
         )
         self.worker_restarts, _ = soft_signal_r_and_setter(int, getter=health("worker_restarts"))
         self.add_detector_logics(
-            TrackerTriggerLogic(), TrackerAcquireLogic(self), TrackerDataLogic(self, path_provider)
+            trigger_logic, acquire_logic, self._data_logic
         )
         self.add_config_signals(
-            self.roi_size_px, self.window_frames, self.zlut_path, self.bead_radius_nm,
+            self.bead_ids, self.roi_x0_px, self.roi_y0_px, self.roi_size_px, self.nm_per_px,
+            self.zlut_uid, self.window_frames, self.zlut_path, self.bead_radius_nm,
             self.reference_beads,
         )
         super().__init__(name=name, connector=_TrackerConnector())
@@ -458,8 +462,20 @@ class BeadTracker(StandardDetector):
     def _set_zlut(self, value: Any) -> None:
         if value:
             self._service().load_zlut(str(value))
+            self._zlut_uid = ZLUT.load(str(value)).source or ""
         else:
             self._service().clear_zlut()
+            self._zlut_uid = ""
+
+    def _columns(self) -> np.ndarray:
+        """ROI table rows of the per-bead arrays' columns, in increasing bead id."""
+        columns = self._data_logic.columns
+        if columns is not None:
+            return columns
+        if self.service is None:
+            return np.zeros(0, dtype=[("bead_id", "<i4"), ("x0", "<i4"), ("y0", "<i4")])
+        rois = self.service.rois
+        return rois[np.argsort(rois["bead_id"], kind="stable")]
 
     def _set_window(self, value: Any) -> None:
         if not 1 <= int(value) <= 100_000:
@@ -532,7 +548,7 @@ class BeadTracker(StandardDetector):
             raise ValueError(f"n_frames must be at least 1, got {n_frames}")
         ring = self._ring
         ids = np.sort(self._service().rois["bead_id"].astype(np.int32))
-        offsets = _offsets_for(await self.height_offsets.get_value(), ids)
+        offsets = offsets_for(await self.height_offsets.get_value(), ids)
         start = next_index = ring.count + 1
         parts: list[dict[str, np.ndarray]] = []
         index: list[np.ndarray] = []
@@ -570,13 +586,18 @@ class BeadTracker(StandardDetector):
 
     # -- acquisition ----------------------------------------------------------------------------
     @AsyncStatus.wrap
+    async def stage(self) -> None:
+        self._prepared = False
+        await StandardDetector.stage(self)
+
+    @AsyncStatus.wrap
     async def prepare(self, value: TriggerInfo) -> None:
         # a record interrupted by a pause is abandoned here, and its rows dropped, so no
         # frame of it is written between this prepare and the next kickoff (which counts
         # the frames written) and none is claimed by the next record's StreamDatums
         self._capture.drop_unannounced()
-        self._trigger_info = value
         await StandardDetector.prepare(self, value)
+        self._prepared = True
 
     def pause(self) -> None:
         """The RunEngine paused: drop the rows of a window the pause interrupted now, so
@@ -589,29 +610,37 @@ class BeadTracker(StandardDetector):
 
     @WatchableAsyncStatus.wrap
     async def trigger(self) -> AsyncIterator[WatcherUpdate[int]]:
-        if self._prepare_ctx is None:
+        # unprepared, a window is ``window_frames`` frames (StandardDetector would take 1)
+        if not self._prepared:
             window = await self.window_frames.get_value()
             await self.prepare(TriggerInfo(collections_per_event=window))
         else:  # a window a pause interrupted: its rows go, the new window starts now
             self._capture.drop_unannounced()
         async for update in forward_updates(StandardDetector.trigger(self), self._check_service):
             yield update
-        self._window_stats = self._stats()
 
-    def _stats(self) -> dict[str, np.ndarray]:
-        _, _, xyz = self._capture.window()
-        stack = xyz[-self._trigger_info.collections_per_event :]  # (frames, 3, beads)
-        if not len(stack):
-            return {}
-        with warnings.catch_warnings():  # an all-NaN column (lost bead) is a NaN mean
-            warnings.simplefilter("ignore", RuntimeWarning)
-            mean = np.nanmean(stack, axis=0)
-            std = np.nanstd(stack, axis=0)
-        stats = {"bead_id": self._bead_ids.astype(np.int64)}
-        for i, field in enumerate(_STAT_FIELDS):
-            stats[f"{field}_mean"] = mean[i]
-            stats[f"{field}_std"] = std[i]
-        return stats
+    def _window_stats(self) -> dict[str, np.ndarray]:
+        """Per bead (columns of the window), mean and std (nm) of x, y, z over the frames
+        of the last window; computed once per window."""
+        index, _, stack = self._capture.window()  # stack: (frames, 3, beads)
+        key = (len(index), int(index[0]) if len(index) else -1, int(index[-1]) if len(index) else -1)
+        if self._stats_cache[0] != key:
+            ids = self._data_logic.bead_ids
+            if not len(stack):
+                stack = np.full((1, 3, ids.size), np.nan)
+            with warnings.catch_warnings():  # an all-NaN column (lost bead) is a NaN mean
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean = np.nanmean(stack, axis=0)
+                std = np.nanstd(stack, axis=0)
+            stats = {"bead_id": ids.astype(np.int64)}
+            for i, field in enumerate(_STAT_FIELDS):
+                stats[f"{field}_mean"] = mean[i]
+                stats[f"{field}_std"] = std[i]
+            self._stats_cache = (key, stats)
+        return self._stats_cache[1]
+
+    def _stat_getter(self, key: str) -> Callable[[], np.ndarray]:
+        return lambda: self._window_stats()[key]
 
     def window_tracks(self) -> dict[str, np.ndarray]:
         """Every frame of the last trigger window (or fly scan) at full rate: ``bead_id``
@@ -620,31 +649,23 @@ class BeadTracker(StandardDetector):
         z includes the height offsets. The same numbers as the run's track file."""
         index, stamps, stack = self._capture.window()
         return {
-            "bead_id": self._bead_ids.astype(np.int64),
+            "bead_id": self._data_logic.bead_ids.astype(np.int64),
             "frame_index": index,
             "timestamp": stamps,
             **{f: stack[:, i, :] for i, f in enumerate(_STAT_FIELDS)},
         }
 
+    # StandardDetector reads only its data providers, and makes readable ones only for a
+    # single collection per event: the per-window statistics signals join them here
     async def describe(self) -> dict[str, DataKey]:
-        keys = await StandardDetector.describe(self)
-        b = int(self._bead_ids.size)
-        for field in ("bead_id", *(f"{f}_{s}" for f in _STAT_FIELDS for s in ("mean", "std"))):
-            keys[f"{self.name}-{field}"] = DataKey(
-                source=f"magscope-tracker:{field}",
-                shape=[b],
-                dtype="array",
-                dtype_numpy=np.dtype("<i8" if field == "bead_id" else "<f8").str,
-                units="" if field == "bead_id" else "nm",
-            )
-        return keys
+        return await merge_gathered_dicts(
+            [StandardDetector.describe(self), *(sig.describe() for sig in self._stat_signals)]
+        )
 
     async def read(self) -> dict[str, Reading]:
-        readings = await StandardDetector.read(self)
-        now = time.time()
-        for field, value in self._window_stats.items():
-            readings[f"{self.name}-{field}"] = Reading(value=value, timestamp=now)
-        return readings
+        return await merge_gathered_dicts(
+            [StandardDetector.read(self), *(sig.read(cached=False) for sig in self._stat_signals)]
+        )
 
     def close(self) -> None:
         """Stop the tracking service (workers, shared memory). Idempotent."""

@@ -1,8 +1,8 @@
 """Force calibration: force per bead against magnet height, and the curve ``Force`` uses."""
 
 
+import dataclasses
 import time
-import uuid
 import warnings
 from collections.abc import Generator, Sequence
 from pathlib import Path
@@ -36,12 +36,14 @@ from .preflight import (
     select_beads,
 )
 from .recording import TrackRecorder, extension_traces, lateral_traces
-from .results import ARRAY, FLOAT, IDS, ResultRecord, emit
+from .results import ARRAY, FLOAT, IDS, ResultRecord, emit, set_layouts
+from .run_results import force_calibration_from_run
 from .safety import DEFAULT_SAFE_MAGNET_HEIGHT_MM, with_safe_finish
 
 __all__ = [
     "CALIBRATION_FIELDS",
     "FIT_FIELDS",
+    "calibration_cache_path",
     "fit_band_hz",
     "force_calibration",
     "load_force_calibration",
@@ -66,7 +68,9 @@ CALIBRATION_FIELDS: dict[str, tuple[Any, str]] = {
     "force_plain_psd_pn": (ARRAY, "pN"),
 }
 
-#: Once per run, stream ``force_fit``: the double exponential F(z) the Force device uses.
+#: Once per run, stream ``force_fit``: the double exponential F(z) the Force device uses,
+#: the calibrated range of magnet heights and when it was made (all
+#: :func:`magscope_plans.run_results.force_calibration_from_run` needs).
 FIT_FIELDS: dict[str, tuple[Any, str]] = {
     "f0_pn": (FLOAT, "pN"),
     "f0_pn_err": (FLOAT, "pN"),
@@ -77,9 +81,18 @@ FIT_FIELDS: dict[str, tuple[Any, str]] = {
     "l2_mm": (FLOAT, "mm"),
     "l2_mm_err": (FLOAT, "mm"),
     "rms_relative_residual": (FLOAT, ""),
+    "min_height_mm": (FLOAT, "mm"),
+    "max_height_mm": (FLOAT, "mm"),
     "bead_id": (IDS, ""),
     "bead_scale": (ARRAY, ""),
+    "created": (FLOAT, "s"),
 }
+
+
+def calibration_cache_path(data_dir: Path | str, uid: str) -> Path:
+    """Where the force calibration of run ``uid`` is cached (rebuilt from the run when
+    gone)."""
+    return Path(data_dir) / f"force-calibration-{uid}.json"
 
 
 def _per_bead(results: list[ForceResult], attr: str) -> np.ndarray:
@@ -167,10 +180,12 @@ def force_calibration(
     Streams: ``tracks`` (every frame, HDF5), ``calibration`` (one event per height: per
     bead force, stiffness, corner frequency, drag and their standard errors, extension),
     ``force_fit`` (the double exponential F(z) = f0 (a e^(-z/l1) + (1-a) e^(-z/l2)) fitted
-    to the beads' median PSD force, and each bead's force relative to it). The calibration
-    file (``force_calibration_file`` in the start document) is loaded into
-    ``microscope.force``; :func:`load_force_calibration` reloads it later. The magnets end
-    at ``safe_magnet_height_mm``. Returns the run uid.
+    to the beads' median PSD force, each bead's force relative to it, the calibrated
+    range). Every stream's configuration holds the beads' layout (ids, ROI origins, ROI
+    size, nm/px, Z-LUT run uid). After the run the calibration is cached in the tracker's
+    data folder as ``force-calibration-<uid>.json`` (:func:`calibration_cache_path`) and
+    loaded into ``microscope.force``; :func:`load_force_calibration` reloads it later. The
+    magnets end at ``safe_magnet_height_mm``. Returns the run uid.
     """
     plan = "force_calibration"
     args = PlanArgs(plan)
@@ -199,7 +214,6 @@ def force_calibration(
     fs = float((yield from bps.rd(microscope.camera.frame_rate_hz)))
     exposure = float((yield from bps.rd(microscope.camera.exposure_s)))
     radius = float((yield from bps.rd(tracker.bead_radius_nm)))
-    path = Path(tracker.data_dir) / f"force-calibration-{uuid.uuid4()}.json"
     recorder = TrackRecorder(tracker, chunk_frames=chunk_frames)
     per_height = ResultRecord(CALIBRATION_FIELDS, name="calibration")
     fit_record = ResultRecord(FIT_FIELDS, name="force_fit")
@@ -215,9 +229,11 @@ def force_calibration(
         frame_rate_hz=fs,
         exposure_s=exposure,
         bead_radius_nm=radius,
-        force_calibration_file=str(path),
         bead_rois=rois_metadata((yield from bps.rd(tracker.rois)), sel.beads.tolist()),
     )
+
+    yield from set_layouts(tracker, sel.beads, per_height, fit_record)
+    made: list[ForceCalibration] = []
 
     @bpp.stage_decorator([microscope])
     @bpp.run_decorator(md=_md)
@@ -279,21 +295,28 @@ def force_calibration(
             min_height_mm=min(heights), max_height_mm=max(heights),
             bead_ids=tuple(int(b) for b in sel.beads),
             bead_scale=tuple(float(s) for s in calibration.bead_scale),
-            source=None, created=time.time(),
+            created=time.time(),
         )
-        cal.save(path)
+        made.append(cal)
         yield from emit(
             fit_record, "force_fit",
             f0_pn=fit.f0_pn, f0_pn_err=fit.f0_pn_err, a=fit.a, a_err=fit.a_err,
             l1_mm=fit.l1_mm, l1_mm_err=fit.l1_mm_err, l2_mm=fit.l2_mm, l2_mm_err=fit.l2_mm_err,
-            rms_relative_residual=fit.rms_relative_residual, bead_id=sel.beads,
-            bead_scale=calibration.bead_scale,
+            rms_relative_residual=fit.rms_relative_residual,
+            min_height_mm=cal.min_height_mm, max_height_mm=cal.max_height_mm,
+            bead_id=sel.beads, bead_scale=calibration.bead_scale, created=cal.created,
         )
+
+    def calibrate() -> Generator[Msg, Any, str]:
+        uid = yield from inner()
+        path = calibration_cache_path(tracker.data_dir, uid)
+        dataclasses.replace(made[-1], source=uid).save(path)
         yield from bps.mv(microscope.force.calibration_file, str(path))
+        return uid
 
     return (
         yield from with_safe_finish(
-            inner(), microscope, safe_magnet_height_mm=safe_magnet_height_mm
+            calibrate(), microscope, safe_magnet_height_mm=safe_magnet_height_mm
         )
     )
 
@@ -337,7 +360,9 @@ def load_force_calibration(
     max_shift_px: float = MAX_ROI_SHIFT_PX,
 ) -> Generator[Msg, Any, ForceCalibration]:
     """Load the force calibration of a past ``force_calibration`` run (a Tiled run client)
-    into ``microscope.force``; returns it.
+    into ``microscope.force``; returns it. The calibration comes from the cache
+    ``force-calibration-<uid>.json`` in the tracker's data folder, else from the run
+    (:func:`magscope_plans.run_results.force_calibration_from_run`), cached there first.
 
     Each bead's force is scaled by its own factor from the calibration (by bead id), so
     the calibration must be of the beads tracked now: a tethered bead (not a reference
@@ -352,13 +377,17 @@ def load_force_calibration(
     max_shift_px = args.non_negative("max_shift_px", max_shift_px, units="px")
     check_microscope(microscope, plan, tracker=True, ready=False)
     start = _start_document(run, plan)
-    if start.get("plan_name") != "force_calibration" or "force_calibration_file" not in start:
+    if start.get("plan_name") != "force_calibration":
         raise PlanArgumentError(
             plan, "run", start.get("uid"), f"is a {start.get('plan_name')!r} run",
             "a force_calibration run: only it holds a force calibration",
         )
-    path = Path(start["force_calibration_file"])
-    cal = ForceCalibration.load(path)
+    path = calibration_cache_path(microscope.tracker.data_dir, str(start["uid"]))
+    if path.is_file():
+        cal = ForceCalibration.load(path)
+    else:
+        cal = force_calibration_from_run(run)
+        cal.save(path)
     rois = yield from bps.rd(microscope.tracker.rois)
     reference = yield from bps.rd(microscope.tracker.reference_beads)
     tethered = ~np.isin(np.asarray(rois.bead_id), np.asarray(reference))

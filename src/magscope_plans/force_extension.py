@@ -23,7 +23,7 @@ from .preflight import (
     select_beads,
 )
 from .recording import TrackRecorder, extension_traces, mean_extensions
-from .results import ARRAY, FLOAT, IDS, ResultRecord, emit
+from .results import ARRAY, FLOAT, IDS, ResultRecord, emit, set_layouts
 from .safety import DEFAULT_SAFE_MAGNET_HEIGHT_MM, with_safe_finish
 
 __all__ = ["force_extension", "force_sequence", "rotation_extension"]
@@ -176,6 +176,7 @@ def force_extension(
     recorder = TrackRecorder(microscope.tracker, chunk_frames=frames)
     steps = ResultRecord(EXTENSION_FIELDS, name="extension")
     fits = ResultRecord(WLC_FIELDS, name="wlc")
+    yield from set_layouts(microscope.tracker, sel.beads, steps, fits)
     _md = plan_metadata(
         plan,
         {
@@ -279,6 +280,7 @@ def rotation_extension(
     recorder = TrackRecorder(microscope.tracker, chunk_frames=frames)
     steps = ResultRecord(EXTENSION_FIELDS, name="extension")
     buckling = ResultRecord(BUCKLING_FIELDS, name="buckling")
+    yield from set_layouts(microscope.tracker, sel.beads, steps, buckling)
     _md = plan_metadata(
         plan,
         {

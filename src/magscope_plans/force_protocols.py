@@ -24,7 +24,7 @@ from .preflight import (
     select_beads,
 )
 from .recording import TrackRecorder, extension_traces, lateral_traces, mean_extensions
-from .results import ARRAY, FLOAT, IDS, ResultRecord, emit
+from .results import ARRAY, FLOAT, IDS, ResultRecord, emit, set_layouts
 from .safety import DEFAULT_SAFE_MAGNET_HEIGHT_MM, with_safe_finish
 
 __all__ = ["force_clamp", "force_ramp"]
@@ -99,6 +99,7 @@ def force_ramp(
     chunk = max(1, int(round(fs / update_hz)))
     recorder = TrackRecorder(microscope.tracker, chunk_frames=chunk)
     ramp = ResultRecord(RAMP_FIELDS, name="ramp")
+    yield from set_layouts(microscope.tracker, sel.beads, ramp)
     _md = plan_metadata(
         plan,
         {
@@ -189,6 +190,7 @@ def force_clamp(
     radius = float((yield from bps.rd(microscope.tracker.bead_radius_nm)))
     recorder = TrackRecorder(microscope.tracker, chunk_frames=chunk_frames)
     clamp = ResultRecord(CLAMP_FIELDS, name="clamp")
+    yield from set_layouts(microscope.tracker, sel.beads, clamp)
     _md = plan_metadata(
         plan,
         {

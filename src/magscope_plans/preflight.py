@@ -15,6 +15,7 @@ import bluesky.plan_stubs as bps
 import numpy as np
 from bluesky.utils import Msg
 
+from magscope_devices.bead_layout import LAYOUT_FIELDS, BeadLayout
 from magscope_devices.bead_tracker import BeadTracker
 from magscope_devices.microscope import Microscope
 
@@ -291,3 +292,13 @@ def plan_metadata(
     }
     out.update(md or {})
     return out
+
+
+def read_layout(tracker: Any) -> Generator[Msg, Any, BeadLayout]:
+    """The tracker's bead layout now (:class:`~magscope_devices.bead_layout.BeadLayout`:
+    bead ids, ROI origins, ROI size, nm/px, Z-LUT run uid), in increasing bead id; use
+    ``.select(ids)`` for some beads in another order."""
+    values = {}
+    for field in LAYOUT_FIELDS:
+        values[field] = yield from bps.rd(getattr(tracker, field))
+    return BeadLayout(**values)

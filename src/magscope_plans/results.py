@@ -8,22 +8,27 @@ from typing import Any
 import bluesky.plan_stubs as bps
 import numpy as np
 from bluesky.utils import Msg
-from ophyd_async.core import Array1D, StandardReadable, soft_signal_rw
+from ophyd_async.core import Array1D, soft_signal_rw
 from ophyd_async.plan_stubs import ensure_connected
 
-__all__ = ["FLOAT", "ARRAY", "IDS", "ResultRecord", "emit"]
+from magscope_devices.bead_layout import BeadLayoutRecord
+
+__all__ = ["FLOAT", "ARRAY", "IDS", "ResultRecord", "emit", "set_layouts"]
 
 FLOAT = float
 ARRAY = Array1D[np.float64]
 IDS = Array1D[np.int64]
 
 
-class ResultRecord(StandardReadable):
+class ResultRecord(BeadLayoutRecord):
     """A readable whose signals hold one set of results of a plan.
 
     ``fields`` maps a field name to ``(datatype, units)``: ``FLOAT`` for a number,
     ``ARRAY`` for one value per bead, ``IDS`` for bead ids. Reading keys are
-    ``<name>-<field>``.
+    ``<name>-<field>``. Its configuration is the beads' layout
+    (:class:`~magscope_devices.bead_layout.BeadLayoutRecord`): set it with
+    ``bps.mv(*record.layout_moves(layout))`` before the first :func:`emit`; the ``ARRAY``
+    fields have one value per bead of the layout, in its order.
     """
 
     def __init__(self, fields: Mapping[str, tuple[Any, str]], name: str) -> None:
@@ -53,3 +58,16 @@ def emit(record: ResultRecord, stream: str, **values: Any) -> Generator[Msg, Any
         args += [getattr(record, key), value]
     yield from bps.mv(*args)
     yield from bps.trigger_and_read([record], name=stream)
+
+
+def set_layouts(
+    tracker: Any, bead_ids: Any, *records: ResultRecord
+) -> Generator[Msg, Any, None]:
+    """Set the bead layout (configuration) of ``records`` to the tracker's layout of
+    ``bead_ids``, in that order: the beads of their per-bead arrays."""
+    from .preflight import read_layout
+
+    layout = (yield from read_layout(tracker)).select(bead_ids)
+    for record in records:
+        yield from ensure_connected(record)
+        yield from bps.mv(*record.layout_moves(layout))

@@ -1,47 +1,77 @@
 """Z look-up tables: the sweep that builds one, and loading one from a past run."""
 
 
+import dataclasses
 import functools
 import json
-import uuid
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import bluesky.plan_stubs as bps
+import bluesky.plans as bp
 import bluesky.preprocessors as bpp
 import numpy as np
 from bluesky.utils import Msg
-from ophyd_async.core import StandardReadable, soft_signal_rw
+from cycler import cycler
+from ophyd_async.core import Array1D, StandardReadableFormat, soft_signal_rw
 from ophyd_async.plan_stubs import ensure_connected
 
+from magscope_devices.bead_layout import BeadLayoutRecord
 from magscope_devices.bead_tracker import BeadHeights, BeadRois
 from magscope_devices.microscope import Microscope
 from magscope_tracking import ZLUT, build_zlut
 from magscope_tracking.height_anchor import height_offsets_nm
 
 from .arguments import PlanArgs, PlanArgumentError, PreflightError
-from .bead_match import MAX_ROI_SHIFT_PX, match_beads, rois_metadata
-from .preflight import check_axis_limits, check_microscope
+from .bead_match import MAX_ROI_SHIFT_PX, match_beads
+from .preflight import check_axis_limits, check_microscope, read_layout
+from .run_results import zlut_from_run, zlut_heights_from_run
 from .safety import with_safe_finish
 
 
-class ZLUTRecord(StandardReadable):
+class ZLUTImages(BeadLayoutRecord):
+    """One focus step of a Z-LUT sweep, as signals, so the ROI images go into the run.
+
+    ``images`` (beads, frames, h, w), the camera's dtype: each bead's ROI in the frames of
+    the step (beads in the order of the ``bead_ids`` configuration); ``focus_offset_nm``:
+    the focus relative to where the sweep started (nm); ``frame_index`` (frames,): the
+    camera frame numbers.
+    """
+
+    def __init__(self, name: str = "zlut_images") -> None:
+        with self.add_children_as_readables():
+            self.images = soft_signal_rw(np.ndarray, np.zeros((0, 0, 0, 0), np.uint16))
+            self.focus_offset_nm = soft_signal_rw(float, 0.0, units="nm")
+            self.frame_index = soft_signal_rw(Array1D[np.int64], np.zeros(0, np.int64))
+        super().__init__(name=name)
+
+
+class ZLUTRecord(BeadLayoutRecord):
     """The Z-LUT a sweep built, as signals, so it goes into the run as an event.
 
     ``z_nm`` (planes,): bead height relative to the focal plane (nm; 0 at the focus where
-    the sweep started); ``profiles`` (beads, planes, bins): radial profiles; ``bead_ids``;
-    ``height_nm`` (beads,): each bead's height above the reference beads at the sweep (nm;
-    NaN where it could not be anchored or without reference beads).
+    the sweep started); ``profiles`` (beads, planes, bins): radial profiles; ``height_nm``
+    (beads,): each bead's height above the reference beads at the sweep (nm; NaN where it
+    could not be anchored or without reference beads); ``created`` (UNIX s). Configuration:
+    the bead layout (:mod:`magscope_devices.bead_layout`; ``bead_ids`` are the profiles'
+    beads) and ``bin_px``, the radial bin spacing (px).
     """
 
     def __init__(self, name: str = "zlut") -> None:
         with self.add_children_as_readables():
             self.z_nm = soft_signal_rw(np.ndarray, np.zeros(0), units="nm")
             self.profiles = soft_signal_rw(np.ndarray, np.zeros(0))
-            self.bead_ids = soft_signal_rw(np.ndarray, np.zeros(0, np.int64))
             self.height_nm = soft_signal_rw(np.ndarray, np.zeros(0), units="nm")
+            self.created = soft_signal_rw(float, 0.0, units="s")
+        with self.add_children_as_readables(StandardReadableFormat.CONFIG_SIGNAL):
+            self.bin_px = soft_signal_rw(float, 0.0, units="px")
         super().__init__(name=name)
+
+
+def zlut_cache_path(data_dir: Path | str, uid: str) -> Path:
+    """Where the Z-LUT of run ``uid`` is cached (a file rebuilt from the run when gone)."""
+    return Path(data_dir) / f"zlut-{uid}.npz"
 
 
 def zlut_sweep(
@@ -72,10 +102,15 @@ def zlut_sweep(
         to 10 um above the reference beads' focus for tethers up to 8 um.
     :param settle_s: wait after each focus step (s).
 
-    The run has a ``primary`` stream (focus per step) and a ``zlut`` stream with one event:
-    ``zlut-z_nm``, ``zlut-profiles``, ``zlut-bead_ids``; the start document names the
-    Z-LUT file (``zlut_file``), which :func:`load_zlut` reloads. The focus returns to where
-    it started. Returns the run uid.
+    A ``bluesky.plans.list_scan`` (``scan_nd``) of the focus with a per-step hook that grabs the ROI
+    images. Stream ``primary``: per step the focus and the ROI images
+    (:class:`ZLUTImages`: ``zlut_images-images``, ``-focus_offset_nm``, ``-frame_index``),
+    so the Z-LUT can be rebuilt from the run; stream ``zlut``, one event: the Z-LUT
+    (:class:`ZLUTRecord`). Both streams' configuration holds the beads' layout (ids, ROI
+    origins, ROI size, nm/px). After the run the Z-LUT is cached in the tracker's data
+    folder as ``zlut-<uid>.npz`` (:func:`zlut_cache_path`) and loaded into the tracker;
+    :func:`load_zlut` reloads it later. The focus returns to where it started. Returns
+    the run uid.
     """
     plan = "zlut_sweep"
     args = PlanArgs(plan)
@@ -101,15 +136,16 @@ def zlut_sweep(
     check_microscope(microscope, plan, tracker=True)
     tracker = microscope.tracker
     rois: BeadRois = yield from bps.rd(tracker.rois)
-    selected = np.asarray(rois.bead_id, dtype=np.int64)
+    table_ids = np.asarray(rois.bead_id, dtype=np.int64)
+    selected = table_ids
     if wanted is not None:
-        missing = sorted(set(wanted) - set(selected.tolist()))
+        missing = sorted(set(wanted) - set(table_ids.tolist()))
         if missing:
             raise PreflightError(
                 f"{plan}: beads {missing} are not in the tracker's ROI table "
-                f"{selected.tolist()}"
+                f"{table_ids.tolist()}"
             )
-        selected = np.asarray(wanted, dtype=np.int64)
+        selected = table_ids[np.isin(table_ids, wanted)]  # in the ROI table's order
     if selected.size == 0:
         raise PreflightError(
             f"{plan}: no beads selected: set microscope.tracker.rois or run "
@@ -135,9 +171,15 @@ def zlut_sweep(
     else:
         refs = np.asarray(wanted_refs, dtype=np.int64)
     refs = refs[np.isin(refs, selected)]
-    lut_path = Path(tracker.data_dir) / f"zlut-{uuid.uuid4()}.npz"
+    layout = dataclasses.replace(
+        (yield from read_layout(tracker)).select(selected), zlut_uid=""
+    )  # the images are not tracked: no Z-LUT gave them z
+    nm_per_px = layout.nm_per_px
+    images = ZLUTImages(name="zlut_images")
     record = ZLUTRecord(name="zlut")
-    yield from ensure_connected(record)
+    yield from ensure_connected(images, record)
+    yield from bps.mv(*images.layout_moves(layout))
+    yield from bps.mv(*record.layout_moves(layout))
     _md = {
         "plan_name": "zlut_sweep",
         "plan_args": {
@@ -145,58 +187,90 @@ def zlut_sweep(
             "frames_per_step": frames_per_step, "beads": selected.tolist(),
             "magnet_z_mm": magnet_z_mm,
         },
-        "zlut_file": str(lut_path),
         "zlut_bead_ids": selected.tolist(),
-        "bead_rois": rois_metadata(rois, selected.tolist()),
+        "bead_rois": layout.rois_metadata(),
         "reference_bead_ids": refs.tolist(),
         "focus_start_nm": focus0,
-        "roi_size_px": int((yield from bps.rd(tracker.roi_size_px))),
-        "nm_per_px": float(tracker.nm_per_px),
     }
     _md.update(md or {})
+    stacks: list[np.ndarray] = []
+    built: list[tuple[ZLUT, np.ndarray]] = []
 
-    @bpp.run_decorator(md=_md)
-    def inner() -> Generator[Msg, Any, None]:
-        if magnet_z_mm is not None:
-            yield from bps.mv(microscope.magnet_z, magnet_z_mm)
-        stacks = []
-        for offset in offsets:
-            yield from bps.mv(microscope.focus, focus0 + offset)
-            yield from bps.sleep(settle_s)
-            (task,) = yield from bps.wait_for(
-                [functools.partial(tracker.grab_rois, frames_per_step)]
-            )
-            images, ids, _ = task.result()
-            keep = np.isin(ids, selected)
-            stacks.append(images[keep])
-            yield from bps.trigger_and_read([microscope.focus])
-        ids_kept = ids[np.isin(ids, selected)]
+    def per_step(detectors, step, pos_cache, take_reading=None) -> Generator[Msg, Any, None]:
+        yield from bps.move_per_step(step, pos_cache)
+        yield from bps.sleep(settle_s)
+        (task,) = yield from bps.wait_for(
+            [functools.partial(tracker.grab_rois, frames_per_step)]
+        )
+        grabbed, ids, frame_index = task.result()
+        stack = grabbed[np.isin(ids, selected)]
+        stacks.append(stack)
+        yield from bps.mv(
+            images.images, stack, images.focus_offset_nm, float(step[microscope.focus] - focus0),
+            images.frame_index, np.asarray(frame_index, np.int64),
+        )
+        yield from (take_reading or bps.trigger_and_read)([*detectors, *step])
+
+    def build_and_record() -> Generator[Msg, Any, None]:
         z_rel = np.repeat(-offsets, frames_per_step)  # bead height minus the focal plane
         lut = build_zlut(
-            np.concatenate(stacks, axis=1), z_rel, nm_per_px=tracker.nm_per_px,
-            bead_ids=ids_kept, source=None,
+            np.concatenate(stacks, axis=1), z_rel, nm_per_px=nm_per_px, bead_ids=selected,
         )
-        lut.save(lut_path)
         heights = (
             height_offsets_nm(lut, refs) if refs.size else np.full(lut.n_beads, np.nan)
         )
-        save_heights(lut_path, lut.bead_ids, heights, refs)
+        built.append((lut, heights))
         yield from bps.mv(
             record.z_nm, np.asarray(lut.z_nm, float),
             record.profiles, np.asarray(lut.profiles, float),
-            record.bead_ids, np.asarray(lut.bead_ids, np.int64),
-            record.height_nm, heights,
+            record.height_nm, heights, record.created, float(lut.created),
+            record.bin_px, float(lut.bin_px),
         )
         yield from bps.trigger_and_read([record], name="zlut")
-        yield from bps.mv(tracker.zlut_path, str(lut_path))
+
+    def sweep() -> Generator[Msg, Any, str]:
+        if magnet_z_mm is not None:
+            yield from bps.mv(microscope.magnet_z, magnet_z_mm)
+        scan = bp.scan_nd(
+            [images], cycler(microscope.focus, list(focus0 + offsets)), per_step=per_step,
+            md=_md,
+        )
+        uid = yield from before_close_run(scan, build_and_record)
+        lut, heights = built[-1]
+        lut = dataclasses.replace(lut, source=uid)
+        path = zlut_cache_path(tracker.data_dir, uid)
+        lut.save(path)
+        save_heights(path, lut.bead_ids, heights, refs)
+        yield from bps.mv(tracker.zlut_path, str(path))
         yield from bps.mv(tracker.height_offsets, heights_table(lut.bead_ids, heights))
+        return uid
 
     uid = yield from with_safe_finish(
-        inner(), microscope,
+        sweep(), microscope,
         safe_magnet_height_mm=None if magnet_z_mm is None else 8.0,
         restore_focus_nm=focus0,
     )
     return uid
+
+
+def before_close_run(
+    plan: Generator[Msg, Any, Any], insert: Callable[[], Generator[Msg, Any, Any]]
+) -> Generator[Msg, Any, Any]:
+    """Run ``plan``, inserting the messages of ``insert()`` before its ``close_run`` (in
+    the manner of :func:`bluesky.preprocessors.monitor_during_wrapper`), so a result
+    computed from the whole scan goes into the scan's run. Returns what ``plan`` returns."""
+
+    def mutate(msg: Msg):
+        if msg.command != "close_run":
+            return None, None
+
+        def head() -> Generator[Msg, Any, Any]:
+            yield from insert()
+            return (yield msg)
+
+        return head(), None
+
+    return (yield from bpp.plan_mutator(plan, mutate))
 
 
 def load_zlut(
@@ -208,11 +282,13 @@ def load_zlut(
 ) -> Generator[Msg, Any, ZLUT]:
     """Load the Z-LUT of a past ``zlut_sweep`` run (a Tiled run client) into the tracker.
 
-    Uses the Z-LUT file named in the run's start document; returns the ZLUT. The tracker
-    applies a Z-LUT by bead id, so it must be the Z-LUT of the beads tracked now: a
-    current bead with no table in it, or whose ROI is more than ``max_shift_px`` (px)
-    from where the sweep saw a bead with its id (another flow cell, a rebuilt ROI table)
-    is refused, unless ``allow_mismatch``. Prints which bead got which table.
+    The Z-LUT comes from the cache ``zlut-<uid>.npz`` in the tracker's data folder, else
+    from the run (:func:`magscope_plans.run_results.zlut_from_run`), cached there first;
+    returns the ZLUT. The tracker applies a Z-LUT by bead id, so it must be the Z-LUT of
+    the beads tracked now: a current bead with no table in it, or whose ROI is more than
+    ``max_shift_px`` (px) from where the sweep saw a bead with its id (another flow cell,
+    a rebuilt ROI table) is refused, unless ``allow_mismatch``. Prints which bead got
+    which table.
     """
     plan = "load_zlut"
     args = PlanArgs(plan)
@@ -220,14 +296,20 @@ def load_zlut(
     max_shift_px = args.non_negative("max_shift_px", max_shift_px, units="px")
     check_microscope(microscope, plan, tracker=True, ready=False)
     start = _start_document(run, plan)
-    if start.get("plan_name") != "zlut_sweep" or "zlut_file" not in start:
+    if start.get("plan_name") != "zlut_sweep":
         raise PlanArgumentError(
             plan, "run", start.get("uid"), f"is a {start.get('plan_name')!r} run",
             "a zlut_sweep run: only it holds a Z-LUT",
         )
-    path = Path(start["zlut_file"])
-    lut = ZLUT.load(path)
-    ids, heights = load_heights(path, lut)
+    path = zlut_cache_path(microscope.tracker.data_dir, str(start["uid"]))
+    if path.is_file():
+        lut = ZLUT.load(path)
+        ids, heights = load_heights(path, lut)
+    else:
+        lut = zlut_from_run(run)
+        ids, heights = zlut_heights_from_run(run)
+        lut.save(path)
+        save_heights(path, ids, heights, start.get("reference_bead_ids") or [])
     rois = yield from bps.rd(microscope.tracker.rois)
     match = match_beads(
         f"the Z-LUT of run {str(start.get('uid'))[:8]}", lut.bead_ids, rois,
