@@ -30,7 +30,7 @@ CAL = ForceCalibration(
 )
 
 #: Numbers with no physical unit: a gain ratio and bead identifiers.
-UNITLESS = {"mic-camera-gain", "mic-tracker-reference_beads"}
+UNITLESS = {"mic-camera-gain", "mic-tracker-reference_beads", "mic-tracker-bead_ids"}
 
 
 @pytest.fixture

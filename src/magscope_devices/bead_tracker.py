@@ -133,6 +133,9 @@ class _Capture:
     def __init__(self, tracker: BeadTracker) -> None:
         self.tracker = tracker
         self.recorder: TrackRecorder | None = None
+        self._last_window: tuple[np.ndarray, np.ndarray, np.ndarray] = (
+            np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 3, 0))
+        )
 
     def open(self, path, bead_ids: np.ndarray, z_offsets: np.ndarray | None) -> None:
         self.close()
@@ -182,9 +185,8 @@ class _Capture:
 
     def window(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(frame_index, timestamp, xyz (frames, 3, beads)) of the last request."""
-        if self.recorder is None:
-            b = self.tracker._data_logic.bead_ids.size
-            return np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 3, b))
+        if self.recorder is None:  # the last recording's, kept when it closed
+            return self._last_window
         return self.recorder.window()
 
     def close(self) -> None:
@@ -192,6 +194,7 @@ class _Capture:
         recorder, self.recorder = self.recorder, None
         if recorder is None:
             return
+        self._last_window = recorder.window()
         service = self.tracker.service
         if service is not None and service.recorder is recorder:
             service.stop_recording()
