@@ -30,13 +30,13 @@ from magscope_session.runs import (
     BeadNotInRunError,
     NoTracksError,
     bead_tracks,
-    connect,
     find_runs,
     force_calibration_of,
     run_summary,
     zlut_of,
 )
 from magscope_session.setup import make_run_engine, session_metadata, subscribe_tiled_writer
+from magscope_session.tiled_client import connect
 from magscope_session.tiled_server import ENV_TILED_API_KEY, TiledTarget, TiledUnreachableError
 
 pytestmark = pytest.mark.system

@@ -76,7 +76,13 @@ from typing import Any
 
 import numpy as np
 
-from .tiled_server import TiledUnreachableError, check_reachable
+from .tiled_client import (
+    TiledUnreachableError,
+    check_reachable,
+    client_base_uri,
+    connect,
+    default_api_key,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -175,21 +181,6 @@ def _try_lock(file: Any) -> bool:
 
 
 # --------------------------------------------------------------------------- clients
-def _make_client(client_or_uri: Any, api_key: str | None) -> Any:
-    if isinstance(client_or_uri, str):
-        from tiled.client import from_uri
-
-        return from_uri(client_or_uri, api_key=api_key)
-    return client_or_uri
-
-
-def _client_base_uri(client: Any) -> tuple[str, str | None]:
-    """``http://host:port`` and API key of a tiled client."""
-    api_uri = str(client.context.api_uri)
-    base = api_uri.split("/api/v1")[0]
-    return base, client.context.api_key
-
-
 def _move_to_sent(path: Path) -> Path:
     sent = path.parent / SENT_SUBDIR
     sent.mkdir(exist_ok=True)
@@ -233,7 +224,7 @@ class SpoolingTiledWriter:
         A ``tiled.client`` container to write runs into, or a server URI such as
         ``http://127.0.0.1:8000`` (a client is then made with ``api_key``).
     api_key
-        API key for a URI (ignored when a client is given).
+        API key for a URI (default ``$MAGSCOPE_TILED_API_KEY``; ignored for a client).
     spool_dir
         Folder of the spool files (created). The embedded server's is
         ``<data_dir>/spool``.
@@ -284,13 +275,13 @@ class SpoolingTiledWriter:
         self.fsync = fsync
         self.probe_timeout = float(probe_timeout)
         if isinstance(client_or_uri, str):
-            self.uri, self.api_key = client_or_uri.rstrip("/"), api_key
+            self.uri, self.api_key = client_or_uri.rstrip("/"), default_api_key(api_key)
             if check:
                 check_reachable(self.uri, self.api_key, timeout=probe_timeout)
             self._client: Any = None  # made by the worker, so a slow server never blocks
         else:
             self._client = client_or_uri
-            self.uri, self.api_key = _client_base_uri(client_or_uri)
+            self.uri, self.api_key = client_base_uri(client_or_uri)
             if check:
                 check_reachable(self.uri, self.api_key, timeout=probe_timeout)
         # RunEngine-thread state: routing of documents to their run.
@@ -395,7 +386,7 @@ class SpoolingTiledWriter:
     # -------------------------------------------------------------- worker side
     def _get_client(self) -> Any:
         if self._client is None:
-            self._client = _make_client(self.uri, self.api_key)
+            self._client = connect(self.uri, self.api_key, timeout=self.probe_timeout)
         return self._client
 
     def _fail(self, run: _Run, err: BaseException, name: str) -> None:
@@ -792,10 +783,8 @@ def replay(
     summary = ReplaySummary()
     if not files:
         return summary
-    if isinstance(client_or_uri, str):
-        check_reachable(client_or_uri, api_key)  # before from_uri, which retries ~25 s
-    client = _make_client(client_or_uri, api_key)
-    check_reachable(*_client_base_uri(client))
+    client = connect(client_or_uri, api_key)
+    check_reachable(*client_base_uri(client))
     for path in files:
         try:
             _replay_one(path, client, int(batch_size), int(max_array_size), summary)

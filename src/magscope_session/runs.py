@@ -1,8 +1,9 @@
 """Finding and reading past runs in Tiled, for analysis in IPython or a notebook.
 
 Every function that needs the catalog takes either a Tiled client (a container node:
-``tiled.client.from_uri(...)``, ``target.client()``) or the server's URI as a string
-(then it connects with the API key ``api_key``, default ``$MAGSCOPE_TILED_API_KEY``).
+``target.client()``, :func:`magscope_session.tiled_client.connect`) or the server's URI as a string
+(then :func:`magscope_session.tiled_client.connect` connects with the API key
+``api_key``, default ``$MAGSCOPE_TILED_API_KEY``).
 Functions of one run take a run client, as returned by :func:`find_runs` or
 ``client[uid]``::
 
@@ -43,10 +44,8 @@ from __future__ import annotations
 import datetime as dt
 import math
 import numbers
-import os
 from itertools import islice
 from typing import Any
-from urllib.parse import urlparse
 
 from magscope_devices.bead_layout import BeadLayout
 
@@ -58,14 +57,13 @@ from ._run_tracks import (
     _start,
     bead_tracks,
 )
-from .tiled_server import ENV_TILED_API_KEY, TiledUnreachableError, check_reachable
+from .tiled_client import connect
 
 __all__ = [
     "BeadNotInRunError",
     "NoTracksError",
     "TRACK_COLUMNS",
     "bead_tracks",
-    "connect",
     "find_runs",
     "force_calibration_of",
     "run_summary",
@@ -73,61 +71,6 @@ __all__ = [
 ]
 
 _RUN_SPEC = "BlueskyRun"
-
-
-# --------------------------------------------------------------------------- connecting
-def connect(client_or_uri: Any, *, api_key: str | None = None, timeout: float = 5.0) -> Any:
-    """The Tiled client of ``client_or_uri``.
-
-    Parameters
-    ----------
-    client_or_uri
-        A Tiled client node (returned as it is), an object with a ``client()`` method
-        (:class:`~magscope_session.tiled_server.TiledTarget`,
-        :class:`~magscope_session.tiled_server.EmbeddedTiled`), or the URI of a Tiled
-        server, e.g. ``"http://127.0.0.1:8000"``.
-    api_key
-        API key for a URI; default the environment variable ``MAGSCOPE_TILED_API_KEY``
-        (none if unset). Ignored for a client.
-    timeout
-        Time (s) to wait for the server to answer before giving up.
-
-    Raises
-    ------
-    TiledUnreachableError
-        No Tiled server answers at the URI within ``timeout`` s, or it rejects the key;
-        the message names the URI. (Checked first, so an unreachable server fails in
-        about ``timeout`` s instead of after the Tiled client's ~25 s of retries.)
-    """
-    from tiled.client.base import BaseClient
-
-    if isinstance(client_or_uri, BaseClient):
-        return client_or_uri
-    if isinstance(client_or_uri, str):
-        uri = client_or_uri.strip()
-        parsed = urlparse(uri)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ValueError(
-                f"{client_or_uri!r} is not the URI of a Tiled server; expected e.g. "
-                "'http://127.0.0.1:8000'"
-            )
-        key = api_key if api_key is not None else (os.environ.get(ENV_TILED_API_KEY) or None)
-        root = f"{parsed.scheme}://{parsed.netloc}"
-        try:
-            check_reachable(root, key, timeout=timeout)
-        except TiledUnreachableError as err:
-            if root != uri:
-                raise TiledUnreachableError(f"Cannot connect to {uri}: {err}") from err
-            raise
-        from tiled.client import from_uri
-
-        return from_uri(uri, api_key=key)
-    make_client = getattr(client_or_uri, "client", None)
-    if callable(make_client):
-        return make_client()
-    raise TypeError(
-        f"expected a Tiled client or a URI string, got {type(client_or_uri).__name__}"
-    )
 
 
 def _is_run(node: Any) -> bool:
@@ -199,7 +142,8 @@ def find_runs(
     Parameters
     ----------
     client_or_uri
-        The catalog: a Tiled client or a server URI (see :func:`connect`).
+        The catalog: a Tiled client or a server URI (see
+        :func:`magscope_session.tiled_client.connect`).
     sample, plan, operator
         Exact match on the start document's ``sample``, ``plan_name``, ``operator``.
     bead_id

@@ -34,10 +34,10 @@ Linux), overridden by the ``MAGSCOPE_DATA_DIR`` environment variable, overridden
 Detectors must write their HDF5 files inside ``detector-data/``: the server refuses to
 serve files outside its readable storage (HTTP 500, after about 25 s of client retries).
 
-Reading a run back::
+Reading a run back (:func:`magscope_session.tiled_client.connect`)::
 
-    from tiled.client import from_uri
-    runs = from_uri("http://127.0.0.1:8000", api_key=key)
+    from magscope_session.tiled_client import connect
+    runs = connect("http://127.0.0.1:8000", api_key=key)
     run = runs[uid]; run["primary"]["x"].read()
 
 (``stream[key].read()`` for array-valued event fields: see
@@ -63,15 +63,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from magscope_ipc.processes import ChildProcess, port_holder, spawn
+
+from .tiled_client import (
+    API_KEY_FILENAME,
+    ENV_TILED_API_KEY,
+    ENV_TILED_URI,
+    TiledUnreachableError,
+    check_reachable,
+    connect,
+)
 
 logger = logging.getLogger(__name__)
 
 ENV_DATA_DIR = "MAGSCOPE_DATA_DIR"
-ENV_TILED_URI = "MAGSCOPE_TILED_URI"
-ENV_TILED_API_KEY = "MAGSCOPE_TILED_API_KEY"
 
 DEFAULT_PORT = 8000
 DEFAULT_HOST = "127.0.0.1"
@@ -84,15 +89,10 @@ LEGACY_TABLES_FILENAME = "tables.duckdb"
 DETECTOR_DATA_SUBDIR = "detector-data"
 SPOOL_SUBDIR = "spool"
 CONFIG_FILENAME = "tiled-config.yml"
-API_KEY_FILENAME = "tiled-api-key"
 STATE_FILENAME = "tiled-server.json"
 LOG_FILENAME = "tiled-server.log"
 #: Environment variable carrying the API key from the owner to :func:`serve_main`.
 ENV_SERVER_API_KEY = "TILED_SINGLE_USER_API_KEY"
-
-
-class TiledUnreachableError(RuntimeError):
-    """The Tiled server does not answer (or rejects the API key)."""
 
 
 class TiledServerError(RuntimeError):
@@ -137,57 +137,6 @@ def _port_is_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def _auth_headers(api_key: str | None) -> dict[str, str]:
-    return {"Authorization": f"Apikey {api_key}"} if api_key else {}
-
-
-def check_reachable(uri: str, api_key: str | None = None, timeout: float = 5.0) -> None:
-    """Check, without retries, that a Tiled server answers at ``uri`` and accepts the key.
-
-    Parameters
-    ----------
-    uri
-        Server address, e.g. ``http://127.0.0.1:8000``.
-    api_key
-        The API key, or None for a public server.
-    timeout
-        Time budget for the check, in s.
-
-    Raises
-    ------
-    TiledUnreachableError
-        Naming the URI that failed and what to run to fix it.
-    """
-    base = uri.rstrip("/")
-    hint = (
-        "Start the embedded server with `magscope tiled`, or, if you meant to use another "
-        f"server, fix the environment variable {ENV_TILED_URI} (currently "
-        f"{os.environ.get(ENV_TILED_URI, 'unset')!r}) and {ENV_TILED_API_KEY}."
-    )
-    try:
-        response = httpx.get(
-            f"{base}/api/v1/metadata/",
-            headers=_auth_headers(api_key),
-            timeout=timeout,
-            trust_env=False,
-        )
-    except httpx.HTTPError as err:
-        raise TiledUnreachableError(
-            f"No Tiled server answers at {uri} ({type(err).__name__}: {err}). {hint}"
-        ) from err
-    if response.status_code in (401, 403):
-        raise TiledUnreachableError(
-            f"The Tiled server at {uri} rejected the API key (HTTP {response.status_code}). "
-            f"Set {ENV_TILED_API_KEY} to the key of that server (the embedded server keeps "
-            f"its key in <data dir>/{API_KEY_FILENAME})."
-        )
-    if response.status_code != 200:
-        raise TiledUnreachableError(
-            f"The server at {uri} answered HTTP {response.status_code} to a Tiled metadata "
-            f"request; is it a Tiled server? {hint}"
-        )
 
 
 class EmbeddedTiled:
@@ -536,10 +485,9 @@ class EmbeddedTiled:
         self.stop()
 
     def client(self, **kwargs: Any):
-        """A ``tiled.client.from_uri`` client of this server (keyword args passed on)."""
-        from tiled.client import from_uri
-
-        return from_uri(self.uri, api_key=self.api_key, **kwargs)
+        """A Tiled client of this server (:func:`.tiled_client.connect`; keyword args are
+        passed on to ``tiled.client.from_uri``)."""
+        return connect(self.uri, self.api_key, **kwargs)
 
     def run_foreground(self, *, show_key: bool = False) -> int:
         """Serve until Ctrl-C or SIGTERM (the ``magscope tiled`` command); return an exit
@@ -605,9 +553,8 @@ class TiledTarget:
         return self.data_dir / DETECTOR_DATA_SUBDIR
 
     def client(self, **kwargs: Any):
-        from tiled.client import from_uri
-
-        return from_uri(self.uri, api_key=self.api_key, **kwargs)
+        """A Tiled client of this server (:func:`.tiled_client.connect`)."""
+        return connect(self.uri, self.api_key, **kwargs)
 
     def close(self) -> None:
         if self.server is not None:
