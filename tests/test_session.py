@@ -128,7 +128,7 @@ def test_ipython_profile_gives_the_session_and_streams_documents(tmp_path):
         "time.sleep(2.0); "  # let the subscriber's connection through the proxy settle
         "RE(bps.wait_for([tracker.find_beads])); "
         "uid = RE(count_at_heights(microscope, [6.0], num=2)).plan_result[0]; "
-        "tiled_writer.flush(60); print('RUN', uid in tiled); "
+        "print('RUN', uid in tiled); "
         "print('KEYS', sorted(tiled[uid].metadata['start']))"
     )
     out = subprocess.run(

@@ -28,16 +28,15 @@ from ophyd_async.core import (
 from ophyd_async.sim import SimBlobDetector
 from tiled.queries import In, Key
 
-from magscope_session.document_writer import (
+from magscope_session.document_writer import SpoolingTiledWriter
+from magscope_session.replay import replay, replay_main
+from magscope_session.spool import (
     SENT_SUBDIR,
-    SpoolingTiledWriter,
-    _try_lock,
     dumps_document,
     loads_document,
     read_spool,
-    replay,
+    try_lock,
 )
-from magscope_session.replay import replay_main
 from magscope_session.tiled_server import (
     ENV_TILED_API_KEY,
     ENV_TILED_URI,
@@ -310,7 +309,7 @@ def test_server_killed_mid_run_nothing_lost_after_replay(
 
     # A spool file still locked by a live writer is left alone.
     with open(spool_file, "a") as held:
-        assert _try_lock(held)
+        assert try_lock(held)
         busy = replay(spool_dir, server.uri, server.api_key)
         assert busy.skipped_in_use == [uid] and busy.replayed == [] and spool_file.exists()
 

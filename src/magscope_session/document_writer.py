@@ -2,12 +2,19 @@
 
 :class:`SpoolingTiledWriter` is a RunEngine callback. For every document it
 
-1. appends one JSON line to the run's spool file ``<spool_dir>/<start uid>.jsonl`` and
-   flushes it to the operating system (``fsync`` at the end of each run, or after every
-   document with ``fsync="document"``), in the RunEngine's thread; then
+1. appends one JSON line to the run's spool file ``<spool_dir>/<start uid>.jsonl``
+   (:mod:`.spool`) and flushes it to the operating system (``fsync`` at the end of each
+   run, or after every document with ``fsync="document"``), in the RunEngine's thread;
+   then
 2. queues it for a worker thread that forwards it to bluesky-tiled-plugins'
-   ``TiledWriter``. The RunEngine never waits for Tiled (a synchronous ``TiledWriter``
-   costs about 40 ms per event at ``batch_size=1``).
+   ``TiledWriter``. The RunEngine does not wait for Tiled while a run goes on (a
+   synchronous ``TiledWriter`` costs about 40 ms per event at ``batch_size=1``); at the
+   stop document it waits, up to ``stop_timeout`` s, until the worker has written the
+   run's rest, so a run is readable from Tiled as soon as ``RE(...)`` returns.
+
+Which run a document belongs to is decided by event_model's ``RunRouter`` (the router
+bluesky-tiled-plugins' ``TiledWriter`` uses too); the spool keeps each document as the
+RunEngine emitted it.
 
 When Tiled fails for a run (server unreachable at run start, or any error while writing,
 e.g. the server went down mid-run) the writer stops forwarding that run, logs one
@@ -15,25 +22,18 @@ warning naming the run, the server and the spool file, and keeps spooling it. A 
 was written to Tiled completely has its spool file moved to ``<spool_dir>/sent/`` (kept,
 not deleted, so a local copy survives a later loss of the server's disks; delete old
 files there by hand when the space is needed). Every file left directly in
-``<spool_dir>`` is a run that is not (completely) in Tiled: :func:`replay` sends them.
+``<spool_dir>`` is a run that is not (completely) in Tiled:
+:func:`magscope_session.replay.replay` sends them.
 
 A server that goes down in the middle of a write is noticed only after the Tiled client
 has retried for about 25 s (tiled 0.2.20: environment variables ``TILED_RETRY_ATTEMPTS``
 (default 10) and ``TILED_RETRY_TIMEOUT``, read when tiled is imported; there is no
-per-client setting). Only the worker waits; at the start of each run the writer probes
-the server without retries (``probe_timeout``), so later runs fail over at once. A server
-that is back within the retry window simply receives the rest of the run; TiledWriter
-then forces the retry of an event-table append whose answer was lost, which may
-duplicate those rows (it says so in the run's ``notes`` metadata).
-
-Spool format
-------------
-One ``{"name": ..., "doc": ...}`` JSON object per line, as bluesky's ``JSONLinesWriter``
-writes, except that numpy values keep their type: an array is stored as
-``{"__ndarray__": {"dtype": "<u2", "shape": [3, 4], "b64": "..."}}`` (C-order bytes) and
-a numpy scalar other than float64 as ``{"__npscalar__": {"dtype": "<i4", "value": 7}}``.
-:func:`read_spool` decodes both back to numpy. A truncated last line (a crash while
-writing it) is dropped with a warning.
+per-client setting). Only the worker waits (and the RunEngine at a stop document, at most
+``stop_timeout``); at the start of each run the writer probes the server without retries
+(``probe_timeout``), so later runs fail over at once. A server that is back within the
+retry window simply receives the rest of the run; TiledWriter then forces the retry of an
+event-table append whose answer was lost, which may duplicate those rows (it says so in
+the run's ``notes`` metadata).
 
 Array-valued event fields
 -------------------------
@@ -52,149 +52,59 @@ With ``max_array_size=0`` both reads work::
 Concurrent replays
 ------------------
 While a writer owns a run (from its start document until it has finished forwarding its
-stop document) it holds an exclusive lock on the spool file (``flock`` on POSIX,
-``msvcrt.locking`` on Windows; released by the OS if the process dies). :func:`replay`
-skips locked files, so replaying while a session is live never sends a run twice.
+stop document) it holds an exclusive lock on the spool file (:func:`.spool.try_lock`).
+A replay skips locked files, so replaying while a session is live never sends a run twice.
 """
 
 from __future__ import annotations
 
 import atexit
-import base64
-import json
 import logging
 import os
 import queue
 import threading
-import time
-import uuid
-from collections import Counter
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from event_model import Filler, RunRouter
 
-from .tiled_client import (
-    TiledUnreachableError,
-    check_reachable,
-    client_base_uri,
-    connect,
-    default_api_key,
-)
+from .spool import SPOOL_SUFFIX, dumps_document, loads_document, move_to_sent, try_lock
+from .tiled_client import check_reachable, client_base_uri, connect, default_api_key
 
 logger = logging.getLogger(__name__)
 
-SENT_SUBDIR = "sent"
-#: Where :func:`replay` moves spool files holding no document (reported once).
-EMPTY_SUBDIR = "empty"
-SPOOL_SUFFIX = ".jsonl"
 DEFAULT_BATCH_SIZE = 100
 DEFAULT_MAX_ARRAY_SIZE = 0
+#: How long the RunEngine waits at a stop document for the run to be in Tiled, in s.
+DEFAULT_STOP_TIMEOUT = 10.0
 
 
-# --------------------------------------------------------------------------- encoding
-def _encode_default(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
-        if obj.dtype.hasobject:
-            return {
-                "__ndarray__": {"dtype": "object", "shape": list(obj.shape), "list": obj.tolist()}
-            }
-        data = np.ascontiguousarray(obj)
-        return {
-            "__ndarray__": {
-                "dtype": data.dtype.str,
-                "shape": list(data.shape),
-                "b64": base64.b64encode(data.tobytes()).decode("ascii"),
-            }
-        }
-    if isinstance(obj, np.generic):
-        return {"__npscalar__": {"dtype": obj.dtype.str, "value": obj.item()}}
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable: {obj!r}")
-
-
-def _decode_hook(obj: dict[str, Any]) -> Any:
-    if len(obj) == 1:
-        if (spec := obj.get("__ndarray__")) is not None:
-            if spec["dtype"] == "object":
-                out = np.empty(len(spec["list"]), dtype=object)
-                out[:] = spec["list"]
-                return out.reshape(spec["shape"])
-            raw = base64.b64decode(spec["b64"])
-            return np.frombuffer(raw, dtype=np.dtype(spec["dtype"])).reshape(spec["shape"]).copy()
-        if (spec := obj.get("__npscalar__")) is not None:
-            return np.dtype(spec["dtype"]).type(spec["value"])
-    return obj
-
-
-def dumps_document(name: str, doc: Any) -> str:
-    """One spool line (no newline) for a document; numpy values keep dtype and shape."""
-    return json.dumps({"name": name, "doc": doc}, default=_encode_default)
-
-
-def loads_document(line: str) -> tuple[str, dict[str, Any]]:
-    """Inverse of :func:`dumps_document`."""
-    item = json.loads(line, object_hook=_decode_hook)
-    return item["name"], item["doc"]
-
-
-def read_spool(path: str | os.PathLike[str]) -> list[tuple[str, dict[str, Any]]]:
-    """All documents of a spool file, in order. A truncated last line is dropped.
-
-    Raises ValueError naming the file and line if any other line is unreadable.
-    """
-    path = Path(path)
-    lines = path.read_text(encoding="utf-8").split("\n")
-    docs: list[tuple[str, dict[str, Any]]] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            docs.append(loads_document(line))
-        except (ValueError, KeyError) as err:
-            if number == len(lines) or all(not rest.strip() for rest in lines[number:]):
-                logger.warning("Dropping the truncated last line %d of %s (%s)", number, path, err)
-                break
-            raise ValueError(f"Spool file {path}, line {number} is unreadable: {err}") from err
-    return docs
-
-
-# --------------------------------------------------------------------------- locking
-def _try_lock(file: Any) -> bool:
-    """Take an exclusive, non-blocking lock on an open file; False if another holds it."""
-    try:
-        if os.name == "nt":
-            import msvcrt
-
-            file.seek(0)
-            msvcrt.locking(file.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
-        else:
-            import fcntl
-
-            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
-    return True
-
-
-# --------------------------------------------------------------------------- clients
-def _move_to_sent(path: Path) -> Path:
-    sent = path.parent / SENT_SUBDIR
-    sent.mkdir(exist_ok=True)
-    target = sent / path.name
-    if target.exists():  # the same run sent twice (re-run replay): keep both
-        target = sent / f"{path.stem}.{int(time.time())}{path.suffix}"
-    os.replace(path, target)
-    return target
-
-
-def _new_tiled_writer(client: Any, batch_size: int, max_array_size: int) -> Any:
+def new_tiled_writer(client: Any, batch_size: int, max_array_size: int) -> Any:
+    """bluesky-tiled-plugins' ``TiledWriter`` into ``client`` (one per run)."""
     from bluesky_tiled_plugins import TiledWriter
 
     return TiledWriter(client, batch_size=batch_size, max_array_size=max_array_size)
+
+
+class _NoFilling(Filler):
+    """The RunRouter's filler: external data are forwarded as references, never loaded,
+    and no document is cached."""
+
+    def event_page(self, doc: Any) -> Any:
+        return doc
+
+    def datum_page(self, doc: Any) -> Any:
+        return doc
+
+    def resource(self, doc: Any) -> Any:
+        return doc
+
+    def stream_resource(self, doc: Any) -> Any:
+        return doc
+
+    def stream_datum(self, doc: Any) -> Any:
+        return doc
 
 
 # --------------------------------------------------------------------------- the writer
@@ -210,6 +120,8 @@ class _Run:
     documents: int = 0
     forwarded: int = 0
     error: str = ""
+    #: set when the worker has handled the stop document (or the run was given up)
+    done: threading.Event = field(default_factory=threading.Event)
 
 
 _CLOSE = object()
@@ -245,6 +157,11 @@ class SpoolingTiledWriter:
         not answer. With False, runs are spooled only until the server answers.
     probe_timeout
         Time budget of the reachability probe at each run start, in s.
+    stop_timeout
+        At a stop document the RunEngine waits up to this long (s) until the worker has
+        sent the run's rest to Tiled, so the run is readable as soon as ``RE(...)``
+        returns; 0 does not wait. A run still being sent then goes on in the background
+        (:meth:`flush` waits for it).
     """
 
     def __init__(
@@ -258,6 +175,7 @@ class SpoolingTiledWriter:
         fsync: str = "stop",
         check: bool = True,
         probe_timeout: float = 2.0,
+        stop_timeout: float = DEFAULT_STOP_TIMEOUT,
     ) -> None:
         if spool_dir is None:
             raise ValueError(
@@ -274,6 +192,7 @@ class SpoolingTiledWriter:
         self.max_array_size = int(max_array_size)
         self.fsync = fsync
         self.probe_timeout = float(probe_timeout)
+        self.stop_timeout = float(stop_timeout)
         if isinstance(client_or_uri, str):
             self.uri, self.api_key = client_or_uri.rstrip("/"), default_api_key(api_key)
             if check:
@@ -284,10 +203,9 @@ class SpoolingTiledWriter:
             self.uri, self.api_key = client_base_uri(client_or_uri)
             if check:
                 check_reachable(self.uri, self.api_key, timeout=probe_timeout)
-        # RunEngine-thread state: routing of documents to their run.
-        self._runs: dict[str, _Run] = {}  # start uid -> run
-        self._by_uid: dict[str, _Run] = {}  # descriptor / resource uid -> run
-        self._runs_of: dict[str, list[str]] = {}  # start uid -> uids mapped in _by_uid
+        # RunEngine-thread state: the router names the run of each document.
+        self._router = RunRouter([self._open_run], filler_class=_NoFilling)
+        self._claimed: list[_Run] = []
         # Worker state.
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._pending = 0
@@ -305,7 +223,7 @@ class SpoolingTiledWriter:
 
     # -------------------------------------------------------------- RunEngine side
     def __call__(self, name: str, doc: dict[str, Any]) -> None:
-        run = self._route(name, doc)
+        run = self._run_of(name, doc)
         if run is None:
             self._spool_orphan(name, doc)
             return
@@ -315,8 +233,6 @@ class SpoolingTiledWriter:
         run.documents += 1
         if self.fsync == "document" or (self.fsync == "stop" and name == "stop"):
             os.fsync(run.file.fileno())
-        if name == "stop":
-            self._forget(run.uid)
         if self._closed:
             if name == "stop":
                 self._finish(run, sent=False)
@@ -324,54 +240,38 @@ class SpoolingTiledWriter:
         with self._pending_cond:
             self._pending += 1
         self._queue.put((run, name, line))
+        if name == "stop" and self.stop_timeout > 0 and not run.done.wait(self.stop_timeout):
+            logger.info(
+                "Run %s: not yet completely in Tiled at %s after %s s; it is still being "
+                "sent in the background.",
+                run.uid,
+                self.uri,
+                self.stop_timeout,
+            )
 
-    def _open_run(self, doc: dict[str, Any]) -> _Run:
+    def _run_of(self, name: str, doc: dict[str, Any]) -> _Run | None:
+        """The run of a document, as event_model's RunRouter routes it: each run's
+        callback (made by :meth:`_open_run` at its start document) claims the documents
+        routed to it. None for a document of no open run (or, for an old-style resource
+        without ``run_start``, of several)."""
+        self._claimed = []
+        try:
+            self._router(name, doc)
+        except KeyError:  # a descriptor, event or datum of no open run
+            return None
+        return self._claimed[0] if len(self._claimed) == 1 else None
+
+    def _open_run(self, name: str, doc: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+        """RunRouter factory: open the run's spool file; its callback claims the run's
+        documents."""
         uid = doc["uid"]
         path = self.spool_dir / f"{uid}{SPOOL_SUFFIX}"
         file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in _finish()
-        if not _try_lock(file):
+        if not try_lock(file):
             file.close()
             raise RuntimeError(f"Spool file {path} is locked by another process (same run uid?)")
         run = _Run(uid=uid, path=path, file=file)
-        self._runs[uid] = run
-        self._runs_of[uid] = []
-        return run
-
-    def _map(self, key: str, run: _Run) -> None:
-        self._by_uid[key] = run
-        self._runs_of[run.uid].append(key)
-
-    def _forget(self, start_uid: str) -> None:
-        self._runs.pop(start_uid, None)
-        for key in self._runs_of.pop(start_uid, []):
-            self._by_uid.pop(key, None)
-
-    def _single_open_run(self) -> _Run | None:
-        return next(iter(self._runs.values())) if len(self._runs) == 1 else None
-
-    def _route(self, name: str, doc: dict[str, Any]) -> _Run | None:
-        if name == "start":
-            return self._open_run(doc)
-        if name in ("descriptor", "stop"):
-            run = self._runs.get(doc["run_start"])
-            if run is not None and name == "descriptor":
-                self._map(doc["uid"], run)
-            return run
-        if name in ("event", "event_page", "stream_datum", "datum", "datum_page"):
-            key = {
-                "event": "descriptor",
-                "event_page": "descriptor",
-                "stream_datum": "stream_resource",
-                "datum": "resource",
-                "datum_page": "resource",
-            }[name]
-            return self._by_uid.get(doc[key])
-        if name in ("stream_resource", "resource"):
-            run = self._runs.get(doc.get("run_start", "")) or self._single_open_run()
-            if run is not None:
-                self._map(doc["uid"], run)
-            return run
-        return None
+        return [lambda name, doc: self._claimed.append(run)], []
 
     def _spool_orphan(self, name: str, doc: dict[str, Any]) -> None:
         path = self.spool_dir / "unrouted-documents.jsonl.txt"
@@ -395,7 +295,7 @@ class SpoolingTiledWriter:
         logger.warning(
             "Tiled at %s failed on the %r document of run %s (%s). The run goes on; no "
             "more of it is sent to Tiled, all its documents are kept in %s. When the server "
-            "is back, send it with `magscope tiled replay` (or document_writer.replay).",
+            "is back, send it with `magscope tiled replay` (or magscope_session.replay.replay).",
             self.uri,
             name,
             run.uid,
@@ -412,7 +312,7 @@ class SpoolingTiledWriter:
         try:
             if name == "start":
                 check_reachable(self.uri, self.api_key, timeout=self.probe_timeout)
-                run.writer = _new_tiled_writer(
+                run.writer = new_tiled_writer(
                     self._get_client(), self.batch_size, self.max_array_size
                 )
             if run.writer is None:
@@ -427,9 +327,10 @@ class SpoolingTiledWriter:
             if run.finished:
                 return
             run.finished = True
+            run.done.set()
             run.file.close()  # releases the lock
             if sent:
-                target = _move_to_sent(run.path)
+                target = move_to_sent(run.path)
                 logger.info(
                     "Run %s is in Tiled (%d documents); spool moved to %s",
                     run.uid,
@@ -459,6 +360,8 @@ class SpoolingTiledWriter:
             except Exception:  # noqa: BLE001 - the worker must survive anything
                 logger.exception("SpoolingTiledWriter worker error on run %s", run.uid)
             finally:
+                if name == "stop":
+                    run.done.set()
                 with self._pending_cond:
                     self._pending -= 1
                     self._pending_cond.notify_all()
@@ -506,293 +409,3 @@ class SpoolingTiledWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-# --------------------------------------------------------------------------- replay
-@dataclass
-class ReplaySummary:
-    """What :func:`replay` did. Run uids in each list; ``documents`` sent in total."""
-
-    replayed: list[str] = field(default_factory=list)
-    documents: int = 0
-    already_in_tiled: list[str] = field(default_factory=list)
-    partial_deleted: list[str] = field(default_factory=list)
-    stop_added: list[str] = field(default_factory=list)
-    skipped_in_use: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-    #: spool files with no document (the disk was full at the start document), moved
-    #: to ``<spool_dir>/empty/`` so they are reported once: file name -> new path
-    empty: dict[str, str] = field(default_factory=dict)
-    #: per run, the external HDF5 data keys whose file holds more rows than the run's
-    #: StreamDatums announce (a writer killed mid-record): Tiled serves the announced rows
-    trimmed: dict[str, list[str]] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-    def __str__(self) -> str:
-        lines = [f"Replayed {len(self.replayed)} run(s), {self.documents} document(s)."]
-        if self.partial_deleted:
-            lines.append(
-                f"  {len(self.partial_deleted)} partial copy(ies) in Tiled replaced: "
-                + ", ".join(self.partial_deleted)
-            )
-        if self.stop_added:
-            lines.append(
-                f"  {len(self.stop_added)} run(s) had no stop document (the session "
-                "crashed); written with exit_status 'fail': " + ", ".join(self.stop_added)
-            )
-        if self.already_in_tiled:
-            lines.append(
-                f"  {len(self.already_in_tiled)} run(s) were already complete in Tiled: "
-                + ", ".join(self.already_in_tiled)
-            )
-        for uid, notes in self.trimmed.items():
-            lines.append(
-                f"  {uid}: file(s) hold rows no event describes (the session died while "
-                "writing them); Tiled serves the described rows: " + "; ".join(notes)
-            )
-        for name, moved in self.empty.items():
-            lines.append(
-                f"  {name} held no document (the disk was full when its run started?); "
-                f"moved to {moved}, not replayed"
-            )
-        if self.skipped_in_use:
-            lines.append(
-                f"  {len(self.skipped_in_use)} run(s) skipped, still being written by a "
-                "live session: " + ", ".join(self.skipped_in_use)
-            )
-        for uid, error in self.failed.items():
-            lines.append(f"  FAILED {uid}: {error}")
-        return "\n".join(lines)
-
-
-def unsent_spool_files(spool_dir: str | os.PathLike[str]) -> list[Path]:
-    """Spool files of runs not (completely) in Tiled, oldest first."""
-    folder = Path(spool_dir)
-    if not folder.is_dir():
-        return []
-    files = [p for p in folder.glob(f"*{SPOOL_SUFFIX}") if p.is_file()]
-    return sorted(files, key=lambda p: p.stat().st_mtime)
-
-
-def _synthesize_stop(docs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
-    start = docs[0][1]
-    streams: dict[str, str] = {}
-    counts: Counter[str] = Counter()
-    last_time = start.get("time", time.time())
-    for name, doc in docs:
-        if isinstance(doc.get("time"), (int, float)):
-            last_time = doc["time"]
-        if name == "descriptor":
-            streams[doc["uid"]] = doc["name"]
-            counts[doc["name"]] += 0
-        elif name == "event":
-            counts[streams.get(doc["descriptor"], "?")] += 1
-        elif name == "event_page":
-            counts[streams.get(doc["descriptor"], "?")] += len(doc["seq_num"])
-    return {
-        "uid": str(uuid.uuid4()),
-        "run_start": start["uid"],
-        "time": last_time,
-        "exit_status": "fail",
-        "reason": "No stop document was recorded (the session ended mid-run); "
-        "stop document added by magscope replay.",
-        "num_events": dict(counts),
-    }
-
-
-def _announced_rows_only(
-    docs: list[tuple[str, dict[str, Any]]],
-) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
-    """Make Tiled serve only the rows of external HDF5 datasets that the run's
-    StreamDatum documents announce.
-
-    A detector that writes rows as they come and is killed mid-acquisition (``kill -9``
-    of the session) leaves rows in its file that no document announced; Tiled sizes the
-    array from the StreamDatums and then refuses the whole stream ("Can not reshape").
-    For each such data key the first StreamResource gets the parameter
-    ``slice="0:<announced rows>"`` (applied by Tiled's HDF5 adapter along the leading
-    axis of the concatenated files). Only the last file of a data key may hold extra
-    rows; files that cannot be opened here are left alone. Returns the (copied) documents
-    and one note per trimmed data key.
-    """
-    descriptors: dict[str, dict[str, Any]] = {}
-    resources: dict[str, dict[str, Any]] = {}
-    announced: dict[str, int] = {}
-    descriptor_of: dict[str, str] = {}
-    for name, doc in docs:
-        if name == "descriptor":
-            descriptors[doc["uid"]] = doc
-        elif name == "stream_resource" and doc.get("mimetype") == "application/x-hdf5":
-            resources[doc["uid"]] = doc
-        elif name == "stream_datum" and doc["stream_resource"] in resources:
-            res = doc["stream_resource"]
-            announced[res] = max(announced.get(res, 0), int(doc["indices"]["stop"]))
-            descriptor_of[res] = doc["descriptor"]
-    # data key (per descriptor) -> its resources, in document order
-    groups: dict[tuple[str, str], list[str]] = {}
-    for res, doc in resources.items():
-        if res in descriptor_of:
-            groups.setdefault((descriptor_of[res], doc["data_key"]), []).append(res)
-    notes: list[str] = []
-    patched: dict[str, dict[str, Any]] = {}
-    for (descriptor, data_key), members in groups.items():
-        first = resources[members[0]]
-        if "slice" in first.get("parameters", {}):
-            continue
-        try:
-            shape = descriptors[descriptor]["data_keys"][data_key]["shape"]
-            needed, held = [], []
-            for res in members:
-                rows, trailing = _hdf5_rows(resources[res])
-                per_index = int(np.prod(shape)) / max(1, int(np.prod(trailing)))
-                if per_index != int(per_index):
-                    raise ValueError("the datum shape does not divide into file rows")
-                needed.append(announced.get(res, 0) * int(per_index))
-                held.append(rows)
-        except Exception as err:  # noqa: BLE001 - leave this key as it is
-            logger.debug("Not checking the rows of %s: %s", data_key, err)
-            continue
-        if held == needed or held[-1] < needed[-1] or held[:-1] != needed[:-1]:
-            continue  # exact, short (Tiled pads nothing: left alone), or not fixable here
-        total = sum(needed)
-        params = {**first.get("parameters", {}), "slice": f"0:{total}"}
-        patched[members[0]] = {**first, "parameters": params}
-        notes.append(f"{data_key} ({sum(held)} rows in the file, {total} described)")
-    if not patched:
-        return docs, notes
-    out = [
-        (name, patched.get(doc["uid"], doc) if name == "stream_resource" else doc)
-        for name, doc in docs
-    ]
-    return out, notes
-
-
-def _hdf5_rows(resource: dict[str, Any]) -> tuple[int, tuple[int, ...]]:
-    """Rows (leading axis) and trailing shape of a StreamResource's HDF5 dataset."""
-    from urllib.parse import urlparse
-
-    import h5py
-
-    path = urlparse(resource["uri"]).path
-    # swmr=True: also a file whose writer was killed (still marked open for writing)
-    with h5py.File(path, "r", swmr=True, locking=False) as file:
-        shape = file[resource["parameters"]["dataset"]].shape
-    return int(shape[0]), tuple(int(d) for d in shape[1:])
-
-
-def _replay_state(uid: str, summary: ReplaySummary) -> str:
-    if uid in summary.failed:
-        return f"FAILED ({summary.failed[uid]})"
-    if uid in summary.skipped_in_use:
-        return "skipped, a live session still writes it"
-    if uid in summary.already_in_tiled:
-        return "already complete in Tiled"
-    if uid in summary.empty:
-        return f"empty spool file, moved to {summary.empty[uid]}"
-    return "replayed"
-
-
-def _replay_one(
-    path: Path, client: Any, batch_size: int, max_array_size: int, summary: ReplaySummary
-) -> None:
-    with open(path, "a+", encoding="utf-8") as handle:
-        if not _try_lock(handle):
-            summary.skipped_in_use.append(path.stem)
-            return
-        docs = read_spool(path)
-        if not docs:  # e.g. the disk was full when the run started: nothing to send
-            handle.close()
-            folder = path.parent / EMPTY_SUBDIR
-            folder.mkdir(exist_ok=True)
-            target = folder / path.name
-            os.replace(path, target)
-            summary.empty[path.stem] = str(target)
-            logger.warning("Spool file %s holds no document; moved to %s", path, target)
-            return
-        if docs[0][0] != "start":
-            raise ValueError(f"{path} does not begin with a start document")
-        uid = docs[0][1]["uid"]
-        if uid in client:
-            node = client[uid]
-            if node.metadata.get("stop") is not None:
-                summary.already_in_tiled.append(uid)
-                handle.close()
-                _move_to_sent(path)
-                return
-            # A partial copy (the writer failed mid-run): remove it, then write it whole.
-            client.delete_contents(uid, recursive=True, external_only=False)
-            summary.partial_deleted.append(uid)
-        if docs[-1][0] != "stop":
-            docs.append(("stop", _synthesize_stop(docs)))
-            summary.stop_added.append(uid)
-        docs, trimmed = _announced_rows_only(docs)
-        if trimmed:
-            summary.trimmed[uid] = trimmed
-        writer = _new_tiled_writer(client, batch_size, max_array_size)
-        for name, doc in docs:
-            writer(name, doc)
-        summary.replayed.append(uid)
-        summary.documents += len(docs)
-    _move_to_sent(path)
-
-
-def replay(
-    spool_dir: str | os.PathLike[str],
-    client_or_uri: Any,
-    api_key: str | None = None,
-    *,
-    batch_size: int = 1000,
-    max_array_size: int = DEFAULT_MAX_ARRAY_SIZE,
-    runs: Iterable[str] | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> ReplaySummary:
-    """Send every unsent spooled run to Tiled, completely, and move it to ``sent/``.
-
-    Idempotent: a run already complete in Tiled (its stop document is there) is only
-    moved to ``sent/``; a partial copy (left by a writer that failed mid-run) is deleted
-    first, with its internally stored data, and the run is written again under the same
-    uid. External files (detector HDF5) are never deleted. A run without a stop document
-    (the session died mid-run) gets one with ``exit_status="fail"``. Files locked by a
-    live :class:`SpoolingTiledWriter` are skipped.
-
-    Parameters
-    ----------
-    spool_dir
-        The spool folder (``<data_dir>/spool`` for the embedded server).
-    client_or_uri, api_key
-        The Tiled container (or server URI and key) to write to.
-    batch_size
-        Events per Tiled write.
-    runs
-        Only these run uids (default: all unsent).
-    progress
-        Called with one line per run (e.g. ``print``).
-
-    Raises
-    ------
-    TiledUnreachableError
-        If the server does not answer; nothing is changed then.
-    """
-    files = unsent_spool_files(spool_dir)
-    if runs is not None:
-        wanted = set(runs)
-        files = [p for p in files if p.stem in wanted]
-    summary = ReplaySummary()
-    if not files:
-        return summary
-    client = connect(client_or_uri, api_key)
-    check_reachable(*client_base_uri(client))
-    for path in files:
-        try:
-            _replay_one(path, client, int(batch_size), int(max_array_size), summary)
-        except TiledUnreachableError:
-            raise
-        except Exception as err:  # noqa: BLE001 - report per run, continue with the rest
-            summary.failed[path.stem] = f"{type(err).__name__}: {err}".splitlines()[0][:500]
-            logger.warning("Replay of %s failed: %s", path, summary.failed[path.stem])
-        if progress is not None:
-            progress(f"{path.stem}: {_replay_state(path.stem, summary)}")
-    return summary
