@@ -153,8 +153,8 @@ def test_find_runs_by_metadata_bead_and_date(written):
     mine = find_runs(client, sample=f"lambda-{w.tag}")
     assert uids(mine) == [w.t, w.z, w.a]  # newest first
     assert uids(find_runs(client, sample=f"hairpin-{w.tag}")) == [w.f, w.b]
-    assert uids(find_runs(client, plan="zlut_sweep")) == [w.z]
-    assert uids(find_runs(client, plan="count", operator="bob")) == [w.b]
+    assert uids(find_runs(client, plan_name="zlut_sweep")) == [w.z]
+    assert uids(find_runs(client, plan_name="count", operator="bob")) == [w.b]
     assert uids(find_runs(client, sample=f"lambda-{w.tag}", limit=1)) == [w.t]
     # bead ids: start.bead_ids (counts, record, force fit) or start.zlut_bead_ids (sweep)
     first, last = w.tethered[0], w.tethered[2]
@@ -178,11 +178,11 @@ def test_find_runs_by_metadata_bead_and_date(written):
     with pytest.raises(ValueError, match="YYYY-MM-DD"):
         find_runs(client, since="14/03/2025")
     # a URI with the key from the environment, or given
-    assert uids(find_runs(w.server.uri, plan="zlut_sweep", api_key=w.server.api_key)) == [w.z]
+    assert uids(find_runs(w.server.uri, plan_name="zlut_sweep", api_key=w.server.api_key)) == [w.z]
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(ENV_TILED_API_KEY, w.server.api_key)
-        assert uids(find_runs(w.server.uri, plan="zlut_sweep")) == [w.z]
-    assert uids(find_runs(w.server, plan="zlut_sweep")) == [w.z]  # an EmbeddedTiled
+        assert uids(find_runs(w.server.uri, plan_name="zlut_sweep")) == [w.z]
+    assert uids(find_runs(w.server, plan_name="zlut_sweep")) == [w.z]  # an EmbeddedTiled
     with pytest.raises(TypeError, match="catalog"):
         find_runs(client[w.a])
 

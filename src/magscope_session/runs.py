@@ -45,7 +45,7 @@ import datetime as dt
 import math
 import numbers
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from magscope_devices.bead_layout import BeadLayout
 
@@ -59,12 +59,16 @@ from ._run_tracks import (
 )
 from .tiled_client import connect
 
+if TYPE_CHECKING:
+    from databroker.queries import TimeRange
+
 __all__ = [
     "BeadNotInRunError",
     "NoTracksError",
     "TRACK_COLUMNS",
     "bead_tracks",
     "find_runs",
+    "last",
     "force_calibration_of",
     "run_summary",
     "zlut_of",
@@ -81,55 +85,78 @@ def _is_run(node: Any) -> bool:
 
 
 # --------------------------------------------------------------------------- finding
-def _unix_bound(value: Any, name: str, *, upper: bool) -> tuple[float, bool] | None:
-    """``value`` as (UNIX s, exclusive). A date (no time of day) as the upper bound means
-    the end of that day: the next local midnight, exclusive."""
+def _time_range(since: Any, until: Any) -> TimeRange | None:
+    """databroker's :class:`~databroker.queries.TimeRange` for :func:`find_runs`'s
+    inclusive bounds (TimeRange's ``until`` is exclusive: a date as ``until`` becomes the
+    next day, a time the next float after it)."""
+    if since is None and until is None:
+        return None
+    bounds = [_time_value(since, "since"), _time_value(until, "until")]
+    if isinstance(bounds[1], dt.date) and not isinstance(bounds[1], dt.datetime):
+        bounds[1] = bounds[1] + dt.timedelta(days=1)  # the whole day
+    elif isinstance(bounds[1], dt.datetime):
+        bounds[1] = bounds[1].timestamp()
+    if isinstance(bounds[1], float):
+        bounds[1] = math.nextafter(bounds[1], math.inf)  # inclusive
+    since_, until_ = (b.isoformat() if type(b) is dt.date else b for b in bounds)
+    from databroker.queries import TimeRange
+
+    try:
+        return TimeRange(since=since_, until=until_)
+    except ValueError as err:
+        if "since must not be greater" in str(err):
+            raise ValueError(f"until={until!r} is before since={since!r}") from None
+        raise
+
+
+def _time_value(value: Any, name: str) -> Any:
+    """A bound as TimeRange takes it: a float (UNIX s), a datetime or a date."""
     if value is None:
         return None
     if isinstance(value, bool):
         raise TypeError(f"{name} must be a datetime, a date string or a UNIX time, not a bool")
     if isinstance(value, numbers.Real):
-        seconds = float(value)
-        if not math.isfinite(seconds):
+        if not math.isfinite(float(value)):
             raise ValueError(f"{name}={value!r} is not a finite UNIX time (s)")
-        return seconds, False
-    day: dt.date | None = None
-    when: dt.datetime | None = None
-    if isinstance(value, dt.datetime):
-        when = value
-    elif isinstance(value, dt.date):
-        day = value
-    elif isinstance(value, str):
-        text = value.strip()
-        try:
-            if len(text) == 10:
-                day = dt.date.fromisoformat(text)
-            else:
-                when = dt.datetime.fromisoformat(text)
-        except ValueError:
-            raise ValueError(
-                f"{name}={value!r}: expected a date 'YYYY-MM-DD', a date and time "
-                "'YYYY-MM-DDTHH:MM[:SS]', a datetime or a UNIX time in s"
-            ) from None
-    else:
+        return float(value)
+    if isinstance(value, dt.date):  # datetime included
+        return value
+    if not isinstance(value, str):
         raise TypeError(
             f"{name} must be a datetime, a date string 'YYYY-MM-DD' or a UNIX time (s), "
             f"not {type(value).__name__}"
         )
-    if day is not None:
-        if upper:
-            day = day + dt.timedelta(days=1)
-            return dt.datetime.combine(day, dt.time()).timestamp(), True
-        return dt.datetime.combine(day, dt.time()).timestamp(), False
-    assert when is not None
-    return when.timestamp(), False  # naive: local time
+    try:
+        text = value.strip()
+        return dt.date.fromisoformat(text) if len(text) == 10 else dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"{name}={value!r}: expected a date 'YYYY-MM-DD', a date and time "
+            "'YYYY-MM-DDTHH:MM[:SS]', a datetime or a UNIX time in s"
+        ) from None
+
+
+def _search_time(node: Any, time_range: TimeRange) -> Any:
+    """``node.search(time_range)``: databroker's catalog of runs turns it into Tiled
+    comparisons on ``start.time``; a plain container (a server without the
+    ``CatalogOfBlueskyRuns`` spec on its root) gets the same comparisons here."""
+    from bluesky_tiled_plugins import CatalogOfBlueskyRuns
+    from tiled.queries import Comparison
+
+    if isinstance(node, CatalogOfBlueskyRuns):
+        return node.search(time_range)
+    if time_range.since is not None:
+        node = node.search(Comparison("ge", "start.time", time_range.since))
+    if time_range.until is not None:
+        node = node.search(Comparison("lt", "start.time", time_range.until))
+    return node
 
 
 def find_runs(
     client_or_uri: Any,
     *,
     sample: str | None = None,
-    plan: str | None = None,
+    plan_name: str | None = None,
     bead_id: int | None = None,
     since: Any = None,
     until: Any = None,
@@ -144,8 +171,8 @@ def find_runs(
     client_or_uri
         The catalog: a Tiled client or a server URI (see
         :func:`magscope_session.tiled_client.connect`).
-    sample, plan, operator
-        Exact match on the start document's ``sample``, ``plan_name``, ``operator``.
+    sample, plan_name, operator
+        Exact match on the start document's key of the same name.
     bead_id
         Runs that measured this bead: the id is in the start document's ``bead_ids``
         (force calibration, force-extension, protocols, and any run given
@@ -157,6 +184,7 @@ def find_runs(
         Start time bounds, inclusive: a ``datetime`` (naive = local time of this
         computer), a date string ``'YYYY-MM-DD'`` (local time; ``until`` a date includes
         that whole day), a date-time string ``'YYYY-MM-DDTHH:MM'``, or a UNIX time (s).
+        Searched with databroker's ``TimeRange`` query.
     limit
         At most this many runs (the newest).
     api_key
@@ -175,18 +203,12 @@ def find_runs(
     from tiled.queries import Contains, Key, SpecsQuery
 
     node = catalog.search(SpecsQuery([_RUN_SPEC]))
-    for key, value in (("sample", sample), ("plan_name", plan), ("operator", operator)):
+    for key, value in (("sample", sample), ("plan_name", plan_name), ("operator", operator)):
         if value is not None:
             node = node.search(Key(f"start.{key}") == value)
-    lower = _unix_bound(since, "since", upper=False)
-    upper = _unix_bound(until, "until", upper=True)
-    if lower is not None and upper is not None and upper[0] < lower[0]:
-        raise ValueError(f"until={until!r} is before since={since!r}")
-    if lower is not None:
-        node = node.search(Key("start.time") >= lower[0])
-    if upper is not None:
-        t, exclusive = upper
-        node = node.search(Key("start.time") < t if exclusive else Key("start.time") <= t)
+    time_range = _time_range(since, until)
+    if time_range is not None:
+        node = _search_time(node, time_range)
     if bead_id is None:
         nodes = [node]
     else:
@@ -204,6 +226,22 @@ def find_runs(
             found.setdefault(start["uid"], (float(start.get("time", 0.0)), run))
     ordered = [run for _, run in sorted(found.values(), key=lambda item: -item[0])]
     return ordered if limit is None else ordered[:limit]
+
+
+def last(client_or_uri: Any, n: int = 1, *, api_key: str | None = None) -> Any:
+    """The newest run (``n=1``), or a list of the ``n`` newest runs, newest first.
+
+    ``client_or_uri`` and ``api_key`` as for :func:`find_runs`. Raises LookupError when
+    the catalog holds no run (``n=1``).
+    """
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"n must be an integer >= 1 (runs), got {n!r}")
+    runs = find_runs(client_or_uri, limit=int(n), api_key=api_key)
+    if n > 1:
+        return runs
+    if not runs:
+        raise LookupError("the catalog holds no run yet")
+    return runs[0]
 
 
 # --------------------------------------------------------------------------- one run

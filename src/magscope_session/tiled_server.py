@@ -322,6 +322,9 @@ class EmbeddedTiled:
                             f"sqlite:///{self.tables_path.as_posix()}",
                         ],
                         "readable_storage": readable,
+                        # clients get databroker's catalog of runs (bluesky-tiled-plugins'
+                        # CatalogOfBlueskyRuns): TimeRange queries, catalog[-1], scan ids
+                        "specs": [{"name": "CatalogOfBlueskyRuns", "version": "3.0"}],
                         # serve_main creates the catalog in-process when it does not
                         # exist yet (Tiled's own init spawns `tiled catalog init`, 4 s)
                         "init_if_not_exists": False,
