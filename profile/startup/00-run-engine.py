@@ -5,8 +5,8 @@ import os
 
 from bluesky_queueserver import is_re_worker_active
 
-from magscope_devices.sim.world import SimParams
-from magscope_session.setup import make_run_engine, session_metadata
+from magscope_devices import SimParams
+from magscope_session import make_run_engine, session_metadata
 
 interactive = not is_re_worker_active()
 sim_params = SimParams(seed=int(os.environ.get("MAGSCOPE_SIM_SEED", "0")))

@@ -5,12 +5,8 @@ import bluesky.plan_stubs as bps
 import bluesky.plans as bp
 from bluesky_queueserver import parameter_annotation_decorator
 
-from magscope_plans import basic, beads, safety
-from magscope_plans import force_calibration as _fc
-from magscope_plans import force_extension as _fe
-from magscope_plans import force_protocols as _fp
-from magscope_plans import zlut as _zlut
-from magscope_plans.basic import camera_and_axes
+import magscope_plans as _plans
+from magscope_plans import camera_and_axes
 
 
 def _device_checked(plan, parameter, names):
@@ -23,24 +19,24 @@ def _device_checked(plan, parameter, names):
 _MICROSCOPES = ["microscope"]
 _TRACKERS = ["microscope.tracker", "tracker"]
 
-zlut_sweep = _device_checked(_zlut.zlut_sweep, "microscope", _MICROSCOPES)
-force_calibration = _device_checked(_fc.force_calibration, "microscope", _MICROSCOPES)
-force_extension = _device_checked(_fe.force_extension, "microscope", _MICROSCOPES)
-rotation_extension = _device_checked(_fe.rotation_extension, "microscope", _MICROSCOPES)
-force_ramp = _device_checked(_fp.force_ramp, "microscope", _MICROSCOPES)
-force_clamp = _device_checked(_fp.force_clamp, "microscope", _MICROSCOPES)
-count_at_heights = _device_checked(basic.count_at_heights, "microscope", _MICROSCOPES)
-focus_scan = _device_checked(basic.focus_scan, "microscope", _MICROSCOPES)
-restore_safe_state = _device_checked(safety.restore_safe_state, "microscope", _MICROSCOPES)
-auto_select_beads = _device_checked(beads.auto_select_beads, "tracker", _TRACKERS)
-find_reference_beads = _device_checked(beads.find_reference_beads, "tracker", _TRACKERS)
-add_bead = _device_checked(beads.add_bead, "tracker", _TRACKERS)
-move_bead = _device_checked(beads.move_bead, "tracker", _TRACKERS)
-remove_beads = _device_checked(beads.remove_beads, "tracker", _TRACKERS)
+zlut_sweep = _device_checked(_plans.zlut_sweep, "microscope", _MICROSCOPES)
+force_calibration = _device_checked(_plans.force_calibration, "microscope", _MICROSCOPES)
+force_extension = _device_checked(_plans.force_extension, "microscope", _MICROSCOPES)
+rotation_extension = _device_checked(_plans.rotation_extension, "microscope", _MICROSCOPES)
+force_ramp = _device_checked(_plans.force_ramp, "microscope", _MICROSCOPES)
+force_clamp = _device_checked(_plans.force_clamp, "microscope", _MICROSCOPES)
+count_at_heights = _device_checked(_plans.count_at_heights, "microscope", _MICROSCOPES)
+focus_scan = _device_checked(_plans.focus_scan, "microscope", _MICROSCOPES)
+restore_safe_state = _device_checked(_plans.restore_safe_state, "microscope", _MICROSCOPES)
+auto_select_beads = _device_checked(_plans.auto_select_beads, "tracker", _TRACKERS)
+find_reference_beads = _device_checked(_plans.find_reference_beads, "tracker", _TRACKERS)
+add_bead = _device_checked(_plans.add_bead, "tracker", _TRACKERS)
+move_bead = _device_checked(_plans.move_bead, "tracker", _TRACKERS)
+remove_beads = _device_checked(_plans.remove_beads, "tracker", _TRACKERS)
 
 # interactive only (they take a Tiled run object): load_zlut(microscope, tiled[uid])
-load_zlut = _zlut.load_zlut
-load_force_calibration = _fc.load_force_calibration
+load_zlut = _plans.load_zlut
+load_force_calibration = _plans.load_force_calibration
 
 
 def instrument_state():
