@@ -82,7 +82,8 @@ def test_magscope_ipython_and_qserver_list_from_a_wheel(installed, tmp_path):
         "import magscope_session, magscope_session.cli as cli; "
         "print('FROM', magscope_session.__file__); print('PROFILE', cli.profile_dir()); "
         "print('SESSION', type(RE).__name__, microscope.name, callable(zlut_sweep), "
-        "callable(force_calibration), tiled is not None)"
+        "callable(force_calibration), tiled is not None, np.__name__, plt.__name__, "
+        "type(microscope.summary(fps_interval_s=0)).__name__)"
     )
     out = subprocess.run(
         [magscope, "ipython", "-c", code], cwd=home, env=env, capture_output=True,
@@ -93,7 +94,10 @@ def test_magscope_ipython_and_qserver_list_from_a_wheel(installed, tmp_path):
              if line.split(" ", 1)[0] in ("FROM", "PROFILE", "SESSION")}
     assert lines["FROM"].startswith(str(installed)), lines
     assert lines["PROFILE"] == str(installed / "magscope_session" / "profile")
-    assert lines["SESSION"].split() == ["MagscopeRunEngine", "microscope", "True", "True", "True"]
+    assert lines["SESSION"].split() == [
+        "MagscopeRunEngine", "microscope", "True", "True", "True", "numpy",
+        "matplotlib.pyplot", "MicroscopeSummary",
+    ]
     assert not list(home.glob("profile*"))  # IPython kept its files in the data folder
     assert (home / "data" / "ipython").is_dir()
 

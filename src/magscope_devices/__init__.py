@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .motors import FocusStage, LimitError, MagnetRotation, MagnetZ
     from .ownership import InstrumentBusyError
     from .sim.world import SimParams
+    from .summary import MicroscopeSummary
 
 #: exported name -> the submodule that defines it
 _SOURCES = {
@@ -52,6 +53,7 @@ _SOURCES = {
     "MagnetRotation": ".motors",
     "MagnetZ": ".motors",
     "Microscope": ".microscope",
+    "MicroscopeSummary": ".summary",
     "NoForceCalibrationError": ".force",
     "SimParams": ".sim.world",
     "make_simulated_microscope": ".microscope",
@@ -73,6 +75,7 @@ __all__ = [
     "MagnetRotation",
     "MagnetZ",
     "Microscope",
+    "MicroscopeSummary",
     "NoForceCalibrationError",
     "SimParams",
     "make_simulated_microscope",

@@ -10,7 +10,8 @@ The session a user sets up (what ``magscope ipython``'s profile does), flat::
     subscribe_tiled_writer(RE, target)
 
 - the RunEngine: :func:`make_run_engine` (a :class:`MagscopeRunEngine`),
-  :func:`session_metadata`, :func:`subscribe_tiled_writer`, :func:`close_at_exit`;
+  :func:`session_metadata`, :func:`subscribe_tiled_writer`, :func:`close_at_exit`,
+  :class:`RunProgress` (a line every few seconds while a long plan runs);
 - Tiled: :func:`resolve_tiled` (-> :class:`TiledTarget`), :class:`EmbeddedTiled` (the
   local server), :func:`default_data_dir`, :class:`TiledUnreachableError`;
 - past runs (:mod:`magscope_session.runs`): :func:`connect`, :func:`find_runs`,
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .demo import run_demo
+    from .progress import RunProgress
     from .runs import (
         BeadNotInRunError,
         NoTracksError,
@@ -61,6 +63,7 @@ _SOURCES = {
     "EmbeddedTiled": ".tiled_server",
     "MagscopeRunEngine": ".setup",
     "NoTracksError": ".runs",
+    "RunProgress": ".progress",
     "TiledTarget": ".tiled_server",
     "TiledUnreachableError": ".tiled_server",
     "bead_tracks": ".runs",
@@ -83,6 +86,7 @@ __all__ = [
     "EmbeddedTiled",
     "MagscopeRunEngine",
     "NoTracksError",
+    "RunProgress",
     "TiledTarget",
     "TiledUnreachableError",
     "bead_tracks",
