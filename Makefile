@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/magscope demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks profile
+	$(BIN)/ruff check src tests benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -107,3 +107,59 @@ async def test_reference_bead_choice_is_what_a_plan_stub_writes(mic):
     await mic.tracker.reference_beads.set(np.array([3, 7], np.int32))
     assert [w.tolist() for w in written] == [[3, 7]]
     assert (await mic.tracker.reference_beads.get_value()).tolist() == [3, 7]
+
+
+
+async def test_summary_reads_every_axis_and_the_force(mic):
+    """In mock mode the camera has no process: the summary says so and reads the rest."""
+    set_mock_value(mic.magnet_z.readback, 4.25)
+    set_mock_value(mic.tracker.reference_beads, np.array([5], np.int32))
+    summary = await mic.read_summary(fps_interval_s=0)
+    by_name = {axis.name: axis for axis in summary.axes}
+    assert list(by_name) == ["magnet_z", "magnet_rotation", "focus"]
+    assert by_name["magnet_z"].position == 4.25 and by_name["magnet_z"].units == "mm"
+    assert by_name["magnet_rotation"].units == "turns" and by_name["focus"].units == "nm"
+    assert (by_name["focus"].low_limit, by_name["focus"].high_limit) == (0.0, 100_000.0)
+    assert summary.force.units == "pN" and np.isnan(summary.force.position)
+    assert summary.force_calibration is None
+    assert "not connected" in summary.camera["error"]
+    assert summary.bead_ids.tolist() == []  # no tracking service: no beads
+    text = repr(summary)
+    assert "magnet_z" in text and "4.2500" in text and "(no force calibration)" in text
+    assert "camera     unavailable: mic-camera is not connected" in text
+    # with a calibration, the force has limits and names the run it came from
+    mic.force.load_calibration(CAL)
+    summary = await mic.read_summary(fps_interval_s=0)
+    assert summary.force_calibration == "uid-1"
+    assert summary.force.low_limit == pytest.approx(CAL.min_force_pn)
+    assert "(calibration of run uid-1)" in str(summary)
+    with pytest.raises(RuntimeError, match="await microscope.read_summary"):
+        mic.summary()  # it would block the loop it runs on
+
+
+def test_summary_table_shows_health_and_the_bead_table():
+    from magscope_devices.summary import AxisState, MicroscopeSummary
+
+    summary = MicroscopeSummary(
+        name="mic",
+        axes=[AxisState("magnet_z", 4.25, 0.3, 10.0, "mm")],
+        force=AxisState("force", 2.5, 0.1, 60.0, "pN"),
+        force_calibration="",
+        camera={"frame_rate_hz": 100.0, "measured_fps": 99.5, "exposure_s": 0.005,
+                "frames_acquired": 1234, "frames_late": 2},
+        tracking={"frames_tracked": 1200, "frames_dropped": 3, "queue_depth": 1,
+                  "latency_p50_s": 0.0012, "latency_p99_s": 0.0034, "zlut_uid": "abc"},
+        bead_ids=np.array([0, 1, 5]), roi_x0_px=np.array([68, 168, 268]),
+        roi_y0_px=np.array([18, 28, 38]), reference=np.array([False, False, True]),
+        height_nm=np.array([2500.0, np.nan, 0.0]),
+    )
+    lines = str(summary).splitlines()
+    assert lines[0] == "mic"
+    assert "100.0 frames/s set, 99.5 measured; exposure 5.000 ms; 1,234 frames, 2 late" in lines[4]
+    assert "1,200 frames tracked, 3 dropped, queue 1; latency p50 1.2 ms, p99 3.4 ms" in lines[5]
+    assert lines[6].split() == ["Z-LUT", "run", "abc"]
+    assert lines[7].split() == ["beads", "3", "(1", "reference)"]
+    assert lines[9].split() == ["0", "68", "18", "2500.0"]
+    assert lines[10].split() == ["1", "168", "28"]
+    assert lines[11].split() == ["5", "268", "38", "*", "0.0"]
+    assert "more" in summary.text(max_beads=2)

@@ -55,7 +55,7 @@ from magscope_plans.safety import restore_safe_state
 from magscope_plans.zlut import load_zlut, zlut_cache_path, zlut_sweep
 from magscope_tracking import ROI_DTYPE, ZLUT
 
-PROFILE = Path(__file__).resolve().parents[1] / "profile"
+PROFILE = Path(__file__).resolve().parents[1] / "src" / "magscope_session" / "profile"
 nan = float("nan")
 
 

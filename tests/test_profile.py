@@ -15,7 +15,7 @@ import yaml
 
 pytestmark = pytest.mark.system
 
-PROFILE = Path(__file__).resolve().parents[1] / "profile"
+PROFILE = Path(__file__).resolve().parents[1] / "src" / "magscope_session" / "profile"
 MAGSCOPE = str(Path(sys.executable).with_name("magscope"))
 
 

@@ -1,5 +1,5 @@
 """The queueserver, driven as a user drives it: ``magscope qserver`` (a real Redis, the RE
-manager with ``profile/``, the 0MQ proxy, the embedded Tiled server) and
+manager with the installed profile, the 0MQ proxy, the embedded Tiled server) and
 ``REManagerAPI()`` with no arguments.
 
 The stack uses the default addresses (Redis 6379, manager 60615/60625, proxy 5577/5578),
@@ -32,7 +32,7 @@ from magscope_session.tiled_server import resolve_tiled
 pytestmark = pytest.mark.system
 
 MAGSCOPE = str(Path(sys.executable).with_name("magscope"))
-PROFILE = Path(__file__).resolve().parents[1] / "profile"
+PROFILE = Path(__file__).resolve().parents[1] / "src" / "magscope_session" / "profile"
 
 
 def _stack_env(data_dir: Path, **extra: str) -> dict[str, str]:

@@ -47,10 +47,21 @@ def demo_run(tmp_path_factory):
 
 def test_demo_prints_runs_and_how_to_read_them(demo_run):
     _, stdout = demo_run
-    assert "3 runs in Tiled" in stdout
+    assert "4 runs in Tiled" in stdout
     assert re.search(r"tracking (\d+) beads", stdout)
     assert "from tiled.client import from_uri" in stdout
-    assert len(re.findall(r"^  [0-9a-f-]{36}$", stdout, re.M)) == 3
+    assert len(re.findall(r"^  [0-9a-f-]{36}$", stdout, re.M)) == 4
+    # bead data read back from Tiled: x, y, z of a few beads as numbers (a Z-LUT was swept)
+    rows = re.findall(r"^ +(\d+) +([\d.]+) +(\S+) +(\S+) +(\S+)$", stdout, re.M)
+    assert len(rows) == 8, stdout
+    assert all(np.isfinite([float(v) for v in row[2:]]).all() for row in rows), rows
+
+
+def test_demo_ends_with_a_picture_of_the_beads(demo_run):
+    data_dir, stdout = demo_run
+    png = data_dir / "demo.png"
+    assert f"The beads and their traces: {png}" in stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 50_000
 
 
 def test_demo_runs_read_back_from_tiled_after_a_restart(demo_run):
@@ -58,7 +69,8 @@ def test_demo_runs_read_back_from_tiled_after_a_restart(demo_run):
     uids = re.findall(r"^  ([0-9a-f-]{36})$", stdout, re.M)
     with EmbeddedTiled(data_dir, port=0) as server:
         client = server.client()
-        scan = client[uids[0]]
+        assert client[uids[0]].metadata["start"]["plan_name"] == "zlut_sweep"
+        scan = client[uids[1]]
         assert scan.metadata["start"]["plan_name"] == "focus_scan"
         focus = scan["primary"]["microscope-focus"].read()
         assert np.allclose(np.asarray(focus), np.linspace(-2000, 2000, 9))
@@ -67,22 +79,22 @@ def test_demo_runs_read_back_from_tiled_after_a_restart(demo_run):
         # the beads' ring patterns are there: a range far beyond the background's shot noise
         first = np.asarray(frames[0, 0], dtype=float)
         assert np.ptp(first) > 10 * first[:50, :50].std()
-        counts = [client[uid] for uid in uids[1:]]
+        counts = [client[uid] for uid in uids[2:]]
         heights = [run.metadata["start"]["magnet_height_mm"] for run in counts]
         assert heights == [4.0, 1.5]
         for run in counts:
             start = run.metadata["start"]
             assert start["instrument"] == "magscope-sim" and start["sim_seed"] == 0
             assert start["sample"] == "demo DNA tethers" and start["operator"]
-            assert run["primary"]["microscope-camera"].read().shape == (5, 1, 768, 1024)
+            assert run["primary"]["microscope-camera"].read().shape == (20, 1, 768, 1024)
             # the beads were selected and tracked: 10 frames per event, every bead
             x = np.asarray(run["primary"]["microscope-tracker-x_nm"].read())
-            assert x.shape[:2] == (5, 10) and x.shape[2] >= 20
+            assert x.shape[:2] == (20, 10) and x.shape[2] >= 20
             assert np.isfinite(x).mean() > 0.99
             z = np.asarray(run["primary"]["microscope-magnet_z"].read())
             assert np.all(z == start["magnet_height_mm"])
         found = client.search(Key("start.plan_name") == "count_at_heights")
-        assert sorted(found) == sorted(uids[1:])
+        assert sorted(found) == sorted(uids[2:])
         assert list(client.search(Key("start.sample") == "demo DNA tethers")) != []
 
 

@@ -37,6 +37,7 @@ from .motors import FocusStage, MagnetRotation, MagnetZ
 from .ownership import InstrumentLock
 from .sim.frame_source import SIM_INPUTS_DTYPE, TRUTH_DTYPE, SimFrameSource, TruthReader
 from .sim.world import SimParams
+from .summary import MicroscopeSummary, read_summary
 
 #: Frames of ground truth kept by the simulated microscope (164 s at 100 frames/s).
 TRUTH_CAPACITY = 16384
@@ -181,6 +182,29 @@ class Microscope(StandardReadable):
         """The camera and, if present, the bead tracker."""
         tracker = getattr(self, "tracker", None)
         return [self.camera] if tracker is None else [self.camera, tracker]
+
+    async def read_summary(self, *, fps_interval_s: float = 0.5) -> MicroscopeSummary:
+        """Every axis (position and limits, in their units), the force (pN), the camera's
+        rate and counters, the tracking health and the bead table; see :meth:`summary`."""
+        return await read_summary(self, fps_interval_s=fps_interval_s)
+
+    def summary(self, *, fps_interval_s: float = 0.5) -> MicroscopeSummary:
+        """The microscope at a glance, as a table (:class:`MicroscopeSummary`; IPython
+        shows it, ``print()`` prints it): every axis with its position and limits, the
+        force, the camera's frame rate (set and measured over ``fps_interval_s`` s),
+        frames tracked and dropped, tracking latency, the Z-LUT and the bead table (ids,
+        ROI origins in px, reference beads, heights). Runs on Bluesky's event loop, from
+        a plain (non-async) caller such as the IPython prompt; inside a coroutine use
+        ``await microscope.read_summary()``."""
+        from bluesky.run_engine import call_in_bluesky_event_loop
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return call_in_bluesky_event_loop(self.read_summary(fps_interval_s=fps_interval_s))
+        raise RuntimeError(
+            "summary() blocks: inside a coroutine use `await microscope.read_summary()`"
+        )
 
     @property
     def truth(self) -> TruthReader:

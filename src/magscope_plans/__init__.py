@@ -1,1 +1,71 @@
-"""Bluesky plans for magnetic-tweezers experiments and the analysis they need."""
+"""Bluesky plans for magnetic-tweezers experiments and the analysis they need.
+
+The plans and plan stubs a user calls, flat like :mod:`bluesky.plans`::
+
+    from magscope_plans import force_calibration, force_extension, zlut_sweep
+
+    RE(zlut_sweep(microscope))
+    RE(force_calibration(microscope, [8.0, 4.0, 2.0]))
+
+- Experiments (each one run): :func:`zlut_sweep`, :func:`force_calibration`,
+  :func:`force_extension`, :func:`rotation_extension`, :func:`force_ramp`,
+  :func:`force_clamp`, :func:`focus_scan`, :func:`count_at_heights`;
+- bead stubs (no run): :func:`auto_select_beads`, :func:`find_reference_beads`,
+  :func:`add_bead`, :func:`move_bead`, :func:`remove_beads`;
+- the instrument's safe state: :func:`restore_safe_state`, :func:`with_safe_finish`;
+- results of past runs loaded into the instrument: :func:`load_zlut`,
+  :func:`load_force_calibration` (from a Tiled run), :func:`zlut_from_run`,
+  :func:`force_calibration_from_run` (the values, rebuilt from the run's streams);
+- refusals (a plan that will not start says why in one line): :class:`PlanRefusal`,
+  :class:`PlanArgumentError`, :class:`PreflightError`, :class:`InstrumentNotReadyError`.
+
+Pure analysis (PSD and Allan-variance forces, WLC fits, drift) is in
+:mod:`magscope_plans.analysis`.
+
+Note: the submodules ``force_calibration`` and ``force_extension`` share their names with
+the plans exported here, so ``magscope_plans.force_calibration`` is the plan; import the
+modules' other names with ``from magscope_plans.force_calibration import ...``.
+"""
+
+from .arguments import (
+    InstrumentNotReadyError,
+    PlanArgumentError,
+    PlanRefusal,
+    PreflightError,
+)
+from .basic import camera_and_axes, count_at_heights, focus_scan
+from .beads import add_bead, auto_select_beads, find_reference_beads, move_bead, remove_beads
+from .force_calibration import force_calibration, load_force_calibration
+from .force_extension import force_extension, rotation_extension
+from .force_protocols import force_clamp, force_ramp
+from .run_results import NoResultError, force_calibration_from_run, zlut_from_run
+from .safety import restore_safe_state, with_safe_finish
+from .zlut import load_zlut, zlut_sweep
+
+__all__ = [
+    "InstrumentNotReadyError",
+    "NoResultError",
+    "PlanArgumentError",
+    "PlanRefusal",
+    "PreflightError",
+    "add_bead",
+    "auto_select_beads",
+    "camera_and_axes",
+    "count_at_heights",
+    "find_reference_beads",
+    "focus_scan",
+    "force_calibration",
+    "force_calibration_from_run",
+    "force_clamp",
+    "force_extension",
+    "force_ramp",
+    "load_force_calibration",
+    "load_zlut",
+    "move_bead",
+    "remove_beads",
+    "restore_safe_state",
+    "rotation_extension",
+    "with_safe_finish",
+    "zlut_from_run",
+    "zlut_sweep",
+]

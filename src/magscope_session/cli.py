@@ -1,12 +1,12 @@
 """The ``magscope`` command.
 
 ``magscope demo``          run the demo experiment on the simulated microscope
-``magscope ipython``       IPython with the startup profile (``profile/``) loaded
+``magscope ipython``       IPython with the startup profile (``magscope_session/profile``) loaded
 ``magscope tiled``         serve the embedded Tiled server in the foreground
 ``magscope tiled replay``  send runs that could not reach Tiled when they ran
 ``magscope cleanup``       end orphaned services and remove shared memory of crashed sessions
 ``magscope qserver``       the queueserver (RE manager, Redis, proxy, Tiled) on default addresses
-``magscope qserver list``  regenerate profile/startup/existing_plans_and_devices.yaml
+``magscope qserver list``  regenerate the profile's startup/existing_plans_and_devices.yaml
 ``magscope proxy``         bluesky's 0MQ document proxy (in 127.0.0.1:5577, out :5578)
 ``magscope redis``         a Redis server (for a queueserver started by hand)
 """
@@ -24,17 +24,26 @@ ENV_PROFILE_DIR = "MAGSCOPE_PROFILE_DIR"
 
 
 def profile_dir() -> Path:
-    """The startup profile: ``$MAGSCOPE_PROFILE_DIR`` or ``profile/`` of this checkout."""
+    """The startup profile: ``$MAGSCOPE_PROFILE_DIR``, else the one installed with this
+    package (``magscope_session/profile``). Its ``startup/`` holds the numbered files that
+    IPython and the queueserver's worker run, and the queue's plan and permission lists."""
     if env := os.environ.get(ENV_PROFILE_DIR):
-        return Path(env).expanduser().resolve()
-    here = Path(__file__).resolve()
-    candidate = here.parents[2] / "profile"
+        candidate = Path(env).expanduser().resolve()
+    else:
+        candidate = Path(__file__).resolve().with_name("profile")
     if not (candidate / "startup").is_dir():
         raise SystemExit(
-            f"Cannot find the startup profile next to {here}; set {ENV_PROFILE_DIR} to the "
-            "project's profile/ folder."
+            f"Cannot find the startup profile: {candidate / 'startup'} is not a folder "
+            f"(${ENV_PROFILE_DIR} names a profile folder holding startup/)."
         )
     return candidate
+
+
+def startup_files(profile: Path) -> list[Path]:
+    """The profile's startup files in the order IPython runs them (by name)."""
+    return sorted(
+        p for p in (profile / "startup").iterdir() if p.suffix in (".py", ".ipy")
+    )
 
 
 def _use_instance(args: argparse.Namespace) -> str:
@@ -68,6 +77,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_ipython(args: argparse.Namespace) -> int:
     from IPython import start_ipython
+    from traitlets.config import Config
 
     from .qserver import ENV_QSERVER_PUBLIC_KEY, ensure_proxy
     from .services import QSERVER_KEYS_FILENAME, qserver_keys
@@ -82,8 +92,14 @@ def _cmd_ipython(args: argparse.Namespace) -> int:
         os.environ[ENV_QSERVER_PUBLIC_KEY] = qserver_keys(data_dir)[0]
     _, line = ensure_proxy(data_dir / "logs")  # stops when IPython exits, if we started it
     print(line)
-    argv = [f"--profile-dir={profile_dir()}", "--no-banner", *args.ipython_args]
-    start_ipython(argv=argv)
+    # IPython keeps its history, logs and security files in a folder of the data dir (the
+    # installed profile may be read-only); it runs the profile's startup files from there
+    ipython_dir = data_dir / "ipython"
+    ipython_dir.mkdir(parents=True, exist_ok=True)
+    config = Config()
+    config.InteractiveShellApp.exec_files = [str(p) for p in startup_files(profile_dir())]
+    argv = [f"--profile-dir={ipython_dir}", "--no-banner", *args.ipython_args]
+    start_ipython(argv=argv, config=config)
     return 0
 
 

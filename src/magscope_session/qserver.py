@@ -2,8 +2,8 @@
 
 Starts (or reuses) the Tiled server, bluesky's 0MQ proxy and a Redis server, then the RE
 manager with the startup profile; runs until Ctrl-C (or SIGTERM) and then stops what it
-started. The RE worker it opens loads ``profile/startup`` with ``MAGSCOPE_TILED_URI``
-pointing at the server, so runs from the queue land where runs from IPython do.
+started. The RE worker it opens loads the profile's ``startup/`` files with
+``MAGSCOPE_TILED_URI`` pointing at the server, so runs from the queue land where runs from IPython do.
 """
 
 from __future__ import annotations
@@ -45,17 +45,23 @@ __all__ = ["ensure_proxy", "list_plans_and_devices", "run_qserver"]
 
 #: Environment variable REManagerAPI reads the control socket's public key from.
 ENV_QSERVER_PUBLIC_KEY = "QSERVER_ZMQ_PUBLIC_KEY"
+ENV_PROXY_IN = "MAGSCOPE_PROXY_IN"
+ENV_PROXY_OUT = "MAGSCOPE_PROXY_OUT"
 
 
 def ensure_proxy(log_dir: Path) -> tuple[ChildProcess | None, str]:
-    """bluesky's 0MQ proxy on the default addresses for a session: start it unless one
-    already listens there. Returns the process we started (None if one ran) and a line
-    saying which proxy the session publishes to."""
-    host, port = DEFAULT_PROXY_OUT.rsplit(":", 1)
+    """bluesky's 0MQ proxy for a session: start it unless one already listens there.
+    Addresses: ``$MAGSCOPE_PROXY_IN`` and ``$MAGSCOPE_PROXY_OUT`` (``host:port``; the
+    profile publishes to the first), by default 127.0.0.1:5577 and :5578. Returns the
+    process we started (None if one ran) and a line saying which proxy the session
+    publishes to."""
+    in_addr = os.environ.get(ENV_PROXY_IN, DEFAULT_PROXY_IN)
+    out_addr = os.environ.get(ENV_PROXY_OUT, DEFAULT_PROXY_OUT)
+    host, port = out_addr.rsplit(":", 1)
     if (holder := port_holder(host, int(port))) is not None:
-        return None, f"Document proxy: publishing to the one already at {DEFAULT_PROXY_IN} ({holder})"
-    proc = start_proxy(DEFAULT_PROXY_IN, DEFAULT_PROXY_OUT, log=log_dir / "proxy.log")
-    return proc, f"Document proxy: started at {DEFAULT_PROXY_IN} (viewers read {DEFAULT_PROXY_OUT})"
+        return None, f"Document proxy: publishing to the one already at {in_addr} ({holder})"
+    proc = start_proxy(in_addr, out_addr, log=log_dir / "proxy.log")
+    return proc, f"Document proxy: started at {in_addr} (viewers read {out_addr})"
 
 
 def _check_addresses(redis_addr: str | None) -> None:

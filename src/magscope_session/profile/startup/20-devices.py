@@ -2,9 +2,9 @@
 # the shared memory is freed when this process exits (also the queueserver's worker).
 from ophyd_async.core import init_devices
 
-from magscope_devices.microscope import make_simulated_microscope
+from magscope_devices import make_simulated_microscope
 from magscope_devices.ownership import instance_from_env
-from magscope_session.setup import close_at_exit
+from magscope_session import close_at_exit
 
 # One owner per instrument: a second session on the same instance is refused, naming the
 # process that drives it; `magscope ipython --instance NAME` starts a separate one.

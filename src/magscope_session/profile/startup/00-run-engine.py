@@ -1,14 +1,21 @@
 # The RunEngine, with the metadata every run carries. Runs in IPython (`magscope ipython`)
 # and in the queueserver worker (`magscope qserver`); the BestEffortCallback and progress
 # bars only make sense at a terminal, so the worker goes without them.
+# `np` and `plt` as in any scientific session (the queue's worker plots without a screen).
 import os
 
+import matplotlib
+import numpy as np
 from bluesky_queueserver import is_re_worker_active
 
-from magscope_devices.sim.world import SimParams
-from magscope_session.setup import make_run_engine, session_metadata
+from magscope_devices import SimParams
+from magscope_session import RunProgress, make_run_engine, session_metadata
 
 interactive = not is_re_worker_active()
+if not interactive:
+    matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
 sim_params = SimParams(seed=int(os.environ.get("MAGSCOPE_SIM_SEED", "0")))
 RE, bec = make_run_engine(
     session_metadata(
@@ -19,3 +26,7 @@ RE, bec = make_run_engine(
     best_effort=interactive,
     progress_bars=interactive,
 )
+# A plan running longer than a few seconds prints a line every 5 s (its name, the time so
+# far, events per stream and the percentage where the plan announces its points) and one
+# when it ends; in the queue, the lines go to the worker's console output.
+RE.subscribe(RunProgress())

@@ -5,7 +5,7 @@
 import os
 import warnings
 
-from magscope_session.setup import subscribe_tiled_writer
+from magscope_session import subscribe_tiled_writer
 from magscope_session.tiled_server import (
     DEFAULT_PORT,
     TiledUnreachableError,
