@@ -101,20 +101,26 @@ class Stack:
 
 
 def _instrument_processes() -> set[int]:
-    """Camera and tracking-worker processes of any simulated microscope on this machine."""
+    """Camera and tracking-worker processes of the default instance (the queue's).
+
+    Their command lines name their shared-memory segments, ``magscope.default.*``; other
+    tests' instruments (another xdist worker's) are not the queue's.
+    """
     found = set()
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             text = cmdline.read_bytes().replace(b"\0", b" ")
         except OSError:
             continue
-        if b"magscope_devices.acquisition" in text or b"magscope_tracking._worker" in text:
+        child = b"magscope_devices.acquisition" in text or b"magscope_tracking._worker" in text
+        if child and b"magscope.default." in text:
             found.add(int(cmdline.parent.name))
     return found
 
 
 def _segments() -> set[str]:
-    return {p.name for p in Path("/dev/shm").glob("magscope.*")}
+    """The default instance's segments (other instances belong to other tests)."""
+    return {p.name for p in Path("/dev/shm").glob("magscope.default.*")}
 
 
 def _wait_until(predicate, timeout: float, what: str) -> None:

@@ -150,7 +150,7 @@ def test_ipython_profile_gives_the_session_and_streams_documents(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     line = next(x for x in out.stdout.splitlines() if x.startswith("SESSION"))
     assert line.split()[1:] == [
-        "MagscopeRunEngine", "microscope", "microscope-camera", "True", "True", "Container",
+        "MagscopeRunEngine", "microscope", "microscope-camera", "True", "True", "CatalogOfBlueskyRuns",
         "magscope-sim", "BestEffortCallback", "ProgressBarManager",
     ]
     assert "PLANS True" in out.stdout
