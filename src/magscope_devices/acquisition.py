@@ -46,7 +46,6 @@ import numpy as np
 from magscope_ipc.processes import ChildProcess, describe_exit, exit_with_parent, spawn
 from magscope_ipc.rings import FrameRing
 from magscope_ipc.shm import SharedRecord, remove_stale_segments, segment_name
-from magscope_ipc.waiting import poll_until
 
 log = logging.getLogger(__name__)
 
@@ -228,15 +227,14 @@ class AcquisitionProcess:
     def _wait_ready(self, timeout: float) -> None:
         ctl = self.control
         assert ctl is not None and self.process is not None
-        process = self.process
-        try:
-            poll_until(
-                lambda: ctl["state"] != AcqState.STARTING or not process.alive(),
-                timeout, 0.01, what="the camera process to start",
-            )
-        except TimeoutError as err:
-            self.stop()
-            raise CameraProcessError(f"camera process did not start within {timeout} s") from err
+        deadline = time.monotonic() + timeout
+        while ctl["state"] == AcqState.STARTING:
+            if not self.process.alive():
+                break
+            if time.monotonic() > deadline:
+                self.stop()
+                raise CameraProcessError(f"camera process did not start within {timeout} s")
+            time.sleep(0.01)
         if ctl["state"] == AcqState.FAILED or not self.process.alive():
             message = self.failure_message()
             self.stop()
@@ -303,13 +301,11 @@ class AcquisitionProcess:
             self, _stop_and_unlink, self._watch_stop, process, ctl.segment.name,
             self.ring.segment.name,
         )
-        try:
-            poll_until(
-                lambda: ctl["state"] != AcqState.STARTING or not process.alive(),
-                60.0, 0.01, what="the restarted camera process to start",
-            )
-        except TimeoutError as err:
-            raise CameraProcessError("the restarted camera process did not start in 60 s") from err
+        deadline = time.monotonic() + 60.0
+        while ctl["state"] == AcqState.STARTING and process.alive():
+            if time.monotonic() > deadline:
+                raise CameraProcessError("the restarted camera process did not start in 60 s")
+            time.sleep(0.01)
         if not process.alive() or ctl["state"] == AcqState.FAILED:
             raise CameraProcessError(self.failure_message())
         return process.pid

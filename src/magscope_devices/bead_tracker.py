@@ -40,7 +40,6 @@ import asyncio
 import time
 import warnings
 from collections.abc import AsyncIterator, Callable
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -68,7 +67,6 @@ from ophyd_async.core import (
 )
 
 from magscope_ipc.track_ring import TrackRing
-from magscope_ipc.waiting import apoll_until
 from magscope_tracking import ROI_DTYPE, ZLUT, TrackingService, TrackRecorder
 from magscope_tracking.track_file import DATASETS
 
@@ -104,25 +102,19 @@ class _TrackerConnector(DeviceConnector):
     async def connect_real(self, device, timeout: float, force_reconnect: bool):
         tracker: BeadTracker = device
         camera = tracker.camera
-        try:
-            await apoll_until(
-                lambda: camera.process.ring is not None and camera.process.running,
-                max(timeout, 30.0),
-                0.02,
-                what=f"{tracker.name}: the camera's acquisition process",
-            )
-        except TimeoutError as err:
-            raise RuntimeError(
-                f"{tracker.name}: the camera's acquisition process is not running; "
-                "connect the camera first"
-            ) from err
-        ring = camera.process.ring
-        assert ring is not None
+        deadline = time.monotonic() + max(timeout, 30.0)
+        while camera.process.ring is None or not camera.process.running:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{tracker.name}: the camera's acquisition process is not running; "
+                    "connect the camera first"
+                )
+            await asyncio.sleep(0.02)
         if tracker.service is None or force_reconnect or not tracker.service.running:
             if tracker.service is not None:
                 await asyncio.to_thread(tracker.service.stop)
             tracker.service = TrackingService(
-                ring.name,
+                camera.process.ring.name,
                 tracker._nm_per_px,
                 max_beads=tracker.max_beads,
                 n_workers=tracker.n_workers,
@@ -534,20 +526,14 @@ class BeadTracker(StandardDetector):
         out = np.empty((rois.size, n_frames, s, s), dtype=ring.dtype)
         indices = np.empty(n_frames, np.int64)
         start = ring.count + max(0, int(skip_frames))
-        began, budget = time.monotonic(), timeout + n_frames * 0.1
-
-        def arrived(index: int) -> bool:
-            if ring.count > index:
-                return True
-            self.camera.process.check_alive()
-            return False
-
+        deadline = time.monotonic() + timeout + n_frames * 0.1
         for j in range(n_frames):
             index = start + j
-            await apoll_until(
-                partial(arrived, index), budget, 0.002, since=began,
-                what=f"{self.name}: camera frame {index} (of {n_frames} from {start})",
-            )
+            while ring.count <= index:
+                self.camera.process.check_alive()
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.name}: no camera frame {index} within {timeout} s")
+                await asyncio.sleep(0.002)
             frame = ring.frame_view(index)
             for b, (x0, y0) in enumerate(zip(rois["x0"], rois["y0"], strict=True)):
                 out[b, j] = frame[y0 : y0 + s, x0 : x0 + s]
@@ -570,28 +556,21 @@ class BeadTracker(StandardDetector):
         parts: list[dict[str, np.ndarray]] = []
         index: list[np.ndarray] = []
         stamps: list[np.ndarray] = []
-
-        def collected() -> bool:
-            nonlocal next_index
+        deadline = time.monotonic() + timeout + n_frames * 0.05
+        while next_index < start + n_frames:
             self._check_service()
-            while next_index < start + n_frames:
-                batch = ring.rows_since(next_index, max_frames=start + n_frames - next_index)
-                if batch.lost:
-                    raise RuntimeError(
-                        f"{self.name}: {batch.lost} frames of tracks were overwritten"
-                    )
-                if not len(batch):
-                    return False
+            batch = ring.rows_since(next_index, max_frames=start + n_frames - next_index)
+            if batch.lost:
+                raise RuntimeError(f"{self.name}: {batch.lost} frames of tracks were overwritten")
+            if len(batch):
                 parts.append(batch.columns(ids))
                 index.append(np.asarray(batch.frame_index, np.int64))
                 stamps.append(np.asarray(batch.timestamp, float))
                 next_index = batch.next_index
-            return True
-
-        await apoll_until(
-            collected, timeout + n_frames * 0.05, 0.005,
-            what=f"{self.name}: the tracks of {n_frames} frames",
-        )
+                continue
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: {n_frames} frames were not tracked within {timeout} s")
+            await asyncio.sleep(0.005)
         out = {
             "bead_id": ids.astype(np.int64),
             "frame_index": np.concatenate(index),

@@ -16,6 +16,7 @@ read-only ``sensor_width``/``sensor_height`` (px), ``bit_depth``,
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +42,6 @@ from ophyd_async.core import (
 )
 
 from magscope_ipc.shm import SharedRecord
-from magscope_ipc.waiting import apoll_until
 
 from .acquisition import (
     FRAMES_DATASET,
@@ -263,13 +263,12 @@ async def forward_updates(
 
 
 async def _wait_until(predicate, camera: Camera, what: str, timeout: float = 10.0) -> None:
-    def done() -> bool:
-        if predicate():
-            return True
+    deadline = time.monotonic() + timeout
+    while not predicate():
         camera.process.check_alive()
-        return False
-
-    await apoll_until(done, timeout, 0.002, what=f"{camera.name}: the camera process to {what}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{camera.name}: camera process did not {what} within {timeout} s")
+        await asyncio.sleep(0.002)
 
 
 class Camera(StandardDetector):

@@ -34,8 +34,6 @@ def _end_group(grace_s: float, child: subprocess.Popen) -> None:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    # A loop of its own, not magscope_ipc.waiting: this file runs as a script under
-    # `python -I -S` (standard library only, no package on the path; see the docstring).
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         child.poll()

@@ -39,7 +39,6 @@ from typing import IO
 import psutil
 
 from .shm import owner_token, token_owner_alive
-from .waiting import poll_until
 
 #: Environment variable naming a child's owner: its ``<pid>-<start time>`` token, the one
 #: that names its shared-memory segments (:func:`magscope_ipc.shm.owner_token`).
@@ -118,9 +117,8 @@ class ChildProcess:
     def wait_until(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
         """Poll ``ready()`` until it is true. If the child exits first, or ``timeout`` (s)
         passes, stop it and raise :class:`ChildStartError` with the log's tail."""
-        def done() -> bool:
-            if ready():
-                return True
+        deadline = time.monotonic() + timeout
+        while not ready():
             if not self.alive():
                 code = self.process.returncode
                 self.stop()
@@ -128,16 +126,13 @@ class ChildProcess:
                     f"{self.name} exited ({describe_exit(code)}) before it could {what}"
                     + (f"; log {self.log_path}:\n{self.log_tail()}" if self.log_path else "")
                 )
-            return False
-
-        try:
-            poll_until(done, timeout, 0.05, what=f"{self.name} to {what}")
-        except TimeoutError as err:
-            self.stop()
-            raise ChildStartError(
-                f"{self.name} did not {what} within {timeout:g} s"
-                + (f"; log {self.log_path}:\n{self.log_tail()}" if self.log_path else "")
-            ) from err
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ChildStartError(
+                    f"{self.name} did not {what} within {timeout:g} s"
+                    + (f"; log {self.log_path}:\n{self.log_tail()}" if self.log_path else "")
+                )
+            time.sleep(0.05)
 
     def stop(self, timeout: float | None = None, first_signal: int = signal.SIGTERM) -> None:
         """Stop the child: ``first_signal``, then SIGKILL (to its whole process group)
@@ -382,8 +377,9 @@ def end_processes(procs: Sequence[psutil.Process], timeout: float = 5.0) -> list
             return True
 
     def wait(group: list[psutil.Process]) -> list[psutil.Process]:
-        with contextlib.suppress(TimeoutError):
-            poll_until(lambda: all(ended(p) for p in group), timeout, 0.05, what="processes to end")
+        deadline = time.monotonic() + timeout
+        while not all(ended(p) for p in group) and time.monotonic() < deadline:
+            time.sleep(0.05)
         return [p for p in group if not ended(p)]
 
     for proc in procs:

@@ -18,7 +18,6 @@ from pathlib import Path
 import psutil
 
 from magscope_ipc.processes import AddressInUseError, ChildProcess, port_holder
-from magscope_ipc.waiting import poll_until
 
 from .services import (
     DEFAULT_PROXY_IN,
@@ -264,15 +263,11 @@ def wait_for_worker_exit(manager: ChildProcess, timeout: float = 30.0) -> bool:
     """After the environment is closed, wait until the RE worker process has finished its
     exit (closing the microscope frees the shared memory); the watchdog process then has
     only the manager as a child. True if it did within ``timeout`` (s)."""
-
-    def worker_gone() -> bool:
-        watchdog = manager.program_pid()
-        return watchdog is None or len(child_pids(watchdog)) <= 1
-
-    try:
-        poll_until(worker_gone, timeout, 0.1, what="the RE worker process to exit")
-    except TimeoutError:
-        return False
+    deadline = time.monotonic() + timeout
+    while (watchdog := manager.program_pid()) is not None and len(child_pids(watchdog)) > 1:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
     return True
 
 

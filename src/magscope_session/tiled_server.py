@@ -64,7 +64,6 @@ from pathlib import Path
 from typing import Any
 
 from magscope_ipc.processes import ChildProcess, port_holder, spawn
-from magscope_ipc.waiting import poll_until
 
 from .tiled_client import (
     API_KEY_FILENAME,
@@ -435,9 +434,9 @@ class EmbeddedTiled:
         return "\n".join(text.splitlines()[-lines:])
 
     def _wait_until_ready(self) -> None:
-        last_error: list[Exception] = []
-
-        def answers() -> bool:
+        deadline = time.monotonic() + self.startup_timeout
+        last_error: Exception | None = None
+        while True:
             process = self._process
             if process is None:
                 raise TiledServerError(f"The Tiled server for {self.data_dir} was stopped.")
@@ -450,20 +449,16 @@ class EmbeddedTiled:
                 )
             try:
                 check_reachable(self.uri, self.api_key, timeout=2.0)
+                return
             except TiledUnreachableError as err:
-                last_error[:] = [err]
-                return False
-            return True
-
-        try:
-            poll_until(answers, self.startup_timeout, 0.2, what=f"Tiled to answer at {self.uri}")
-        except TimeoutError as err:
-            raise TiledServerError(
-                f"The Tiled server for {self.data_dir} did not answer at {self.uri} "
-                f"within {self.startup_timeout:.0f} s (last error: "
-                f"{last_error[0] if last_error else None}). "
-                f"Log {self.log_path}, last lines:\n{self.log_tail()}"
-            ) from err
+                last_error = err
+            if time.monotonic() > deadline:
+                raise TiledServerError(
+                    f"The Tiled server for {self.data_dir} did not answer at {self.uri} "
+                    f"within {self.startup_timeout:.0f} s (last error: {last_error}). "
+                    f"Log {self.log_path}, last lines:\n{self.log_tail()}"
+                )
+            time.sleep(0.2)
 
     def stop(self) -> None:
         """Stop the server: SIGTERM, then kill after ``stop_timeout`` s. Idempotent."""

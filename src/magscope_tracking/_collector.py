@@ -42,7 +42,6 @@ from magscope_ipc.processes import spawn
 from magscope_ipc.rings import EntryOverwrittenError, FrameRing, SlotRing
 from magscope_ipc.shm import SharedRecord, segment_name
 from magscope_ipc.track_ring import FrameStatus, TrackRing, empty_rows
-from magscope_ipc.waiting import poll_until
 
 from ._health import (
     LATENCY_WINDOW_S,
@@ -186,22 +185,17 @@ class Collector:
             self.segment_names.append(out.name)
         for k in range(self.n_workers):
             self._spawn(k)
-
-        def ready() -> bool:
-            if all(rec["state"] == WorkerState.READY for rec in self.workers):
-                return True
+        deadline = time.monotonic() + self.start_timeout_s
+        while not all(rec["state"] == WorkerState.READY for rec in self.workers):
             for k, process in enumerate(self.processes):
                 assert process is not None
                 if process.poll() is not None:
                     raise TrackingServiceError(self._death_message(k, process.returncode))
-            return False
-
-        try:
-            poll_until(ready, self.start_timeout_s, 0.01, what="the tracking workers to start")
-        except TimeoutError as err:
-            raise TrackingServiceError(
-                f"tracking workers did not start within {self.start_timeout_s} s"
-            ) from err
+            if time.monotonic() > deadline:
+                raise TrackingServiceError(
+                    f"tracking workers did not start within {self.start_timeout_s} s"
+                )
+            time.sleep(0.01)
 
     def begin(self) -> None:
         """Start the track ring at the next camera frame, release the workers, merge."""

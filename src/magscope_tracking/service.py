@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 import weakref
 from pathlib import Path, PurePath
 from typing import Any
@@ -31,7 +32,6 @@ import numpy as np
 from magscope_ipc.rings import FrameRing
 from magscope_ipc.shm import remove_stale_segments
 from magscope_ipc.track_ring import TrackRing
-from magscope_ipc.waiting import poll_until
 
 from ._collector import Collector, emergency_cleanup
 from ._health import TrackingHealth, TrackingServiceError
@@ -402,17 +402,16 @@ class TrackingService:
 
     def wait_for_frame(self, frame_index: int, timeout: float = 10.0) -> None:
         """Block until frame ``frame_index`` is in the track ring (tracked or dropped)."""
-        def tracked() -> bool:
-            ring = self._require_running().track_ring
-            assert ring is not None
-            return ring.count > frame_index
-
-        try:
-            poll_until(tracked, timeout, 0.002, what=f"frame {frame_index} in the track ring")
-        except TimeoutError as err:
+        deadline = time.monotonic() + timeout
+        while True:
             collector = self._require_running()
-            assert collector.track_ring is not None
-            raise TimeoutError(
-                f"{err} (track ring at {collector.track_ring.count}, camera at "
-                f"{collector.frames.count})"
-            ) from None
+            ring = collector.track_ring
+            assert ring is not None
+            if ring.count > frame_index:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"frame {frame_index} not in the track ring after {timeout} s "
+                    f"(track ring at {ring.count}, camera at {collector.frames.count})"
+                )
+            time.sleep(0.002)
