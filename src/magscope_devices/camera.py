@@ -472,13 +472,23 @@ class Camera(StandardDetector):
         if self.process.running:
             await StandardDetector.unstage(self)
 
-    def latest_frame(self) -> tuple[np.ndarray, float, int]:
-        """Copy of the newest frame in the ring, its timestamp (UNIX s) and index."""
+    def latest_frame(self, timeout: float = 5.0) -> tuple[np.ndarray, float, int]:
+        """Copy of the newest frame in the ring, its timestamp (UNIX s) and index.
+
+        Just after the camera starts the ring may still be empty: wait up to ``timeout``
+        seconds for the first frame, then fail naming the limit.
+        """
         self.process.check_alive()
         ring = self.process.ring
         assert ring is not None
+        deadline = time.monotonic() + timeout
+        while ring.count == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+            self.process.check_alive()
         index = ring.count - 1
         if index < 0:
-            raise CameraProcessError(f"{self.name}: no frame acquired yet")
+            raise CameraProcessError(
+                f"{self.name}: no frame acquired within {timeout} s of asking"
+            )
         frame, timestamp = ring.read_frame(index)
         return frame, timestamp, index
