@@ -29,10 +29,13 @@ from scipy.optimize import brentq
 
 from magscope_devices.microscope import make_simulated_microscope
 from magscope_devices.sim import SimParams, SimWorld
-from magscope_plans.beads import find_reference_beads
-from magscope_plans.force_calibration import force_calibration
-from magscope_plans.force_extension import force_extension, rotation_extension
-from magscope_plans.zlut import zlut_sweep
+from magscope_plans import (
+    find_reference_beads,
+    force_calibration,
+    force_extension,
+    rotation_extension,
+    zlut_sweep,
+)
 
 FORCES_PN = (0.3, 1.0, 3.0, 10.0, 30.0)
 

@@ -181,7 +181,7 @@ def test_health_counters_account_for_every_frame(RE, microscope):
 
 
 def test_beads_are_added_moved_and_removed_by_stable_id(RE, microscope):
-    from magscope_plans.beads import add_bead, move_bead, remove_beads
+    from magscope_plans import add_bead, move_bead, remove_beads
 
     truth = _truth_now(microscope)
     _select_true_beads(RE, microscope, ids=[0, 1, 2])

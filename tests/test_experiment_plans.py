@@ -22,11 +22,15 @@ from ophyd_async.core import init_devices
 
 from magscope_devices.microscope import make_simulated_microscope
 from magscope_devices.sim.world import SimParams, SimWorld
-from magscope_plans.beads import find_reference_beads
-from magscope_plans.force_calibration import calibration_cache_path, force_calibration
-from magscope_plans.force_extension import force_extension, rotation_extension
-from magscope_plans.force_protocols import force_clamp, force_ramp
-from magscope_plans.zlut import zlut_sweep
+from magscope_plans import (
+    find_reference_beads,
+    force_clamp,
+    force_extension,
+    force_ramp,
+    rotation_extension,
+    zlut_sweep,
+)
+from magscope_plans._force_calibration import calibration_cache_path, force_calibration
 
 pytestmark = pytest.mark.system
 

@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent(
     from bluesky.utils import RunEngineInterrupted
     from ophyd_async.core import init_devices
     from magscope_devices.microscope import make_simulated_microscope
-    from magscope_plans.basic import count_at_heights
+    from magscope_plans import count_at_heights
 
     def say(**kw):
         print(json.dumps(kw), flush=True)

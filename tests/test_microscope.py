@@ -122,8 +122,8 @@ def test_imports_have_no_side_effects():
         """
         import os, glob
         import magscope_tracking, magscope_devices, magscope_plans, magscope_session
-        import magscope_devices.microscope, magscope_devices.sim, magscope_plans.basic
-        import magscope_plans.zlut, magscope_plans.analysis, magscope_session.cli
+        import magscope_devices.microscope, magscope_devices.sim, magscope_plans._basic
+        import magscope_plans._zlut, magscope_plans.analysis, magscope_session.cli
         mine = glob.glob(f'/dev/shm/magscope.*.{os.getpid()}-*')  # segments this process owns
         children = [p for p in os.listdir('/proc') if p.isdigit()
                     and open(f'/proc/{p}/stat').read().split(') ')[1].split()[1]
@@ -176,7 +176,7 @@ def test_crashed_session_leaves_shared_memory_that_the_next_start_removes(RE, tm
 
 
 def test_consecutive_runs_each_write_their_own_frames_file(RE, microscope):
-    from magscope_plans.basic import camera_and_axes
+    from magscope_plans import camera_and_axes
 
     resources = []
 

@@ -19,9 +19,13 @@ from bluesky.utils import Msg
 from ophyd_async.core import StandardDetector, init_devices, set_mock_value
 
 from magscope_devices.microscope import make_simulated_microscope
-from magscope_plans.arguments import PlanArgumentError
-from magscope_plans.basic import count_at_heights, focus_scan
-from magscope_plans.safety import restore_safe_state, with_safe_finish
+from magscope_plans import (
+    PlanArgumentError,
+    count_at_heights,
+    focus_scan,
+    restore_safe_state,
+    with_safe_finish,
+)
 
 
 @pytest.fixture

@@ -30,29 +30,32 @@ from magscope_devices.acquisition import AcquisitionConfig, AcquisitionProcess
 from magscope_devices.bead_tracker import BeadRois
 from magscope_devices.force_curve import ForceCalibration
 from magscope_devices.microscope import make_simulated_microscope
-from magscope_plans.arguments import (
+from magscope_plans import (
+    add_bead,
+    auto_select_beads,
+    count_at_heights,
+    find_reference_beads,
+    focus_scan,
+    force_clamp,
+    force_extension,
+    force_ramp,
+    move_bead,
+    remove_beads,
+    restore_safe_state,
+    rotation_extension,
+)
+from magscope_plans._arguments import (
     InstrumentNotReadyError,
     PlanArgumentError,
     PreflightError,
     refusal_line,
 )
-from magscope_plans.basic import count_at_heights, focus_scan
-from magscope_plans.beads import (
-    add_bead,
-    auto_select_beads,
-    find_reference_beads,
-    move_bead,
-    remove_beads,
-)
-from magscope_plans.force_calibration import (
+from magscope_plans._force_calibration import (
     calibration_cache_path,
     force_calibration,
     load_force_calibration,
 )
-from magscope_plans.force_extension import force_extension, rotation_extension
-from magscope_plans.force_protocols import force_clamp, force_ramp
-from magscope_plans.safety import restore_safe_state
-from magscope_plans.zlut import load_zlut, zlut_cache_path, zlut_sweep
+from magscope_plans._zlut import load_zlut, zlut_cache_path, zlut_sweep
 from magscope_tracking import ROI_DTYPE, ZLUT
 
 PROFILE = Path(__file__).resolve().parents[1] / "src" / "magscope_session" / "profile"
@@ -419,7 +422,7 @@ def test_wrong_kind_of_run_is_refused(RE, mic):
 IPYTHON_INPUT = """\
 from ophyd_async.core import init_devices
 from magscope_devices.microscope import make_simulated_microscope
-from magscope_plans.basic import count_at_heights
+from magscope_plans import count_at_heights
 import bluesky.plan_stubs as bps
 with init_devices(mock=True): mic = make_simulated_microscope(data_dir={data!r}, name="mic")
 

@@ -1,5 +1,5 @@
 """The public face: every name each package exports flat (``__all__``) imports, and the
-submodules that share a name with an exported plan stay importable."""
+modules behind them are private (underscored)."""
 
 from __future__ import annotations
 
@@ -43,16 +43,22 @@ def test_unknown_names_raise_attribute_error():
             package.NoSuchThing  # noqa: B018
 
 
-def test_plans_are_the_functions_and_their_modules_still_import():
+def test_plans_are_the_functions_their_private_modules_define():
     import magscope_plans
-    from magscope_plans import force_calibration, force_extension, load_zlut, zlut_sweep
-    from magscope_plans.force_calibration import CALIBRATION_FIELDS, FIT_FIELDS
-    from magscope_plans.force_extension import force_sequence
+    from magscope_plans import (
+        CALIBRATION_FIELDS,
+        FIT_FIELDS,
+        force_calibration,
+        force_extension,
+        load_zlut,
+        zlut_sweep,
+    )
+    from magscope_plans._force_extension import force_sequence
 
     for plan in (force_calibration, force_extension, zlut_sweep):
         assert inspect.isgeneratorfunction(plan), plan
-    assert magscope_plans.force_calibration is force_calibration
-    module = sys.modules["magscope_plans.force_calibration"]
+    assert inspect.isfunction(magscope_plans.force_calibration)
+    module = sys.modules["magscope_plans._force_calibration"]
     assert inspect.ismodule(module) and module.force_calibration is force_calibration
     assert "force_psd_pn" in CALIBRATION_FIELDS and FIT_FIELDS
     assert force_sequence([1.0, 2.0], "up_down") == [1.0, 2.0, 1.0]

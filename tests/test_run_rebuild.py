@@ -16,13 +16,13 @@ from ophyd_async.core import init_devices
 from magscope_devices.force_curve import ForceCalibration
 from magscope_devices.microscope import make_simulated_microscope
 from magscope_devices.sim.world import SimParams
-from magscope_plans.beads import find_reference_beads
-from magscope_plans.force_calibration import (
+from magscope_plans import find_reference_beads
+from magscope_plans._force_calibration import (
     calibration_cache_path,
     force_calibration,
     load_force_calibration,
 )
-from magscope_plans.zlut import load_zlut, zlut_cache_path, zlut_sweep
+from magscope_plans._zlut import load_zlut, zlut_cache_path, zlut_sweep
 from magscope_session.runs import force_calibration_of, zlut_of
 from magscope_session.setup import make_run_engine, session_metadata, subscribe_tiled_writer
 from magscope_session.tiled_server import TiledTarget
@@ -139,7 +139,7 @@ def test_results_rebuilt_from_tiled_alone(written, tiled_server, tmp_path):
 def _rois_of(run):
     """The ROI table of a sweep, from its ``primary`` stream's bead layout."""
     from magscope_devices.bead_tracker import BeadRois
-    from magscope_plans.run_results import stream_layout
+    from magscope_plans._run_results import stream_layout
 
     layout = stream_layout(run["primary"], "zlut_images")
     return BeadRois(

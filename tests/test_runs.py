@@ -20,12 +20,10 @@ from ophyd_async.plan_stubs import ensure_connected
 from magscope_devices.force_curve import ForceCalibration
 from magscope_devices.microscope import make_simulated_microscope
 from magscope_devices.sim.world import SimParams
+from magscope_plans import FIT_FIELDS, TrackRecorder, zlut_sweep
+from magscope_plans._preflight import read_layout
+from magscope_plans._results import ResultRecord, emit
 from magscope_plans.analysis import subtract_drift
-from magscope_plans.force_calibration import FIT_FIELDS
-from magscope_plans.preflight import read_layout
-from magscope_plans.recording import TrackRecorder
-from magscope_plans.results import ResultRecord, emit
-from magscope_plans.zlut import zlut_sweep
 from magscope_session.runs import (
     BeadNotInRunError,
     NoTracksError,

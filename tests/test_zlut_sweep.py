@@ -12,7 +12,7 @@ from ophyd_async.core import init_devices
 from magscope_devices.bead_tracker import rois_from_centres
 from magscope_devices.microscope import make_simulated_microscope
 from magscope_devices.sim.world import SimParams
-from magscope_plans.zlut import zlut_cache_path, zlut_sweep
+from magscope_plans._zlut import zlut_cache_path, zlut_sweep
 from magscope_tracking import ZLUT
 from magscope_tracking.track_file import read_track_file
 

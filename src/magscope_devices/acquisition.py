@@ -162,7 +162,7 @@ class AcquisitionProcess:
         self.restarts = 0
         self.last_failure = ""
         #: the failure behind the last restart until a plan has refused once on it
-        #: (``magscope_plans.preflight``): the user hears of it before anything moves
+        #: (``magscope_plans._preflight``): the user hears of it before anything moves
         self.pending_failure = ""
         #: set when the child kept dying (``MAX_RESTARTS`` within ``RESTART_WINDOW_S``)
         #: and was left dead

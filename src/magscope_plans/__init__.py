@@ -17,37 +17,46 @@ The plans and plan stubs a user calls, flat like :mod:`bluesky.plans`::
   :func:`load_force_calibration` (from a Tiled run), :func:`zlut_from_run`,
   :func:`force_calibration_from_run` (the values, rebuilt from the run's streams);
 - refusals (a plan that will not start says why in one line): :class:`PlanRefusal`,
-  :class:`PlanArgumentError`, :class:`PreflightError`, :class:`InstrumentNotReadyError`.
+  :class:`PlanArgumentError`, :class:`PreflightError`, :class:`InstrumentNotReadyError`;
+- for plans of your own: :class:`TrackRecorder` (a full-rate record of the tracker, a fly
+  scan into a ``tracks`` stream); the field names of :func:`force_calibration`'s
+  ``calibration`` and ``force_fit`` streams, :data:`CALIBRATION_FIELDS` and
+  :data:`FIT_FIELDS`.
 
 Pure analysis (PSD and Allan-variance forces, WLC fits, drift) is in
-:mod:`magscope_plans.analysis`.
-
-Note: the submodules ``force_calibration`` and ``force_extension`` share their names with
-the plans exported here, so ``magscope_plans.force_calibration`` is the plan; import the
-modules' other names with ``from magscope_plans.force_calibration import ...``.
+:mod:`magscope_plans.analysis`. The underscored modules are private: import from here.
 """
 
-from .arguments import (
+from ._arguments import (
     InstrumentNotReadyError,
     PlanArgumentError,
     PlanRefusal,
     PreflightError,
 )
-from .basic import camera_and_axes, count_at_heights, focus_scan
-from .beads import add_bead, auto_select_beads, find_reference_beads, move_bead, remove_beads
-from .force_calibration import force_calibration, load_force_calibration
-from .force_extension import force_extension, rotation_extension
-from .force_protocols import force_clamp, force_ramp
-from .run_results import NoResultError, force_calibration_from_run, zlut_from_run
-from .safety import restore_safe_state, with_safe_finish
-from .zlut import load_zlut, zlut_sweep
+from ._basic import camera_and_axes, count_at_heights, focus_scan
+from ._beads import add_bead, auto_select_beads, find_reference_beads, move_bead, remove_beads
+from ._force_calibration import (
+    CALIBRATION_FIELDS,
+    FIT_FIELDS,
+    force_calibration,
+    load_force_calibration,
+)
+from ._force_extension import force_extension, rotation_extension
+from ._force_protocols import force_clamp, force_ramp
+from ._recording import TrackRecorder
+from ._run_results import NoResultError, force_calibration_from_run, zlut_from_run
+from ._safety import restore_safe_state, with_safe_finish
+from ._zlut import load_zlut, zlut_sweep
 
 __all__ = [
+    "CALIBRATION_FIELDS",
+    "FIT_FIELDS",
     "InstrumentNotReadyError",
     "NoResultError",
     "PlanArgumentError",
     "PlanRefusal",
     "PreflightError",
+    "TrackRecorder",
     "add_bead",
     "auto_select_beads",
     "camera_and_axes",

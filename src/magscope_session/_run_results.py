@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from magscope_devices.force_curve import ForceCalibration
-from magscope_plans.run_results import (
+from magscope_plans._run_results import (
     force_calibration_from_run,
     zlut_from_images,
     zlut_from_run,
@@ -25,9 +25,9 @@ def zlut_of(run: Any, *, from_images: bool = False) -> ZLUT:
     Read from its ``zlut`` stream (``zlut-z_nm`` nm, ``zlut-profiles``, ``zlut-created``,
     and the stream's configuration: bead ids, ROI size px, nm/px, radial bin spacing px);
     with ``from_images``, built again from the ROI images every step recorded (stream
-    ``primary``, :func:`magscope_plans.run_results.zlut_from_images`): the same Z-LUT.
+    ``primary``, :func:`magscope_plans._run_results.zlut_from_images`): the same Z-LUT.
     ``source`` is the run uid. (The beads' heights above the reference beads are the
-    stream's ``zlut-height_nm``; :func:`magscope_plans.zlut.load_zlut` loads both into a
+    stream's ``zlut-height_nm``; :func:`magscope_plans._zlut.load_zlut` loads both into a
     live tracker.)
 
     Raises ValueError if the run holds no Z-LUT.

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from magscope_devices.bead_layout import BeadLayout
-from magscope_plans.recording import extension_traces, lateral_traces
+from magscope_plans._recording import extension_traces, lateral_traces
 
 __all__ = ["TRACK_COLUMNS", "BeadNotInRunError", "NoTracksError", "bead_tracks"]
 

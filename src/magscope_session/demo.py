@@ -24,10 +24,8 @@ from ophyd_async.core import init_devices
 from magscope_devices.microscope import make_simulated_microscope
 from magscope_devices.ownership import instance_from_env
 from magscope_devices.sim.world import SimParams
-from magscope_plans.basic import count_at_heights, focus_scan
-from magscope_plans.beads import find_reference_beads
-from magscope_plans.run_results import stream_layout
-from magscope_plans.zlut import zlut_sweep
+from magscope_plans import count_at_heights, find_reference_beads, focus_scan, zlut_sweep
+from magscope_plans._run_results import stream_layout
 
 from .setup import make_run_engine, session_metadata, subscribe_tiled_writer
 from .tiled_server import DEFAULT_PORT, resolve_tiled

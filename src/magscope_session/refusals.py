@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from magscope_plans.arguments import PlanRefusal, is_refusal, refusal_line
+from magscope_plans._arguments import PlanRefusal, is_refusal, refusal_line
 
 __all__ = ["RunAbortedRefusalFilter", "install"]
 

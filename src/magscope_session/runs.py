@@ -25,7 +25,7 @@ each with the event axis first. The bead tracker's full-rate fields come from it
 track file and are served with one row per event: ``<tracker>-x_nm`` (also ``y_nm``,
 ``z_nm``, ``score``) has shape (events, frames per event, beads), and
 ``<tracker>-frame_index``, ``-timestamp``, ``-frame_status`` (events, frames per event).
-In stream ``tracks`` (:class:`magscope_plans.recording.TrackRecorder`) the frames of
+In stream ``tracks`` (:class:`magscope_plans._recording.TrackRecorder`) the frames of
 successive records follow each other (frame_index jumps between records); in ``primary``
 (counting the tracker) each event is one trigger window of ``window_frames`` frames and
 the stream also holds ``<tracker>-bead_id`` (events, beads) and the per-window means.

@@ -10,9 +10,9 @@ from bluesky.utils import Msg
 
 from magscope_devices.microscope import Microscope
 
-from .arguments import PlanArgs, PreflightError
-from .preflight import check_axis_limits, check_magnet_heights, check_microscope
-from .safety import DEFAULT_SAFE_MAGNET_HEIGHT_MM, with_safe_finish
+from ._arguments import PlanArgs, PreflightError
+from ._preflight import check_axis_limits, check_magnet_heights, check_microscope
+from ._safety import DEFAULT_SAFE_MAGNET_HEIGHT_MM, with_safe_finish
 
 
 def camera_and_axes(microscope: Microscope, *, track: bool = False) -> list[Any]:

@@ -9,7 +9,7 @@ the argument, the value and what was expected, with units::
     heights (mm), e.g. [6.0, 4.0]
 
 Checks against the instrument (limits, the loaded calibration, the ROI table, the
-camera's health) need readings and live in :mod:`magscope_plans.preflight`.
+camera's health) need readings and live in :mod:`magscope_plans._preflight`.
 """
 
 from __future__ import annotations

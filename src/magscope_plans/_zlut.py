@@ -23,11 +23,11 @@ from magscope_devices.microscope import Microscope
 from magscope_tracking import ZLUT, build_zlut
 from magscope_tracking.height_anchor import height_offsets_nm
 
-from .arguments import PlanArgs, PlanArgumentError, PreflightError
-from .bead_match import MAX_ROI_SHIFT_PX, match_beads
-from .preflight import check_axis_limits, check_microscope, read_layout
-from .run_results import zlut_from_run, zlut_heights_from_run
-from .safety import with_safe_finish
+from ._arguments import PlanArgs, PlanArgumentError, PreflightError
+from ._bead_match import MAX_ROI_SHIFT_PX, match_beads
+from ._preflight import check_axis_limits, check_microscope, read_layout
+from ._run_results import zlut_from_run, zlut_heights_from_run
+from ._safety import with_safe_finish
 
 
 class ZLUTImages(BeadLayoutRecord):
@@ -283,7 +283,7 @@ def load_zlut(
     """Load the Z-LUT of a past ``zlut_sweep`` run (a Tiled run client) into the tracker.
 
     The Z-LUT comes from the cache ``zlut-<uid>.npz`` in the tracker's data folder, else
-    from the run (:func:`magscope_plans.run_results.zlut_from_run`), cached there first;
+    from the run (:func:`magscope_plans._run_results.zlut_from_run`), cached there first;
     returns the ZLUT. The tracker applies a Z-LUT by bead id, so it must be the Z-LUT of
     the beads tracked now: a current bead with no table in it, or whose ROI is more than
     ``max_shift_px`` (px) from where the sweep saw a bead with its id (another flow cell,

@@ -12,9 +12,8 @@ from bluesky.utils import Msg
 from magscope_devices.force_curve import ForceCalibration
 from magscope_devices.microscope import Microscope
 
-from .analysis import buckling_point, wlc_fit
-from .arguments import PlanArgs
-from .preflight import (
+from ._arguments import PlanArgs
+from ._preflight import (
     BeadSelection,
     check_axis_limits,
     check_microscope,
@@ -22,9 +21,10 @@ from .preflight import (
     require_force_calibration,
     select_beads,
 )
-from .recording import TrackRecorder, extension_traces, mean_extensions
-from .results import ARRAY, FLOAT, IDS, ResultRecord, emit, set_layouts
-from .safety import DEFAULT_SAFE_MAGNET_HEIGHT_MM, with_safe_finish
+from ._recording import TrackRecorder, extension_traces, mean_extensions
+from ._results import ARRAY, FLOAT, IDS, ResultRecord, emit, set_layouts
+from ._safety import DEFAULT_SAFE_MAGNET_HEIGHT_MM, with_safe_finish
+from .analysis import buckling_point, wlc_fit
 
 __all__ = ["force_extension", "force_sequence", "rotation_extension"]
 

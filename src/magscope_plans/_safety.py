@@ -10,7 +10,7 @@ from bluesky.utils import Msg
 
 from magscope_devices.microscope import Microscope
 
-from .arguments import PlanArgs, PlanArgumentError
+from ._arguments import PlanArgs, PlanArgumentError
 
 #: Magnet height (mm) plans retreat to when they finish: the lowest force.
 DEFAULT_SAFE_MAGNET_HEIGHT_MM = 8.0
@@ -22,7 +22,7 @@ def restore_safe_state(
     """Magnets up to ``safe_magnet_height_mm`` (mm), rotation stopped where it is.
 
     Runs also when the camera has failed: it only moves the magnets."""
-    from .preflight import check_axis_limits
+    from ._preflight import check_axis_limits
 
     plan = "restore_safe_state"
     if not isinstance(microscope, Microscope):

@@ -17,6 +17,19 @@ from bluesky.utils import Msg
 from magscope_devices.force_curve import ForceCalibration
 from magscope_devices.microscope import Microscope
 
+from ._arguments import PlanArgs, PlanArgumentError, PreflightError
+from ._bead_match import MAX_ROI_SHIFT_PX, match_beads, rois_metadata
+from ._preflight import (
+    check_axis_limits,
+    check_magnet_heights,
+    check_microscope,
+    plan_metadata,
+    select_beads,
+)
+from ._recording import TrackRecorder, extension_traces, lateral_traces
+from ._results import ARRAY, FLOAT, IDS, ResultRecord, emit, set_layouts
+from ._run_results import force_calibration_from_run
+from ._safety import DEFAULT_SAFE_MAGNET_HEIGHT_MM, with_safe_finish
 from .analysis import (
     ForceResult,
     allan_force,
@@ -26,19 +39,6 @@ from .analysis import (
     record_length_s,
     thermal_energy_pn_nm,
 )
-from .arguments import PlanArgs, PlanArgumentError, PreflightError
-from .bead_match import MAX_ROI_SHIFT_PX, match_beads, rois_metadata
-from .preflight import (
-    check_axis_limits,
-    check_magnet_heights,
-    check_microscope,
-    plan_metadata,
-    select_beads,
-)
-from .recording import TrackRecorder, extension_traces, lateral_traces
-from .results import ARRAY, FLOAT, IDS, ResultRecord, emit, set_layouts
-from .run_results import force_calibration_from_run
-from .safety import DEFAULT_SAFE_MAGNET_HEIGHT_MM, with_safe_finish
 
 __all__ = [
     "CALIBRATION_FIELDS",
@@ -70,7 +70,7 @@ CALIBRATION_FIELDS: dict[str, tuple[Any, str]] = {
 
 #: Once per run, stream ``force_fit``: the double exponential F(z) the Force device uses,
 #: the calibrated range of magnet heights and when it was made (all
-#: :func:`magscope_plans.run_results.force_calibration_from_run` needs).
+#: :func:`magscope_plans._run_results.force_calibration_from_run` needs).
 FIT_FIELDS: dict[str, tuple[Any, str]] = {
     "f0_pn": (FLOAT, "pN"),
     "f0_pn_err": (FLOAT, "pN"),
@@ -362,14 +362,14 @@ def load_force_calibration(
     """Load the force calibration of a past ``force_calibration`` run (a Tiled run client)
     into ``microscope.force``; returns it. The calibration comes from the cache
     ``force-calibration-<uid>.json`` in the tracker's data folder, else from the run
-    (:func:`magscope_plans.run_results.force_calibration_from_run`), cached there first.
+    (:func:`magscope_plans._run_results.force_calibration_from_run`), cached there first.
 
     Each bead's force is scaled by its own factor from the calibration (by bead id), so
     the calibration must be of the beads tracked now: a tethered bead (not a reference
     bead) with no factor in it, or whose ROI is more than ``max_shift_px`` (px) from where
     the calibration saw a bead with its id, is refused unless ``allow_mismatch``. Prints
     which bead got which factor."""
-    from .zlut import _start_document
+    from ._zlut import _start_document
 
     plan = "load_force_calibration"
     args = PlanArgs(plan)

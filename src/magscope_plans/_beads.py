@@ -22,8 +22,8 @@ from magscope_devices.bead_tracker import (
     without_beads,
 )
 
-from .arguments import PlanArgs
-from .preflight import check_tracker
+from ._arguments import PlanArgs
+from ._preflight import check_tracker
 
 
 def add_bead(

@@ -13,19 +13,19 @@ from bluesky.utils import Msg
 
 from magscope_devices.microscope import Microscope
 
-from .analysis import psd_force, subtract_drift
-from .arguments import PlanArgs, PlanArgumentError
-from .force_calibration import fit_band_hz
-from .preflight import (
+from ._arguments import PlanArgs, PlanArgumentError
+from ._force_calibration import fit_band_hz
+from ._preflight import (
     check_axis_limits,
     check_microscope,
     plan_metadata,
     require_force_calibration,
     select_beads,
 )
-from .recording import TrackRecorder, extension_traces, lateral_traces, mean_extensions
-from .results import ARRAY, FLOAT, IDS, ResultRecord, emit, set_layouts
-from .safety import DEFAULT_SAFE_MAGNET_HEIGHT_MM, with_safe_finish
+from ._recording import TrackRecorder, extension_traces, lateral_traces, mean_extensions
+from ._results import ARRAY, FLOAT, IDS, ResultRecord, emit, set_layouts
+from ._safety import DEFAULT_SAFE_MAGNET_HEIGHT_MM, with_safe_finish
+from .analysis import psd_force, subtract_drift
 
 __all__ = ["force_clamp", "force_ramp"]
 

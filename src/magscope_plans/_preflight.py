@@ -2,7 +2,7 @@
 
 Plan stubs that only read signals (``bps.rd``), so a plan refuses bad input at once,
 with the instrument untouched; :func:`check_instrument_ready` reads no signal at all.
-The argument checks that need no reading are in :mod:`magscope_plans.arguments`.
+The argument checks that need no reading are in :mod:`magscope_plans._arguments`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from magscope_devices.bead_layout import LAYOUT_FIELDS, BeadLayout
 from magscope_devices.bead_tracker import BeadTracker
 from magscope_devices.microscope import Microscope
 
-from .arguments import InstrumentNotReadyError, PlanArgs, PlanArgumentError, PreflightError
+from ._arguments import InstrumentNotReadyError, PlanArgs, PlanArgumentError, PreflightError
 
 __all__ = [
     "BeadSelection",

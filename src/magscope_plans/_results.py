@@ -65,7 +65,7 @@ def set_layouts(
 ) -> Generator[Msg, Any, None]:
     """Set the bead layout (configuration) of ``records`` to the tracker's layout of
     ``bead_ids``, in that order: the beads of their per-bead arrays."""
-    from .preflight import read_layout
+    from ._preflight import read_layout
 
     layout = (yield from read_layout(tracker)).select(bead_ids)
     for record in records:
