@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from magscope_devices.acquisition import AcquisitionConfig, AcquisitionProcess
+from magscope_devices._acquisition import AcquisitionConfig, AcquisitionProcess
 from magscope_devices.sim.frame_source import SIM_INPUTS_DTYPE, TRUTH_DTYPE, SimFrameSource
 from magscope_devices.sim.world import SimParams
 from magscope_ipc.rings import SlotRing

@@ -17,7 +17,7 @@ import time
 
 from ophyd_async.core import init_devices
 
-from magscope_devices.motors import FocusStage, MagnetRotation, MagnetZ
+from magscope_devices import FocusStage, MagnetRotation, MagnetZ
 
 
 async def _timed(coro) -> float:

@@ -27,7 +27,7 @@ from bluesky import RunEngine
 from ophyd_async.core import init_devices
 from scipy.optimize import brentq
 
-from magscope_devices.microscope import make_simulated_microscope
+from magscope_devices import make_simulated_microscope
 from magscope_devices.sim import SimParams, SimWorld
 from magscope_plans import (
     find_reference_beads,

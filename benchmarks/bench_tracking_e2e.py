@@ -15,8 +15,7 @@ import numpy as np
 from bluesky import RunEngine
 from ophyd_async.core import init_devices
 
-from magscope_devices.bead_tracker import rois_from_centres
-from magscope_devices.microscope import make_simulated_microscope
+from magscope_devices import make_simulated_microscope, rois_from_centres
 from magscope_devices.sim.world import SimParams
 
 

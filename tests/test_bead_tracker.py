@@ -16,8 +16,7 @@ from bluesky import RunEngine
 from bluesky.utils import FailedStatus
 from ophyd_async.core import init_devices
 
-from magscope_devices.bead_tracker import BeadRois, rois_from_centres
-from magscope_devices.microscope import make_simulated_microscope
+from magscope_devices import BeadRois, make_simulated_microscope, rois_from_centres
 from magscope_devices.sim.world import SimParams
 from magscope_ipc.shm import list_segments
 from magscope_session.document_writer import SpoolingTiledWriter

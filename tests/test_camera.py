@@ -18,11 +18,11 @@ from ophyd_async.core import StaticPathProvider, UUIDFilenameProvider, init_devi
 from ophyd_async.plan_stubs import ensure_connected
 
 from frame_sources import CountingSource, FailingSource
-from magscope_devices.acquisition import (
+from magscope_devices import Camera
+from magscope_devices._acquisition import (
     AcquisitionConfig,
     AcquisitionProcess,
 )
-from magscope_devices.camera import Camera
 from magscope_ipc.shm import list_segments
 
 pytestmark = pytest.mark.system
@@ -233,7 +233,7 @@ def test_child_exits_when_its_owner_dies(tmp_path):
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         import numpy as np
         from frame_sources import CountingSource
-        from magscope_devices.acquisition import AcquisitionConfig, AcquisitionProcess
+        from magscope_devices._acquisition import AcquisitionConfig, AcquisitionProcess
         p = AcquisitionProcess(CountingSource, (48, 64), np.uint8, 8,
                                AcquisitionConfig(instance={instance!r}))
         p.start()

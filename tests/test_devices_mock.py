@@ -19,10 +19,13 @@ from ophyd_async.core import (
     set_mock_value,
 )
 
-from magscope_devices.force import NoForceCalibrationError
-from magscope_devices.force_curve import ForceCalibration, ForceRangeError
-from magscope_devices.microscope import make_simulated_microscope
-from magscope_devices.motors import LimitError
+from magscope_devices import (
+    ForceCalibration,
+    ForceRangeError,
+    LimitError,
+    NoForceCalibrationError,
+    make_simulated_microscope,
+)
 
 CAL = ForceCalibration(
     f0_pn=68.0, a=0.7, l1_mm=0.8, l2_mm=1.65, min_height_mm=0.5, max_height_mm=8.0,
@@ -138,7 +141,7 @@ async def test_summary_reads_every_axis_and_the_force(mic):
 
 
 def test_summary_table_shows_health_and_the_bead_table():
-    from magscope_devices.summary import AxisState, MicroscopeSummary
+    from magscope_devices._summary import AxisState, MicroscopeSummary
 
     summary = MicroscopeSummary(
         name="mic",

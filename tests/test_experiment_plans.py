@@ -20,7 +20,7 @@ from bluesky.run_engine import call_in_bluesky_event_loop
 from bluesky.utils import RunEngineInterrupted
 from ophyd_async.core import init_devices
 
-from magscope_devices.microscope import make_simulated_microscope
+from magscope_devices import make_simulated_microscope
 from magscope_devices.sim.world import SimParams, SimWorld
 from magscope_plans import (
     find_reference_beads,

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from magscope_devices.force_curve import (
+from magscope_devices._force_curve import (
     ForceCalibration,
     ForceCalibrationFormatError,
     ForceRangeError,

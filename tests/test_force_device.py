@@ -10,9 +10,14 @@ from bluesky import RunEngine
 from bluesky import plan_stubs as bps
 from ophyd_async.core import init_devices
 
-from magscope_devices.force import Force, NoForceCalibrationError
-from magscope_devices.force_curve import ForceCalibration, ForceRangeError
-from magscope_devices.motors import LimitError, MagnetZ
+from magscope_devices import (
+    Force,
+    ForceCalibration,
+    ForceRangeError,
+    LimitError,
+    MagnetZ,
+    NoForceCalibrationError,
+)
 
 CAL = ForceCalibration(
     f0_pn=68.0,

@@ -30,7 +30,7 @@ SCRIPT = textwrap.dedent(
     from bluesky import RunEngine
     from bluesky.utils import RunEngineInterrupted
     from ophyd_async.core import init_devices
-    from magscope_devices.microscope import make_simulated_microscope
+    from magscope_devices import make_simulated_microscope
     from magscope_plans import count_at_heights
 
     def say(**kw):

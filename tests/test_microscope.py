@@ -19,7 +19,7 @@ from bluesky import RunEngine
 from bluesky.run_engine import call_in_bluesky_event_loop
 from ophyd_async.core import init_devices
 
-from magscope_devices.microscope import make_simulated_microscope
+from magscope_devices import make_simulated_microscope
 from magscope_devices.sim.world import SimParams
 from magscope_ipc.shm import list_segments
 
@@ -122,7 +122,7 @@ def test_imports_have_no_side_effects():
         """
         import os, glob
         import magscope_tracking, magscope_devices, magscope_plans, magscope_session
-        import magscope_devices.microscope, magscope_devices.sim, magscope_plans._basic
+        import magscope_devices._microscope, magscope_devices.sim, magscope_plans._basic
         import magscope_plans._zlut, magscope_plans.analysis, magscope_session.cli
         mine = glob.glob(f'/dev/shm/magscope.*.{os.getpid()}-*')  # segments this process owns
         children = [p for p in os.listdir('/proc') if p.isdigit()
@@ -142,7 +142,7 @@ def test_crashed_session_leaves_shared_memory_that_the_next_start_removes(RE, tm
         import time
         from bluesky import RunEngine
         from ophyd_async.core import init_devices
-        from magscope_devices.microscope import make_simulated_microscope
+        from magscope_devices import make_simulated_microscope
         RE = RunEngine()
         with init_devices():
             mic = make_simulated_microscope(data_dir={str(tmp_path)!r}, instance="crashme")

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from ophyd_async.core import init_devices
 
-from magscope_devices.motors import FocusStage, LimitError, MagnetRotation, MagnetZ
+from magscope_devices import FocusStage, LimitError, MagnetRotation, MagnetZ
 
 
 @pytest.fixture

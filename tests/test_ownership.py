@@ -19,15 +19,15 @@ import pytest
 from bluesky import RunEngine
 from ophyd_async.core import init_devices
 
-from magscope_devices.microscope import make_simulated_microscope
-from magscope_devices.ownership import InstrumentBusyError, InstrumentLock
+from magscope_devices import make_simulated_microscope
+from magscope_devices._ownership import InstrumentBusyError, InstrumentLock
 
 MAGSCOPE = str(Path(sys.executable).with_name("magscope"))
 
 HOLDER = textwrap.dedent(
     """
     import sys, time
-    from magscope_devices.ownership import InstrumentLock
+    from magscope_devices._ownership import InstrumentLock
     lock = InstrumentLock(sys.argv[1])
     lock.acquire()
     print("held", flush=True)

@@ -18,7 +18,7 @@ from bluesky.simulators import RunEngineSimulator
 from bluesky.utils import Msg
 from ophyd_async.core import StandardDetector, init_devices, set_mock_value
 
-from magscope_devices.microscope import make_simulated_microscope
+from magscope_devices import make_simulated_microscope
 from magscope_plans import (
     PlanArgumentError,
     count_at_heights,

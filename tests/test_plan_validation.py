@@ -26,10 +26,8 @@ from bluesky import RunEngine
 from bluesky.utils import FailedStatus
 from ophyd_async.core import init_devices, set_mock_value
 
-from magscope_devices.acquisition import AcquisitionConfig, AcquisitionProcess
-from magscope_devices.bead_tracker import BeadRois
-from magscope_devices.force_curve import ForceCalibration
-from magscope_devices.microscope import make_simulated_microscope
+from magscope_devices import BeadRois, ForceCalibration, make_simulated_microscope
+from magscope_devices._acquisition import AcquisitionConfig, AcquisitionProcess
 from magscope_plans import (
     add_bead,
     auto_select_beads,
@@ -421,7 +419,7 @@ def test_wrong_kind_of_run_is_refused(RE, mic):
 # -- one line at the IPython prompt ---------------------------------------------------------
 IPYTHON_INPUT = """\
 from ophyd_async.core import init_devices
-from magscope_devices.microscope import make_simulated_microscope
+from magscope_devices import make_simulated_microscope
 from magscope_plans import count_at_heights
 import bluesky.plan_stubs as bps
 with init_devices(mock=True): mic = make_simulated_microscope(data_dir={data!r}, name="mic")
@@ -475,7 +473,7 @@ def test_ipython_prints_one_line_for_a_refusal(tmp_path):
 def test_refusal_display_keeps_the_traceback_of_other_errors(capsys):
     import logging
 
-    from magscope_devices.motors import LimitError
+    from magscope_devices import LimitError
     from magscope_session.refusals import RunAbortedRefusalFilter, _show
 
     def failed(cause: BaseException) -> FailedStatus:

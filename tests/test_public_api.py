@@ -67,7 +67,7 @@ def test_plans_are_the_functions_their_private_modules_define():
 
 def test_flat_names_are_the_modules_names():
     from magscope_devices import Microscope, SimParams, make_simulated_microscope
-    from magscope_devices.microscope import Microscope as Microscope_
+    from magscope_devices._microscope import Microscope as Microscope_
     from magscope_devices.sim.world import SimParams as SimParams_
     from magscope_session import find_runs, make_run_engine
     from magscope_session.runs import find_runs as find_runs_
@@ -80,13 +80,13 @@ def test_flat_names_are_the_modules_names():
 
 @pytest.mark.system
 def test_package_imports_are_lazy_where_processes_start():
-    """The camera process (``-m magscope_devices.acquisition``) and the Tiled server
+    """The camera process (``-m magscope_devices._acquisition``) and the Tiled server
     (``-m magscope_session.tiled_server``) import their package's ``__init__``: it must not
     pull in ophyd-async or Bluesky."""
     code = textwrap.dedent(
         """
         import sys
-        import magscope_devices, magscope_session, magscope_devices.acquisition
+        import magscope_devices, magscope_session, magscope_devices._acquisition
         heavy = [m for m in ("ophyd_async", "bluesky", "tiled.client") if m in sys.modules]
         print(heavy)
         """

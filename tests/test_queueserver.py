@@ -112,7 +112,7 @@ def _instrument_processes() -> set[int]:
             text = cmdline.read_bytes().replace(b"\0", b" ")
         except OSError:
             continue
-        child = b"magscope_devices.acquisition" in text or b"magscope_tracking._worker" in text
+        child = b"magscope_devices._acquisition" in text or b"magscope_tracking._worker" in text
         if child and b"magscope.default." in text:
             found.add(int(cmdline.parent.name))
     return found
@@ -342,7 +342,7 @@ def _worker_pid() -> int:
     """The RE worker: the parent of the running camera process."""
     for pid in _instrument_processes():
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        if b"magscope_devices.acquisition" in b" ".join(cmd):
+        if b"magscope_devices._acquisition" in b" ".join(cmd):
             return int(cmd[cmd.index(b"--parent") + 1])
     raise AssertionError("no camera process found")
 
@@ -424,7 +424,7 @@ def _stack_processes(root_pid: int) -> dict[str, list[int]]:
     kinds = {  # the launcher first: its command line names the program it runs
         "lifeline launcher": "lifeline.py", "redis-server": "redis-server",
         "start-re-manager": "start-re-manager", "0MQ proxy": "zmq_proxy",
-        "camera": "magscope_devices.acquisition", "tracking worker": "magscope_tracking._worker",
+        "camera": "magscope_devices._acquisition", "tracking worker": "magscope_tracking._worker",
         "tiled": "magscope_session.tiled_server",
     }
     found: dict[str, list[int]] = {k: [] for k in kinds}

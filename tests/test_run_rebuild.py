@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 from ophyd_async.core import init_devices
 
-from magscope_devices.force_curve import ForceCalibration
-from magscope_devices.microscope import make_simulated_microscope
+from magscope_devices import ForceCalibration, make_simulated_microscope
 from magscope_devices.sim.world import SimParams
 from magscope_plans import find_reference_beads
 from magscope_plans._force_calibration import (
@@ -138,7 +137,7 @@ def test_results_rebuilt_from_tiled_alone(written, tiled_server, tmp_path):
 
 def _rois_of(run):
     """The ROI table of a sweep, from its ``primary`` stream's bead layout."""
-    from magscope_devices.bead_tracker import BeadRois
+    from magscope_devices import BeadRois
     from magscope_plans._run_results import stream_layout
 
     layout = stream_layout(run["primary"], "zlut_images")

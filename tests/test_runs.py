@@ -17,8 +17,7 @@ import pytest
 from ophyd_async.core import init_devices
 from ophyd_async.plan_stubs import ensure_connected
 
-from magscope_devices.force_curve import ForceCalibration
-from magscope_devices.microscope import make_simulated_microscope
+from magscope_devices import ForceCalibration, make_simulated_microscope
 from magscope_devices.sim.world import SimParams
 from magscope_plans import FIT_FIELDS, TrackRecorder, zlut_sweep
 from magscope_plans._preflight import read_layout

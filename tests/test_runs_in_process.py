@@ -17,7 +17,7 @@ from bluesky import RunEngine
 from bluesky_tiled_plugins import TiledWriter
 from ophyd_async.core import init_devices
 
-from magscope_devices.motors import MagnetZ
+from magscope_devices import MagnetZ
 from magscope_session.runs import find_runs, last, run_summary
 
 

@@ -30,7 +30,7 @@ import pytest
 from bluesky.utils import RunEngineInterrupted
 from ophyd_async.core import AsyncStatus, StandardReadable, init_devices, soft_signal_rw
 
-from magscope_devices.microscope import make_simulated_microscope
+from magscope_devices import make_simulated_microscope
 from magscope_devices.sim.world import SimParams
 from magscope_session.cli import main as magscope_main
 from magscope_session.document_writer import SpoolingTiledWriter
@@ -320,7 +320,7 @@ KILLED_SESSION = SHOTS_PLAN + textwrap.dedent(
     import json, sys, time
     from pathlib import Path
     from ophyd_async.core import init_devices
-    from magscope_devices.microscope import make_simulated_microscope
+    from magscope_devices import make_simulated_microscope
     from magscope_devices.sim.world import SimParams
     from magscope_session.setup import make_run_engine, session_metadata, subscribe_tiled_writer
     from magscope_session.tiled_server import TiledTarget

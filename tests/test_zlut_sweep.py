@@ -9,8 +9,7 @@ import pytest
 from bluesky import RunEngine
 from ophyd_async.core import init_devices
 
-from magscope_devices.bead_tracker import rois_from_centres
-from magscope_devices.microscope import make_simulated_microscope
+from magscope_devices import make_simulated_microscope, rois_from_centres
 from magscope_devices.sim.world import SimParams
 from magscope_plans._zlut import zlut_cache_path, zlut_sweep
 from magscope_tracking import ZLUT

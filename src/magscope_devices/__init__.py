@@ -7,7 +7,8 @@ The devices a user builds and drives, flat::
 - the instrument: :class:`Microscope`, :func:`make_simulated_microscope` (the simulated
   one, the default), :class:`SimParams` (its world: beads, sensor, optics);
 - its axes: :class:`MagnetZ` (mm), :class:`MagnetRotation` (turns), :class:`FocusStage`
-  (nm), :class:`Force` (pN, through a :class:`ForceCalibration`);
+  (nm), :class:`Force` (pN, through a :class:`ForceCalibration`; its model curve is
+  :func:`magnet_force_pn`);
 - its detectors: :class:`Camera`, :class:`BeadTracker` (with its ROI table
   :class:`BeadRois`, made by :func:`rois_from_centres`, and the layout of its per-bead
   arrays, :class:`BeadLayout`);
@@ -15,8 +16,9 @@ The devices a user builds and drives, flat::
   :class:`InstrumentBusyError`.
 
 The names load on first use (PEP 562): the camera process runs
-``python -m magscope_devices.acquisition``, which must not import ophyd-async or Bluesky,
-so this package's ``__init__`` imports nothing itself.
+``python -m magscope_devices._acquisition``, which must not import ophyd-async or Bluesky,
+so this package's ``__init__`` imports nothing itself. The underscored modules are
+private: import from here.
 """
 
 from __future__ import annotations
@@ -25,39 +27,40 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .bead_layout import BeadLayout
-    from .bead_rois import BeadRois, rois_from_centres
-    from .bead_tracker import BeadTracker
-    from .camera import Camera, CameraLimits
-    from .force import Force, NoForceCalibrationError
-    from .force_curve import ForceCalibration, ForceRangeError
-    from .microscope import Microscope, make_simulated_microscope
-    from .motors import FocusStage, LimitError, MagnetRotation, MagnetZ
-    from .ownership import InstrumentBusyError
+    from ._bead_layout import BeadLayout
+    from ._bead_rois import BeadRois, rois_from_centres
+    from ._bead_tracker import BeadTracker
+    from ._camera import Camera, CameraLimits
+    from ._force import Force, NoForceCalibrationError
+    from ._force_curve import ForceCalibration, ForceRangeError, magnet_force_pn
+    from ._microscope import Microscope, make_simulated_microscope
+    from ._motors import FocusStage, LimitError, MagnetRotation, MagnetZ
+    from ._ownership import InstrumentBusyError
+    from ._summary import MicroscopeSummary
     from .sim.world import SimParams
-    from .summary import MicroscopeSummary
 
 #: exported name -> the submodule that defines it
 _SOURCES = {
-    "BeadLayout": ".bead_layout",
-    "BeadRois": ".bead_rois",
-    "BeadTracker": ".bead_tracker",
-    "Camera": ".camera",
-    "CameraLimits": ".camera",
-    "FocusStage": ".motors",
-    "Force": ".force",
-    "ForceCalibration": ".force_curve",
-    "ForceRangeError": ".force_curve",
-    "InstrumentBusyError": ".ownership",
-    "LimitError": ".motors",
-    "MagnetRotation": ".motors",
-    "MagnetZ": ".motors",
-    "Microscope": ".microscope",
-    "MicroscopeSummary": ".summary",
-    "NoForceCalibrationError": ".force",
+    "BeadLayout": "._bead_layout",
+    "BeadRois": "._bead_rois",
+    "BeadTracker": "._bead_tracker",
+    "Camera": "._camera",
+    "CameraLimits": "._camera",
+    "FocusStage": "._motors",
+    "Force": "._force",
+    "ForceCalibration": "._force_curve",
+    "ForceRangeError": "._force_curve",
+    "InstrumentBusyError": "._ownership",
+    "LimitError": "._motors",
+    "MagnetRotation": "._motors",
+    "MagnetZ": "._motors",
+    "Microscope": "._microscope",
+    "MicroscopeSummary": "._summary",
+    "NoForceCalibrationError": "._force",
     "SimParams": ".sim.world",
-    "make_simulated_microscope": ".microscope",
-    "rois_from_centres": ".bead_rois",
+    "magnet_force_pn": "._force_curve",
+    "make_simulated_microscope": "._microscope",
+    "rois_from_centres": "._bead_rois",
 }
 
 __all__ = [
@@ -78,6 +81,7 @@ __all__ = [
     "MicroscopeSummary",
     "NoForceCalibrationError",
     "SimParams",
+    "magnet_force_pn",
     "make_simulated_microscope",
     "rois_from_centres",
 ]

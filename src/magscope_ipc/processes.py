@@ -333,7 +333,8 @@ def require_free_port(service: str, host: str, port: int, *, option: str = "") -
 #: Command-line fragments of the programs magscope starts, to find orphans of versions
 #: that did not yet tag their children.
 _OUR_PROGRAMS = (
-    "magscope_devices.acquisition",
+    "magscope_devices.acquisition",  # the camera module before it was made private
+    "magscope_devices._acquisition",
     "magscope_tracking._worker",
     "magscope_ipc/lifeline.py",
     "bluesky.commandline.zmq_proxy",

@@ -280,9 +280,9 @@ class PlanArgs:
 def refusal_cause(exc: BaseException) -> BaseException | None:
     """The ordinary refusal behind ``exc`` (itself, or the cause of a failed status), or
     None when ``exc`` is an unexpected error that deserves its traceback."""
-    from magscope_devices.force import NoForceCalibrationError
-    from magscope_devices.force_curve import ForceRangeError
-    from magscope_devices.motors import LimitError
+    from magscope_devices._force import NoForceCalibrationError
+    from magscope_devices._force_curve import ForceRangeError
+    from magscope_devices._motors import LimitError
     from magscope_tracking.zlut import ZLUTMismatchError
 
     kinds = (PlanRefusal, LimitError, ForceRangeError, NoForceCalibrationError, ZLUTMismatchError)

@@ -8,7 +8,7 @@ import bluesky.plan_stubs as bps
 import bluesky.plans as bp
 from bluesky.utils import Msg
 
-from magscope_devices.microscope import Microscope
+from magscope_devices._microscope import Microscope
 
 from ._arguments import PlanArgs, PreflightError
 from ._preflight import check_axis_limits, check_magnet_heights, check_microscope

@@ -14,7 +14,7 @@ import bluesky.plan_stubs as bps
 import numpy as np
 from bluesky.utils import Msg
 
-from magscope_devices.bead_tracker import (
+from magscope_devices._bead_tracker import (
     BeadRois,
     BeadTracker,
     with_bead_added,

@@ -9,8 +9,8 @@ import bluesky.preprocessors as bpp
 import numpy as np
 from bluesky.utils import Msg
 
-from magscope_devices.force_curve import ForceCalibration
-from magscope_devices.microscope import Microscope
+from magscope_devices._force_curve import ForceCalibration
+from magscope_devices._microscope import Microscope
 
 from ._arguments import PlanArgs
 from ._preflight import (

@@ -11,7 +11,7 @@ import bluesky.preprocessors as bpp
 import numpy as np
 from bluesky.utils import Msg
 
-from magscope_devices.microscope import Microscope
+from magscope_devices._microscope import Microscope
 
 from ._arguments import PlanArgs, PlanArgumentError
 from ._force_calibration import fit_band_hz

@@ -15,9 +15,9 @@ import bluesky.plan_stubs as bps
 import numpy as np
 from bluesky.utils import Msg
 
-from magscope_devices.bead_layout import LAYOUT_FIELDS, BeadLayout
-from magscope_devices.bead_tracker import BeadTracker
-from magscope_devices.microscope import Microscope
+from magscope_devices._bead_layout import LAYOUT_FIELDS, BeadLayout
+from magscope_devices._bead_tracker import BeadTracker
+from magscope_devices._microscope import Microscope
 
 from ._arguments import InstrumentNotReadyError, PlanArgs, PlanArgumentError, PreflightError
 
@@ -103,7 +103,7 @@ def _check_camera(camera: Any, plan: str) -> None:
     failed = not process.running
     control = getattr(process, "control", None)
     if not failed and control is not None:
-        from magscope_devices.acquisition import AcqState
+        from magscope_devices._acquisition import AcqState
 
         failed = int(control["state"]) == AcqState.FAILED
     if failed:
@@ -295,7 +295,7 @@ def plan_metadata(
 
 
 def read_layout(tracker: Any) -> Generator[Msg, Any, BeadLayout]:
-    """The tracker's bead layout now (:class:`~magscope_devices.bead_layout.BeadLayout`:
+    """The tracker's bead layout now (:class:`~magscope_devices._bead_layout.BeadLayout`:
     bead ids, ROI origins, ROI size, nm/px, Z-LUT run uid), in increasing bead id; use
     ``.select(ids)`` for some beads in another order."""
     values = {}

@@ -17,7 +17,7 @@ import numpy as np
 from bluesky.utils import Msg
 from ophyd_async.core import TriggerInfo
 
-from magscope_devices.bead_tracker import BeadTracker
+from magscope_devices._bead_tracker import BeadTracker
 
 from .analysis import mean_and_sem, subtract_drift
 

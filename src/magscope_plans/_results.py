@@ -11,7 +11,7 @@ from bluesky.utils import Msg
 from ophyd_async.core import Array1D, soft_signal_rw
 from ophyd_async.plan_stubs import ensure_connected
 
-from magscope_devices.bead_layout import BeadLayoutRecord
+from magscope_devices._bead_layout import BeadLayoutRecord
 
 __all__ = ["FLOAT", "ARRAY", "IDS", "ResultRecord", "emit", "set_layouts"]
 
@@ -26,7 +26,7 @@ class ResultRecord(BeadLayoutRecord):
     ``fields`` maps a field name to ``(datatype, units)``: ``FLOAT`` for a number,
     ``ARRAY`` for one value per bead, ``IDS`` for bead ids. Reading keys are
     ``<name>-<field>``. Its configuration is the beads' layout
-    (:class:`~magscope_devices.bead_layout.BeadLayoutRecord`): set it with
+    (:class:`~magscope_devices._bead_layout.BeadLayoutRecord`): set it with
     ``bps.mv(*record.layout_moves(layout))`` before the first :func:`emit`; the ``ARRAY``
     fields have one value per bead of the layout, in its order.
     """

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from magscope_devices.bead_layout import BeadLayout
-from magscope_devices.force_curve import ForceCalibration
+from magscope_devices._bead_layout import BeadLayout
+from magscope_devices._force_curve import ForceCalibration
 from magscope_tracking import ZLUT, build_zlut
 
 __all__ = [
@@ -77,7 +77,7 @@ def _last(node: Any, key: str) -> np.ndarray:
 
 def stream_layout(node: Any, device: str) -> BeadLayout:
     """The bead layout of ``device`` in a stream's configuration
-    (:class:`~magscope_devices.bead_layout.BeadLayout`)."""
+    (:class:`~magscope_devices._bead_layout.BeadLayout`)."""
     return BeadLayout.from_configuration(_configuration(node), device)
 
 

@@ -8,7 +8,7 @@ import bluesky.plan_stubs as bps
 from bluesky.preprocessors import finalize_wrapper
 from bluesky.utils import Msg
 
-from magscope_devices.microscope import Microscope
+from magscope_devices._microscope import Microscope
 
 from ._arguments import PlanArgs, PlanArgumentError
 

@@ -17,9 +17,9 @@ from cycler import cycler
 from ophyd_async.core import Array1D, StandardReadableFormat, soft_signal_rw
 from ophyd_async.plan_stubs import ensure_connected
 
-from magscope_devices.bead_layout import BeadLayoutRecord
-from magscope_devices.bead_tracker import BeadHeights, BeadRois
-from magscope_devices.microscope import Microscope
+from magscope_devices._bead_layout import BeadLayoutRecord
+from magscope_devices._bead_tracker import BeadHeights, BeadRois
+from magscope_devices._microscope import Microscope
 from magscope_tracking import ZLUT, build_zlut
 from magscope_tracking.height_anchor import height_offsets_nm
 
@@ -54,7 +54,7 @@ class ZLUTRecord(BeadLayoutRecord):
     the sweep started); ``profiles`` (beads, planes, bins): radial profiles; ``height_nm``
     (beads,): each bead's height above the reference beads at the sweep (nm; NaN where it
     could not be anchored or without reference beads); ``created`` (UNIX s). Configuration:
-    the bead layout (:mod:`magscope_devices.bead_layout`; ``bead_ids`` are the profiles'
+    the bead layout (:mod:`magscope_devices._bead_layout`; ``bead_ids`` are the profiles'
     beads) and ``bin_px``, the radial bin spacing (px).
     """
 

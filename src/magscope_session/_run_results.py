@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from magscope_devices.force_curve import ForceCalibration
+from magscope_devices._force_curve import ForceCalibration
 from magscope_plans._run_results import (
     force_calibration_from_run,
     zlut_from_images,

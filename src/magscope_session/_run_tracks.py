@@ -1,7 +1,7 @@
 """Reading a run's full-rate bead tracks (behind :func:`magscope_session.runs.bead_tracks`).
 
 Which column is which bead comes from one place: the bead layout in the configuration of
-the stream's tracker (:class:`magscope_devices.bead_layout.BeadLayout`: ``<tracker>-bead_ids``,
+the stream's tracker (:class:`magscope_devices._bead_layout.BeadLayout`: ``<tracker>-bead_ids``,
 the columns in order, with the ROIs, ROI size, nm/px and the Z-LUT's run uid).
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from magscope_devices.bead_layout import BeadLayout
+from magscope_devices._bead_layout import BeadLayout
 from magscope_plans._recording import extension_traces, lateral_traces
 
 __all__ = ["TRACK_COLUMNS", "BeadNotInRunError", "NoTracksError", "bead_tracks"]
@@ -216,7 +216,7 @@ def bead_tracks(
         tracker's ``reference_beads`` configuration recorded with the stream.
 
     Which column is which bead: the bead layout recorded in the configuration of the
-    stream's tracker (``<tracker>-bead_ids``; :class:`magscope_devices.bead_layout.BeadLayout`).
+    stream's tracker (``<tracker>-bead_ids``; :class:`magscope_devices._bead_layout.BeadLayout`).
     ``df.attrs`` records the run uid, stream, bead, the layout (ROIs, ROI size, nm/px,
     the Z-LUT's run uid) and the reference beads used.
 

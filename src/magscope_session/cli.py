@@ -48,7 +48,7 @@ def startup_files(profile: Path) -> list[Path]:
 
 def _use_instance(args: argparse.Namespace) -> str:
     """Export ``--instance`` as ``MAGSCOPE_INSTANCE`` (read by the profile and the demo)."""
-    from magscope_devices.ownership import ENV_INSTANCE, check_instance_name, instance_from_env
+    from magscope_devices._ownership import ENV_INSTANCE, check_instance_name, instance_from_env
 
     if getattr(args, "instance", None):
         check_instance_name(args.instance)
@@ -58,7 +58,7 @@ def _use_instance(args: argparse.Namespace) -> str:
 
 def _refuse_if_owned(instance: str) -> None:
     """Exit with the owner's name if another process drives ``instance``."""
-    from magscope_devices.ownership import InstrumentBusyError, InstrumentLock
+    from magscope_devices._ownership import InstrumentBusyError, InstrumentLock
 
     try:
         with InstrumentLock(instance):

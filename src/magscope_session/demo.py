@@ -21,8 +21,8 @@ import bluesky.plan_stubs as bps
 import numpy as np
 from ophyd_async.core import init_devices
 
-from magscope_devices.microscope import make_simulated_microscope
-from magscope_devices.ownership import instance_from_env
+from magscope_devices import make_simulated_microscope
+from magscope_devices._ownership import instance_from_env
 from magscope_devices.sim.world import SimParams
 from magscope_plans import count_at_heights, find_reference_beads, focus_scan, zlut_sweep
 from magscope_plans._run_results import stream_layout

@@ -41,9 +41,9 @@ def install(shell: Any) -> None:
     traceback for them."""
     from bluesky.utils import FailedStatus
 
-    from magscope_devices.force import NoForceCalibrationError
-    from magscope_devices.force_curve import ForceRangeError
-    from magscope_devices.motors import LimitError
+    from magscope_devices._force import NoForceCalibrationError
+    from magscope_devices._force_curve import ForceRangeError
+    from magscope_devices._motors import LimitError
     from magscope_tracking.zlut import ZLUTMismatchError
 
     kinds = (

@@ -25,13 +25,13 @@ each with the event axis first. The bead tracker's full-rate fields come from it
 track file and are served with one row per event: ``<tracker>-x_nm`` (also ``y_nm``,
 ``z_nm``, ``score``) has shape (events, frames per event, beads), and
 ``<tracker>-frame_index``, ``-timestamp``, ``-frame_status`` (events, frames per event).
-In stream ``tracks`` (:class:`magscope_plans._recording.TrackRecorder`) the frames of
+In stream ``tracks`` (:class:`magscope_plans.TrackRecorder`) the frames of
 successive records follow each other (frame_index jumps between records); in ``primary``
 (counting the tracker) each event is one trigger window of ``window_frames`` frames and
 the stream also holds ``<tracker>-bead_id`` (events, beads) and the per-window means.
 Every stream with per-bead arrays says which bead each column is in its configuration
 (``run[stream].metadata["configuration"][<device>]["data"]``): the bead layout of
-:mod:`magscope_devices.bead_layout` (``<device>-bead_ids``, ``-roi_x0_px``,
+:mod:`magscope_devices._bead_layout` (``<device>-bead_ids``, ``-roi_x0_px``,
 ``-roi_y0_px``, ``-roi_size_px``, ``-nm_per_px``, ``-zlut_uid``).
 
 Modules: this one finds runs and summarises them; :mod:`._run_tracks` reads tracks
@@ -47,7 +47,7 @@ import numbers
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
-from magscope_devices.bead_layout import BeadLayout
+from magscope_devices._bead_layout import BeadLayout
 
 from ._run_results import force_calibration_of, zlut_of
 from ._run_tracks import (

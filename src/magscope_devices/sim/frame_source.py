@@ -56,7 +56,7 @@ def truth_rows(truth, out: np.ndarray) -> None:
 
 
 class SimFrameSource:
-    """A :class:`~magscope_devices.acquisition.FrameSource` backed by :class:`SimWorld`."""
+    """A :class:`~magscope_devices._acquisition.FrameSource` backed by :class:`SimWorld`."""
 
     def __init__(self, params: SimParams, inputs_name: str, truth_name: str) -> None:
         self.params = params

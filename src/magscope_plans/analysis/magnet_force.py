@@ -1,6 +1,6 @@
 """Fit of the magnet force curve: force (pN) against magnet height (mm).
 
-Model (as :func:`magscope_devices.force_curve.magnet_force_pn`):
+Model (as :func:`magscope_devices._force_curve.magnet_force_pn`):
 
     F(z) = F0 (a exp(-z / l1) + (1 - a) exp(-z / l2)),   F0 > 0, 0 <= a <= 1, l1 <= l2
 

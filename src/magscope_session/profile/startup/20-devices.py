@@ -3,7 +3,7 @@
 from ophyd_async.core import init_devices
 
 from magscope_devices import make_simulated_microscope
-from magscope_devices.ownership import instance_from_env
+from magscope_devices._ownership import instance_from_env
 from magscope_session import close_at_exit
 
 # One owner per instrument: a second session on the same instance is refused, naming the

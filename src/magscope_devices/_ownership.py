@@ -1,7 +1,7 @@
 """One owner per instrument: a lock that the process driving an instrument holds.
 
 On hardware, two processes driving the same camera and stages would fight over them, so
-connecting a :class:`~magscope_devices.microscope.Microscope` takes the lock of its
+connecting a :class:`~magscope_devices._microscope.Microscope` takes the lock of its
 instance name (``"default"`` in ``magscope ipython``, ``magscope demo`` and the
 queueserver's worker, or what ``--instance NAME`` / ``MAGSCOPE_INSTANCE`` says). A second
 owner is refused with :class:`InstrumentBusyError`, naming the process that holds it.

@@ -29,15 +29,15 @@ from ophyd_async.core import (
 from magscope_ipc.rings import SlotRing
 from magscope_ipc.shm import SharedRecord, remove_stale_segments, segment_name
 
-from .acquisition import AcquisitionConfig, AcquisitionProcess
-from .bead_tracker import BeadTracker
-from .camera import Camera, CameraLimits
-from .force import Force
-from .motors import FocusStage, MagnetRotation, MagnetZ
-from .ownership import InstrumentLock
+from ._acquisition import AcquisitionConfig, AcquisitionProcess
+from ._bead_tracker import BeadTracker
+from ._camera import Camera, CameraLimits
+from ._force import Force
+from ._motors import FocusStage, MagnetRotation, MagnetZ
+from ._ownership import InstrumentLock
+from ._summary import MicroscopeSummary, read_summary
 from .sim.frame_source import SIM_INPUTS_DTYPE, TRUTH_DTYPE, SimFrameSource, TruthReader
 from .sim.world import SimParams
-from .summary import MicroscopeSummary, read_summary
 
 #: Frames of ground truth kept by the simulated microscope (164 s at 100 frames/s).
 TRUTH_CAPACITY = 16384
@@ -260,7 +260,7 @@ def make_simulated_microscope(
     :param roi_size_px: side of the tracking ROIs (px).
     :param instance: name of the instrument instance, in shared-memory names; a named
         instance is owned by one process at a time (connecting takes its lock, see
-        :mod:`magscope_devices.ownership`). Default: a random, private name.
+        :mod:`magscope_devices._ownership`). Default: a random, private name.
     """
     params = params or SimParams()
     ownership = InstrumentLock(instance) if instance else None

@@ -1,6 +1,6 @@
 """The microscope at a glance: every axis, the force, the beads and the health counters.
 
-:meth:`Microscope.summary() <magscope_devices.microscope.Microscope.summary>` gives a
+:meth:`Microscope.summary() <magscope_devices._microscope.Microscope.summary>` gives a
 :class:`MicroscopeSummary`, whose text (its ``repr``, so IPython shows it) is a table::
 
     microscope
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from .microscope import Microscope
+    from ._microscope import Microscope
 
 __all__ = ["AxisState", "MicroscopeSummary", "read_summary"]
 

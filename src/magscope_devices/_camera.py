@@ -1,6 +1,6 @@
 """The microscope camera as an ophyd-async ``StandardDetector``.
 
-The camera free-runs in its own process (:mod:`magscope_devices.acquisition`),
+The camera free-runs in its own process (:mod:`magscope_devices._acquisition`),
 filling the shared-memory frame ring for the live view and the trackers. When a
 plan triggers or kicks it off, the next frames are also written to an HDF5 file
 chosen by the path provider and announced with StreamResource/StreamDatum
@@ -43,7 +43,7 @@ from ophyd_async.core import (
 
 from magscope_ipc.shm import SharedRecord
 
-from .acquisition import (
+from ._acquisition import (
     FRAMES_DATASET,
     TIMESTAMPS_DATASET,
     AcquisitionProcess,

@@ -43,8 +43,8 @@ from ophyd_async.core import (
 )
 from ophyd_async.core import StandardReadableFormat as Format
 
-from .force_curve import ForceCalibration, ForceRangeError
-from .motors import LimitError, MagnetZ
+from ._force_curve import ForceCalibration, ForceRangeError
+from ._motors import LimitError, MagnetZ
 
 __all__ = ["Force", "ForceLogic", "NoForceCalibrationError"]
 

@@ -24,7 +24,7 @@ counters (``frames_tracked``, ``frames_dropped``, ``queue_depth``, ``latency_p50
 ``latency_p99_s``, ``worker_restarts``).
 
 Configuration (in every stream the tracker is read or collected in): the bead layout of
-:mod:`magscope_devices.bead_layout` (``bead_ids``: the columns of the per-bead arrays;
+:mod:`magscope_devices._bead_layout` (``bead_ids``: the columns of the per-bead arrays;
 ``roi_x0_px``, ``roi_y0_px``; ``roi_size_px``; ``nm_per_px``; ``zlut_uid``: the run of
 the loaded Z-LUT), with ``window_frames``, ``zlut_path``, ``bead_radius_nm`` and
 ``reference_beads``: a run alone is enough to re-analyse its tracks.
@@ -70,7 +70,7 @@ from magscope_ipc.track_ring import TrackRing
 from magscope_tracking import ROI_DTYPE, ZLUT, TrackingService, TrackRecorder
 from magscope_tracking.track_file import DATASETS
 
-from .bead_rois import (
+from ._bead_rois import (
     BeadHeights,
     BeadRois,
     offsets_for,
@@ -79,7 +79,7 @@ from .bead_rois import (
     with_bead_moved,
     without_beads,
 )
-from .camera import AnnouncedFramesProvider, Camera, forward_updates
+from ._camera import AnnouncedFramesProvider, Camera, forward_updates
 
 __all__ = [
     "BeadHeights",
@@ -357,7 +357,7 @@ class BeadTracker(StandardDetector):
             int, getter=lambda: self._roi_size, setter=self._set_roi_size, units="px"
         )
         self.zlut_path = soft_signal_rw(str, getter=self._get_zlut, setter=self._set_zlut)
-        # the layout of the per-bead arrays (magscope_devices.bead_layout): the columns of
+        # the layout of the per-bead arrays (magscope_devices._bead_layout): the columns of
         # the open track file, else the ROI table now, in increasing bead id
         self.bead_ids, _ = soft_signal_r_and_setter(
             Array1D[np.int64], getter=lambda: self._columns()["bead_id"].astype(np.int64)

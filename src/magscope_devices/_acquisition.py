@@ -3,7 +3,7 @@
 The loop grabs frames from a :class:`FrameSource` (the simulator or a camera
 SDK) at the requested frame rate, writes every frame into the shared-memory
 frame ring (live view, tracking) and, while a plan captures, appends frames to
-an HDF5 file. The :class:`~magscope_devices.camera.Camera` device steers it
+an HDF5 file. The :class:`~magscope_devices._camera.Camera` device steers it
 through a small shared control block (:data:`CONTROL_DTYPE`); nothing else
 crosses between the processes, so the frame rate never depends on the
 RunEngine's event loop.
@@ -216,7 +216,7 @@ class AcquisitionProcess:
         self.process = spawn(
             "camera process",
             [
-                sys.executable, "-m", "magscope_devices.acquisition",
+                sys.executable, "-m", "magscope_devices._acquisition",
                 "--control", self.control.name, "--ring", self.ring.name,
                 "--parent", str(os.getpid()),
             ],
