@@ -133,7 +133,7 @@ def tiled_server(tmp_path_factory):
     Attributes used by tests: ``uri``, ``api_key``, ``client()``, ``detector_data_dir``
     (HDF5 files of detectors go there), ``spool_dir``, ``data_dir``.
     """
-    from magscope_session.tiled_server import EmbeddedTiled
+    from magscope_session import EmbeddedTiled
 
     server = EmbeddedTiled(tmp_path_factory.mktemp("tiled-data"), port=0)
     with server:
@@ -161,7 +161,7 @@ def tiled_in_process(tmp_path_factory):
     from tiled.config import parse_configs
     from tiled.server.app import build_app_from_config
 
-    from magscope_session.tiled_server import EmbeddedTiled
+    from magscope_session import EmbeddedTiled
 
     server = EmbeddedTiled(tmp_path_factory.mktemp("tiled-in-process"), port=0)
     config = parse_configs(str(server.write_config()))

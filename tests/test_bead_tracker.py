@@ -19,7 +19,7 @@ from ophyd_async.core import init_devices
 from magscope_devices import BeadRois, make_simulated_microscope, rois_from_centres
 from magscope_devices.sim.world import SimParams
 from magscope_ipc.shm import list_segments
-from magscope_session.document_writer import SpoolingTiledWriter
+from magscope_session._document_writer import SpoolingTiledWriter
 from magscope_tracking.track_file import read_track_file
 
 pytestmark = pytest.mark.system

@@ -123,7 +123,7 @@ def test_imports_have_no_side_effects():
         import os, glob
         import magscope_tracking, magscope_devices, magscope_plans, magscope_session
         import magscope_devices._microscope, magscope_devices.sim, magscope_plans._basic
-        import magscope_plans._zlut, magscope_plans.analysis, magscope_session.cli
+        import magscope_plans._zlut, magscope_plans.analysis, magscope_session._cli
         mine = glob.glob(f'/dev/shm/magscope.*.{os.getpid()}-*')  # segments this process owns
         children = [p for p in os.listdir('/proc') if p.isdigit()
                     and open(f'/proc/{p}/stat').read().split(') ')[1].split()[1]

@@ -474,7 +474,7 @@ def test_refusal_display_keeps_the_traceback_of_other_errors(capsys):
     import logging
 
     from magscope_devices import LimitError
-    from magscope_session.refusals import RunAbortedRefusalFilter, _show
+    from magscope_session._refusals import RunAbortedRefusalFilter, _show
 
     def failed(cause: BaseException) -> FailedStatus:
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from event_model import compose_run
 
-from magscope_session.progress import RunProgress
+from magscope_session import RunProgress
 
 
 class Clock:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import pkgutil
 import subprocess
 import sys
 import textwrap
@@ -32,6 +33,21 @@ def test_every_exported_name_imports(package):
     namespace: dict = {}
     exec(f"from {package} import *", namespace)  # noqa: S102 - the star import users type
     assert set(names) <= set(namespace)
+
+
+@pytest.mark.parametrize(
+    ("package", "public"),
+    [
+        ("magscope_plans", {"analysis"}),
+        ("magscope_devices", {"sim"}),
+        ("magscope_session", {"runs"}),
+    ],
+)
+def test_modules_behind_the_flat_names_are_private(package, public):
+    """Only the named submodules are public; the others are underscored (issue #10)."""
+    module = importlib.import_module(package)
+    names = {info.name for info in pkgutil.iter_modules(module.__path__)}
+    assert {name for name in names if not name.startswith("_")} == public
 
 
 def test_unknown_names_raise_attribute_error():
@@ -70,8 +86,8 @@ def test_flat_names_are_the_modules_names():
     from magscope_devices._microscope import Microscope as Microscope_
     from magscope_devices.sim.world import SimParams as SimParams_
     from magscope_session import find_runs, make_run_engine
+    from magscope_session._setup import make_run_engine as make_run_engine_
     from magscope_session.runs import find_runs as find_runs_
-    from magscope_session.setup import make_run_engine as make_run_engine_
 
     assert Microscope is Microscope_ and SimParams is SimParams_
     assert make_run_engine is make_run_engine_ and find_runs is find_runs_
@@ -81,7 +97,7 @@ def test_flat_names_are_the_modules_names():
 @pytest.mark.system
 def test_package_imports_are_lazy_where_processes_start():
     """The camera process (``-m magscope_devices._acquisition``) and the Tiled server
-    (``-m magscope_session.tiled_server``) import their package's ``__init__``: it must not
+    (``-m magscope_session._tiled_server``) import their package's ``__init__``: it must not
     pull in ophyd-async or Bluesky."""
     code = textwrap.dedent(
         """

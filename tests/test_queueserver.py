@@ -24,10 +24,9 @@ from bluesky_queueserver_api.zmq import REManagerAPI
 
 from magscope_devices.sim.world import SimParams
 from magscope_ipc.processes import port_holder
-from magscope_session.qserver import child_pids
-from magscope_session.services import port_open
-from magscope_session.setup import session_metadata
-from magscope_session.tiled_server import resolve_tiled
+from magscope_session import resolve_tiled, session_metadata
+from magscope_session._qserver import child_pids
+from magscope_session._services import port_open
 
 pytestmark = pytest.mark.system
 
@@ -425,7 +424,7 @@ def _stack_processes(root_pid: int) -> dict[str, list[int]]:
         "lifeline launcher": "lifeline.py", "redis-server": "redis-server",
         "start-re-manager": "start-re-manager", "0MQ proxy": "zmq_proxy",
         "camera": "magscope_devices._acquisition", "tracking worker": "magscope_tracking._worker",
-        "tiled": "magscope_session.tiled_server",
+        "tiled": "magscope_session._tiled_server",
     }
     found: dict[str, list[int]] = {k: [] for k in kinds}
     try:

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 from bluesky_queueserver_api import BPlan
 
-from magscope_session.tiled_server import EmbeddedTiled
+from magscope_session import EmbeddedTiled
 from test_queueserver import MAGSCOPE, Stack, _stack_env
 
 pytestmark = pytest.mark.system

@@ -22,9 +22,8 @@ from magscope_plans._force_calibration import (
     load_force_calibration,
 )
 from magscope_plans._zlut import load_zlut, zlut_cache_path, zlut_sweep
+from magscope_session import TiledTarget, make_run_engine, session_metadata, subscribe_tiled_writer
 from magscope_session.runs import force_calibration_of, zlut_of
-from magscope_session.setup import make_run_engine, session_metadata, subscribe_tiled_writer
-from magscope_session.tiled_server import TiledTarget
 from magscope_tracking import ZLUT
 
 pytestmark = pytest.mark.system

@@ -23,6 +23,8 @@ from magscope_plans import FIT_FIELDS, TrackRecorder, zlut_sweep
 from magscope_plans._preflight import read_layout
 from magscope_plans._results import ResultRecord, emit
 from magscope_plans.analysis import subtract_drift
+from magscope_session import connect, make_run_engine, session_metadata, subscribe_tiled_writer
+from magscope_session._tiled_server import ENV_TILED_API_KEY, TiledTarget, TiledUnreachableError
 from magscope_session.runs import (
     BeadNotInRunError,
     NoTracksError,
@@ -32,9 +34,6 @@ from magscope_session.runs import (
     run_summary,
     zlut_of,
 )
-from magscope_session.setup import make_run_engine, session_metadata, subscribe_tiled_writer
-from magscope_session.tiled_client import connect
-from magscope_session.tiled_server import ENV_TILED_API_KEY, TiledTarget, TiledUnreachableError
 
 pytestmark = pytest.mark.system
 

@@ -19,8 +19,7 @@ from tiled.queries import Key
 
 from magscope_devices.sim.world import SimParams
 from magscope_ipc.shm import list_segments
-from magscope_session.setup import session_metadata
-from magscope_session.tiled_server import EmbeddedTiled
+from magscope_session import EmbeddedTiled, session_metadata
 
 pytestmark = pytest.mark.system
 

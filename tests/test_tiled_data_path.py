@@ -28,16 +28,16 @@ from ophyd_async.core import (
 from ophyd_async.sim import SimBlobDetector
 from tiled.queries import In, Key
 
-from magscope_session.document_writer import SpoolingTiledWriter
-from magscope_session.replay import replay, replay_main
-from magscope_session.spool import (
+from magscope_session._document_writer import SpoolingTiledWriter
+from magscope_session._replay import replay, replay_main
+from magscope_session._spool import (
     SENT_SUBDIR,
     dumps_document,
     loads_document,
     read_spool,
     try_lock,
 )
-from magscope_session.tiled_server import (
+from magscope_session._tiled_server import (
     ENV_TILED_API_KEY,
     ENV_TILED_URI,
     EmbeddedTiled,
@@ -288,7 +288,7 @@ def test_server_killed_mid_run_nothing_lost_after_replay(
             yield from bps.sleep(0.05)
 
     try:
-        with caplog.at_level(logging.WARNING, logger="magscope_session.document_writer"):
+        with caplog.at_level(logging.WARNING, logger="magscope_session._document_writer"):
             (uid,) = run_engine(plan())
             assert writer.flush(timeout=30)
     finally:

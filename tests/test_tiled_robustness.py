@@ -32,12 +32,11 @@ from ophyd_async.core import AsyncStatus, StandardReadable, init_devices, soft_s
 
 from magscope_devices import make_simulated_microscope
 from magscope_devices.sim.world import SimParams
-from magscope_session.cli import main as magscope_main
-from magscope_session.document_writer import SpoolingTiledWriter
-from magscope_session.replay import replay, replay_main
-from magscope_session.setup import make_run_engine, session_metadata, subscribe_tiled_writer
-from magscope_session.spool import EMPTY_SUBDIR, SENT_SUBDIR, dumps_document, read_spool
-from magscope_session.tiled_server import TiledTarget
+from magscope_session import TiledTarget, make_run_engine, session_metadata, subscribe_tiled_writer
+from magscope_session._cli import main as magscope_main
+from magscope_session._document_writer import SpoolingTiledWriter
+from magscope_session._replay import replay, replay_main
+from magscope_session._spool import EMPTY_SUBDIR, SENT_SUBDIR, dumps_document, read_spool
 from magscope_tracking.track_file import read_track_file
 from process_helpers import wait_for_pid_exit
 
@@ -56,7 +55,7 @@ WRITER = textwrap.dedent(
     import bluesky.plans as bp
     from bluesky import RunEngine
     from ophyd_async.core import StandardReadable, init_devices, soft_signal_rw
-    from magscope_session.document_writer import SpoolingTiledWriter
+    from magscope_session._document_writer import SpoolingTiledWriter
 
     uri, key, spool, writer_id, runs, events = sys.argv[1:7]
 
@@ -322,8 +321,8 @@ KILLED_SESSION = SHOTS_PLAN + textwrap.dedent(
     from ophyd_async.core import init_devices
     from magscope_devices import make_simulated_microscope
     from magscope_devices.sim.world import SimParams
-    from magscope_session.setup import make_run_engine, session_metadata, subscribe_tiled_writer
-    from magscope_session.tiled_server import TiledTarget
+    from magscope_session import make_run_engine, session_metadata, subscribe_tiled_writer
+    from magscope_session import TiledTarget
 
     uri, key, data_dir, detector_dir = sys.argv[1:5]
     params = SimParams(seed=7, n_tethered=3, n_reference=1, width_px=384, height_px=256)
@@ -487,7 +486,7 @@ def test_data_dir_with_a_duckdb_table_store_stays_readable(tmp_path):
     storage (its runs are served), new tables go to tables.sqlite. (Checked end to end by
     hand: a run written with the duckdb layout read back, and a new run written, through
     EmbeddedTiled on that data dir.)"""
-    from magscope_session.tiled_server import EmbeddedTiled
+    from magscope_session import EmbeddedTiled
 
     server = EmbeddedTiled(tmp_path, port=0)
     args = json.loads(server.write_config().read_text())["trees"][0]["args"]

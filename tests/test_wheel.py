@@ -79,7 +79,7 @@ def test_magscope_ipython_and_qserver_list_from_a_wheel(installed, tmp_path):
     env = _env(installed, home)
     magscope = str(installed / "bin" / "magscope")
     code = (
-        "import magscope_session, magscope_session.cli as cli; "
+        "import magscope_session, magscope_session._cli as cli; "
         "print('FROM', magscope_session.__file__); print('PROFILE', cli.profile_dir()); "
         "print('SESSION', type(RE).__name__, microscope.name, callable(zlut_sweep), "
         "callable(force_calibration), tiled is not None, np.__name__, plt.__name__, "

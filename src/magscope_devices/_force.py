@@ -1,8 +1,8 @@
 """The force on the beads (pN) as a movable: a force calibration over the magnet height.
 
-:class:`Force` is a derived axis. It holds the :class:`~.motors.MagnetZ` by reference (not
+:class:`Force` is a derived axis. It holds the :class:`~._motors.MagnetZ` by reference (not
 as a child: the magnet stays its own device, read and moved on its own), and a
-:class:`~.force_curve.ForceCalibration` loaded from a JSON file through its
+:class:`~._force_curve.ForceCalibration` loaded from a JSON file through its
 ``calibration_file`` signal, so a plan loads one with ``bps.mv(force.calibration_file,
 path)`` and it is recorded in the run's configuration.
 

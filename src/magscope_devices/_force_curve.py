@@ -1,6 +1,6 @@
 """Force calibration: the force on a bead as a function of the magnet height.
 
-Pure NumPy (no ophyd-async or bluesky), so plans, the :class:`~.force.Force` device and
+Pure NumPy (no ophyd-async or bluesky), so plans, the :class:`~._force.Force` device and
 offline analysis share it. Units: force pN, magnet height mm, time UNIX s.
 
 Model. A pair of permanent magnets above the flow cell pulls a superparamagnetic bead

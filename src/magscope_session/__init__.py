@@ -19,9 +19,10 @@ The session a user sets up (what ``magscope ipython``'s profile does), flat::
 - :func:`run_demo`, the demo experiment (``magscope demo``).
 
 The names load on first use (PEP 562): the embedded Tiled server runs as
-``python -m magscope_session.tiled_server`` and the ``magscope`` command starts from
-:mod:`magscope_session.cli`; neither should import Bluesky, ophyd-async and the devices
-through this package's ``__init__``.
+``python -m magscope_session._tiled_server`` and the ``magscope`` command starts from
+:mod:`magscope_session._cli`; neither should import Bluesky, ophyd-async and the devices
+through this package's ``__init__``. The underscored modules are private: import from
+here (or from :mod:`magscope_session.runs`).
 """
 
 from __future__ import annotations
@@ -30,8 +31,22 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .demo import run_demo
-    from .progress import RunProgress
+    from ._demo import run_demo
+    from ._progress import RunProgress
+    from ._setup import (
+        MagscopeRunEngine,
+        close_at_exit,
+        make_run_engine,
+        session_metadata,
+        subscribe_tiled_writer,
+    )
+    from ._tiled_server import (
+        EmbeddedTiled,
+        TiledTarget,
+        TiledUnreachableError,
+        default_data_dir,
+        resolve_tiled,
+    )
     from .runs import (
         BeadNotInRunError,
         NoTracksError,
@@ -42,42 +57,28 @@ if TYPE_CHECKING:
         run_summary,
         zlut_of,
     )
-    from .setup import (
-        MagscopeRunEngine,
-        close_at_exit,
-        make_run_engine,
-        session_metadata,
-        subscribe_tiled_writer,
-    )
-    from .tiled_server import (
-        EmbeddedTiled,
-        TiledTarget,
-        TiledUnreachableError,
-        default_data_dir,
-        resolve_tiled,
-    )
 
 #: exported name -> the submodule that defines it
 _SOURCES = {
     "BeadNotInRunError": ".runs",
-    "EmbeddedTiled": ".tiled_server",
-    "MagscopeRunEngine": ".setup",
+    "EmbeddedTiled": "._tiled_server",
+    "MagscopeRunEngine": "._setup",
     "NoTracksError": ".runs",
-    "RunProgress": ".progress",
-    "TiledTarget": ".tiled_server",
-    "TiledUnreachableError": ".tiled_server",
+    "RunProgress": "._progress",
+    "TiledTarget": "._tiled_server",
+    "TiledUnreachableError": "._tiled_server",
     "bead_tracks": ".runs",
-    "close_at_exit": ".setup",
+    "close_at_exit": "._setup",
     "connect": ".runs",
-    "default_data_dir": ".tiled_server",
+    "default_data_dir": "._tiled_server",
     "find_runs": ".runs",
     "force_calibration_of": ".runs",
-    "make_run_engine": ".setup",
-    "resolve_tiled": ".tiled_server",
-    "run_demo": ".demo",
+    "make_run_engine": "._setup",
+    "resolve_tiled": "._tiled_server",
+    "run_demo": "._demo",
     "run_summary": ".runs",
-    "session_metadata": ".setup",
-    "subscribe_tiled_writer": ".setup",
+    "session_metadata": "._setup",
+    "subscribe_tiled_writer": "._setup",
     "zlut_of": ".runs",
 }
 

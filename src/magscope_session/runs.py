@@ -1,8 +1,8 @@
 """Finding and reading past runs in Tiled, for analysis in IPython or a notebook.
 
 Every function that needs the catalog takes either a Tiled client (a container node:
-``target.client()``, :func:`magscope_session.tiled_client.connect`) or the server's URI as a string
-(then :func:`magscope_session.tiled_client.connect` connects with the API key
+``target.client()``, :func:`magscope_session.connect`) or the server's URI as a string
+(then :func:`magscope_session.connect` connects with the API key
 ``api_key``, default ``$MAGSCOPE_TILED_API_KEY``).
 Functions of one run take a run client, as returned by :func:`find_runs` or
 ``client[uid]``::
@@ -57,7 +57,7 @@ from ._run_tracks import (
     _start,
     bead_tracks,
 )
-from .tiled_client import connect
+from ._tiled_client import connect
 
 if TYPE_CHECKING:
     from databroker.queries import TimeRange
@@ -170,7 +170,7 @@ def find_runs(
     ----------
     client_or_uri
         The catalog: a Tiled client or a server URI (see
-        :func:`magscope_session.tiled_client.connect`).
+        :func:`magscope_session.connect`).
     sample, plan_name, operator
         Exact match on the start document's key of the same name.
     bead_id

@@ -5,7 +5,7 @@
 if interactive:
     from IPython import get_ipython as _get_ipython
 
-    from magscope_session.refusals import install as _install_refusals
+    from magscope_session._refusals import install as _install_refusals
 
     if _get_ipython() is not None:
         _install_refusals(_get_ipython())

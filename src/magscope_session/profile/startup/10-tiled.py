@@ -6,7 +6,7 @@ import os
 import warnings
 
 from magscope_session import subscribe_tiled_writer
-from magscope_session.tiled_server import (
+from magscope_session._tiled_server import (
     DEFAULT_PORT,
     TiledUnreachableError,
     resolve_tiled,

@@ -19,7 +19,7 @@ import psutil
 
 from magscope_ipc.processes import AddressInUseError, ChildProcess, port_holder
 
-from .services import (
+from ._services import (
     DEFAULT_PROXY_IN,
     DEFAULT_PROXY_OUT,
     DEFAULT_REDIS_ADDR,
@@ -31,7 +31,7 @@ from .services import (
     start_re_manager,
     start_redis,
 )
-from .tiled_server import (
+from ._tiled_server import (
     ENV_DATA_DIR,
     ENV_TILED_API_KEY,
     ENV_TILED_URI,

@@ -7,7 +7,7 @@ down fails in a couple of seconds with :class:`TiledUnreachableError` naming the
 instead of after the Tiled client's ~25 s of retries (tiled 0.2: ``TILED_RETRY_ATTEMPTS``
 and ``TILED_RETRY_TIMEOUT``, read when tiled is imported). Reading a run::
 
-    from magscope_session.tiled_client import connect
+    from magscope_session import connect
 
     client = connect("http://127.0.0.1:8000", api_key=key)
     run = client[uid]
@@ -107,8 +107,8 @@ def connect(
     ----------
     client_or_uri
         A Tiled client node (returned as it is), an object with a ``client()`` method
-        (:class:`~magscope_session.tiled_server.TiledTarget`,
-        :class:`~magscope_session.tiled_server.EmbeddedTiled`), or the URI of a Tiled
+        (:class:`~magscope_session._tiled_server.TiledTarget`,
+        :class:`~magscope_session._tiled_server.EmbeddedTiled`), or the URI of a Tiled
         server or of a node in it, e.g. ``"http://127.0.0.1:8000"``.
     api_key
         API key for a URI; default the environment variable ``MAGSCOPE_TILED_API_KEY``

@@ -27,8 +27,8 @@ from magscope_devices.sim.world import SimParams
 from magscope_plans import count_at_heights, find_reference_beads, focus_scan, zlut_sweep
 from magscope_plans._run_results import stream_layout
 
-from .setup import make_run_engine, session_metadata, subscribe_tiled_writer
-from .tiled_server import DEFAULT_PORT, resolve_tiled
+from ._setup import make_run_engine, session_metadata, subscribe_tiled_writer
+from ._tiled_server import DEFAULT_PORT, resolve_tiled
 
 #: beads shown in the printout and the picture
 SHOWN_BEADS = 4

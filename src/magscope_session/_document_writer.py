@@ -3,7 +3,7 @@
 :class:`SpoolingTiledWriter` is a RunEngine callback. For every document it
 
 1. appends one JSON line to the run's spool file ``<spool_dir>/<start uid>.jsonl``
-   (:mod:`.spool`) and flushes it to the operating system (``fsync`` at the end of each
+   (:mod:`._spool`) and flushes it to the operating system (``fsync`` at the end of each
    run, or after every document with ``fsync="document"``), in the RunEngine's thread;
    then
 2. queues it for a worker thread that forwards it to bluesky-tiled-plugins'
@@ -23,7 +23,7 @@ was written to Tiled completely has its spool file moved to ``<spool_dir>/sent/`
 not deleted, so a local copy survives a later loss of the server's disks; delete old
 files there by hand when the space is needed). Every file left directly in
 ``<spool_dir>`` is a run that is not (completely) in Tiled:
-:func:`magscope_session.replay.replay` sends them.
+:func:`magscope_session._replay.replay` sends them.
 
 A server that goes down in the middle of a write is noticed only after the Tiled client
 has retried for about 25 s (tiled 0.2.20: environment variables ``TILED_RETRY_ATTEMPTS``
@@ -52,7 +52,7 @@ With ``max_array_size=0`` both reads work::
 Concurrent replays
 ------------------
 While a writer owns a run (from its start document until it has finished forwarding its
-stop document) it holds an exclusive lock on the spool file (:func:`.spool.try_lock`).
+stop document) it holds an exclusive lock on the spool file (:func:`._spool.try_lock`).
 A replay skips locked files, so replaying while a session is live never sends a run twice.
 """
 
@@ -69,8 +69,8 @@ from typing import Any
 
 from event_model import Filler, RunRouter
 
-from .spool import SPOOL_SUFFIX, dumps_document, loads_document, move_to_sent, try_lock
-from .tiled_client import check_reachable, client_base_uri, connect, default_api_key
+from ._spool import SPOOL_SUFFIX, dumps_document, loads_document, move_to_sent, try_lock
+from ._tiled_client import check_reachable, client_base_uri, connect, default_api_key
 
 logger = logging.getLogger(__name__)
 
@@ -295,7 +295,7 @@ class SpoolingTiledWriter:
         logger.warning(
             "Tiled at %s failed on the %r document of run %s (%s). The run goes on; no "
             "more of it is sent to Tiled, all its documents are kept in %s. When the server "
-            "is back, send it with `magscope tiled replay` (or magscope_session.replay.replay).",
+            "is back, send it with `magscope tiled replay` (or magscope_session._replay.replay).",
             self.uri,
             name,
             run.uid,

@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from .tiled_server import DEFAULT_PORT, ENV_DATA_DIR
+from ._tiled_server import DEFAULT_PORT, ENV_DATA_DIR
 
 ENV_PROFILE_DIR = "MAGSCOPE_PROFILE_DIR"
 
@@ -68,7 +68,7 @@ def _refuse_if_owned(instance: str) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ._demo import run_demo
 
     _refuse_if_owned(_use_instance(args))
     run_demo(args.data_dir, port=args.port)
@@ -79,9 +79,9 @@ def _cmd_ipython(args: argparse.Namespace) -> int:
     from IPython import start_ipython
     from traitlets.config import Config
 
-    from .qserver import ENV_QSERVER_PUBLIC_KEY, ensure_proxy
-    from .services import QSERVER_KEYS_FILENAME, qserver_keys
-    from .tiled_server import default_data_dir
+    from ._qserver import ENV_QSERVER_PUBLIC_KEY, ensure_proxy
+    from ._services import QSERVER_KEYS_FILENAME, qserver_keys
+    from ._tiled_server import default_data_dir
 
     _refuse_if_owned(_use_instance(args))
     if args.data_dir:
@@ -105,10 +105,10 @@ def _cmd_ipython(args: argparse.Namespace) -> int:
 
 def _cmd_tiled(args: argparse.Namespace) -> int:
     if args.action == "replay":
-        from .replay import replay_main
+        from ._replay import replay_main
 
         return replay_main(args.data_dir, port=args.port)
-    from .tiled_server import EmbeddedTiled, TiledServerError, default_data_dir
+    from ._tiled_server import EmbeddedTiled, TiledServerError, default_data_dir
 
     folder = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
     try:
@@ -141,7 +141,7 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 def _cmd_qserver(args: argparse.Namespace) -> int:
-    from .qserver import list_plans_and_devices, run_qserver
+    from ._qserver import list_plans_and_devices, run_qserver
 
     if args.action == "list":
         path = list_plans_and_devices(profile_dir(), args.data_dir)
@@ -171,7 +171,7 @@ def _exec_service(name: str, argv: list[str], addresses: list[tuple[str, int]]) 
 
 
 def _cmd_proxy(args: argparse.Namespace) -> int:
-    from .services import DEFAULT_PROXY_IN, DEFAULT_PROXY_OUT
+    from ._services import DEFAULT_PROXY_IN, DEFAULT_PROXY_OUT
 
     in_port, out_port = (int(a.rsplit(":", 1)[1]) for a in (DEFAULT_PROXY_IN, DEFAULT_PROXY_OUT))
     argv = [
@@ -190,7 +190,7 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
 
 
 def _cmd_redis(args: argparse.Namespace) -> int:
-    from .services import redis_server_executable
+    from ._services import redis_server_executable
 
     exe = redis_server_executable()
     argv = [exe, "--port", str(args.port), "--bind", "127.0.0.1", "--save", "",

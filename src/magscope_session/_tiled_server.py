@@ -34,14 +34,14 @@ Linux), overridden by the ``MAGSCOPE_DATA_DIR`` environment variable, overridden
 Detectors must write their HDF5 files inside ``detector-data/``: the server refuses to
 serve files outside its readable storage (HTTP 500, after about 25 s of client retries).
 
-Reading a run back (:func:`magscope_session.tiled_client.connect`)::
+Reading a run back (:func:`magscope_session.connect`)::
 
-    from magscope_session.tiled_client import connect
+    from magscope_session import connect
     runs = connect("http://127.0.0.1:8000", api_key=key)
     run = runs[uid]; run["primary"]["x"].read()
 
 (``stream[key].read()`` for array-valued event fields: see
-:mod:`magscope_session.document_writer`.)
+:mod:`magscope_session._document_writer`.)
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ from typing import Any
 
 from magscope_ipc.processes import ChildProcess, port_holder, spawn
 
-from .tiled_client import (
+from ._tiled_client import (
     API_KEY_FILENAME,
     ENV_TILED_API_KEY,
     ENV_TILED_URI,
@@ -346,7 +346,7 @@ class EmbeddedTiled:
         into the log (``tiled serve config`` prints a key it did not get as an option)."""
         tiled_executable()  # a clear error if the server extras are missing
         return [
-            sys.executable, "-m", "magscope_session.tiled_server", str(self.config_path),
+            sys.executable, "-m", "magscope_session._tiled_server", str(self.config_path),
             "--host", self.host, "--port", str(port),
         ]
 
@@ -488,7 +488,7 @@ class EmbeddedTiled:
         self.stop()
 
     def client(self, **kwargs: Any):
-        """A Tiled client of this server (:func:`.tiled_client.connect`; keyword args are
+        """A Tiled client of this server (:func:`._tiled_client.connect`; keyword args are
         passed on to ``tiled.client.from_uri``)."""
         return connect(self.uri, self.api_key, **kwargs)
 
@@ -556,7 +556,7 @@ class TiledTarget:
         return self.data_dir / DETECTOR_DATA_SUBDIR
 
     def client(self, **kwargs: Any):
-        """A Tiled client of this server (:func:`.tiled_client.connect`)."""
+        """A Tiled client of this server (:func:`._tiled_client.connect`)."""
         return connect(self.uri, self.api_key, **kwargs)
 
     def close(self) -> None:

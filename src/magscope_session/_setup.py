@@ -17,8 +17,8 @@ from bluesky.utils import FailedStatus, ProgressBarManager
 
 from magscope_devices.sim.world import SimParams
 
-from .document_writer import SpoolingTiledWriter
-from .tiled_server import TiledTarget
+from ._document_writer import SpoolingTiledWriter
+from ._tiled_server import TiledTarget
 
 #: Instrument name written into the start document of every run of the simulator.
 SIMULATED_INSTRUMENT = "magscope-sim"

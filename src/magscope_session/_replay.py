@@ -1,8 +1,8 @@
 """Sending spooled runs that are not (completely) in Tiled: :func:`replay` and the
 ``magscope tiled replay`` command (:func:`replay_main`).
 
-A run is left in the spool (:mod:`.spool`) when Tiled failed while the session wrote it
-(:class:`~magscope_session.document_writer.SpoolingTiledWriter`), or when the session
+A run is left in the spool (:mod:`._spool`) when Tiled failed while the session wrote it
+(:class:`~magscope_session._document_writer.SpoolingTiledWriter`), or when the session
 died mid-run. :func:`replay` writes each such run whole, under its own uid, and moves its
 spool file to ``sent/``.
 """
@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from .document_writer import DEFAULT_MAX_ARRAY_SIZE, new_tiled_writer
-from .spool import EMPTY_SUBDIR, move_to_sent, read_spool, try_lock, unsent_spool_files
-from .tiled_client import TiledUnreachableError, check_reachable, client_base_uri, connect
-from .tiled_server import (
+from ._document_writer import DEFAULT_MAX_ARRAY_SIZE, new_tiled_writer
+from ._spool import EMPTY_SUBDIR, move_to_sent, read_spool, try_lock, unsent_spool_files
+from ._tiled_client import TiledUnreachableError, check_reachable, client_base_uri, connect
+from ._tiled_server import (
     DEFAULT_PORT,
     ENV_TILED_API_KEY,
     ENV_TILED_URI,
