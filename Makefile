@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test test-parallel test-fast numba-cache soak lint typecheck layers venv bench clean
+.PHONY: demo test test-serial checks test-fast numba-cache soak lint typecheck layers venv bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,13 +33,18 @@ layers: $(STAMP)
 numba-cache: $(STAMP)
 	$(BIN)/python tests/warm_numba_cache.py
 
-test: lint typecheck layers numba-cache
-	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 $(PYTEST_ARGS)
+# the checks and the numba cache side by side, then the suite on two pytest-xdist workers:
+# a module's tests stay on one worker (module fixtures are built once), the modules that
+# use fixed addresses share one worker, the longest groups start first (tests/conftest.py)
+checks: $(STAMP)
+	$(MAKE) --no-print-directory -j 2 lint typecheck layers numba-cache
 
-# the same on two pytest-xdist workers (~11 min instead of ~20): not yet what CI runs, since
-# tests on the two workers still meet on the default instance (see issue #10 note)
-test-parallel: lint typecheck layers numba-cache
-	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --durations=25 $(PYTEST_ARGS)
+test: checks
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --no-loadscope-reorder --durations=25 $(PYTEST_ARGS)
+
+# one process, in collection order (slower: ~17 min): to read a failure without xdist
+test-serial: checks
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 $(PYTEST_ARGS)
 
 # the fast tier: mock devices, message lists, in-process Tiled, pure computation (< 1 min)
 test-fast: numba-cache

@@ -82,18 +82,56 @@ async def _no_pending_tasks():
 _FIXED_ADDRESSES = {"test_queueserver", "test_queueserver_tiled_down", "test_session", "test_docs"}
 
 
+#: The longest xdist groups, longest first (seconds on this machine, serial run of
+#: 2026-12-05): handed out first (``--no-loadscope-reorder`` keeps this order), so the two
+#: workers end together instead of one waiting for a long group started last.
+_LONGEST_FIRST = (
+    "fixed-addresses",  # ~395 s
+    "test_experiment_plans",  # ~215 s
+    "test_tiled_robustness",  # ~80-110 s
+    "test_wheel",  # ~50 s
+    "test_run_rebuild",  # ~48 s
+    "test_tiled_data_path",  # ~35-45 s
+    "test_runs",  # ~35 s
+    "test_microscope",  # ~23-38 s
+)
+
+
+def _group_of(item) -> str:
+    module = item.module.__name__.rsplit(".", 1)[-1] if item.module else item.nodeid
+    return "fixed-addresses" if module in _FIXED_ADDRESSES else module
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
+    rank = {group: k for k, group in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(_group_of(item), len(rank)))  # stable
     for item in items:
         # pytest-xdist (--dist loadgroup): a module's tests stay on one worker, so its
         # module-scoped fixtures (microscopes, servers, swept Z-LUTs) are built once
-        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else item.nodeid
-        group = "fixed-addresses" if module in _FIXED_ADDRESSES else module
-        item.add_marker(pytest.mark.xdist_group(group))
+        item.add_marker(pytest.mark.xdist_group(_group_of(item)))
         function = getattr(item, "function", None)
         if function is not None and inspect.iscoroutinefunction(function):
             # first in the fixture order, so it is torn down after the test's own fixtures
             item.fixturenames.insert(0, "_no_pending_tasks")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _private_instance(request):
+    """Every module outside the fixed-address group gets its own instrument instance
+    (``MAGSCOPE_INSTANCE``, inherited by the processes it starts), so two xdist workers
+    never meet on the default instance's ownership lock or shared memory."""
+    module = request.module.__name__.rsplit(".", 1)[-1]
+    if module in _FIXED_ADDRESSES:
+        yield
+        return
+    before = os.environ.get("MAGSCOPE_INSTANCE")
+    os.environ["MAGSCOPE_INSTANCE"] = ("t-" + module.removeprefix("test_"))[:40]
+    yield
+    if before is None:
+        os.environ.pop("MAGSCOPE_INSTANCE", None)
+    else:
+        os.environ["MAGSCOPE_INSTANCE"] = before
 
 
 @pytest.fixture

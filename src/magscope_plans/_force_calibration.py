@@ -243,14 +243,14 @@ def force_calibration(
             yield from bps.mv(microscope.magnet_z, h)
             yield from bps.sleep(settle_s)
             if duration_s is None:
-                pilot = yield from recorder.record(int(round(pilot_s * fs)))
+                pilot = yield from recorder.record_whole(int(round(pilot_s * fs)))
                 n_frames = _record_frames(
                     pilot, sel, fs_hz=fs, exposure_s=exposure, radius_nm=radius,
                     rel_error=rel_error, axis=axis, min_s=pilot_s, max_s=max_duration_s,
                 )
             else:
                 n_frames = int(round(duration_s * fs))
-            tracks = yield from recorder.record(n_frames)
+            tracks = yield from recorder.record_whole(n_frames)
             ext_all = extension_traces(tracks, sel.beads, sel.reference)
             lateral = lateral_traces(tracks, sel.beads, sel.reference, axis=axis)
             psd, allan, plain, ext = [], [], [], []
