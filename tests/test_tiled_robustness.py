@@ -352,6 +352,7 @@ KILLED_SESSION = SHOTS_PLAN + textwrap.dedent(
 
 
 def test_session_killed_mid_run_reads_back_after_replay(tiled_server, tmp_path):
+    from magscope_devices._ownership import instance_from_env
     from magscope_ipc.shm import remove_stale_segments
 
     data_dir = tmp_path / "session"
@@ -378,7 +379,7 @@ def test_session_killed_mid_run_reads_back_after_replay(tiled_server, tmp_path):
     uid = said["uid"]
     # the camera process notices that its owner died, closes its file and exits
     assert wait_for_pid_exit(said["camera_pid"]), "the camera process outlived its owner"
-    remove_stale_segments()
+    remove_stale_segments(instance_from_env())  # the killed session's instance
 
     spool = data_dir / "spool"
     docs = read_spool(spool / f"{uid}.jsonl")

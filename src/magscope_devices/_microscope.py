@@ -62,7 +62,7 @@ class SimulationLink:
     def open(self, magnet_z_mm: float, magnet_turns: float, focus_nm: float) -> None:
         if self.inputs is not None:
             return
-        remove_stale_segments()
+        remove_stale_segments(self.instance)  # this instance's only: others are not ours
         for name in (self.inputs_name, self.truth_name):
             Path("/dev/shm", name).unlink(missing_ok=True)
         self.inputs = SharedRecord.create(self.inputs_name, SIM_INPUTS_DTYPE)
