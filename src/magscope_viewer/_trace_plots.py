@@ -23,19 +23,25 @@ def bead_pen(k: int) -> pg.QtGui.QPen:
 
 
 def _time_axis(plot: pg.PlotItem) -> None:
-    plot.setLabel("bottom", "t − now", units="s")
+    plot.setLabel("bottom", "t − newest frame", units="s")
+    plot.getAxis("bottom").enableAutoSIPrefix(False)
 
 
 class TracePlots(pg.GraphicsLayoutWidget):
-    """x, y and z (nm) of the selected beads against time (s before the newest frame)."""
+    """x, y and z (nm) of the selected beads against time (s before the newest frame).
 
-    def __init__(self, parent=None) -> None:
+    With ``relative`` (the default) each trace is drawn as the change from its bead's
+    mean over the window (Δx, Δy, Δz), so beads tens of µm apart share one scale.
+    """
+
+    def __init__(self, parent=None, relative: bool = True) -> None:
         super().__init__(parent)
+        self.relative = relative
         self.plots: dict[str, pg.PlotItem] = {}
         self.curves: dict[str, list[pg.PlotDataItem]] = {}
         for row, axis in enumerate(AXES):
             plot = self.addPlot(row=row, col=0)
-            plot.setLabel("left", axis[0], units="nm")
+            plot.setLabel("left", ("Δ" if relative else "") + axis[0], units="nm")
             plot.getAxis("left").enableAutoSIPrefix(False)
             plot.showGrid(x=True, y=True, alpha=0.2)
             if row:
@@ -75,12 +81,16 @@ class TracePlots(pg.GraphicsLayoutWidget):
             if subtract_reference and data.size:
                 data = minus_reference(data, ids, reference)
             for k, col in enumerate(cols):
-                td, yd = decimate_minmax(rel, data[:, col], MAX_POINTS)
+                trace = data[:, col]
+                if self.relative and np.isfinite(trace).any():
+                    trace = trace - np.nanmean(trace)
+                td, yd = decimate_minmax(rel, trace, MAX_POINTS)
                 self.curves[axis][k].setData(td, yd, connect="finite")
             have = data.size and np.isfinite(data[:, cols]).any() if cols else False
             note = "" if have or not cols else " — no data (no Z-LUT?)" if axis == "z_nm" else " — no data"
             suffix = " − reference" if subtract_reference and reference else ""
-            self.plots[axis].setTitle(f"{axis[0]}{suffix}{note}", size="9pt")
+            what = f"{axis[0]} − bead mean" if self.relative else axis[0]
+            self.plots[axis].setTitle(f"{what}{suffix}{note}", size="9pt")
         if tuple(chosen) != self._legend_ids:
             self.legend.clear()
             for k, bead in enumerate(chosen):
@@ -96,8 +106,8 @@ class KymographView(pg.GraphicsLayoutWidget):
         super().__init__(parent)
         self.columns = columns
         self.plot = self.addPlot()
-        self.plot.setLabel("bottom", "t − now", units="s")
-        self.plot.setLabel("left", "bead (row)")
+        _time_axis(self.plot)
+        self.plot.setLabel("left", "bead id")
         self.plot.invertY(True)
         self.image = pg.ImageItem(axisOrder="row-major")
         self.image.setColorMap(pg.colormap.get("viridis"))

@@ -134,6 +134,11 @@ class TraceHistory:
         for axis in AXES:
             self._values[axis] = np.concatenate([self._values[axis], cols[axis]])[-self.capacity :]
 
+    @property
+    def last_frame_index(self) -> int:
+        """Camera frame index of the newest frame held (-1 when empty)."""
+        return int(self._frame[-1]) if self._frame.size else -1
+
     def window(self, seconds: float) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(t (frames,) UNIX s, {axis: (frames, beads) nm}) of the last ``seconds`` s."""
         if not self._t.size:

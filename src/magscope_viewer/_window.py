@@ -97,28 +97,29 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.resizeDocks([trace_dock, kymo_dock], [560, 240], QtCore.Qt.Vertical)
         self.resizeDocks([trace_dock], [700], QtCore.Qt.Horizontal)
 
-        panel = QtWidgets.QWidget()
-        form = QtWidgets.QFormLayout(panel)
+        bar = self.addToolBar("Show")
+        bar.setMovable(False)
         self.selected_edit = QtWidgets.QLineEdit(format_ids(self.selected or []))
         self.selected_edit.setPlaceholderText("first ten")
+        self.selected_edit.setMaximumWidth(220)
         self.selected_edit.editingFinished.connect(self._selection_edited)
         self.reference_edit = QtWidgets.QLineEdit(format_ids(self.reference))
         self.reference_edit.setPlaceholderText("none")
+        self.reference_edit.setMaximumWidth(120)
         self.reference_edit.editingFinished.connect(self._selection_edited)
-        self.subtract_box = QtWidgets.QCheckBox("traces minus reference mean")
+        self.subtract_box = QtWidgets.QCheckBox("traces minus reference")
         self.subtract_box.toggled.connect(self._subtract_toggled)
         self.window_spin = QtWidgets.QDoubleSpinBox()
         self.window_spin.setRange(0.5, 60.0)
         self.window_spin.setSuffix(" s")
         self.window_spin.setValue(self.window_s)
         self.window_spin.valueChanged.connect(self._window_changed)
-        form.addRow("selected beads", self.selected_edit)
-        form.addRow("reference beads", self.reference_edit)
-        form.addRow("", self.subtract_box)
-        form.addRow("time window", self.window_spin)
-        choose = QtWidgets.QDockWidget("Show", self)
-        choose.setWidget(panel)
-        self.addDockWidget(area.LeftDockWidgetArea, choose)
+        for label, widget in (
+            ("selected beads ", self.selected_edit), ("  reference beads ", self.reference_edit),
+            ("  ", self.subtract_box), ("  time window ", self.window_spin),
+        ):
+            bar.addWidget(QtWidgets.QLabel(label))
+            bar.addWidget(widget)
 
     def _selection_edited(self) -> None:
         try:
