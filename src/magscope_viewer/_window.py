@@ -78,7 +78,9 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self._last_kymo = 0.0
         self._build_docks()
         self.status = QtWidgets.QLabel()
-        self.statusBar().addWidget(self.status, 1)
+        status_bar = QtWidgets.QStatusBar()
+        self.setStatusBar(status_bar)
+        status_bar.addWidget(self.status, 1)
         self.resize(1400, 900)
         self.timer = QtCore.QTimer(self)
         self.timer.timeout.connect(self.refresh)
@@ -94,10 +96,12 @@ class ViewerWindow(QtWidgets.QMainWindow):
         kymo_dock = QtWidgets.QDockWidget("z kymograph (all beads)", self)
         kymo_dock.setWidget(self.kymograph)
         self.addDockWidget(area.RightDockWidgetArea, kymo_dock)
-        self.resizeDocks([trace_dock, kymo_dock], [560, 240], QtCore.Qt.Vertical)
-        self.resizeDocks([trace_dock], [700], QtCore.Qt.Horizontal)
+        orientation = QtCore.Qt.Orientation
+        self.resizeDocks([trace_dock, kymo_dock], [560, 240], orientation.Vertical)
+        self.resizeDocks([trace_dock], [700], orientation.Horizontal)
 
-        bar = self.addToolBar("Show")
+        bar = QtWidgets.QToolBar("Show", self)
+        self.addToolBar(bar)
         bar.setMovable(False)
         self.selected_edit = QtWidgets.QLineEdit(format_ids(self.selected or []))
         self.selected_edit.setPlaceholderText("first ten")
