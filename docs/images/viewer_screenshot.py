@@ -66,6 +66,11 @@ def main() -> int:
                 app.processEvents()
                 time.sleep(0.01)
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            t0 = time.perf_counter()
+            for _ in range(30):
+                window.refresh()
+                app.processEvents()
+            print(f"refresh + paint: {(time.perf_counter() - t0) / 30 * 1e3:.1f} ms on average")
             window.grab().save(args.out)
             print(f"wrote {args.out}: {window.status.text()}")
             window.close()

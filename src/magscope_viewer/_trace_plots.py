@@ -11,8 +11,8 @@ from PyQt5 import QtCore
 
 from ._traces import AXES, decimate_minmax, kymograph, minus_reference
 
-#: Points per drawn trace (min/max pairs).
-MAX_POINTS = 1000
+#: Points per drawn trace (min/max pairs): about one pair per screen pixel of a plot.
+MAX_POINTS = 600
 #: Traces drawn at most (the first selected beads).
 MAX_TRACES = 20
 
@@ -23,15 +23,14 @@ def bead_pen(k: int) -> pg.QtGui.QPen:
 
 
 def _time_axis(plot: pg.PlotItem) -> None:
-    plot.setLabel("bottom", "t − newest frame", units="s")
-    plot.getAxis("bottom").enableAutoSIPrefix(False)
+    plot.setLabel("bottom", "t − newest frame (s)")
 
 
 class TracePlots(pg.GraphicsLayoutWidget):
     """x, y and z (nm) of the selected beads against time (s before the newest frame).
 
     With ``relative`` (the default) each trace is drawn as the change from its bead's
-    mean over the window (Δx, Δy, Δz), so beads tens of µm apart share one scale.
+    median over the window (Δx, Δy, Δz), so beads tens of µm apart share one scale.
     """
 
     def __init__(self, parent=None, relative: bool = True) -> None:
@@ -41,8 +40,7 @@ class TracePlots(pg.GraphicsLayoutWidget):
         self.curves: dict[str, list[pg.PlotDataItem]] = {}
         for row, axis in enumerate(AXES):
             plot = self.addPlot(row=row, col=0)
-            plot.setLabel("left", ("Δ" if relative else "") + axis[0], units="nm")
-            plot.getAxis("left").enableAutoSIPrefix(False)
+            plot.setLabel("left", ("Δ" if relative else "") + axis[0] + " (nm)")
             plot.showGrid(x=True, y=True, alpha=0.2)
             if row:
                 plot.setXLink(self.plots[AXES[0]])
@@ -83,13 +81,13 @@ class TracePlots(pg.GraphicsLayoutWidget):
             for k, col in enumerate(cols):
                 trace = data[:, col]
                 if self.relative and np.isfinite(trace).any():
-                    trace = trace - np.nanmean(trace)
+                    trace = trace - np.nanmedian(trace)
                 td, yd = decimate_minmax(rel, trace, MAX_POINTS)
                 self.curves[axis][k].setData(td, yd, connect="finite")
             have = data.size and np.isfinite(data[:, cols]).any() if cols else False
             note = "" if have or not cols else " — no data (no Z-LUT?)" if axis == "z_nm" else " — no data"
             suffix = " − reference" if subtract_reference and reference else ""
-            what = f"{axis[0]} − bead mean" if self.relative else axis[0]
+            what = f"{axis[0]} − bead median" if self.relative else axis[0]
             self.plots[axis].setTitle(f"{what}{suffix}{note}", size="9pt")
         if tuple(chosen) != self._legend_ids:
             self.legend.clear()
@@ -137,6 +135,6 @@ class KymographView(pg.GraphicsLayoutWidget):
         span = float(t[-1] - t[0]) if t.size > 1 else 1.0
         beads = image.shape[0]
         self.image.setRect(QtCore.QRectF(-span, -0.5, span, beads))
-        step = max(1, beads // 12)
+        step = max(1, -(-beads // 6))
         ticks = [(float(k), str(int(ids[k]))) for k in range(0, beads, step)]
         self.plot.getAxis("left").setTicks([ticks])

@@ -19,6 +19,8 @@ from ._trace_plots import KymographView, TracePlots
 from ._traces import TraceHistory
 
 REFRESH_HZ = 30.0
+#: Traces and kymograph are redrawn at most this often (Hz); the camera at every refresh.
+PLOT_HZ = 10.0
 #: Frames the trace history keeps (at 200 frames/s: 60 s).
 HISTORY_FRAMES = 12_000
 
@@ -75,7 +77,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self._frame_rate = RateMeter()
         self._display_rate = RateMeter()
         self._refreshes = 0
-        self._last_kymo = 0.0
+        self._last_plot = 0.0
         self._build_docks()
         self.status = QtWidgets.QLabel()
         status_bar = QtWidgets.QStatusBar()
@@ -141,7 +143,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.window_s = float(value)
 
     def set_selection(self, selected=None, reference=None) -> None:
-        """Choose the beads to plot (and the reference beads)."""
+        """Choose the beads to plot (and the reference beads); drawn at the next refresh."""
         if selected is not None:
             self.selected = [int(b) for b in selected]
             self.selected_edit.setText(format_ids(self.selected))
@@ -149,6 +151,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
             self.reference = [int(b) for b in reference]
             self.reference_edit.setText(format_ids(self.reference))
         self._roi_key = None
+        self._last_plot = 0.0
 
     def selected_ids(self) -> list[int]:
         """The beads drawn: the chosen ones, or the first ten of the ROI table."""
@@ -202,15 +205,14 @@ class ViewerWindow(QtWidgets.QMainWindow):
         nm_per_px = self.source.nm_per_px()
         if t.size and nm_per_px > 0:
             self.camera.set_centres(values["x_nm"][-1] / nm_per_px, values["y_nm"][-1] / nm_per_px)
-        if t.size:
+        now = time.monotonic()
+        if t.size and now - self._last_plot >= 1.0 / PLOT_HZ:
             self.traces.show_traces(
                 t, values, self.history.ids, self.selected_ids(), self.reference,
                 self.subtract_reference,
             )
-            now = time.monotonic()
-            if now - self._last_kymo > 0.2:
-                self.kymograph.show_kymograph(t, values["z_nm"], self.history.ids)
-                self._last_kymo = now
+            self.kymograph.show_kymograph(t, values["z_nm"], self.history.ids)
+            self._last_plot = now
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
         self.timer.stop()
