@@ -143,11 +143,13 @@ def remove_stale_segments(instance: str | None = None) -> list[SegmentInfo]:
 class Segment:
     """A mapped shared-memory segment. Create with :meth:`create`, attach with :meth:`attach`."""
 
-    def __init__(self, name: str, size: int, fd: int, owner: bool) -> None:
+    def __init__(self, name: str, size: int, fd: int, owner: bool, readonly: bool = False) -> None:
         self.name = name
         self.size = size
         self.owner = owner
-        self._mmap: mmap.mmap | None = mmap.mmap(fd, size)
+        self.readonly = readonly
+        access = mmap.ACCESS_READ if readonly else mmap.ACCESS_WRITE
+        self._mmap: mmap.mmap | None = mmap.mmap(fd, size, access=access)
         os.close(fd)
 
     @classmethod
@@ -169,16 +171,18 @@ class Segment:
         return cls(name, size, fd, owner=True)
 
     @classmethod
-    def attach(cls, name: str) -> Segment:
-        """Map an existing segment by name (read and write)."""
+    def attach(cls, name: str, *, readonly: bool = False) -> Segment:
+        """Map an existing segment by name (read and write; ``readonly``: mapped read-only,
+        so NumPy views of it are read-only and a write raises instead of reaching the
+        owner's memory)."""
         try:
-            fd = os.open(SHM_DIR / name, os.O_RDWR)
+            fd = os.open(SHM_DIR / name, os.O_RDONLY if readonly else os.O_RDWR)
         except FileNotFoundError:
             raise SharedMemoryError(
                 f"shared-memory segment {name!r} does not exist (its owner stopped or crashed)"
             ) from None
         size = os.fstat(fd).st_size
-        return cls(name, size, fd, owner=False)
+        return cls(name, size, fd, owner=False, readonly=readonly)
 
     @property
     def buffer(self) -> mmap.mmap:

@@ -9,6 +9,7 @@
 ``magscope qserver list``  regenerate the profile's startup/existing_plans_and_devices.yaml
 ``magscope proxy``         bluesky's 0MQ document proxy (in 127.0.0.1:5577, out :5578)
 ``magscope redis``         a Redis server (for a queueserver started by hand)
+``magscope viewer``        the Qt live viewer of a running instance (its own process)
 """
 
 from __future__ import annotations
@@ -198,6 +199,22 @@ def _cmd_redis(args: argparse.Namespace) -> int:
     return _exec_service("Redis", argv, [("127.0.0.1", args.port)])
 
 
+def viewer_command(instance: str, extra: list[str] | None = None) -> list[str]:
+    """The command line that starts the live viewer of ``instance`` in its own process
+    (``python -m magscope_viewer``; this package never imports the viewer)."""
+    return [sys.executable, "-m", "magscope_viewer", "--instance", instance, *(extra or [])]
+
+
+def _cmd_viewer(args: argparse.Namespace) -> int:
+    import subprocess
+
+    instance = _use_instance(args)
+    try:
+        return subprocess.call(viewer_command(instance, args.viewer_args))
+    except KeyboardInterrupt:
+        return 130
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="magscope", description="MagScope-Bluesky: magnetic tweezers on Bluesky."
@@ -264,6 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     redis = sub.add_parser("redis", help="a Redis server on 127.0.0.1")
     redis.add_argument("--port", type=int, default=6379)
     redis.set_defaults(func=_cmd_redis)
+
+    viewer = sub.add_parser(
+        "viewer",
+        help="the Qt live viewer of a running instance (read-only; further options such "
+        "as --select 0-9, --reference 3, --window 10, --wait go to python -m magscope_viewer)",
+    )
+    instance_option(viewer)
+    viewer.set_defaults(func=_cmd_viewer, viewer_args=[])
     return parser
 
 
@@ -273,9 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if args.command != "ipython":
+        if args.command == "viewer":
+            args.viewer_args = extra
+        elif args.command != "ipython":
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.ipython_args = [*extra, *args.ipython_args]
+        else:
+            args.ipython_args = [*extra, *args.ipython_args]
     return int(args.func(args) or 0)
 
 

@@ -13,7 +13,9 @@ The tracking service (see docs/architecture.md):
 
 - :class:`TrackingService` runs worker processes that track every camera frame into the
   shared-memory track ring; :meth:`TrackingService.health` -> :class:`TrackingHealth`.
-- The ROI table: :data:`ROI_DTYPE`, :func:`as_roi_table`, :func:`validate_rois`.
+- The ROI table: :data:`ROI_DTYPE`, :func:`as_roi_table`, :func:`validate_rois`; readers in
+  other processes (the viewer) take the published table from the service's control record
+  with :func:`read_rois` -> :class:`RoiTable` (seqlock-checked, read only).
 - Recording: :meth:`TrackingService.start_recording` -> :class:`TrackRecorder`, which the
   service's collector feeds with the rows it merges into an HDF5 track file.
 
@@ -23,6 +25,7 @@ re-exported here; import them with ``from magscope_tracking.track import ...``.
 
 from ._health import DropReason, TrackingHealth, TrackingServiceError, WorkerHealth
 from ._recorder import TrackRecorder, TrackRecordingError
+from ._records import RoiTable, read_rois
 from ._roi_table import MIN_ROI_SIZE, ROI_DTYPE, as_roi_table, validate_rois
 from ._warmup import synthetic_bead, warmup
 from .find_beads import BeadCandidates, find_beads, roi_origin
@@ -40,6 +43,7 @@ __all__ = [
     "BeadCandidates",
     "DropReason",
     "RadialBins",
+    "RoiTable",
     "TrackOptions",
     "TrackResult",
     "TrackStatus",
@@ -63,6 +67,7 @@ __all__ = [
     "match_z_reference",
     "radial_profile",
     "radial_profile_reference",
+    "read_rois",
     "roi_origin",
     "synthetic_bead",
     "track",

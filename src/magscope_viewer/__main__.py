@@ -1,0 +1,78 @@
+"""``python -m magscope_viewer [--instance NAME]``: the live viewer in its own process.
+
+Exit codes: 0 after the window is closed, 2 when no microscope of the instance runs
+(the message lists those that do) or the arguments are wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+ENV_INSTANCE = "MAGSCOPE_INSTANCE"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m magscope_viewer",
+        description="Live view of a running MagScope microscope (read-only).",
+    )
+    parser.add_argument(
+        "--instance", default=os.environ.get(ENV_INSTANCE) or "default",
+        help="instrument instance name (default $MAGSCOPE_INSTANCE or 'default')",
+    )
+    parser.add_argument(
+        "--wait", action="store_true",
+        help="start even if the instance does not run yet, and attach when it starts",
+    )
+    parser.add_argument("--select", default="", help="bead ids to plot, e.g. '0-9' (default: first ten)")
+    parser.add_argument("--reference", default="", help="reference bead ids, e.g. '3,12'")
+    parser.add_argument(
+        "--window", type=float, default=10.0, help="time span of traces and kymograph (s)"
+    )
+    parser.add_argument(
+        "--screenshot", metavar="PNG",
+        help="save the window to PNG after --after seconds and exit (no interaction)",
+    )
+    parser.add_argument("--after", type=float, default=3.0, help="seconds before --screenshot")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from magscope_viewer._live_source import InstanceNotFoundError, LiveSource
+    from magscope_viewer._window import parse_ids
+
+    try:
+        selected = parse_ids(args.select) if args.select.strip() else None
+        reference = parse_ids(args.reference)
+    except ValueError:
+        parser.error("--select and --reference take bead ids like '0-3,7'")
+    try:
+        source = LiveSource(args.instance, require_running=not args.wait)
+    except (InstanceNotFoundError, ValueError) as err:
+        print(f"magscope viewer: {err}", file=sys.stderr)
+        return 2
+
+    from PyQt5 import QtCore, QtWidgets
+
+    from magscope_viewer._window import ViewerWindow
+
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
+    window = ViewerWindow(source, selected=selected, reference=reference, window_s=args.window)
+    window.show()
+    if args.screenshot:
+        def save() -> None:
+            window.grab().save(args.screenshot)
+            window.close()
+
+        QtCore.QTimer.singleShot(int(args.after * 1000), save)
+    app.exec_()
+    source.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

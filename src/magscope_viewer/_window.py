@@ -1,0 +1,220 @@
+"""The viewer's main window: camera in the middle, traces, kymograph and choices in docks,
+health in the status bar, all refreshed from a :class:`LiveSource` on a timer (~30 Hz).
+
+The viewer only looks: the selected and the reference beads are the viewer's own choice
+(what to plot), never sent to the microscope.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from PyQt5 import QtCore, QtWidgets
+
+from ._camera_view import CameraView
+from ._live_source import CONNECTED, LiveSource
+from ._status import RateMeter, status_text
+from ._trace_plots import KymographView, TracePlots
+from ._traces import TraceHistory
+
+REFRESH_HZ = 30.0
+#: Traces and kymograph are redrawn at most this often (Hz); the camera at every refresh.
+PLOT_HZ = 10.0
+#: Frames the trace history keeps (at 200 frames/s: 60 s).
+HISTORY_FRAMES = 12_000
+
+
+def parse_ids(text: str) -> list[int]:
+    """Bead ids (>= 0) from text like ``"0-3, 7"`` -> [0, 1, 2, 3, 7] (order kept, no
+    repeats); ``ValueError`` for anything else."""
+    out: list[int] = []
+    for part in text.replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            values = list(range(int(lo), int(hi) + 1))
+        else:
+            values = [int(part)]
+        out.extend(v for v in values if v not in out)
+    return out
+
+
+def format_ids(ids) -> str:
+    return ", ".join(str(int(i)) for i in ids)
+
+
+class ViewerWindow(QtWidgets.QMainWindow):
+    """The live viewer of one instrument instance.
+
+    :param source: what to show (attached read-only to the running microscope).
+    :param selected: bead ids whose traces are drawn (None: the first ten of the ROI table).
+    :param reference: reference bead ids (subtracted from the traces on request).
+    :param window_s: time span (s) of the traces and the kymograph.
+    :param refresh_hz: display refresh rate (Hz); 0: no timer (call :meth:`refresh`).
+    """
+
+    def __init__(
+        self, source: LiveSource, *, selected=None, reference=(), window_s: float = 10.0,
+        refresh_hz: float = REFRESH_HZ,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.setWindowTitle(f"MagScope viewer: {source.instance}")
+        self.camera = CameraView()
+        self.setCentralWidget(self.camera)
+        self.traces = TracePlots()
+        self.kymograph = KymographView()
+        self.history = TraceHistory(HISTORY_FRAMES)
+        self.selected: list[int] | None = None if selected is None else [int(b) for b in selected]
+        self.reference = [int(b) for b in reference]
+        self.window_s = float(window_s)
+        self.subtract_reference = False
+        self._roi_key: tuple | None = None
+        self._reconnects = source.reconnects
+        self._frame_rate = RateMeter()
+        self._display_rate = RateMeter()
+        self._refreshes = 0
+        self._last_plot = 0.0
+        self._build_docks()
+        self.status = QtWidgets.QLabel()
+        status_bar = QtWidgets.QStatusBar()
+        self.setStatusBar(status_bar)
+        status_bar.addWidget(self.status, 1)
+        self.resize(1400, 900)
+        self.timer = QtCore.QTimer(self)
+        self.timer.timeout.connect(self.refresh)
+        if refresh_hz > 0:
+            self.timer.start(int(round(1000.0 / refresh_hz)))
+
+    # -- layout --------------------------------------------------------------------------
+    def _build_docks(self) -> None:
+        area = QtCore.Qt.DockWidgetArea
+        trace_dock = QtWidgets.QDockWidget("Traces (selected beads)", self)
+        trace_dock.setWidget(self.traces)
+        self.addDockWidget(area.RightDockWidgetArea, trace_dock)
+        kymo_dock = QtWidgets.QDockWidget("z kymograph (all beads)", self)
+        kymo_dock.setWidget(self.kymograph)
+        self.addDockWidget(area.RightDockWidgetArea, kymo_dock)
+        orientation = QtCore.Qt.Orientation
+        self.resizeDocks([trace_dock, kymo_dock], [560, 240], orientation.Vertical)
+        self.resizeDocks([trace_dock], [700], orientation.Horizontal)
+
+        bar = QtWidgets.QToolBar("Show", self)
+        self.addToolBar(bar)
+        bar.setMovable(False)
+        self.selected_edit = QtWidgets.QLineEdit(format_ids(self.selected or []))
+        self.selected_edit.setPlaceholderText("first ten")
+        self.selected_edit.setMaximumWidth(220)
+        self.selected_edit.editingFinished.connect(self._selection_edited)
+        self.reference_edit = QtWidgets.QLineEdit(format_ids(self.reference))
+        self.reference_edit.setPlaceholderText("none")
+        self.reference_edit.setMaximumWidth(120)
+        self.reference_edit.editingFinished.connect(self._selection_edited)
+        self.subtract_box = QtWidgets.QCheckBox("traces minus reference")
+        self.subtract_box.toggled.connect(self._subtract_toggled)
+        self.window_spin = QtWidgets.QDoubleSpinBox()
+        self.window_spin.setRange(0.5, 60.0)
+        self.window_spin.setSuffix(" s")
+        self.window_spin.setValue(self.window_s)
+        self.window_spin.valueChanged.connect(self._window_changed)
+        for label, widget in (
+            ("selected beads ", self.selected_edit), ("  reference beads ", self.reference_edit),
+            ("  ", self.subtract_box), ("  time window ", self.window_spin),
+        ):
+            bar.addWidget(QtWidgets.QLabel(label))
+            bar.addWidget(widget)
+
+    def _selection_edited(self) -> None:
+        try:
+            text = self.selected_edit.text()
+            self.selected = parse_ids(text) if text.strip() else None
+            self.reference = parse_ids(self.reference_edit.text())
+        except ValueError:
+            return
+        self._roi_key = None
+
+    def _subtract_toggled(self, on: bool) -> None:
+        self.subtract_reference = bool(on)
+
+    def _window_changed(self, value: float) -> None:
+        self.window_s = float(value)
+
+    def set_selection(self, selected=None, reference=None) -> None:
+        """Choose the beads to plot (and the reference beads); drawn at the next refresh."""
+        if selected is not None:
+            self.selected = [int(b) for b in selected]
+            self.selected_edit.setText(format_ids(self.selected))
+        if reference is not None:
+            self.reference = [int(b) for b in reference]
+            self.reference_edit.setText(format_ids(self.reference))
+        self._roi_key = None
+        self._last_plot = 0.0
+
+    def selected_ids(self) -> list[int]:
+        """The beads drawn: the chosen ones, or the first ten of the ROI table."""
+        if self.selected is not None:
+            return self.selected
+        return [int(b) for b in self.history.ids[:10]]
+
+    # -- refresh -------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Read what is new and redraw (the timer calls this ~30 times a second)."""
+        state = self.source.poll()
+        if self.source.reconnects != self._reconnects:  # a new owner: frame indices restart
+            self._reconnects = self.source.reconnects
+            self.history = TraceHistory(HISTORY_FRAMES)
+            self._roi_key = None
+        if state == CONNECTED:
+            frame = self.source.newest_frame()
+            if frame is not None and frame.index != self.camera.frame_index:
+                self.camera.set_frame(frame)
+            self._refresh_tracks()
+        else:
+            self.history = TraceHistory(HISTORY_FRAMES) if len(self.history) else self.history
+            self._roi_key = None
+            self.camera.set_rois(None)
+            self.camera.set_centres(np.zeros(0), np.zeros(0))
+        health = self.source.health()
+        self._refreshes += 1
+        fps = self._frame_rate.update(health.frames_acquired)
+        display = self._display_rate.update(self._refreshes)
+        self.status.setText(status_text(self.source.instance, health, fps, display))
+
+    def _refresh_tracks(self) -> None:
+        table = self.source.rois()
+        if table is None:
+            return
+        key = (table.seq, tuple(self.selected or ()), tuple(self.reference))
+        if key != self._roi_key:
+            self.history.set_ids(table.ids)
+            self.camera.set_rois(table, self.selected_ids(), self.reference)
+            self._roi_key = key
+        if self.history.next_index is None:
+            count = self.source.track_count()
+            start = max(0, count - HISTORY_FRAMES)
+        else:
+            start = self.history.next_index
+        rows = self.source.tracks_since(start)
+        if rows is None:
+            return
+        self.history.append(rows)
+        t, values = self.history.window(self.window_s)
+        nm_per_px = self.source.nm_per_px()
+        if t.size and nm_per_px > 0:
+            self.camera.set_centres(values["x_nm"][-1] / nm_per_px, values["y_nm"][-1] / nm_per_px)
+        now = time.monotonic()
+        if t.size and now - self._last_plot >= 1.0 / PLOT_HZ:
+            self.traces.show_traces(
+                t, values, self.history.ids, self.selected_ids(), self.reference,
+                self.subtract_reference,
+            )
+            self.kymograph.show_kymograph(t, values["z_nm"], self.history.ids)
+            self._last_plot = now
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        self.timer.stop()
+        self.source.close()
+        super().closeEvent(event)

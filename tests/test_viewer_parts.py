@@ -1,0 +1,173 @@
+"""The live viewer's pure parts, without processes: decimation, kymograph, reference
+subtraction, the trace history, and LiveSource on rings this test process owns."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from magscope_devices._acquisition import CONTROL_DTYPE
+from magscope_ipc.rings import FrameRing
+from magscope_ipc.shm import SharedRecord, list_segments, segment_name
+from magscope_ipc.track_ring import FrameStatus, TrackRing, empty_rows
+from magscope_session._cli import build_parser, viewer_command
+from magscope_tracking._records import control_dtype, write_rois
+from magscope_viewer import (
+    InstanceNotFoundError,
+    LiveSource,
+    TraceHistory,
+    decimate_minmax,
+    kymograph,
+    minus_reference,
+)
+from magscope_viewer._live_source import CONNECTED, DISCONNECTED
+from magscope_viewer._status import RateMeter
+from magscope_viewer._window import parse_ids
+
+
+def test_decimation_keeps_extremes_and_bounds_the_points():
+    t = np.arange(10_000) * 0.005
+    y = np.sin(t)
+    y[4321] = 50.0  # a spike survives
+    y[7000] = -50.0
+    td, yd = decimate_minmax(t, y, 500)
+    assert td.size <= 500
+    assert yd.max() == 50.0 and yd.min() == -50.0
+    assert np.all(np.diff(td) >= 0)  # time order kept
+    short = decimate_minmax(t[:100], y[:100], 500)
+    assert short[0].size == 100
+
+
+def test_decimation_gives_gaps_for_nan_bins():
+    y = np.ones(1000)
+    y[:500] = np.nan
+    _, yd = decimate_minmax(np.arange(1000.0), y, 10)
+    assert np.isnan(yd[:4]).all() and np.isfinite(yd[-4:]).all()
+
+
+def test_kymograph_bins_frames_per_bead():
+    z = np.column_stack([np.arange(10.0), 100 + np.arange(10.0)])
+    z[0, 1] = np.nan
+    image = kymograph(z, 5)
+    assert image.shape == (2, 5) and image.dtype == np.float32 and image.flags.c_contiguous
+    np.testing.assert_allclose(image[0], [0.5, 2.5, 4.5, 6.5, 8.5])
+    np.testing.assert_allclose(image[1], [101, 102.5, 104.5, 106.5, 108.5])
+    assert kymograph(z, 50).shape == (2, 10)  # never more columns than frames
+
+
+def test_minus_reference_subtracts_the_reference_mean():
+    values = np.array([[1.0, 10.0, 20.0], [2.0, 12.0, np.nan]])
+    out = minus_reference(values, np.array([4, 5, 6]), [5, 6])
+    np.testing.assert_allclose(out[:, 0], [1 - 15, 2 - 12])
+    assert minus_reference(values, np.array([4, 5, 6]), [9]) is values
+
+
+def test_parse_ids_and_rate_meter():
+    assert parse_ids("0-3, 7,2") == [0, 1, 2, 3, 7]
+    with pytest.raises(ValueError):
+        parse_ids("a")
+    meter = RateMeter(min_interval_s=0.5)
+    meter.update(0, now=0.0)
+    assert meter.update(100, now=1.0) == pytest.approx(100.0)
+
+
+def test_magscope_viewer_starts_the_viewer_module():
+    args = build_parser().parse_args(["viewer", "--instance", "abc"])
+    assert args.command == "viewer"
+    command = viewer_command("abc", ["--select", "0-9"])
+    assert command[1:] == ["-m", "magscope_viewer", "--instance", "abc", "--select", "0-9"]
+
+
+@pytest.fixture
+def owned_instance():
+    """A camera and a tracker of an instance owned by this test process (no processes)."""
+    instance = f"viewer-unit-{os.getpid()}"
+    made: list = []
+
+    def make():
+        frames = FrameRing.create_frames(segment_name(instance, "frames"), 4, 8, 12, np.uint16)
+        camctl = SharedRecord.create(segment_name(instance, "camctl"), CONTROL_DTYPE)
+        tracks = TrackRing.create_tracks(segment_name(instance, "tracks"), 16, 4, nm_per_px=100.0)
+        trkctl = SharedRecord.create(segment_name(instance, "trkctl"), control_dtype(4))
+        trkctl["max_beads"] = 4
+        trkctl["nm_per_px"] = 100.0
+        made.extend([frames, camctl, tracks, trkctl])
+        return frames, camctl, tracks, trkctl
+
+    def remove():
+        while made:
+            item = made.pop()
+            item.unlink()
+            item.close()
+
+    yield instance, make, remove
+    remove()
+    assert list_segments(instance) == []
+
+
+def _write_frame(ring: FrameRing, value: int, rows: int = 6, cols: int = 10) -> int:
+    index, slot = ring.begin_write()
+    slot[:rows, :cols] = value
+    ring.commit_frame(index, 1000.0 + index, rows, cols)
+    return index
+
+
+def test_live_source_reads_copies_and_reattaches(owned_instance):
+    instance, make, remove = owned_instance
+    frames, camctl, tracks, trkctl = make()
+    camctl["roi"] = np.array([3, 4, 10, 6])
+    with LiveSource(instance) as source:
+        assert source.state == CONNECTED and source.tracker_attached
+        assert source.newest_frame() is None  # nothing written yet
+        _write_frame(frames, 7)
+        frame = source.newest_frame()
+        assert frame.index == 0 and frame.image.shape == (6, 10) and (frame.image == 7).all()
+        assert (frame.x0_px, frame.y0_px) == (3, 4)
+        for k in range(5):  # the camera laps the ring: the copy stays as it was
+            _write_frame(frames, 20 + k)
+        assert (frame.image == 7).all()
+        newest = source.newest_frame()
+        assert newest.index == 5 and (newest.image == 24).all()
+        # read-only mappings: the viewer cannot write the owner's memory
+        ring = source._camera.items["frames"]
+        with pytest.raises(ValueError, match="read-only"):
+            ring._data[0, 0, 0] = 1
+        # ROI table and tracks
+        table = np.zeros(2, dtype=[("bead_id", "<i4"), ("x0", "<i4"), ("y0", "<i4")])
+        table["bead_id"], table["x0"], table["y0"] = [3, 8], [10, 50], [20, 60]
+        write_rois(trkctl, table, 64, 1)
+        rois = source.rois()
+        assert list(rois.ids) == [3, 8] and list(rois.x0) == [10, 50] and rois.size == 64
+        rows = empty_rows(2)
+        rows["bead_id"] = [3, 8]
+        rows["x_nm"], rows["y_nm"], rows["z_nm"] = [1000, 5000], [2000, 6000], [1, 2]
+        for k in range(3):
+            tracks.write_frame(k, 1000.0 + k, rows, FrameStatus.TRACKED)
+        history = TraceHistory(capacity=100)
+        history.set_ids(rois.ids)
+        history.append(source.tracks_since(0))
+        t, values = history.window(10.0)
+        assert t.size == 3 and history.last_frame_index == 2
+        np.testing.assert_array_equal(values["x_nm"][-1], [1000, 5000])
+        assert source.health().frames_tracked == 0  # mirrored counters, as written
+        # the owner goes away: disconnected; a new owner: attached again
+        remove()
+        assert source.poll(force=True) == DISCONNECTED
+        assert source.newest_frame() is None and source.rois() is None
+        frames, *_ = make()
+        _write_frame(frames, 3)
+        assert source.poll(force=True) == CONNECTED and source.reconnects == 1
+        assert (source.newest_frame().image == 3).all()
+
+
+def test_wrong_instance_names_the_instance_and_lists_those_running(owned_instance):
+    instance, make, _ = owned_instance
+    make()
+    with pytest.raises(InstanceNotFoundError) as err:
+        LiveSource("no-such-instance")
+    assert "'no-such-instance'" in str(err.value) and repr(instance) in str(err.value)
+    source = LiveSource("no-such-instance", require_running=False)
+    assert source.state == DISCONNECTED
+    source.close()
