@@ -157,7 +157,7 @@ def test_ipython_profile_gives_the_session_and_streams_documents(tmp_path):
     keys = eval(next(x for x in out.stdout.splitlines() if x.startswith("KEYS"))[5:])
     assert set(session_metadata(sim_params=SimParams())) <= set(keys)
     # the camera process and its shared memory went away with IPython
-    assert [s for s in list_segments() if not s.owner_alive] == []
+    assert [s for s in list_segments("default") if not s.owner_alive] == []
     # the subscriber in another process saw the whole run, start to stop
     subscriber.wait(30)
     names = [n for n, _ in json.loads(received.read_text())]
