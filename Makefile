@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test test-serial checks test-fast numba-cache soak lint typecheck layers venv bench clean
+.PHONY: demo test test-serial checks test-fast numba-cache soak lint typecheck layers venv bench clean xvfb
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,23 @@ numba-cache: $(STAMP)
 # the checks and the numba cache side by side, then the suite on two pytest-xdist workers:
 # a module's tests stay on one worker (module fixtures are built once), the modules that
 # use fixed addresses share one worker, the longest groups start first (tests/conftest.py)
-checks: $(STAMP)
+checks: $(STAMP) xvfb
 	$(MAKE) --no-print-directory -j 2 lint typecheck layers numba-cache
+
+# Debian's Xvfb and the libraries of Qt's xcb platform, for the viewer's test in a real X
+# window (tests/test_viewer_xcb.py): installed when absent and we are root with apt-get;
+# otherwise the command is printed (and that test fails saying it)
+XVFB_PACKAGES := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb-randr0 \
+	libxcb-shape0 libxcb-xfixes0 libxcb-xkb1 libxkbcommon-x11-0 libxcb-image0 libxcb-render-util0
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
+xvfb:
+	@if command -v Xvfb >/dev/null && ldconfig -p | grep -q libxcb-icccm.so.4; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing Debian's Xvfb and Qt's xcb libraries (apt-get)"; \
+		$(APT_INSTALL) $(XVFB_PACKAGES) >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null 2>&1 && $(APT_INSTALL) $(XVFB_PACKAGES) >/dev/null 2>&1; } || \
+		echo "apt-get could not install Xvfb: run as root: apt-get install -y $(XVFB_PACKAGES)"; \
+	else echo "Xvfb is missing: run as root: apt-get install -y $(XVFB_PACKAGES)"; fi
 
 test: checks
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --no-loadscope-reorder --durations=25 $(PYTEST_ARGS)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from tiled.queries import Key
 
@@ -140,10 +141,12 @@ def test_ipython_profile_gives_the_session_and_streams_documents(tmp_path):
         "RE(bps.wait_for([tracker.find_beads])); "
         "uid = RE(count_at_heights(microscope, [6.0], num=2)).plan_result[0]; "
         "print('RUN', uid in tiled); "
-        "print('KEYS', sorted(tiled[uid].metadata['start']))"
+        "print('KEYS', sorted(tiled[uid].metadata['start'])); "
+        "import psutil; print('VIEWER', [p.pid for p in psutil.Process().children(recursive=True) "
+        "if 'magscope_viewer' in ' '.join(p.cmdline())])"
     )
     out = subprocess.run(
-        [MAGSCOPE, "ipython", "--data-dir", str(tmp_path), "-c", code],
+        [MAGSCOPE, "ipython", "--viewer", "--data-dir", str(tmp_path), "-c", code],
         capture_output=True, text=True, timeout=300, env=_env(tmp_path),
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -154,6 +157,10 @@ def test_ipython_profile_gives_the_session_and_streams_documents(tmp_path):
     ]
     assert "PLANS True" in out.stdout
     assert "RUN True" in out.stdout
+    # --viewer: the live viewer ran as a child of the session and ended with it
+    viewers = eval(next(x for x in out.stdout.splitlines() if x.startswith("VIEWER"))[7:])
+    assert viewers, out.stdout[-2000:]  # (the viewer, and its lifeline launcher)
+    assert not [p for p in viewers if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
     keys = eval(next(x for x in out.stdout.splitlines() if x.startswith("KEYS"))[5:])
     assert set(session_metadata(sim_params=SimParams())) <= set(keys)
     # the camera process and its shared memory went away with IPython

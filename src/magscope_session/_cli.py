@@ -68,11 +68,32 @@ def _refuse_if_owned(instance: str) -> None:
         raise SystemExit(f"magscope: {err}") from None
 
 
+def _start_viewer(instance: str, log_dir: Path) -> None:
+    """``--viewer``: the live viewer of ``instance`` as a child of this session (its own
+    process; it attaches when the microscope starts and ends when this session ends)."""
+    from ._services import start_service
+
+    log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    start_service("viewer", viewer_command(instance, ["--wait"]), log=log_dir / "viewer.log")
+    print(f"Viewer: started for instance {instance!r} (log {log_dir / 'viewer.log'})")
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
-    _refuse_if_owned(_use_instance(args))
-    run_demo(args.data_dir, port=args.port)
+    instance = _use_instance(args)
+    _refuse_if_owned(instance)
+    if args.viewer:
+        from ._qserver import ensure_proxy
+        from ._tiled_server import default_data_dir
+
+        if args.data_dir:
+            os.environ[ENV_DATA_DIR] = str(Path(args.data_dir).expanduser().resolve())
+        log_dir = default_data_dir() / "logs"
+        _, line = ensure_proxy(log_dir)  # the demo's runs reach the viewer's run panel
+        print(line)
+        _start_viewer(instance, log_dir)
+    run_demo(args.data_dir, port=args.port, publish=args.viewer)
     return 0
 
 
@@ -84,7 +105,8 @@ def _cmd_ipython(args: argparse.Namespace) -> int:
     from ._services import QSERVER_KEYS_FILENAME, qserver_keys
     from ._tiled_server import default_data_dir
 
-    _refuse_if_owned(_use_instance(args))
+    instance = _use_instance(args)
+    _refuse_if_owned(instance)
     if args.data_dir:
         os.environ[ENV_DATA_DIR] = str(Path(args.data_dir).expanduser().resolve())
     data_dir = default_data_dir()
@@ -93,6 +115,8 @@ def _cmd_ipython(args: argparse.Namespace) -> int:
         os.environ[ENV_QSERVER_PUBLIC_KEY] = qserver_keys(data_dir)[0]
     _, line = ensure_proxy(data_dir / "logs")  # stops when IPython exits, if we started it
     print(line)
+    if args.viewer:
+        _start_viewer(instance, data_dir / "logs")
     # IPython keeps its history, logs and security files in a folder of the data dir (the
     # installed profile may be read-only); it runs the profile's startup files from there
     ipython_dir = data_dir / "ipython"
@@ -235,15 +259,23 @@ def build_parser() -> argparse.ArgumentParser:
             "process owns an instance; another name gives a separate simulated instrument",
         )
 
+    def viewer_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--viewer", action="store_true",
+            help="open the live viewer too (its own process, closed with this session)",
+        )
+
     demo = sub.add_parser("demo", help="run the demo experiment on the simulated microscope")
     data_dir_option(demo)
     demo.add_argument("--port", type=int, default=DEFAULT_PORT, help="embedded Tiled port")
     instance_option(demo)
+    viewer_option(demo)
     demo.set_defaults(func=_cmd_demo)
 
     ipy = sub.add_parser("ipython", help="IPython with the magscope profile loaded")
     data_dir_option(ipy)
     instance_option(ipy)
+    viewer_option(ipy)
     ipy.add_argument("ipython_args", nargs="*", help="passed on to IPython (e.g. -c CODE)")
     ipy.set_defaults(func=_cmd_ipython)
 

@@ -27,6 +27,7 @@ from magscope_devices.sim.world import SimParams
 from magscope_plans import count_at_heights, find_reference_beads, focus_scan, zlut_sweep
 from magscope_plans._run_results import stream_layout
 
+from ._services import DEFAULT_PROXY_IN
 from ._setup import make_run_engine, session_metadata, subscribe_tiled_writer
 from ._tiled_server import DEFAULT_PORT, resolve_tiled
 
@@ -178,8 +179,11 @@ def run_demo(
     params: SimParams | None = None,
     sample: str = "demo DNA tethers",
     out: Callable[[str], None] = print,
+    publish: bool = False,
 ) -> DemoResult:
-    """Run the demo experiment; start (and afterwards stop) the embedded Tiled if needed."""
+    """Run the demo experiment; start (and afterwards stop) the embedded Tiled if needed.
+    ``publish``: also send every document to bluesky's 0MQ proxy (``$MAGSCOPE_PROXY_IN``,
+    default 127.0.0.1:5577), where a viewer shows the runs' progress."""
     t0 = time.monotonic()
     params = params or SimParams()
     with resolve_tiled(data_dir, port=port) as target:
@@ -188,6 +192,10 @@ def run_demo(
         if bec is not None:
             bec.disable_table()  # the demo prints its own summary
         writer = subscribe_tiled_writer(RE, target)
+        if publish:
+            from bluesky.callbacks.zmq import Publisher
+
+            RE.subscribe(Publisher(os.environ.get("MAGSCOPE_PROXY_IN", DEFAULT_PROXY_IN)))
         with init_devices():
             microscope = make_simulated_microscope(
                 params, data_dir=target.detector_data_dir, instance=instance_from_env(),

@@ -39,6 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def save_screenshot(app, window, path: str) -> None:
+    """Save ``window`` to PNG: on a real display (xcb under X or Xvfb) what the X server
+    shows of it, offscreen Qt's own rendering; prints the platform used."""
+    if app.platformName() == "offscreen":
+        image = window.grab()
+    else:
+        app.processEvents()
+        image = app.primaryScreen().grabWindow(int(window.winId()))
+    if not image.save(path):
+        raise OSError(f"cannot write the screenshot {path}")
+    print(f"screenshot: {path} ({image.width()} x {image.height()} px, Qt platform "
+          f"{app.platformName()})", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -65,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     window.show()
     if args.screenshot:
         def save() -> None:
-            window.grab().save(args.screenshot)
+            save_screenshot(app, window, args.screenshot)
             window.close()
 
         QtCore.QTimer.singleShot(int(args.after * 1000), save)
