@@ -157,7 +157,8 @@ class CommandServer:
         plan = _plan_stub(call.plan)
         device = self.microscope if call.device == "microscope" else self._device(call.device)
         try:
-            result = self._commands_RE(plan(device, **call.kwargs)).plan_result
+            outcome = self._commands_RE(plan(device, **call.kwargs))
+            result = getattr(outcome, "plan_result", None)  # call_returns_result=True
         except Exception as err:  # noqa: BLE001 - a refusal or failure goes to the viewer
             line = refusal_line(err)
             if line is not None:

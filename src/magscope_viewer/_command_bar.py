@@ -43,10 +43,12 @@ class CommandBar(QtCore.QObject):
             "Track the beads found in the newest frame (replaces the ROI table).\n"
             "On the image: click adds a bead, drag an ROI moves it, right-click removes it."
         )
-        self.auto_button.clicked.connect(lambda: self.send("auto_select"))
+        self.auto_button.clicked.connect(self._auto_select)
         bar.addWidget(self.auto_button)
         self.label = QtWidgets.QLabel("commands: click a bead to add it")
-        window.statusBar().addPermanentWidget(self.label)
+        status_bar = window.statusBar()
+        assert status_bar is not None  # the window made one
+        status_bar.addPermanentWidget(self.label)
         vb = window.camera.plot.vb
         vb.sigAddBead.connect(lambda x, y: self.send("add_bead", {"x_px": x, "y_px": y}))
         vb.sigMoveBead.connect(
@@ -54,6 +56,9 @@ class CommandBar(QtCore.QObject):
         )
         vb.sigRemoveBead.connect(lambda b: self.send("remove_beads", {"bead_ids": [b]}))
         self.replied.connect(self._show)
+
+    def _auto_select(self) -> None:
+        self.send("auto_select")
 
     def send(self, command: str, args: dict[str, Any] | None = None) -> bool:
         """Send ``command`` in a worker thread; False (and says so) while one is on its way."""

@@ -149,6 +149,9 @@ def _queue_result(api, call, uid: str | None) -> Reply:
     result = (item or {}).get("result") or {}
     if result.get("exit_status") == "completed":
         return Reply(True, done_message(call, result.get("return_value")), result.get("return_value"))
+    # the worker reports "Plan failed: <the exception>" (a refusal names the value)
     lines = [line for line in str(result.get("msg", "")).splitlines() if line.strip()]
-    why = lines[-1].strip() if lines else f"exit status {result.get('exit_status')!r}"
+    why = lines[-1].strip().removeprefix("Plan failed: ") if lines else (
+        f"exit status {result.get('exit_status')!r}"
+    )
     return Reply(False, f"refused: {why}")
