@@ -18,6 +18,9 @@ from ._command_client import CommandClient, Reply
 
 __all__ = ["CommandBar"]
 
+#: The reply line, set apart from the health text beside it.
+_LABEL_STYLE = "padding-left: 8px; border-left: 1px solid rgb(140, 140, 140);"
+
 
 class CommandBar(QtCore.QObject):
     """Commands of ``window`` (a :class:`~._window.ViewerWindow`) to the owner of
@@ -46,6 +49,7 @@ class CommandBar(QtCore.QObject):
         self.auto_button.clicked.connect(self._auto_select)
         bar.addWidget(self.auto_button)
         self.label = QtWidgets.QLabel("commands: click a bead to add it")
+        self.label.setStyleSheet(_LABEL_STYLE)
         status_bar = window.statusBar()
         assert status_bar is not None  # the window made one
         status_bar.addPermanentWidget(self.label)
@@ -84,7 +88,7 @@ class CommandBar(QtCore.QObject):
         self.last_reply = reply
         self.replies += 1
         self.label.setText(reply.message)
-        self.label.setStyleSheet("" if reply.ok else "color: rgb(220, 60, 60);")
+        self.label.setStyleSheet(_LABEL_STYLE + ("" if reply.ok else " color: rgb(220, 60, 60);"))
 
     def close(self) -> None:
         if not self.busy:  # a command on its way closes its own socket within the timeout
