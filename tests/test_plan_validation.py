@@ -37,6 +37,7 @@ from magscope_plans import (
     force_clamp,
     force_extension,
     force_ramp,
+    move_axes,
     move_bead,
     remove_beads,
     restore_safe_state,
@@ -173,6 +174,12 @@ CASES = [
     (lambda m: remove_beads(m.tracker, "12"), "bead_ids='12' is a str; expected a list of bead ids"),
     (lambda m: remove_beads(m.tracker, 3), "bead_ids=3 is an int"),
     (lambda m: find_reference_beads(m.tracker, frames=5), "frames=5 is below 10"),
+    (lambda m: move_axes(m), "magnet_z_mm=None is missing (no axis given); expected at least one of"),
+    (lambda m: move_axes(m, magnet_z_mm="2"), "magnet_z_mm='2' is a str; expected a finite number of mm"),
+    (lambda m: move_axes(m, focus_nm=nan), "focus_nm=nan is not finite; expected a finite number of nm"),
+    (lambda m: move_axes(m, magnet_turns=True), "magnet_turns=True is a bool"),
+    (lambda m: move_axes(m, magnet_z_mm=2.0, force_pn=5.0), "force_pn=5.0 is given with magnet_z_mm"),
+    (lambda m: move_axes(m.tracker, focus_nm=0.0), "microscope=BeadTracker"),
     (lambda m: find_reference_beads(m.tracker, max_lateral_std_nm=-1), "max_lateral_std_nm=-1 is not positive"),
     (lambda m: auto_select_beads(m.tracker, max_beads=True), "max_beads=True is a bool"),
     (lambda m: restore_safe_state(m, safe_magnet_height_mm=nan), "safe_magnet_height_mm=nan is not finite"),
@@ -219,6 +226,10 @@ def test_out_of_range_height_is_refused_before_the_first_move(RE, mic, docs):
         RE(focus_scan(mic, 0, 1e6, 5))
     with pytest.raises(PlanArgumentError, match=r"turns\[4\]=500.0 is outside the rotation limits"):
         RE(rotation_extension_with_calibration(mic, [0, 1, 2, 3, 500]))
+    with pytest.raises(PlanArgumentError, match=r"focus_nm=1000000.0 is outside the focus limits"):
+        RE(move_axes(mic, magnet_z_mm=5.0, focus_nm=1e6))
+    with pytest.raises(PreflightError, match=r"move_axes: no force calibration loaded"):
+        RE(move_axes(mic, force_pn=5.0))
     assert docs == [] and _axes(RE, mic) == before
 
 

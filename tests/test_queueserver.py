@@ -278,6 +278,36 @@ def test_pause_resume_abort_and_stop_of_a_running_plan(stack):
     api.queue_clear()
 
 
+def test_viewer_commands_go_through_the_queue_and_are_refused_while_a_plan_runs(stack):
+    from magscope_viewer import CommandClient
+
+    stack.open_environment()
+    api = stack.api
+    client = CommandClient("default", timeout_s=30)  # `magscope qserver` announced the queue
+    assert client.transport() == "queue"
+    reply = client.send("add_bead", {"x_px": 200.0, "y_px": 150.0})
+    assert reply.ok and reply.message == "added a bead at (200.0, 150.0) px", reply.message
+    assert api.history_get()["items"][-1]["name"] == "add_bead"
+    reply = client.send("move_axes", {"magnet_z_mm": 6.0})
+    assert reply.ok and reply.message == "moved magnet_z_mm=6", reply.message
+    assert stack.state()["magnet_z_mm"] == pytest.approx(6.0)
+    reply = client.send("move_axes", {"magnet_z_mm": 5.0, "focus_nm": 1e7})
+    assert not reply.ok and "move_axes: focus_nm=10000000.0 is outside the focus limits" in reply.message
+    assert stack.state()["magnet_z_mm"] == pytest.approx(6.0)
+
+    api.item_add(BPlan("count_at_heights", "microscope", [5.0], num=200, delay_s=0.05))
+    api.queue_start()
+    _wait_until(lambda: api.status()["re_state"] == "running", 30, "the count runs")
+    reply = client.send("move_axes", {"magnet_z_mm": 4.0})
+    assert (reply.ok, reply.message) == (False, "refused: a plan is running (count_at_heights)")
+    api.re_pause(option="immediate")
+    api.wait_for_idle_or_paused(timeout=30)
+    api.re_abort()
+    api.wait_for_idle(timeout=60)
+    api.queue_clear()
+    client.close()
+
+
 def _read_every_stream(run) -> dict[str, int]:
     """Read every field of every stream of a run from Tiled; the rows read per stream."""
     rows = {}

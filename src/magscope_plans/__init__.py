@@ -11,7 +11,8 @@ The plans and plan stubs a user calls, flat like :mod:`bluesky.plans`::
   :func:`force_extension`, :func:`rotation_extension`, :func:`force_ramp`,
   :func:`force_clamp`, :func:`focus_scan`, :func:`count_at_heights`;
 - bead stubs (no run): :func:`auto_select_beads`, :func:`find_reference_beads`,
-  :func:`add_bead`, :func:`move_bead`, :func:`remove_beads`;
+  :func:`add_bead`, :func:`move_bead`, :func:`remove_beads`; axis moves (no run):
+  :func:`move_axes`;
 - the instrument's safe state: :func:`restore_safe_state`, :func:`with_safe_finish`;
 - results of past runs loaded into the instrument: :func:`load_zlut`,
   :func:`load_force_calibration` (from a Tiled run), :func:`zlut_from_run`,
@@ -33,6 +34,7 @@ from ._arguments import (
     PlanRefusal,
     PreflightError,
 )
+from ._axes import move_axes
 from ._basic import camera_and_axes, count_at_heights, focus_scan
 from ._beads import add_bead, auto_select_beads, find_reference_beads, move_bead, remove_beads
 from ._force_calibration import (
@@ -70,6 +72,7 @@ __all__ = [
     "force_ramp",
     "load_force_calibration",
     "load_zlut",
+    "move_axes",
     "move_bead",
     "remove_beads",
     "restore_safe_state",

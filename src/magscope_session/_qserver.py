@@ -39,6 +39,7 @@ from ._tiled_server import (
     resolve_tiled,
     unreachable_target,
 )
+from ._viewer_commands import remove_discovery, write_discovery
 
 __all__ = ["ensure_proxy", "list_plans_and_devices", "run_qserver"]
 
@@ -100,6 +101,7 @@ def run_qserver(
     started: list[ChildProcess] = []
     target = None
     public_key = None
+    commands_file = None
     try:
         if redis_addr is not None:
             check_redis(redis_addr)  # the user's Redis: refuse early, with the fix
@@ -133,6 +135,7 @@ def run_qserver(
             profile, redis_addr=redis_addr, log=logs / "re-manager.log", env=env, keys=keys
         )
         started.append(manager)
+        commands_file = announce_queue_commands(public_key)
         print(
             f"RE manager: {DEFAULT_ZMQ_CONTROL}, control socket encrypted; clients need "
             f"its public key:\n  export {ENV_QSERVER_PUBLIC_KEY}={public_key}\n"
@@ -154,6 +157,8 @@ def run_qserver(
     except KeyboardInterrupt:  # Ctrl-C while the services were starting
         return 0
     finally:
+        if commands_file is not None:
+            remove_discovery(commands_file)
         if started and started[-1].name == "RE manager" and started[-1].alive():
             close_environment(public_key=public_key)
             wait_for_worker_exit(started[-1])
@@ -161,6 +166,17 @@ def run_qserver(
             proc.stop()
         if target is not None:
             target.close()
+
+
+def announce_queue_commands(public_key: str | None) -> Path:
+    """Tell viewers of this instance (``$MAGSCOPE_INSTANCE``, else "default") to send
+    their commands through the RE manager (its control address and public key, in the
+    discovery file of :mod:`magscope_session._viewer_commands`)."""
+    from magscope_devices._ownership import instance_from_env
+
+    return write_discovery(instance_from_env(), {
+        "transport": "queue", "address": DEFAULT_ZMQ_CONTROL, "public_key": public_key,
+    })
 
 
 def close_environment(timeout: float = 60.0, *, public_key: str | None = None) -> None:

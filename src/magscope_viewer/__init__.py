@@ -8,6 +8,9 @@ Qt-free):
   (newest frame, track ring, ROI table, health, connection state); no Qt.
 - :class:`InstanceNotFoundError`, :func:`running_instances`.
 - :class:`ViewerWindow`: the main window (camera, traces, kymograph, status).
+- Commands to the instrument's owner: :class:`CommandClient` (no Qt; :class:`Reply`),
+  :class:`CommandBar` (the window's auto-select button and reply line),
+  :class:`BeadViewBox` (click adds, drag moves, right-click removes a bead).
 - Pure helpers: :func:`decimate_minmax`, :func:`kymograph`, :func:`minus_reference`,
   :class:`TraceHistory`.
 """
@@ -31,6 +34,10 @@ _EXPORTS = {
     "TracePlots": "._trace_plots",
     "KymographView": "._trace_plots",
     "ViewerWindow": "._window",
+    "CommandClient": "._command_client",
+    "Reply": "._command_client",
+    "CommandBar": "._command_bar",
+    "BeadViewBox": "._bead_editing",
 }
 
 __all__ = sorted(_EXPORTS)

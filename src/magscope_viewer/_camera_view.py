@@ -14,6 +14,7 @@ from PyQt5 import QtCore
 
 from magscope_tracking import RoiTable
 
+from ._bead_editing import BeadViewBox
 from ._live_source import LiveFrame
 
 #: ROI box colours (RGB): selected, reference and other beads.
@@ -40,11 +41,12 @@ def box_outlines(x0: np.ndarray, y0: np.ndarray, size: int) -> tuple[np.ndarray,
 
 
 class CameraView(pg.GraphicsLayoutWidget):
-    """Live camera image (zoom and pan with the mouse; levels and histogram beside it)."""
+    """Live camera image (zoom and pan with the mouse; levels and histogram beside it).
+    Bead editing by mouse: ``self.plot.vb`` is a :class:`BeadViewBox` (its signals)."""
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
-        self.plot = self.addPlot()
+        self.plot = self.addPlot(viewBox=BeadViewBox(self))
         self.plot.setAspectLocked(True)
         self.plot.invertY(True)
         self.plot.setLabel("bottom", "x (px)")
@@ -94,6 +96,11 @@ class CameraView(pg.GraphicsLayoutWidget):
                 )
             self._rect = rect
         self.frame_index = frame.index
+
+    @property
+    def sensor_rect(self) -> tuple[int, int, int, int] | None:
+        """The image shown: (x0, y0, width, height) in sensor px; None before a frame."""
+        return self._rect
 
     def set_rois(self, table: RoiTable | None, selected=(), reference=()) -> None:
         """Draw the ROI boxes of ``table`` with their bead ids, coloured by role."""

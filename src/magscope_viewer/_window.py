@@ -13,6 +13,7 @@ import numpy as np
 from PyQt5 import QtCore, QtWidgets
 
 from ._camera_view import CameraView
+from ._command_bar import CommandBar
 from ._live_source import CONNECTED, LiveSource
 from ._status import RateMeter, status_text
 from ._trace_plots import KymographView, TracePlots
@@ -83,6 +84,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
         status_bar = QtWidgets.QStatusBar()
         self.setStatusBar(status_bar)
         status_bar.addWidget(self.status, 1)
+        self.commands = CommandBar(self, source.instance)  # bead edits, auto-select, replies
         self.resize(1400, 900)
         self.timer = QtCore.QTimer(self)
         self.timer.timeout.connect(self.refresh)
@@ -216,5 +218,6 @@ class ViewerWindow(QtWidgets.QMainWindow):
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
         self.timer.stop()
+        self.commands.close()
         self.source.close()
         super().closeEvent(event)
