@@ -15,7 +15,7 @@ from PyQt5 import QtCore, QtWidgets
 from ._live_source import Health
 from ._status import RateMeter
 
-WORKER_COLUMNS = ("worker", "pid", "state", "alive", "tracked", "dropped", "busy", "errors")
+WORKER_COLUMNS = ("#", "pid", "state", "alive", "tracked", "dropped", "busy", "err")
 
 
 def busy_fraction(previous: tuple[float, float] | None, now_s: float, busy_s: float) -> float:
@@ -54,7 +54,7 @@ class HealthPanel(QtWidgets.QWidget):
             ("frame_rate", "frame rate"), ("frames", "frames"), ("late", "late frames"),
         ))
         tracking = self._form("Tracking", (
-            ("tracked", "frames tracked"), ("dropped", "dropped (behind / worker / error)"),
+            ("tracked", "frames tracked"), ("dropped", "dropped (behind/worker/error)"),
             ("queue", "queue"), ("latency", "latency p50 / p99"), ("restarts", "restarts"),
         ))
         rings = self._form("Shared memory", (
@@ -122,7 +122,7 @@ class HealthPanel(QtWidgets.QWidget):
             self._show_workers(health, time.time())
         f["frame_ring"].setText(self._ring_text(
             health.frame_ring_capacity, health.queue_depth if health.tracker_attached else -1,
-            "behind: tracker"))
+            "tracker behind by"))
         if health.tracker_attached:
             cap = health.track_ring_capacity
             f["track_ring"].setText(
@@ -136,7 +136,7 @@ class HealthPanel(QtWidgets.QWidget):
             return "–"
         text = f"{capacity:,} slots"
         if lag >= 0:
-            text += f"; {who} {lag:,} ({100.0 * lag / capacity:.0f} % of the ring)"
+            text += f"; {who} {lag:,} ({100.0 * lag / capacity:.0f} %)"
         return text
 
     def _show_workers(self, health: Health, wall_s: float) -> None:

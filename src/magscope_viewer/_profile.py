@@ -74,7 +74,7 @@ class ZlutFile:
                 raise ValueError("the file changed since the tracker loaded it")
             self.zlut = ZLUT.load(path)
             self.loads += 1
-            self.message = f"Z-LUT {Path(path).name} (generation {generation})"
+            self.message = f"Z-LUT (generation {generation}): {Path(path).name}"
         except Exception as exc:  # show why; the tracker keeps its own copy
             self.message = f"Z-LUT {path} not shown: {type(exc).__name__}: {exc}"
         return True

@@ -32,20 +32,23 @@ class ProfilePanel(QtWidgets.QWidget):
         self.bead_spin.setRange(-1, 1_000_000)
         self.bead_spin.setValue(-1)
         self.bead_spin.setSpecialValueText("first selected")
-        self.bead_spin.setMinimumWidth(120)
+        self.bead_spin.setMinimumWidth(140)
         self.message = QtWidgets.QLabel("no bead")
         self.zlut_label = QtWidgets.QLabel("no Z-LUT loaded")
         self.zlut_label.setStyleSheet("color: #888;")
+        for label in (self.message, self.zlut_label):  # long texts never widen the window
+            label.setSizePolicy(QtWidgets.QSizePolicy.Ignored, QtWidgets.QSizePolicy.Preferred)
         top = QtWidgets.QHBoxLayout()
         top.addWidget(QtWidgets.QLabel("bead"))
         top.addWidget(self.bead_spin)
-        top.addWidget(self.message, 1)
-        top.addWidget(self.zlut_label)
+        top.addWidget(self.message, 4)
+        top.addWidget(self.zlut_label, 1)
 
         self.plots = pg.GraphicsLayoutWidget()
         self.profile_plot = self.plots.addPlot(row=0, col=0)
         self.profile_plot.setLabel("bottom", "radius (px)")
-        self.profile_plot.setLabel("left", "intensity / background − 1")
+        self.profile_plot.setLabel("left", "profile (rel. to background)")
+        self.profile_plot.getAxis("left").enableAutoSIPrefix(False)
         self.profile_plot.showGrid(x=True, y=True, alpha=0.2)
         legend = self.profile_plot.addLegend(offset=(-5, 5))
         self.measured = self.profile_plot.plot(pen=MEASURED_PEN, name="this frame")
@@ -89,7 +92,9 @@ class ProfilePanel(QtWidgets.QWidget):
     def show_zlut(self, zlut: ZLUT | None, index: int, message: str) -> None:
         """Draw the LUT of bead row ``index`` as an image (radius x z); clear it for
         None or index < 0."""
-        self.zlut_label.setText(message)
+        short = message if zlut is None else message.split(":")[0]  # the file: tooltip
+        self.zlut_label.setText(short)
+        self.zlut_label.setToolTip(message)
         key = (id(zlut), index)
         if key == self._lut_key:
             return
@@ -120,13 +125,14 @@ class ProfilePanel(QtWidgets.QWidget):
         if z_ok:
             self.z_line.setValue(result.z_nm)
         text = (
-            f"bead {result.bead_id}, frame {result.frame_index}: "
-            f"centre ({result.x_px:.2f}, {result.y_px:.2f}) px in its ROI"
+            f"bead {result.bead_id} · frame {result.frame_index} · "
+            f"x {result.x_px:.2f} y {result.y_px:.2f} px"
         )
         if z_ok:
-            text += f", z {result.z_nm:.0f} nm (match {result.z_score:.3f})"
+            text += f" · z {result.z_nm:.0f} nm (match {result.z_score:.3f})"
         elif result.lut_index < 0:
             text += ", no Z-LUT for this bead"
         if result.status != "OK":
             text += f" [{result.status}]"
         self.message.setText(text)
+        self.message.setToolTip(text)
