@@ -12,6 +12,8 @@ The devices a user builds and drives, flat::
 - its detectors: :class:`Camera`, :class:`BeadTracker` (with its ROI table
   :class:`BeadRois`, made by :func:`rois_from_centres`, and the layout of its per-bead
   arrays, :class:`BeadLayout`);
+- the axes in shared memory, for other processes (the viewer): :func:`read_axes` ->
+  :class:`AxesReadback` (one :class:`AxisReadback` per key of :data:`AXES`);
 - refusals: :class:`LimitError`, :class:`ForceRangeError`, :class:`NoForceCalibrationError`,
   :class:`InstrumentBusyError`.
 
@@ -27,6 +29,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._axes_record import AXES, AxesReadback, AxisReadback, read_axes
     from ._bead_layout import BeadLayout
     from ._bead_rois import BeadRois, rois_from_centres
     from ._bead_tracker import BeadTracker
@@ -41,6 +44,10 @@ if TYPE_CHECKING:
 
 #: exported name -> the submodule that defines it
 _SOURCES = {
+    "AXES": "._axes_record",
+    "AxesReadback": "._axes_record",
+    "AxisReadback": "._axes_record",
+    "read_axes": "._axes_record",
     "BeadLayout": "._bead_layout",
     "BeadRois": "._bead_rois",
     "BeadTracker": "._bead_tracker",
@@ -64,6 +71,9 @@ _SOURCES = {
 }
 
 __all__ = [
+    "AXES",
+    "AxesReadback",
+    "AxisReadback",
     "BeadLayout",
     "BeadRois",
     "BeadTracker",
@@ -83,6 +93,7 @@ __all__ = [
     "SimParams",
     "magnet_force_pn",
     "make_simulated_microscope",
+    "read_axes",
     "rois_from_centres",
 ]
 

@@ -30,6 +30,7 @@ from magscope_ipc.rings import SlotRing
 from magscope_ipc.shm import SharedRecord, remove_stale_segments, segment_name
 
 from ._acquisition import AcquisitionConfig, AcquisitionProcess
+from ._axes_record import AxesLink
 from ._bead_tracker import BeadTracker
 from ._camera import Camera, CameraLimits
 from ._force import Force
@@ -128,6 +129,17 @@ class _MicroscopeConnector(DeviceConnector):
             link.mirror("magnet_turns", device.magnet_rotation.readback)
             link.mirror("focus_nm", device.focus.readback)
             device._mirrored = True
+        axes: AxesLink | None = device.axes_link
+        if axes is not None and not axes.is_open:
+            axes.open()
+            for key, axis in (
+                ("magnet_z_mm", device.magnet_z), ("magnet_turns", device.magnet_rotation),
+                ("focus_nm", device.focus), ("force_pn", device.force),
+            ):
+                axes.mirror(key, axis.readback)
+                axes.mirror(key + "_setpoint", axis.setpoint)
+                axes.mirror(key + "_low", axis.low_limit)
+                axes.mirror(key + "_high", axis.high_limit)
 
 
 class Microscope(StandardReadable):
@@ -147,9 +159,12 @@ class Microscope(StandardReadable):
         tracker: BeadTracker | None = None,
         simulation: SimulationLink | None = None,
         ownership: InstrumentLock | None = None,
+        axes_link: AxesLink | None = None,
         name: str = "",
     ) -> None:
         self.simulation = simulation
+        #: the axes record other processes (the viewer) read, created on connect
+        self.axes_link = axes_link
         #: the instrument's ownership lock, taken on connect, released by close()
         self.ownership = ownership
         self._mirrored = False
@@ -214,14 +229,16 @@ class Microscope(StandardReadable):
         return self.simulation.truth
 
     def close(self) -> None:
-        """Stop the tracking service and the camera process, release all shared memory.
-        Idempotent."""
+        """Stop the tracking service and the camera process, release all shared memory
+        (also the axes record). Idempotent."""
         tracker = getattr(self, "tracker", None)
         if tracker is not None:
             tracker.close()
         self.camera.process.stop()
         if self.simulation is not None:
             self.simulation.close()
+        if self.axes_link is not None:
+            self.axes_link.close()
         if self.ownership is not None:
             self.ownership.release()
 
@@ -305,5 +322,6 @@ def make_simulated_microscope(
         focus=FocusStage(initial=focus0),
         simulation=link,
         ownership=ownership,
+        axes_link=AxesLink(instance),
         name=name,
     )

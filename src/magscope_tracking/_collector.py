@@ -503,6 +503,9 @@ class Collector:
         ctl["latency_p50_s"] = p50
         ctl["latency_p99_s"] = p99
         ctl["worker_restarts"] = self.restarts
+        ctl["dropped_behind"] = counts["behind"]
+        ctl["dropped_worker"] = counts["worker"]
+        ctl["dropped_error"] = counts["error"]
 
     def health(self) -> TrackingHealth:
         ring, ctl = self.track_ring, self.ctl

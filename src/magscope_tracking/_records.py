@@ -76,6 +76,9 @@ def control_dtype(max_beads: int) -> np.dtype:
             ("latency_p50_s", "<f8"),
             ("latency_p99_s", "<f8"),
             ("worker_restarts", "<i8"),
+            ("dropped_behind", "<i8"),  # of frames_dropped: a worker was behind
+            ("dropped_worker", "<i8"),  # ... its worker was dead or restarting
+            ("dropped_error", "<i8"),  # ... the kernels raised
         ]
     )
 
@@ -202,3 +205,40 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """One worker's record as another process reads it (no seqlock: each field is one
+    atomic word; counters since the worker process started).
+
+    ``state``: :class:`WorkerState` name in lower case; ``heartbeat``: UNIX s of its last
+    loop iteration; ``busy_s``: s spent cropping and tracking; ``error``: its last error.
+    """
+
+    pid: int
+    state: str
+    heartbeat: float
+    next_frame: int
+    frames_tracked: int
+    frames_dropped: int
+    kernel_errors: int
+    busy_s: float
+    zlut_generation: int
+    error: str
+
+
+def read_worker(rec: SharedRecord) -> WorkerRecord:
+    """The fields of a worker record (``trkwK``; attached read-only is enough)."""
+    state = int(rec["state"])
+    try:
+        name = WorkerState(state).name.lower()
+    except ValueError:
+        name = f"state {state}"
+    return WorkerRecord(
+        pid=int(rec["pid"]), state=name, heartbeat=float(rec["heartbeat"]),
+        next_frame=int(rec["next_frame"]), frames_tracked=int(rec["frames_tracked"]),
+        frames_dropped=int(rec["frames_dropped"]), kernel_errors=int(rec["kernel_errors"]),
+        busy_s=float(rec["busy_s"]), zlut_generation=int(rec["zlut_generation"]),
+        error=str(rec["error"]),
+    )

@@ -7,10 +7,16 @@ Qt-free):
 - :class:`LiveSource`: read-only attachment to a running microscope's shared memory
   (newest frame, track ring, ROI table, health, connection state); no Qt.
 - :class:`InstanceNotFoundError`, :func:`running_instances`.
-- :class:`ViewerWindow`: the main window (camera, traces, kymograph, status).
 - Commands to the instrument's owner: :class:`CommandClient` (no Qt; :class:`Reply`),
   :class:`CommandBar` (the window's auto-select button and reply line),
   :class:`BeadViewBox` (click adds, drag moves, right-click removes a bead).
+- :class:`ViewerWindow`: the main window (camera, traces, kymograph, status; the axes,
+  health and profile panels in tabbed docks).
+- Panels: :class:`AxesPanel` (readbacks, limits, moving; emits ``move_requested(dict)``;
+  lock placeholder), :class:`HealthPanel` (camera, tracking, workers, rings),
+  :class:`ProfilePanel` (radial profile beside the Z-LUT match, the Z-LUT image); their
+  pure parts :func:`bead_profile`, :func:`lut_profile_at`, :class:`ZlutFile`,
+  :class:`BeadProfile`; :class:`WorkerStatus` in :class:`Health`.
 - Pure helpers: :func:`decimate_minmax`, :func:`kymograph`, :func:`minus_reference`,
   :class:`TraceHistory`.
 """
@@ -38,6 +44,14 @@ _EXPORTS = {
     "Reply": "._command_client",
     "CommandBar": "._command_bar",
     "BeadViewBox": "._bead_editing",
+    "WorkerStatus": "._live_source",
+    "AxesPanel": "._axes_panel",
+    "HealthPanel": "._health_panel",
+    "ProfilePanel": "._profile_panel",
+    "BeadProfile": "._profile",
+    "ZlutFile": "._profile",
+    "bead_profile": "._profile",
+    "lut_profile_at": "._profile",
 }
 
 __all__ = sorted(_EXPORTS)

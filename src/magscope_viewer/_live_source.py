@@ -9,7 +9,10 @@ kind       what                                                read with
 frames     the camera's frame ring                             :meth:`newest_frame`
 camctl     the camera's control block (sensor ROI, counters)   :meth:`health`
 tracks     the tracking service's track ring                   :meth:`tracks_since`
-trkctl     the tracking service's control record (ROI table)   :meth:`rois`, :meth:`health`
+trkctl     the tracking service's control record (ROI table,   :meth:`rois`, :meth:`health`,
+           Z-LUT file, counters)                               :meth:`zlut_file`
+trkwK      tracking worker K's record (state, counts)           :meth:`health`
+axes       the microscope's axes record (positions, limits)    :meth:`axes`
 =========  ==================================================  =========================
 
 Every segment is mapped read-only (:meth:`magscope_ipc.shm.Segment.attach` with
@@ -18,8 +21,9 @@ Reading never waits for a writer: the newest frame is copied into the viewer's o
 buffer and checked with the ring's seqlock afterwards; if the camera lapped it meanwhile
 the newest one then is taken instead; nothing queues.
 
-The camera (``frames``, ``camctl``) and the tracker (``tracks``, ``trkctl``) are
-attached as two groups, each to one owner process; a group whose owner exits or whose
+The camera (``frames``, ``camctl``), the tracker (``tracks``, ``trkctl`` and the
+``trkwK`` worker records of the same owner) and the axes (``axes``) are attached as
+three groups, each to one owner process; a group whose owner exits or whose
 segments vanish is dropped, and :meth:`LiveSource.poll` attaches again when a new owner
 of the instance appears. :attr:`LiveSource.state` is ``"connected"`` while the camera
 group is attached, else ``"disconnected"``.
@@ -29,11 +33,14 @@ No Qt here: the widgets (:mod:`magscope_viewer._window`) call this on their time
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from magscope_devices import AxesReadback, read_axes
 from magscope_ipc.rings import EntryOverwrittenError, FrameRing
 from magscope_ipc.shm import (
     SHM_DIR,
@@ -45,13 +52,17 @@ from magscope_ipc.shm import (
     token_owner_alive,
 )
 from magscope_ipc.track_ring import TrackRing, TrackRows
-from magscope_tracking import RoiTable, read_rois
+from magscope_tracking import RoiTable, WorkerRecord, read_rois, read_worker, read_zlut
 
 CONNECTED = "connected"
 DISCONNECTED = "disconnected"
 
 _CAMERA_KINDS = ("frames", "camctl")
 _TRACKER_KINDS = ("tracks", "trkctl")
+_AXES_KINDS = ("axes",)
+_WORKER_KIND = re.compile(r"^trkw(\d+)$")
+#: A worker whose heartbeat is older than this (s) is shown as not alive.
+HEARTBEAT_TIMEOUT_S = 2.0
 
 
 class InstanceNotFoundError(LookupError):
@@ -77,9 +88,27 @@ class LiveFrame:
 
 
 @dataclass(frozen=True)
+class WorkerStatus:
+    """One tracking worker as its record shows it: ``record`` (see
+    :class:`magscope_tracking.WorkerRecord`) and ``alive`` (its process exists and its
+    heartbeat is younger than :data:`HEARTBEAT_TIMEOUT_S`)."""
+
+    index: int
+    alive: bool
+    record: WorkerRecord
+
+
+@dataclass(frozen=True)
 class Health:
     """Counters of the camera and the tracker (totals since they started; NaN / -1 where
-    the group is not attached). ``frame_period_s``: the camera's requested period (s)."""
+    the group is not attached). ``frame_period_s``: the camera's requested period (s).
+
+    Tracker: ``dropped_behind`` / ``dropped_worker`` / ``dropped_error`` split
+    ``frames_dropped`` by reason; ``queue_depth``: frames acquired, not yet tracked;
+    latencies in s; ``workers``: one :class:`WorkerStatus` each. Shared memory:
+    ``frame_ring_capacity`` / ``track_ring_capacity`` (entries), ``track_count`` (next
+    frame index of the track ring).
+    """
 
     state: str
     tracker_attached: bool
@@ -91,6 +120,16 @@ class Health:
     latency_p99_s: float = float("nan")
     nm_per_px: float = float("nan")
     owner_pid: int = -1
+    latency_p50_s: float = float("nan")
+    dropped_behind: int = -1
+    dropped_worker: int = -1
+    dropped_error: int = -1
+    queue_depth: int = -1
+    worker_restarts: int = -1
+    frame_ring_capacity: int = -1
+    track_ring_capacity: int = -1
+    track_count: int = -1
+    workers: tuple[WorkerStatus, ...] = ()
 
 
 def running_instances() -> list[str]:
@@ -104,8 +143,17 @@ def _newest_alive(segments: list[SegmentInfo], kinds: tuple[str, ...]) -> dict[s
     for seg in segments:
         if seg.kind in kinds and seg.owner_alive:
             by_owner.setdefault((seg.start_time, seg.pid), {})[seg.kind] = seg.name
-    complete = [names for _, names in sorted(by_owner.items()) if set(names) == set(kinds)]
-    return complete[-1] if complete else None
+    complete = [
+        (owner, names) for owner, names in sorted(by_owner.items()) if set(names) == set(kinds)
+    ]
+    if not complete:
+        return None
+    owner, names = complete[-1]
+    if "trkctl" in kinds:  # the workers' records of the same owner come along
+        for seg in segments:
+            if _WORKER_KIND.match(seg.kind) and (seg.start_time, seg.pid) == owner:
+                names[seg.kind] = seg.name
+    return names
 
 
 @dataclass
@@ -148,6 +196,9 @@ def _attach_group(names: dict[str, str]) -> _Group:
     return group
 
 
+_GROUPS = ("_camera", "_tracker", "_axes")
+
+
 class LiveSource:
     """Read-only view of the running microscope of instance ``instance``.
 
@@ -165,6 +216,7 @@ class LiveSource:
         self.check_interval_s = check_interval_s
         self._camera: _Group | None = None
         self._tracker: _Group | None = None
+        self._axes: _Group | None = None
         self._buffers: list[np.ndarray] = []
         self._next_buffer = 0
         self._last: LiveFrame | None = None
@@ -198,20 +250,22 @@ class LiveSource:
         if not force and now - self._last_check < self.check_interval_s:
             return self.state
         self._last_check = now
-        for attr in ("_camera", "_tracker"):
+        for attr in _GROUPS:
             group = getattr(self, attr)
             if group is not None and not group.alive():
                 group.close()
                 setattr(self, attr, None)
                 if attr == "_camera":
                     self._last = None
-        if self._camera is None or self._tracker is None:
+        if any(getattr(self, attr) is None for attr in _GROUPS):
             self._attach()
         return self.state
 
     def _attach(self) -> None:
         segments = list_segments(self.instance)
-        for attr, kinds in (("_camera", _CAMERA_KINDS), ("_tracker", _TRACKER_KINDS)):
+        for attr, kinds in (
+            ("_camera", _CAMERA_KINDS), ("_tracker", _TRACKER_KINDS), ("_axes", _AXES_KINDS)
+        ):
             if getattr(self, attr) is not None:
                 continue
             names = _newest_alive(segments, kinds)
@@ -227,7 +281,7 @@ class LiveSource:
 
     def close(self) -> None:
         """Release every mapping (the owner's segments are left as they are)."""
-        for attr in ("_camera", "_tracker"):
+        for attr in _GROUPS:
             group = getattr(self, attr)
             if group is not None:
                 group.close()
@@ -278,6 +332,12 @@ class LiveSource:
             return self._last
         return self._last
 
+    @property
+    def last_frame(self) -> LiveFrame | None:
+        """The frame :meth:`newest_frame` last returned (no copy; None before the first
+        or after a disconnect)."""
+        return self._last
+
     # -- tracks and ROIs ---------------------------------------------------------------
     def tracks_since(self, k: int, max_frames: int | None = None) -> TrackRows | None:
         """Track-ring frames from camera frame ``k`` on (see
@@ -312,22 +372,72 @@ class LiveSource:
         return float(self._tracker.items["trkctl"]["nm_per_px"])  # type: ignore[index]
 
     def health(self) -> Health:
-        """The camera's and the tracker's counters, as their owners last mirrored them."""
+        """The camera's and the tracker's counters (and each worker's record), as their
+        owners last mirrored them."""
         values: dict[str, object] = {}
         if self._camera is not None:
             cam: SharedRecord = self._camera.items["camctl"]  # type: ignore[assignment]
+            frames: FrameRing = self._camera.items["frames"]  # type: ignore[assignment]
             values.update(
                 frames_acquired=int(cam["frames_acquired"]),
                 frames_late=int(cam["frames_late"]),
                 frame_period_s=float(cam["frame_period_s"]),
                 owner_pid=int(self._camera.token.split("-")[0]),
+                frame_ring_capacity=int(frames.capacity),
             )
         if self._tracker is not None:
             trk: SharedRecord = self._tracker.items["trkctl"]  # type: ignore[assignment]
+            tracks: TrackRing = self._tracker.items["tracks"]  # type: ignore[assignment]
+            fields = trk.dtype.names or ()
             values.update(
                 frames_tracked=int(trk["frames_tracked"]),
                 frames_dropped=int(trk["frames_dropped"]),
+                latency_p50_s=float(trk["latency_p50_s"]),
                 latency_p99_s=float(trk["latency_p99_s"]),
                 nm_per_px=float(trk["nm_per_px"]),
+                queue_depth=int(trk["queue_depth"]),
+                worker_restarts=int(trk["worker_restarts"]),
+                track_ring_capacity=int(tracks.capacity),
+                track_count=int(tracks.count),
+                workers=self._workers(),
             )
+            for name in ("dropped_behind", "dropped_worker", "dropped_error"):
+                if name in fields:  # owners from before the split by reason lack them
+                    values[name] = int(trk[name])
         return Health(state=self.state, tracker_attached=self.tracker_attached, **values)  # type: ignore[arg-type]
+
+    def _workers(self) -> tuple[WorkerStatus, ...]:
+        assert self._tracker is not None
+        now = time.time()
+        out = []
+        for kind, item in self._tracker.items.items():
+            match = _WORKER_KIND.match(kind)
+            if match is None:
+                continue
+            record = read_worker(item)  # type: ignore[arg-type]
+            exists = record.pid > 0 and Path(f"/proc/{record.pid}").exists()
+            fresh = now - record.heartbeat < HEARTBEAT_TIMEOUT_S
+            alive = exists and (fresh or record.state in ("starting", "ready"))
+            out.append(WorkerStatus(index=int(match.group(1)), alive=alive, record=record))
+        return tuple(sorted(out, key=lambda w: w.index))
+
+    # -- axes and the Z-LUT ----------------------------------------------------------------
+    def axes(self) -> AxesReadback | None:
+        """The microscope's axes (positions, setpoints, limits, moving flags) as the owner
+        last mirrored them; None without an axes record (or while it is being written)."""
+        if self._axes is None:
+            return None
+        return read_axes(self._axes.items["axes"])  # type: ignore[arg-type]
+
+    def zlut_file(self) -> tuple[str, str, int] | None:
+        """(path, sha256, generation) of the Z-LUT file the tracker has loaded (path ""
+        for none); None without a tracker (or while the owner rewrites it)."""
+        if self._tracker is None:
+            return None
+        ctl: SharedRecord = self._tracker.items["trkctl"]  # type: ignore[assignment]
+        for _ in range(5):
+            got = read_zlut(ctl)
+            if got is not None:
+                _, path, sha256, generation = got
+                return path, sha256, generation
+        return None

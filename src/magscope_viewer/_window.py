@@ -12,9 +12,13 @@ import time
 import numpy as np
 from PyQt5 import QtCore, QtWidgets
 
+from ._axes_panel import AxesPanel
 from ._camera_view import CameraView
 from ._command_bar import CommandBar
+from ._health_panel import HealthPanel
 from ._live_source import CONNECTED, LiveSource
+from ._profile import ZlutFile, bead_profile, crop_roi
+from ._profile_panel import ProfilePanel
 from ._status import RateMeter, status_text
 from ._trace_plots import KymographView, TracePlots
 from ._traces import TraceHistory
@@ -22,6 +26,8 @@ from ._traces import TraceHistory
 REFRESH_HZ = 30.0
 #: Traces and kymograph are redrawn at most this often (Hz); the camera at every refresh.
 PLOT_HZ = 10.0
+#: The axes, health and profile panels are updated at most this often (Hz).
+PANEL_HZ = 4.0
 #: Frames the trace history keeps (at 200 frames/s: 60 s).
 HISTORY_FRAMES = 12_000
 
@@ -80,11 +86,13 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self._refreshes = 0
         self._last_plot = 0.0
         self._build_docks()
+        self._build_panels()
         self.status = QtWidgets.QLabel()
         status_bar = QtWidgets.QStatusBar()
         self.setStatusBar(status_bar)
         status_bar.addWidget(self.status, 1)
         self.commands = CommandBar(self, source.instance)  # bead edits, auto-select, replies
+        self.axes_panel.move_requested.connect(lambda targets: self.commands.send("move_axes", targets))
         self.resize(1400, 900)
         self.timer = QtCore.QTimer(self)
         self.timer.timeout.connect(self.refresh)
@@ -128,6 +136,79 @@ class ViewerWindow(QtWidgets.QMainWindow):
         ):
             bar.addWidget(QtWidgets.QLabel(label))
             bar.addWidget(widget)
+
+    def _build_panels(self) -> None:
+        """Axes, health and profile panels: tabbed in one dock under the camera."""
+        area = QtCore.Qt.DockWidgetArea
+        self.setCorner(QtCore.Qt.Corner.BottomRightCorner, area.RightDockWidgetArea)
+        self.axes_panel = AxesPanel()
+        self.health_panel = HealthPanel()
+        self.profile_panel = ProfilePanel()
+        self.zlut_file = ZlutFile()
+        #: ms the last update of each panel took (time.perf_counter)
+        self.panel_ms: dict[str, float] = {}
+        self._last_panels = 0.0
+        self.panel_docks: dict[str, QtWidgets.QDockWidget] = {}
+        first = None
+        for key, title, widget in (
+            ("axes", "Axes and locks", self.axes_panel),
+            ("health", "Health", self.health_panel),
+            ("profile", "Radial profile and Z-LUT", self.profile_panel),
+        ):
+            dock = QtWidgets.QDockWidget(title, self)
+            dock.setObjectName(f"{key}_dock")
+            dock.setWidget(widget)
+            self.addDockWidget(area.BottomDockWidgetArea, dock)
+            if first is None:
+                first = dock
+            else:
+                self.tabifyDockWidget(first, dock)
+            self.panel_docks[key] = dock
+        assert first is not None
+        first.raise_()
+        self.resizeDocks([first], [270], QtCore.Qt.Orientation.Vertical)
+
+    def show_panel(self, key: str) -> None:
+        """Bring the panel ``key`` ("axes", "health", "profile") to the front."""
+        self.panel_docks[key].raise_()
+
+    def refresh_panels(self, everything: bool = False) -> None:
+        """Update the visible panels (``everything``: all of them) from the source."""
+        connected = self.source.state == CONNECTED
+        if everything or self.axes_panel.isVisible():
+            t0 = time.perf_counter()
+            self.axes_panel.show_axes(self.source.axes() if connected else None)
+            self.panel_ms["axes"] = (time.perf_counter() - t0) * 1e3
+        if everything or self.health_panel.isVisible():
+            t0 = time.perf_counter()
+            self.health_panel.show_health(self.source.health())
+            self.panel_ms["health"] = (time.perf_counter() - t0) * 1e3
+        if everything or self.profile_panel.isVisible():
+            t0 = time.perf_counter()
+            self._update_profile(connected)
+            self.panel_ms["profile"] = (time.perf_counter() - t0) * 1e3
+
+    def _update_profile(self, connected: bool) -> None:
+        panel = self.profile_panel
+        if connected:
+            self.zlut_file.update(self.source.zlut_file())
+        bead = panel.chosen_bead(self.selected_ids())
+        frame = self.source.last_frame if connected else None
+        table = self.source.rois() if connected else None
+        zlut = self.zlut_file.zlut
+        index = -1
+        if zlut is not None and bead is not None:
+            rows = np.flatnonzero(zlut.bead_ids == bead)
+            index = int(rows[0]) if rows.size else -1
+        panel.show_zlut(zlut, index, self.zlut_file.message)
+        if bead is None or frame is None or table is None:
+            panel.show_message("no bead selected" if bead is None else "no frame or ROI table")
+            return
+        crop = crop_roi(frame.image, frame.x0_px, frame.y0_px, table, bead)
+        if crop is None:
+            panel.show_message(f"bead {bead}: no ROI in this frame")
+            return
+        panel.show_profile(bead_profile(crop, bead, frame.index, zlut))
 
     def _selection_edited(self) -> None:
         try:
@@ -184,6 +265,9 @@ class ViewerWindow(QtWidgets.QMainWindow):
         fps = self._frame_rate.update(health.frames_acquired)
         display = self._display_rate.update(self._refreshes)
         self.status.setText(status_text(self.source.instance, health, fps, display))
+        if time.monotonic() - self._last_panels >= 1.0 / PANEL_HZ:
+            self._last_panels = time.monotonic()
+            self.refresh_panels()
 
     def _refresh_tracks(self) -> None:
         table = self.source.rois()

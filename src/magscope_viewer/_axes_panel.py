@@ -1,0 +1,174 @@
+"""The axes panel: magnet height, magnet rotation, force and focus, with their limits, a
+"moving" indicator and move controls; and a place for the locks.
+
+The readbacks come from the microscope's axes record in shared memory
+(:func:`magscope_devices.read_axes`, through :meth:`LiveSource.axes`). The controls only
+ask: a Go button emits :attr:`AxesPanel.move_requested` with ``{key: target}`` in the
+axis's units (``{"magnet_z_mm": 3.0}``; keys of :data:`magscope_devices.AXES`); whoever
+owns the command channel connects to it. Nothing here moves anything.
+"""
+
+from __future__ import annotations
+
+import math
+
+from PyQt5 import QtCore, QtWidgets
+
+from magscope_devices import AxesReadback
+
+#: (key, label, units, decimals, step) of the rows, top to bottom.
+ROWS: tuple[tuple[str, str, str, int, float], ...] = (
+    ("magnet_z_mm", "Magnet height", "mm", 3, 0.1),
+    ("magnet_turns", "Magnet rotation", "turns", 2, 1.0),
+    ("force_pn", "Force", "pN", 2, 0.5),
+    ("focus_nm", "Focus", "nm", 0, 100.0),
+)
+
+MOVING_STYLE = "color: white; background: #c77c00; border-radius: 3px; padding: 0 4px;"
+IDLE_STYLE = "color: #888;"
+NO_LOCK_TEXT = (
+    "No lock configured: XY and Z bead locks arrive with a later issue. "
+    "These toggles do nothing yet."
+)
+
+
+def format_value(value: float, decimals: int, units: str) -> str:
+    """``value`` with ``decimals`` and ``units``; "–" for NaN."""
+    if not math.isfinite(value):
+        return "–"
+    return f"{value:.{decimals}f} {units}"
+
+
+def format_limits(low: float, high: float, decimals: int, units: str) -> str:
+    """"[low, high] units", or "no limits" when either is NaN."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "no limits"
+    return f"[{low:.{decimals}f}, {high:.{decimals}f}] {units}"
+
+
+class AxesPanel(QtWidgets.QWidget):
+    """Readbacks (value, setpoint, limits, moving) and move requests of the axes.
+
+    :attr:`move_requested` (dict): ``{key: target}`` when a Go button (or Enter in its
+    spin box) is pressed; targets outside the shown limits cannot be entered.
+    """
+
+    move_requested = QtCore.pyqtSignal(dict)
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.values: dict[str, QtWidgets.QLabel] = {}
+        self.setpoints: dict[str, QtWidgets.QLabel] = {}
+        self.limits: dict[str, QtWidgets.QLabel] = {}
+        self.moving: dict[str, QtWidgets.QLabel] = {}
+        self.targets: dict[str, QtWidgets.QDoubleSpinBox] = {}
+        self.go: dict[str, QtWidgets.QPushButton] = {}
+        self._limits_shown: dict[str, tuple[float, float]] = {}
+
+        grid = QtWidgets.QGridLayout()
+        grid.setHorizontalSpacing(10)
+        for col, title in enumerate(("axis", "readback", "setpoint", "limits", "", "move to")):
+            label = QtWidgets.QLabel(f"<b>{title}</b>")
+            grid.addWidget(label, 0, col)
+        for row, (key, title, units, decimals, step) in enumerate(ROWS, start=1):
+            grid.addWidget(QtWidgets.QLabel(title), row, 0)
+            value = QtWidgets.QLabel("–")
+            value.setMinimumWidth(90)
+            value.setStyleSheet("font-weight: bold;")
+            value.setAlignment(
+                QtCore.Qt.Alignment(QtCore.Qt.AlignmentFlag.AlignRight)
+                | QtCore.Qt.AlignmentFlag.AlignVCenter
+            )
+            self.values[key] = value
+            grid.addWidget(value, row, 1)
+            self.setpoints[key] = QtWidgets.QLabel("–")
+            grid.addWidget(self.setpoints[key], row, 2)
+            self.limits[key] = QtWidgets.QLabel("–")
+            grid.addWidget(self.limits[key], row, 3)
+            self.moving[key] = QtWidgets.QLabel("idle")
+            self.moving[key].setStyleSheet(IDLE_STYLE)
+            grid.addWidget(self.moving[key], row, 4)
+            spin = QtWidgets.QDoubleSpinBox()
+            spin.setDecimals(decimals)
+            spin.setSingleStep(step)
+            spin.setSuffix(f" {units}")
+            spin.setRange(-1e9, 1e9)
+            spin.setKeyboardTracking(False)
+            spin.setMinimumWidth(110)
+            self.targets[key] = spin
+            go = QtWidgets.QPushButton("Go")
+            go.setMaximumWidth(44)
+            go.clicked.connect(lambda _=False, k=key: self.request_move(k))
+            self.go[key] = go
+            box = QtWidgets.QHBoxLayout()
+            box.addWidget(spin)
+            box.addWidget(go)
+            grid.addLayout(box, row, 5)
+        grid.setColumnStretch(6, 1)
+
+        self.source_label = QtWidgets.QLabel("no axes record: the owner does not publish one")
+        self.source_label.setStyleSheet("color: #888;")
+
+        locks = QtWidgets.QGroupBox("Locks")
+        lock_layout = QtWidgets.QHBoxLayout(locks)
+        self.lock_status = QtWidgets.QLabel(NO_LOCK_TEXT)
+        self.lock_status.setWordWrap(True)
+        self.lock_status.setStyleSheet("color: #888;")
+        self.lock_toggles: dict[str, QtWidgets.QCheckBox] = {}
+        for name in ("XY lock", "Z lock"):
+            toggle = QtWidgets.QCheckBox(name)
+            toggle.setEnabled(False)
+            toggle.setToolTip("not available yet: no lock is configured")
+            self.lock_toggles[name] = toggle
+            lock_layout.addWidget(toggle)
+        lock_layout.addWidget(self.lock_status, 1)
+
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.addLayout(grid)
+        layout.addWidget(self.source_label)
+        layout.addWidget(locks)
+        layout.addStretch(1)
+        self.set_connected(False)
+
+    def request_move(self, key: str) -> None:
+        """Emit :attr:`move_requested` with the target of ``key``'s spin box."""
+        self.move_requested.emit({key: float(self.targets[key].value())})
+
+    def set_connected(self, connected: bool) -> None:
+        for key in self.go:
+            self.go[key].setEnabled(connected)
+            self.targets[key].setEnabled(connected)
+
+    def show_axes(self, axes: AxesReadback | None) -> None:
+        """Show one read of the axes record (None: no record; controls disabled)."""
+        if axes is None:
+            self.source_label.setVisible(True)
+            for key in self.values:
+                self.values[key].setText("–")
+                self._set_moving(key, False)
+            self.set_connected(False)
+            return
+        self.source_label.setVisible(False)
+        for key, _, units, decimals, _ in ROWS:
+            axis = axes[key]
+            self.values[key].setText(format_value(axis.value, decimals, units))
+            self.setpoints[key].setText(format_value(axis.setpoint, decimals, units))
+            self.limits[key].setText(format_limits(axis.low, axis.high, decimals, units))
+            self._set_moving(key, axis.moving)
+            usable = math.isfinite(axis.low) and math.isfinite(axis.high)
+            if usable and self._limits_shown.get(key) != (axis.low, axis.high):
+                self.targets[key].setRange(axis.low, axis.high)
+                if not math.isfinite(axis.value) or not self._limits_shown.get(key):
+                    self.targets[key].setValue(axis.value if math.isfinite(axis.value) else axis.low)
+                self._limits_shown[key] = (axis.low, axis.high)
+            # a force needs a calibration: without one, nothing to ask for
+            self.go[key].setEnabled(usable)
+            self.targets[key].setEnabled(usable)
+        force = axes["force_pn"]
+        if not math.isfinite(force.value):
+            self.values["force_pn"].setText("no calibration")
+
+    def _set_moving(self, key: str, moving: bool) -> None:
+        label = self.moving[key]
+        label.setText("moving" if moving else "idle")
+        label.setStyleSheet(MOVING_STYLE if moving else IDLE_STYLE)
