@@ -8,6 +8,9 @@ Qt-free):
   (newest frame, track ring, ROI table, health, connection state); no Qt.
 - :class:`InstanceNotFoundError`, :func:`running_instances`.
 - :class:`ViewerWindow`: the main window (camera, traces, kymograph, status).
+- :class:`RunContext` (no Qt): plan, progress, results and exit status of the newest run
+  from its documents; :class:`DocumentSubscriber` reads them from bluesky's 0MQ proxy in
+  a worker thread; :class:`RunPanel` shows them (``ViewerWindow.add_run_panel``).
 - Pure helpers: :func:`decimate_minmax`, :func:`kymograph`, :func:`minus_reference`,
   :class:`TraceHistory`.
 """
@@ -31,6 +34,9 @@ _EXPORTS = {
     "TracePlots": "._trace_plots",
     "KymographView": "._trace_plots",
     "ViewerWindow": "._window",
+    "RunContext": "._run_stream",
+    "DocumentSubscriber": "._run_stream",
+    "RunPanel": "._run_panel",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -36,6 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="save the window to PNG after --after seconds and exit (no interaction)",
     )
     parser.add_argument("--after", type=float, default=3.0, help="seconds before --screenshot")
+    parser.add_argument(
+        "--proxy", default=None, metavar="ADDRESS",
+        help="bluesky 0MQ proxy (out side) for run context, e.g. tcp://127.0.0.1:5578 "
+        "(default $MAGSCOPE_PROXY_OUT or 127.0.0.1:5578)",
+    )
+    parser.add_argument(
+        "--no-stream", action="store_true", help="no run context from the document stream"
+    )
     return parser
 
 
@@ -43,7 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from magscope_viewer._live_source import InstanceNotFoundError, LiveSource
+    from magscope_viewer._run_stream import default_proxy_address, normalize_address
     from magscope_viewer._window import parse_ids
+
+    try:
+        proxy = None if args.no_stream else (
+            normalize_address(args.proxy) if args.proxy else default_proxy_address()
+        )
+    except ValueError as err:
+        parser.error(str(err))
 
     try:
         selected = parse_ids(args.select) if args.select.strip() else None
@@ -62,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
     window = ViewerWindow(source, selected=selected, reference=reference, window_s=args.window)
+    if proxy is not None:
+        from magscope_viewer._run_panel import RunPanel
+
+        panel = RunPanel()
+        panel.start_stream(proxy)
+        window.add_run_panel(panel)
     window.show()
     if args.screenshot:
         def save() -> None:

@@ -214,7 +214,30 @@ class ViewerWindow(QtWidgets.QMainWindow):
             self.kymograph.show_kymograph(t, values["z_nm"], self.history.ids)
             self._last_plot = now
 
+    # -- run context (optional) ------------------------------------------------------------
+    def add_run_panel(self, panel) -> None:
+        """Show ``panel`` (a :class:`~magscope_viewer._run_panel.RunPanel`) in a dock and
+        its state ("plan X running") in the status bar; it stops its stream on close."""
+        self.run_panel = panel
+        dock = QtWidgets.QDockWidget("Run", self)
+        dock.setObjectName("run dock")
+        dock.setWidget(panel)
+        self.addDockWidget(QtCore.Qt.DockWidgetArea.LeftDockWidgetArea, dock)
+        self.run_status = QtWidgets.QLabel(panel.status_text())
+        bar = self.statusBar()
+        assert bar is not None
+        bar.addPermanentWidget(self.run_status)
+        panel.changed.connect(lambda: self.run_status.setText(panel.status_text()))
+
+    def plan_running(self) -> str | None:
+        """The name of the plan running now (from the document stream), or None (no run,
+        or no run panel)."""
+        panel = getattr(self, "run_panel", None)
+        return None if panel is None else panel.plan_running()
+
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
         self.timer.stop()
+        if getattr(self, "run_panel", None) is not None:
+            self.run_panel.stop_stream()
         self.source.close()
         super().closeEvent(event)
