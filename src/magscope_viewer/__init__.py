@@ -11,6 +11,9 @@ Qt-free):
 - :class:`RunContext` (no Qt): plan, progress, results and exit status of the newest run
   from its documents; :class:`DocumentSubscriber` reads them from bluesky's 0MQ proxy in
   a worker thread; :class:`RunPanel` shows them (``ViewerWindow.add_run_panel``).
+- :class:`RunSource`: a past run from Tiled with the interface of :class:`LiveSource`, up
+  to a position the user scrubs; :class:`RunBrowser` finds runs (sample, plan, bead, date)
+  and opens them for review (``ViewerWindow.add_run_browser``).
 - Pure helpers: :func:`decimate_minmax`, :func:`kymograph`, :func:`minus_reference`,
   :class:`TraceHistory`.
 """
@@ -37,6 +40,8 @@ _EXPORTS = {
     "RunContext": "._run_stream",
     "DocumentSubscriber": "._run_stream",
     "RunPanel": "._run_panel",
+    "RunSource": "._run_source",
+    "RunBrowser": "._run_browser",
 }
 
 __all__ = sorted(_EXPORTS)

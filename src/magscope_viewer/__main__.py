@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(default $MAGSCOPE_PROXY_OUT or 127.0.0.1:5578)",
     )
     parser.add_argument(
+        "--tiled", default=None, metavar="URI",
+        help="Tiled server for the run browser (default $MAGSCOPE_TILED_URI; key from "
+        "$MAGSCOPE_TILED_API_KEY)",
+    )
+    parser.add_argument("--run", default=None, metavar="UID", help="open this run for review")
+    parser.add_argument(
         "--no-stream", action="store_true", help="no run context from the document stream"
     )
     return parser
@@ -67,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         parser.error("--select and --reference take bead ids like '0-3,7'")
     try:
-        source = LiveSource(args.instance, require_running=not args.wait)
+        review_only = args.run is not None  # a run to review needs no running microscope
+        source = LiveSource(args.instance, require_running=not (args.wait or review_only))
     except (InstanceNotFoundError, ValueError) as err:
         print(f"magscope viewer: {err}", file=sys.stderr)
         return 2
@@ -84,6 +91,20 @@ def main(argv: list[str] | None = None) -> int:
         panel = RunPanel()
         panel.start_stream(proxy)
         window.add_run_panel(panel)
+    tiled = args.tiled or os.environ.get("MAGSCOPE_TILED_URI")
+    if tiled or args.run:
+        from magscope_viewer._run_browser import RunBrowser
+
+        browser = RunBrowser(tiled)
+        window.add_run_browser(browser)
+        if args.run:
+            if browser.open_uid(args.run) is None:
+                print(f"magscope viewer: {browser.message.text()}", file=sys.stderr)
+                window.close()
+                source.close()
+                return 2
+        else:
+            browser.search()
     window.show()
     if args.screenshot:
         def save() -> None:

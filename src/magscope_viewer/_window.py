@@ -214,6 +214,35 @@ class ViewerWindow(QtWidgets.QMainWindow):
             self.kymograph.show_kymograph(t, values["z_nm"], self.history.ids)
             self._last_plot = now
 
+    # -- sources: live or a past run (review) ------------------------------------------------
+    def set_source(self, source) -> None:
+        """Show ``source`` from now on (a :class:`LiveSource`, or a
+        :class:`~magscope_viewer._run_source.RunSource` for review); the previous source
+        is left open (its owner closes it)."""
+        self.source = source
+        self._reconnects = source.reconnects
+        self.history = TraceHistory(HISTORY_FRAMES)
+        self._roi_key = None
+        self._last_plot = 0.0
+        self.camera.frame_index = -1
+        self.setWindowTitle(f"MagScope viewer: {source.instance}")
+
+    def add_run_browser(self, browser) -> None:
+        """Show ``browser`` (a :class:`~magscope_viewer._run_browser.RunBrowser`) in a dock:
+        a run it opens replaces the live source; "back to live" restores the source the
+        window was made with."""
+        live = self.source
+        dock = QtWidgets.QDockWidget("Runs (Tiled)", self)
+        dock.setObjectName("runs dock")
+        dock.setWidget(browser)
+        self.addDockWidget(QtCore.Qt.DockWidgetArea.LeftDockWidgetArea, dock)
+        run_dock = self.findChild(QtWidgets.QDockWidget, "run dock")
+        if run_dock is not None:  # one column of tabs beside the camera
+            self.tabifyDockWidget(run_dock, dock)
+        browser.source_opened.connect(self.set_source)
+        browser.back_to_live.connect(lambda: self.set_source(live))
+        browser.position_changed.connect(lambda: setattr(self, "_last_plot", 0.0))
+
     # -- run context (optional) ------------------------------------------------------------
     def add_run_panel(self, panel) -> None:
         """Show ``panel`` (a :class:`~magscope_viewer._run_panel.RunPanel`) in a dock and
