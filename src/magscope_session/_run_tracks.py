@@ -298,3 +298,58 @@ def bead_tracks(
     return frame
 
 
+
+
+# --------------------------------------------------------------------------- all beads
+@dataclasses.dataclass(frozen=True)
+class RunTracks:
+    """Every recorded frame of every bead of one stream (for review, e.g. the viewer).
+
+    ``frame_index`` (frames,) camera frame numbers; ``timestamp`` (frames,) UNIX s;
+    ``status`` (frames,) the tracker's frame status (1 tracked, 2 dropped); ``x_nm``,
+    ``y_nm``, ``z_nm`` (frames, beads) nm, one column per bead of ``layout`` (its
+    ``bead_ids``, ROIs, ROI size px, nm/px); NaN where the tracker lost the bead.
+    """
+
+    run_uid: str
+    stream: str
+    tracker: str
+    layout: BeadLayout
+    frame_index: np.ndarray
+    timestamp: np.ndarray
+    status: np.ndarray
+    x_nm: np.ndarray
+    y_nm: np.ndarray
+    z_nm: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.frame_index.size)
+
+
+def read_tracks(run: Any, *, stream: str | None = None) -> RunTracks:
+    """All beads' full-rate tracks of a run in one read (the stream chosen as for
+    :func:`bead_tracks`; raises :class:`NoTracksError` likewise). Frames in recording
+    order, events flattened."""
+    start = _start(run)
+    layout = _tracks_layout(run, stream)
+    node, prefix = layout.node, layout.prefix
+    n_beads = layout.layout.bead_ids.size
+
+    def flat(field: str, dtype: Any, per_bead: bool) -> np.ndarray:
+        array = layout.x_array if field == "x_nm" else _field(node, f"{prefix}-{field}")
+        values = np.asarray(array.read(), dtype=dtype)
+        return values.reshape(-1, n_beads) if per_bead else values.reshape(-1)
+
+    xyz = {f: flat(f, float, True) for f in _XYZ}
+    frame_index = flat("frame_index", np.int64, False)
+    stamps = flat("timestamp", float, False)
+    try:
+        status = flat("frame_status", np.int32, False)
+    except KeyError:  # older runs: tracked where any bead has a position
+        status = np.where(np.isfinite(xyz["x_nm"]).any(axis=1), 1, 2).astype(np.int32)
+    n = min(frame_index.size, stamps.size, status.size, *(a.shape[0] for a in xyz.values()))
+    return RunTracks(
+        run_uid=str(start.get("uid")), stream=layout.stream, tracker=prefix,
+        layout=layout.layout, frame_index=frame_index[:n], timestamp=stamps[:n],
+        status=status[:n], **{f: a[:n] for f, a in xyz.items()},
+    )

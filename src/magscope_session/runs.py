@@ -35,7 +35,8 @@ Every stream with per-bead arrays says which bead each column is in its configur
 ``-roi_y0_px``, ``-roi_size_px``, ``-nm_per_px``, ``-zlut_uid``).
 
 Modules: this one finds runs and summarises them; :mod:`._run_tracks` reads tracks
-(:func:`bead_tracks`); :mod:`._run_results` gives a plan's results (:func:`zlut_of`,
+(:func:`bead_tracks`, all beads at once: :func:`read_tracks`); :mod:`._run_frames` the
+camera's frames (:func:`camera_frames`); :mod:`._run_results` gives a plan's results (:func:`zlut_of`,
 :func:`force_calibration_of`) from the run alone.
 """
 
@@ -49,13 +50,16 @@ from typing import TYPE_CHECKING, Any
 
 from magscope_devices._bead_layout import BeadLayout
 
+from ._run_frames import NoFramesError, RunFrames, camera_frames
 from ._run_results import force_calibration_of, zlut_of
 from ._run_tracks import (
     TRACK_COLUMNS,
     BeadNotInRunError,
     NoTracksError,
+    RunTracks,
     _start,
     bead_tracks,
+    read_tracks,
 )
 from ._tiled_client import connect
 
@@ -64,12 +68,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BeadNotInRunError",
+    "NoFramesError",
     "NoTracksError",
+    "RunFrames",
+    "RunTracks",
     "TRACK_COLUMNS",
     "bead_tracks",
+    "camera_frames",
     "find_runs",
     "last",
     "force_calibration_of",
+    "read_tracks",
     "run_summary",
     "zlut_of",
 ]

@@ -17,6 +17,12 @@ Qt-free):
   :class:`ProfilePanel` (radial profile beside the Z-LUT match, the Z-LUT image); their
   pure parts :func:`bead_profile`, :func:`lut_profile_at`, :class:`ZlutFile`,
   :class:`BeadProfile`; :class:`WorkerStatus` in :class:`Health`.
+- :class:`RunContext` (no Qt): plan, progress, results and exit status of the newest run
+  from its documents; :class:`DocumentSubscriber` reads them from bluesky's 0MQ proxy in
+  a worker thread; :class:`RunPanel` shows them (``ViewerWindow.add_run_panel``).
+- :class:`RunSource`: a past run from Tiled with the interface of :class:`LiveSource`, up
+  to a position the user scrubs; :class:`RunBrowser` finds runs (sample, plan, bead, date)
+  and opens them for review (``ViewerWindow.add_run_browser``).
 - Pure helpers: :func:`decimate_minmax`, :func:`kymograph`, :func:`minus_reference`,
   :class:`TraceHistory`.
 """
@@ -52,6 +58,11 @@ _EXPORTS = {
     "ZlutFile": "._profile",
     "bead_profile": "._profile",
     "lut_profile_at": "._profile",
+    "RunContext": "._run_stream",
+    "DocumentSubscriber": "._run_stream",
+    "RunPanel": "._run_panel",
+    "RunSource": "._run_source",
+    "RunBrowser": "._run_browser",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -36,6 +36,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="save the window to PNG after --after seconds and exit (no interaction)",
     )
     parser.add_argument("--after", type=float, default=3.0, help="seconds before --screenshot")
+    parser.add_argument(
+        "--proxy", default=None, metavar="ADDRESS",
+        help="bluesky 0MQ proxy (out side) for run context, e.g. tcp://127.0.0.1:5578 "
+        "(default $MAGSCOPE_PROXY_OUT or 127.0.0.1:5578)",
+    )
+    parser.add_argument(
+        "--tiled", default=None, metavar="URI",
+        help="Tiled server for the run browser (default $MAGSCOPE_TILED_URI; key from "
+        "$MAGSCOPE_TILED_API_KEY)",
+    )
+    parser.add_argument("--run", default=None, metavar="UID", help="open this run for review")
+    parser.add_argument(
+        "--no-stream", action="store_true", help="no run context from the document stream"
+    )
     return parser
 
 
@@ -57,7 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from magscope_viewer._live_source import InstanceNotFoundError, LiveSource
+    from magscope_viewer._run_stream import default_proxy_address, normalize_address
     from magscope_viewer._window import parse_ids
+
+    try:
+        proxy = None if args.no_stream else (
+            normalize_address(args.proxy) if args.proxy else default_proxy_address()
+        )
+    except ValueError as err:
+        parser.error(str(err))
 
     try:
         selected = parse_ids(args.select) if args.select.strip() else None
@@ -65,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         parser.error("--select and --reference take bead ids like '0-3,7'")
     try:
-        source = LiveSource(args.instance, require_running=not args.wait)
+        review_only = args.run is not None  # a run to review needs no running microscope
+        source = LiveSource(args.instance, require_running=not (args.wait or review_only))
     except (InstanceNotFoundError, ValueError) as err:
         print(f"magscope viewer: {err}", file=sys.stderr)
         return 2
@@ -76,6 +99,26 @@ def main(argv: list[str] | None = None) -> int:
 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
     window = ViewerWindow(source, selected=selected, reference=reference, window_s=args.window)
+    if proxy is not None:
+        from magscope_viewer._run_panel import RunPanel
+
+        panel = RunPanel()
+        panel.start_stream(proxy)
+        window.add_run_panel(panel)
+    tiled = args.tiled or os.environ.get("MAGSCOPE_TILED_URI")
+    if tiled or args.run:
+        from magscope_viewer._run_browser import RunBrowser
+
+        browser = RunBrowser(tiled)
+        window.add_run_browser(browser)
+        if args.run:
+            if browser.open_uid(args.run) is None:
+                print(f"magscope viewer: {browser.message.text()}", file=sys.stderr)
+                window.close()
+                source.close()
+                return 2
+        else:
+            browser.search()
     window.show()
     if args.screenshot:
         def save() -> None:

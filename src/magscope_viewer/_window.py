@@ -92,7 +92,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.setStatusBar(status_bar)
         status_bar.addWidget(self.status, 1)
         self.commands = CommandBar(self, source.instance)  # bead edits, auto-select, replies
-        self.axes_panel.move_requested.connect(lambda targets: self.commands.send("move_axes", targets))
+        self.axes_panel.move_requested.connect(self._request_move)
         self.resize(1400, 900)
         self.timer = QtCore.QTimer(self)
         self.timer.timeout.connect(self.refresh)
@@ -300,8 +300,65 @@ class ViewerWindow(QtWidgets.QMainWindow):
             self.kymograph.show_kymograph(t, values["z_nm"], self.history.ids)
             self._last_plot = now
 
+    # -- sources: live or a past run (review) ------------------------------------------------
+    def set_source(self, source) -> None:
+        """Show ``source`` from now on (a :class:`LiveSource`, or a
+        :class:`~magscope_viewer._run_source.RunSource` for review); the previous source
+        is left open (its owner closes it)."""
+        self.source = source
+        self._reconnects = source.reconnects
+        self.history = TraceHistory(HISTORY_FRAMES)
+        self._roi_key = None
+        self._last_plot = 0.0
+        self.camera.frame_index = -1
+        self.setWindowTitle(f"MagScope viewer: {source.instance}")
+
+    def add_run_browser(self, browser) -> None:
+        """Show ``browser`` (a :class:`~magscope_viewer._run_browser.RunBrowser`) in a dock:
+        a run it opens replaces the live source; "back to live" restores the source the
+        window was made with."""
+        live = self.source
+        dock = QtWidgets.QDockWidget("Runs (Tiled)", self)
+        dock.setObjectName("runs dock")
+        dock.setWidget(browser)
+        self.addDockWidget(QtCore.Qt.DockWidgetArea.LeftDockWidgetArea, dock)
+        run_dock = self.findChild(QtWidgets.QDockWidget, "run dock")
+        if run_dock is not None:  # one column of tabs beside the camera
+            self.tabifyDockWidget(run_dock, dock)
+        browser.source_opened.connect(self.set_source)
+        browser.back_to_live.connect(lambda: self.set_source(live))
+        browser.position_changed.connect(lambda: setattr(self, "_last_plot", 0.0))
+
+    # -- run context (optional) ------------------------------------------------------------
+    def add_run_panel(self, panel) -> None:
+        """Show ``panel`` (a :class:`~magscope_viewer._run_panel.RunPanel`) in a dock and
+        its state ("plan X running") in the status bar; it stops its stream on close."""
+        self.run_panel = panel
+        dock = QtWidgets.QDockWidget("Run", self)
+        dock.setObjectName("run dock")
+        dock.setWidget(panel)
+        self.addDockWidget(QtCore.Qt.DockWidgetArea.LeftDockWidgetArea, dock)
+        self.run_status = QtWidgets.QLabel(panel.status_text())
+        bar = self.statusBar()
+        assert bar is not None
+        bar.addPermanentWidget(self.run_status)
+        panel.changed.connect(lambda: self.run_status.setText(panel.status_text()))
+
+    def _request_move(self, targets: dict) -> None:
+        """An axes panel's Go: ``move_axes`` through the command channel (refused there
+        while a plan runs; the reply shows in the status bar)."""
+        self.commands.send("move_axes", targets)
+
+    def plan_running(self) -> str | None:
+        """The name of the plan running now (from the document stream), or None (no run,
+        or no run panel)."""
+        panel = getattr(self, "run_panel", None)
+        return None if panel is None else panel.plan_running()
+
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
         self.timer.stop()
         self.commands.close()
+        if getattr(self, "run_panel", None) is not None:
+            self.run_panel.stop_stream()
         self.source.close()
         super().closeEvent(event)
