@@ -8,12 +8,15 @@ Coordinates are sensor pixels: the centre of sensor pixel column ``i`` sits at `
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pyqtgraph as pg
 from PyQt5 import QtCore
 
 from magscope_tracking import RoiTable
 
+from ._bead_labels import BeadLabels
 from ._live_source import LiveFrame
 
 #: ROI box colours (RGB): selected, reference and other beads.
@@ -21,6 +24,21 @@ SELECTED_COLOUR = (255, 200, 0)
 REFERENCE_COLOUR = (0, 200, 255)
 OTHER_COLOUR = (90, 200, 90)
 CENTRE_COLOUR = (255, 60, 60)
+
+
+#: The levels follow the image (and the histogram is recomputed) at most this often (Hz).
+LEVELS_HZ = 2.0
+
+
+def image_levels(image: np.ndarray, step: int = 4) -> tuple[float, float]:
+    """Display levels of a camera image: its 0.5th and 99.5th percentiles over every
+    ``step``-th row and column (about 1/16 of the pixels at 4), the upper one at least
+    one grey level above the lower."""
+    sample = np.asarray(image)[::step, ::step]
+    if sample.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(sample, [0.5, 99.5])
+    return float(lo), float(max(hi, lo + 1.0))
 
 
 def box_outlines(x0: np.ndarray, y0: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -52,7 +70,15 @@ class CameraView(pg.GraphicsLayoutWidget):
         self.image = pg.ImageItem(axisOrder="row-major")
         self.plot.addItem(self.image)
         self.histogram = pg.HistogramLUTItem(image=self.image)
+        # the histogram is recomputed at LEVELS_HZ (set_frame), not at every new image
+        self.image.sigImageChanged.disconnect(self.histogram.imageChanged)
+        self.histogram.sigLevelsChanged.connect(self._levels_changed)
         self.addItem(self.histogram)
+        #: Whether the levels follow the image (False once the user set them).
+        self.auto_levels = True
+        self.levels: tuple[float, float] = (0.0, 255.0)
+        self._levels_time = -np.inf
+        self._setting_levels = False
         self.boxes = {
             kind: pg.PlotDataItem(pen=pg.mkPen(colour, width=1.5), connect="finite")
             for kind, colour in (
@@ -66,24 +92,34 @@ class CameraView(pg.GraphicsLayoutWidget):
             symbol="+", size=9, pen=pg.mkPen(CENTRE_COLOUR, width=1.5), brush=None
         )
         self.plot.addItem(self.centres)
-        self._labels: list[pg.TextItem] = []
+        #: Bead ids beside the ROI boxes, all in one item.
+        self.labels = BeadLabels()
+        self.plot.addItem(self.labels)
         self._rect: tuple[int, int, int, int] | None = None
-        self._levels_set = False
         self.frame_index = -1
         self.roi_table: RoiTable | None = None
 
-    def set_frame(self, frame: LiveFrame) -> None:
-        """Show ``frame`` (levels: the histogram's; set from the first frame's 0.5 and
-        99.5 percentiles, then left to the user)."""
+    def set_frame(self, frame: LiveFrame, now: float | None = None) -> None:
+        """Show ``frame``. Levels follow the image (:func:`image_levels`, at most
+        :data:`LEVELS_HZ` times a second) until the user sets them in the histogram; the
+        histogram is recomputed at that rate too, not at every frame. ``now``: monotonic
+        s (default: the clock)."""
         image = frame.image
+        if not image.flags.c_contiguous:
+            image = np.ascontiguousarray(image)
         rows, cols = image.shape
-        if not self._levels_set:
-            lo, hi = np.percentile(image, [0.5, 99.5])
-            self.image.setImage(image, autoLevels=False, levels=(float(lo), float(hi) + 1))
-            self.histogram.setLevels(float(lo), float(hi) + 1)
-            self._levels_set = True
-        else:
-            self.image.setImage(image, autoLevels=False)
+        now = time.monotonic() if now is None else now
+        slow = now - self._levels_time >= 1.0 / LEVELS_HZ
+        if slow and self.auto_levels:
+            self.levels = image_levels(image)
+        self.image.setImage(image, autoLevels=False, levels=self.levels)
+        if slow:
+            self._levels_time = now
+            self._setting_levels = True
+            try:  # the histogram's region follows the image's levels
+                self.histogram.imageChanged(autoLevel=False)
+            finally:
+                self._setting_levels = False
         rect = (frame.x0_px, frame.y0_px, cols, rows)
         if rect != self._rect:
             self.image.setRect(QtCore.QRectF(frame.x0_px - 0.5, frame.y0_px - 0.5, cols, rows))
@@ -95,13 +131,16 @@ class CameraView(pg.GraphicsLayoutWidget):
             self._rect = rect
         self.frame_index = frame.index
 
+    def _levels_changed(self, histogram) -> None:
+        if not self._setting_levels:  # the user dragged the histogram's levels
+            self.auto_levels = False
+            self.levels = tuple(float(v) for v in histogram.getLevels())
+
     def set_rois(self, table: RoiTable | None, selected=(), reference=()) -> None:
         """Draw the ROI boxes of ``table`` with their bead ids, coloured by role."""
         self.roi_table = table
-        for label in self._labels:
-            self.plot.removeItem(label)
-        self._labels = []
         if table is None or table.ids.size == 0:
+            self.labels.set_labels([], [], [], [])
             for item in self.boxes.values():
                 item.setData([], [])
             return
@@ -112,15 +151,12 @@ class CameraView(pg.GraphicsLayoutWidget):
         for kind, mask in masks.items():
             xs, ys = box_outlines(table.x0[mask], table.y0[mask], table.size)
             self.boxes[kind].setData(xs, ys, connect="finite")
-        for k, bead in enumerate(ids):
-            kind = "selected" if is_sel[k] else "reference" if is_ref[k] else "other"
-            colour = {"selected": SELECTED_COLOUR, "reference": REFERENCE_COLOUR}.get(
-                kind, OTHER_COLOUR
-            )
-            label = pg.TextItem(str(int(bead)), color=colour, anchor=(0, 1))
-            label.setPos(float(table.x0[k]) - 0.5, float(table.y0[k]) - 0.5)
-            self.plot.addItem(label)
-            self._labels.append(label)
+        colours = np.where(is_sel[:, None], SELECTED_COLOUR, np.where(
+            is_ref[:, None], REFERENCE_COLOUR, OTHER_COLOUR))
+        self.labels.set_labels(
+            np.asarray(table.x0, float) - 0.5, np.asarray(table.y0, float) - 0.5,
+            [str(int(b)) for b in ids], colours.tolist(),
+        )
 
     def set_centres(self, x_px: np.ndarray, y_px: np.ndarray) -> None:
         """Mark tracked bead centres (sensor px); NaN (lost) are left out."""

@@ -78,6 +78,8 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self._display_rate = RateMeter()
         self._refreshes = 0
         self._last_plot = 0.0
+        self._drawn_key: tuple | None = None  # (newest frame, frames, choices) plotted
+        self._centres_frame = -1  # track frame whose centres the camera shows
         self._build_docks()
         self.status = QtWidgets.QLabel()
         status_bar = QtWidgets.QStatusBar()
@@ -177,6 +179,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
             self._roi_key = None
             self.camera.set_rois(None)
             self.camera.set_centres(np.zeros(0), np.zeros(0))
+            self._centres_frame = -1
         health = self.source.health()
         self._refreshes += 1
         fps = self._frame_rate.update(health.frames_acquired)
@@ -201,18 +204,26 @@ class ViewerWindow(QtWidgets.QMainWindow):
         if rows is None:
             return
         self.history.append(rows)
+        key = (
+            self.history.last_frame_index, len(self.history), tuple(self.selected_ids()),
+            tuple(self.reference), self.subtract_reference, self.window_s,
+        )
+        if key == self._drawn_key:  # nothing new, nothing chosen anew: nothing to redraw
+            return
         t, values = self.history.window(self.window_s)
         nm_per_px = self.source.nm_per_px()
-        if t.size and nm_per_px > 0:
+        if t.size and nm_per_px > 0 and key[0] != self._centres_frame:
             self.camera.set_centres(values["x_nm"][-1] / nm_per_px, values["y_nm"][-1] / nm_per_px)
+            self._centres_frame = key[0]
         now = time.monotonic()
         if t.size and now - self._last_plot >= 1.0 / PLOT_HZ:
             self.traces.show_traces(
                 t, values, self.history.ids, self.selected_ids(), self.reference,
-                self.subtract_reference,
+                self.subtract_reference, window_s=self.window_s,
             )
             self.kymograph.show_kymograph(t, values["z_nm"], self.history.ids)
             self._last_plot = now
+            self._drawn_key = key
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
         self.timer.stop()
