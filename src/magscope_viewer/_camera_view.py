@@ -16,8 +16,8 @@ from PyQt5 import QtCore
 
 from magscope_tracking import RoiTable
 
-from ._bead_labels import BeadLabels
 from ._live_source import LiveFrame
+from ._overlays import BeadLabels, CentreMarks
 
 #: ROI box colours (RGB): selected, reference and other beads.
 SELECTED_COLOUR = (255, 200, 0)
@@ -39,6 +39,19 @@ def image_levels(image: np.ndarray, step: int = 4) -> tuple[float, float]:
         return 0.0, 1.0
     lo, hi = np.percentile(sample, [0.5, 99.5])
     return float(lo), float(max(hi, lo + 1.0))
+
+
+def display_step(pixel_size: tuple[float, float] | None, largest: int = 8) -> int:
+    """Stride (>= 1) at which the camera image is shown when a screen pixel covers
+    ``pixel_size`` (x, y) sensor pixels: the whole number of sensor pixels per screen
+    pixel, so zoomed out the image item gets a fraction of the frame (Qt draws scaled
+    images by picking pixels anyway) and zoomed in (< 2) the full frame."""
+    if pixel_size is None:
+        return 1
+    size = min(abs(float(pixel_size[0])), abs(float(pixel_size[1])))
+    if not np.isfinite(size):
+        return 1
+    return int(min(max(int(size), 1), largest))
 
 
 def box_outlines(x0: np.ndarray, y0: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -88,41 +101,44 @@ class CameraView(pg.GraphicsLayoutWidget):
         }
         for item in self.boxes.values():
             self.plot.addItem(item)
-        self.centres = pg.ScatterPlotItem(
-            symbol="+", size=9, pen=pg.mkPen(CENTRE_COLOUR, width=1.5), brush=None
-        )
+        self.centres = CentreMarks(pg.mkPen(CENTRE_COLOUR, width=1.5), size=9)
         self.plot.addItem(self.centres)
         #: Bead ids beside the ROI boxes, all in one item.
         self.labels = BeadLabels()
         self.plot.addItem(self.labels)
-        self._rect: tuple[int, int, int, int] | None = None
+        self._rect: tuple[int, int, int, int, int] | None = None
         self.frame_index = -1
         self.roi_table: RoiTable | None = None
 
     def set_frame(self, frame: LiveFrame, now: float | None = None) -> None:
-        """Show ``frame``. Levels follow the image (:func:`image_levels`, at most
+        """Show ``frame`` (at the stride :func:`display_step` of the zoom). Levels follow the image (:func:`image_levels`, at most
         :data:`LEVELS_HZ` times a second) until the user sets them in the histogram; the
         histogram is recomputed at that rate too, not at every frame. ``now``: monotonic
         s (default: the clock)."""
-        image = frame.image
+        full = frame.image
+        rows, cols = full.shape
+        step = display_step(self.plot.vb.viewPixelSize())
+        image = full[::step, ::step] if step > 1 else full
         if not image.flags.c_contiguous:
             image = np.ascontiguousarray(image)
-        rows, cols = image.shape
         now = time.monotonic() if now is None else now
         slow = now - self._levels_time >= 1.0 / LEVELS_HZ
         if slow and self.auto_levels:
-            self.levels = image_levels(image)
+            self.levels = image_levels(full)
         self.image.setImage(image, autoLevels=False, levels=self.levels)
         if slow:
             self._levels_time = now
             self._setting_levels = True
-            try:  # the histogram's region follows the image's levels
+            try:  # the histogram (and its levels region) follows the image
                 self.histogram.imageChanged(autoLevel=False)
+                self.histogram.setLevels(*self.levels)
             finally:
                 self._setting_levels = False
-        rect = (frame.x0_px, frame.y0_px, cols, rows)
+        rect = (frame.x0_px, frame.y0_px, cols, rows, step)
         if rect != self._rect:
-            self.image.setRect(QtCore.QRectF(frame.x0_px - 0.5, frame.y0_px - 0.5, cols, rows))
+            # a strided image still spans the sensor pixels it samples
+            w, h = image.shape[1] * step, image.shape[0] * step
+            self.image.setRect(QtCore.QRectF(frame.x0_px - 0.5, frame.y0_px - 0.5, w, h))
             if self._rect is None:
                 self.plot.setRange(
                     xRange=(frame.x0_px - 0.5, frame.x0_px + cols - 0.5),

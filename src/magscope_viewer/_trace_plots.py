@@ -23,6 +23,7 @@ from ._traces import (
 MAX_POINTS = 600
 #: Traces drawn at most (the first selected beads).
 MAX_TRACES = 20
+_EMPTY = np.zeros(0)
 
 
 def bead_pen(k: int) -> pg.QtGui.QPen:
@@ -157,9 +158,12 @@ class TracePlots(pg.GraphicsLayoutWidget):
                 y_hi = np.where(finite, yd, -np.inf).max(axis=0)
                 x_lo, x_hi = td.min(axis=0), td.max(axis=0)
                 for k in range(len(cols)):
-                    self.curves[axis][k].set_trace(
-                        td[:, k], yd[:, k], (x_lo[k], x_hi[k]), (y_lo[k], y_hi[k])
-                    )
+                    if np.isfinite(y_lo[k]):
+                        self.curves[axis][k].set_trace(
+                            td[:, k], yd[:, k], (x_lo[k], x_hi[k]), (y_lo[k], y_hi[k])
+                        )
+                    else:  # no data (a lost bead, z without a Z-LUT): nothing to draw
+                        self.curves[axis][k].set_trace(_EMPTY, _EMPTY, (0, 0), (0, 0))
                 if have and self._following(axis):
                     new = follow_range(self._yrange[axis], y_lo.min(), y_hi.max())
                     if new is not None:

@@ -213,7 +213,14 @@ class ViewerWindow(QtWidgets.QMainWindow):
         t, values = self.history.window(self.window_s)
         nm_per_px = self.source.nm_per_px()
         if t.size and nm_per_px > 0 and key[0] != self._centres_frame:
-            self.camera.set_centres(values["x_nm"][-1] / nm_per_px, values["y_nm"][-1] / nm_per_px)
+            # the newest frame with positions (a dropped frame has none: keep the marks)
+            tail = values["x_nm"][-200:]
+            rows = np.flatnonzero(np.isfinite(tail).any(axis=1))
+            if rows.size:
+                row = rows[-1] - tail.shape[0]
+                self.camera.set_centres(
+                    values["x_nm"][row] / nm_per_px, values["y_nm"][row] / nm_per_px
+                )
             self._centres_frame = key[0]
         now = time.monotonic()
         if t.size and now - self._last_plot >= 1.0 / PLOT_HZ:
