@@ -196,7 +196,7 @@ def test_column_decimation_matches_one_trace_at_a_time():
 
 
 def test_points_follow_the_plot_width():
-    assert points_for_width(700) == 1400  # a (min, max) pair per pixel column
+    assert points_for_width(700) == 700  # a (min, max) pair per 2 pixel columns
     assert points_for_width(10) == 100 and points_for_width(5000) == 2000
     assert points_for_width(float("nan")) == 100
     assert points_for_width(333.7) % 2 == 0

@@ -62,8 +62,9 @@ def decimate_minmax_columns(
 
 def points_for_width(width_px: float, lo: int = 100, hi: int = 2000) -> int:
     """Points a decimated trace keeps for a plot ``width_px`` screen pixels wide: one
-    (min, max) pair per pixel column, even, clipped to ``lo`` .. ``hi``."""
-    n = 2 * int(width_px) if np.isfinite(width_px) else lo
+    (min, max) pair per two pixel columns (a point per column), even, clipped to
+    ``lo`` .. ``hi``."""
+    n = int(width_px) if np.isfinite(width_px) else lo
     return int(min(max(n, lo), hi)) // 2 * 2
 
 

@@ -20,7 +20,11 @@ from ._traces import TraceHistory
 
 REFRESH_HZ = 30.0
 #: Traces and kymograph are redrawn at most this often (Hz); the camera at every refresh.
-PLOT_HZ = 10.0
+#: (A redraw of 3 x 10 traces and the kymograph of 100 beads costs about three camera
+#: refreshes: at 5 Hz the viewer stays under a quarter of a core; see bench_viewer.py.)
+PLOT_HZ = 5.0
+#: The status line is rewritten at most this often (Hz).
+STATUS_HZ = 4.0
 #: Frames the trace history keeps (at 200 frames/s: 60 s).
 HISTORY_FRAMES = 12_000
 
@@ -78,6 +82,8 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self._display_rate = RateMeter()
         self._refreshes = 0
         self._last_plot = 0.0
+        self._last_status = -1.0
+        self._status_state = ""
         self._drawn_key: tuple | None = None  # (newest frame, frames, choices) plotted
         self._centres_frame = -1  # track frame whose centres the camera shows
         self._build_docks()
@@ -87,9 +93,10 @@ class ViewerWindow(QtWidgets.QMainWindow):
         status_bar.addWidget(self.status, 1)
         self.resize(1400, 900)
         self.timer = QtCore.QTimer(self)
+        self.timer.setTimerType(QtCore.Qt.TimerType.PreciseTimer)
         self.timer.timeout.connect(self.refresh)
-        if refresh_hz > 0:
-            self.timer.start(int(round(1000.0 / refresh_hz)))
+        if refresh_hz > 0:  # period in whole ms, rounded down: at least refresh_hz
+            self.timer.start(max(1, int(1000.0 / refresh_hz) - 1))
 
     # -- layout --------------------------------------------------------------------------
     def _build_docks(self) -> None:
@@ -184,7 +191,10 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self._refreshes += 1
         fps = self._frame_rate.update(health.frames_acquired)
         display = self._display_rate.update(self._refreshes)
-        self.status.setText(status_text(self.source.instance, health, fps, display))
+        now = time.monotonic()
+        if now - self._last_status >= 1.0 / STATUS_HZ or state != self._status_state:
+            self.status.setText(status_text(self.source.instance, health, fps, display))
+            self._last_status, self._status_state = now, state
 
     def _refresh_tracks(self) -> None:
         table = self.source.rois()
