@@ -10,7 +10,8 @@ core). Three phases, measured in the same run:
    its :meth:`refresh` called in a loop: ms a refresh (median; split into refreshes that
    redraw the plots and those that only show the camera).
 2. ``without viewer``: ``--seconds`` of acquisition alone: camera frames/s and late
-   frames, frames tracked/s and dropped.
+   frames, frames tracked/s and dropped; measured before and again after phase 3, and
+   their mean is the baseline (the machine's load drifts).
 3. ``with viewer``: the same with ``python -m magscope_viewer --instance NAME`` running
    as its own process (``QT_QPA_PLATFORM=offscreen``): its display rate (refreshes/s,
    median of 1 s windows, from the viewer's ``--report-json``) and CPU (% of one core,
@@ -225,16 +226,20 @@ def main(argv=None) -> int:
               f"plots {ip['cpu_ms_plot']:.1f} ms, camera only {ip['cpu_ms_camera_only']:.1f} ms")
         if args.profile or args.in_process_only:
             return 0
-        alone = measure_acquisition(mic, args.seconds)
+        before = measure_acquisition(mic, args.seconds)
         viewed, report = with_viewer(mic, instance, args.seconds)
-        print(f"{'':24}{'camera fr/s':>12}{'late':>7}{'tracked fr/s':>14}{'dropped':>9}")
-        for label, r in (("without viewer", alone), ("with viewer", viewed)):
-            print(f"{label:24}{r['camera_fps']:12.1f}{r['late']:7d}{r['tracked_fps']:14.1f}"
-                  f"{r['dropped']:9d}")
-        print(f"{'difference (with - w/o)':24}{viewed['camera_fps'] - alone['camera_fps']:12.1f}"
-              f"{viewed['late'] - alone['late']:7d}"
+        after = measure_acquisition(mic, args.seconds)
+        # the baseline: the mean of the phases without the viewer before and after it
+        alone = {k: (before[k] + after[k]) / 2 for k in before}
+        print(f"{'':28}{'camera fr/s':>12}{'late':>8}{'tracked fr/s':>14}{'dropped':>9}")
+        for label, r in (("without viewer (before)", before), ("with viewer", viewed),
+                         ("without viewer (after)", after)):
+            print(f"{label:28}{r['camera_fps']:12.1f}{r['late']:8.0f}{r['tracked_fps']:14.1f}"
+                  f"{r['dropped']:9.0f}")
+        print(f"{'with - mean without':28}{viewed['camera_fps'] - alone['camera_fps']:12.1f}"
+              f"{viewed['late'] - alone['late']:8.1f}"
               f"{viewed['tracked_fps'] - alone['tracked_fps']:14.1f}"
-              f"{viewed['dropped'] - alone['dropped']:9d}")
+              f"{viewed['dropped'] - alone['dropped']:9.1f}")
         hz = report.get("display_hz_median", float("nan"))
         print(f"viewer process: display {hz:.1f} Hz (median of 1 s windows), refresh "
               f"{report.get('refresh_ms_median', float('nan')):.1f} ms median; CPU "

@@ -105,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     window.show()
     log = _timed_refreshes(window) if args.report_json else []
     if args.quit_after:
-        QtCore.QTimer.singleShot(int(args.quit_after * 1000), window.close)
+        def quit_now() -> None:
+            window.close()
+
+        QtCore.QTimer.singleShot(int(args.quit_after * 1000), quit_now)
     if args.screenshot:
         def save() -> None:
             window.grab().save(args.screenshot)

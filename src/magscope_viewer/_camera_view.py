@@ -150,7 +150,8 @@ class CameraView(pg.GraphicsLayoutWidget):
     def _levels_changed(self, histogram) -> None:
         if not self._setting_levels:  # the user dragged the histogram's levels
             self.auto_levels = False
-            self.levels = tuple(float(v) for v in histogram.getLevels())
+            lo, hi = histogram.getLevels()
+            self.levels = (float(lo), float(hi))
 
     def set_rois(self, table: RoiTable | None, selected=(), reference=()) -> None:
         """Draw the ROI boxes of ``table`` with their bead ids, coloured by role."""

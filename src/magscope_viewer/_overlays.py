@@ -134,5 +134,5 @@ class CentreMarks(pg.GraphicsObject):
         painter.save()
         painter.resetTransform()
         painter.setPen(self.pen)
-        painter.drawLines(lines)
+        painter.drawLines(*lines)
         painter.restore()

@@ -44,7 +44,8 @@ class TraceCurve(pg.PlotCurveItem):
         """Data (x, y; NaN: a gap) and their (min, max) along x and y (NaN: none)."""
         self._given = None
         if np.isfinite(x_bounds).all() and np.isfinite(y_bounds).all():
-            self._given = (tuple(map(float, x_bounds)), tuple(map(float, y_bounds)))
+            (x0, x1), (y0, y1) = x_bounds, y_bounds
+            self._given = ((float(x0), float(x1)), (float(y0), float(y1)))
         self.setData(x, y, connect="finite")
 
     def dataBounds(self, ax, frac=1.0, orthoRange=None):  # noqa: N802, N803 - pyqtgraph's names

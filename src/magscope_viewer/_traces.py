@@ -222,6 +222,7 @@ class TraceHistory:
             start += int(np.searchsorted(t, t[-1] - seconds, side="left"))
         out_t = self._tbuf[start : self._stop]
         out = {axis: v[start : self._stop] for axis, v in self._vbuf.items()}
-        for view in (out_t, *out.values()):
+        out_t.flags.writeable = False
+        for view in out.values():
             view.flags.writeable = False
         return out_t, out

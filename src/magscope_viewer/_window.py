@@ -214,24 +214,24 @@ class ViewerWindow(QtWidgets.QMainWindow):
         if rows is None:
             return
         self.history.append(rows)
-        key = (
+        plot_key = (
             self.history.last_frame_index, len(self.history), tuple(self.selected_ids()),
             tuple(self.reference), self.subtract_reference, self.window_s,
         )
-        if key == self._drawn_key:  # nothing new, nothing chosen anew: nothing to redraw
+        if plot_key == self._drawn_key:  # nothing new, nothing chosen anew: nothing to redraw
             return
         t, values = self.history.window(self.window_s)
         nm_per_px = self.source.nm_per_px()
-        if t.size and nm_per_px > 0 and key[0] != self._centres_frame:
+        if t.size and nm_per_px > 0 and plot_key[0] != self._centres_frame:
             # the newest frame with positions (a dropped frame has none: keep the marks)
             tail = values["x_nm"][-200:]
-            rows = np.flatnonzero(np.isfinite(tail).any(axis=1))
-            if rows.size:
-                row = rows[-1] - tail.shape[0]
+            with_data = np.flatnonzero(np.isfinite(tail).any(axis=1))
+            if with_data.size:
+                row = with_data[-1] - tail.shape[0]
                 self.camera.set_centres(
                     values["x_nm"][row] / nm_per_px, values["y_nm"][row] / nm_per_px
                 )
-            self._centres_frame = key[0]
+            self._centres_frame = plot_key[0]
         now = time.monotonic()
         if t.size and now - self._last_plot >= 1.0 / PLOT_HZ:
             self.traces.show_traces(
@@ -240,7 +240,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
             )
             self.kymograph.show_kymograph(t, values["z_nm"], self.history.ids)
             self._last_plot = now
-            self._drawn_key = key
+            self._drawn_key = plot_key
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
         self.timer.stop()
