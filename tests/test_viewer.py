@@ -80,7 +80,7 @@ def _refresh_until(qtbot, win, condition, timeout_s=20.0):
 def test_beads_appear_where_the_truth_puts_them(qtbot, scope, window):
     _refresh_until(qtbot, window, lambda: window.camera.frame_index >= 0)
     camera = window.camera
-    for item in (*camera.boxes.values(), camera.centres, *camera._labels):
+    for item in (*camera.boxes.values(), camera.centres, camera.labels):
         item.setVisible(False)  # overlays sit on the beads: look at the image alone
     try:
         camera.plot.setRange(xRange=(0, 1024), yRange=(0, 768), padding=0)
@@ -111,7 +111,7 @@ def test_beads_appear_where_the_truth_puts_them(qtbot, scope, window):
             local = camera.image.mapFromView(QtCore.QPointF(a, b))  # image item: pixel edges
             assert abs(local.x() - (a + 0.5)) < 1e-6 and abs(local.y() - (b + 0.5)) < 1e-6
     finally:
-        for item in (*camera.boxes.values(), camera.centres, *camera._labels):
+        for item in (*camera.boxes.values(), camera.centres, camera.labels):
             item.setVisible(True)
         camera.plot.autoRange()
 
@@ -146,9 +146,7 @@ def test_roi_boxes_and_tracked_centres_sit_on_the_beads(qtbot, scope, window, RE
     assert list(window.traces.drawn_ids) == list(range(10))
     tx_, ty_ = window.traces.curves["x_nm"][0].getData()
     assert tx_.size > 10 and np.isfinite(ty_).any() and tx_[-1] == pytest.approx(0.0)
-    assert {label.textItem.toPlainText() for label in camera._labels} == {
-        str(b) for b in table.bead_id
-    }
+    assert set(camera.labels.texts) == {str(b) for b in table.bead_id}
     assert "connected" in window.status.text() and "frames/s" in window.status.text()
 
 

@@ -11,7 +11,7 @@ import pytest
 from magscope_devices._acquisition import CONTROL_DTYPE
 from magscope_ipc.rings import FrameRing
 from magscope_ipc.shm import SharedRecord, list_segments, segment_name
-from magscope_ipc.track_ring import FrameStatus, TrackRing, empty_rows
+from magscope_ipc.track_ring import FrameStatus, TrackRing, TrackRows, empty_rows
 from magscope_session._cli import build_parser, viewer_command
 from magscope_tracking._records import control_dtype, write_rois
 from magscope_viewer import (
@@ -22,8 +22,15 @@ from magscope_viewer import (
     kymograph,
     minus_reference,
 )
+from magscope_viewer._camera_view import display_step, image_levels
 from magscope_viewer._live_source import CONNECTED, DISCONNECTED
 from magscope_viewer._status import RateMeter
+from magscope_viewer._traces import (
+    decimate_minmax_columns,
+    follow_range,
+    nanmedian_columns,
+    points_for_width,
+)
 from magscope_viewer._window import parse_ids
 
 
@@ -171,3 +178,110 @@ def test_wrong_instance_names_the_instance_and_lists_those_running(owned_instanc
     source = LiveSource("no-such-instance", require_running=False)
     assert source.state == DISCONNECTED
     source.close()
+
+
+def test_column_decimation_matches_one_trace_at_a_time():
+    rng = np.random.default_rng(3)
+    t = np.arange(5000) * 0.005
+    y = rng.normal(size=(5000, 4))
+    y[100:900, 1] = np.nan  # a lost bead: gaps
+    y[:, 3] = np.nan  # no data at all
+    td, yd = decimate_minmax_columns(t, y, 300)
+    assert td.shape == yd.shape == (300, 4)
+    for k in range(4):
+        t1, y1 = decimate_minmax(t, y[:, k], 300)
+        np.testing.assert_array_equal(td[:, k], t1)
+        np.testing.assert_array_equal(yd[:, k], y1)
+    assert np.isnan(yd[:, 3]).all() and np.isnan(yd[:, 1]).any()
+
+
+def test_points_follow_the_plot_width():
+    assert points_for_width(700) == 700  # a (min, max) pair per 2 pixel columns
+    assert points_for_width(10) == 100 and points_for_width(5000) == 2000
+    assert points_for_width(float("nan")) == 100
+    assert points_for_width(333.7) % 2 == 0
+
+
+def test_axis_range_changes_only_when_the_data_leave_it():
+    first = follow_range(None, 0.0, 10.0)
+    assert first == (-1.0, 11.0)
+    assert follow_range(first, 1.0, 9.0) is None  # inside and filling it: kept
+    assert follow_range(first, 0.0, 12.0) == pytest.approx((-1.2, 13.2))  # outside: follows
+    assert follow_range(first, 4.0, 5.0) == pytest.approx((3.9, 5.1))  # a third: shrinks
+    assert follow_range(first, np.nan, 1.0) is None
+    lo, hi = follow_range(None, 5.0, 5.0)
+    assert lo < 5.0 < hi
+
+
+def test_nanmedian_columns_matches_numpy():
+    rng = np.random.default_rng(4)
+    v = rng.normal(size=(101, 5))
+    v[::3, 0] = np.nan
+    v[:, 2] = np.nan
+    v[:50, 4] = np.nan
+    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
+        expected = np.nanmedian(v, axis=0)
+    np.testing.assert_allclose(nanmedian_columns(v), expected, equal_nan=True)
+    assert nanmedian_columns(np.zeros((0, 3))).shape == (3,)
+
+
+def test_trace_history_keeps_the_newest_frames_across_buffer_moves():
+    history = TraceHistory(capacity=50)
+    history.set_ids(np.array([7, 2]))
+    for start in range(0, 400, 13):  # 13 frames at a time: the buffer moves often
+        k = np.arange(start, start + 13)
+        rows = _rows(k, {2: k * 10.0, 7: -k * 1.0})
+        history.append(rows)
+        assert history.next_index == start + 13
+        t, values = history.window(1e9)
+        n = min(start + 13, 50)
+        assert len(history) == t.size == n
+        np.testing.assert_array_equal(t, 1000.0 + np.arange(start + 13 - n, start + 13))
+        np.testing.assert_array_equal(values["x_nm"][:, 0], 10.0 * (t - 1000.0))  # bead 2
+        np.testing.assert_array_equal(values["x_nm"][:, 1], -(t - 1000.0))  # bead 7
+        assert history.last_frame_index == start + 12
+    t, values = history.window(5.0)  # the last 5 s: 6 frames (both ends kept)
+    assert t.size == 6 and not values["y_nm"].flags.writeable
+    history.set_ids(np.array([2, 7]))  # the same beads: kept
+    assert len(history) == 50
+    history.set_ids(np.array([2]))
+    assert len(history) == 0 and history.window(5.0)[1]["x_nm"].shape == (0, 1)
+
+
+def _rows(frames: np.ndarray, x_by_bead: dict[int, np.ndarray]) -> TrackRows:
+    beads = sorted(x_by_bead)
+    rows = np.stack([empty_rows(len(beads)) for _ in frames])
+    for j, bead in enumerate(beads):
+        rows[:, j]["bead_id"] = bead
+        rows[:, j]["x_nm"] = x_by_bead[bead]
+        rows[:, j]["y_nm"] = 0.0
+    return TrackRows(
+        frame_index=frames.astype(np.int64), timestamp=1000.0 + frames,
+        status=np.full(frames.size, FrameStatus.TRACKED, np.int32),
+        n_beads=np.full(frames.size, len(beads), np.int32), rows=rows, lost=0,
+        next_index=int(frames[-1]) + 1,
+    )
+
+
+def test_track_rows_columns_put_each_bead_in_its_column():
+    frames = np.arange(3)
+    rows = _rows(frames, {4: np.array([1.0, 2, 3]), 9: np.array([4.0, 5, 6])})
+    rows.rows[1, 0]["bead_id"] = 5  # a bead not asked for
+    status = rows.status.copy()
+    status[2] = FrameStatus.DROPPED
+    rows = TrackRows(rows.frame_index, rows.timestamp, status, rows.n_beads, rows.rows, 0, 3)
+    cols = rows.columns(np.array([4, 9, 12]))
+    np.testing.assert_array_equal(
+        cols["x_nm"], [[1, 4, np.nan], [np.nan, 5, np.nan], [np.nan] * 3]
+    )
+
+
+def test_camera_display_step_and_levels():
+    assert display_step((2.7, 2.7)) == 2 and display_step((0.5, 0.5)) == 1
+    assert display_step(None) == 1 and display_step((np.inf, 1.0)) == 1
+    assert display_step((100.0, 100.0)) == 8
+    image = np.full((64, 64), 100, np.uint8)
+    image[::8, ::8] = 250  # sampled at step 4: 1/4 of the sample is bright
+    lo, hi = image_levels(image)
+    assert lo == 100 and hi == 250
+    assert image_levels(np.full((8, 8), 7, np.uint16)) == (7.0, 8.0)

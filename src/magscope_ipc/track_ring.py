@@ -106,16 +106,19 @@ class TrackRows:
         ids = np.asarray(bead_ids)
         k = len(self)
         out = {name: np.full((k, ids.size), np.nan) for name in ("x_nm", "y_nm", "z_nm", "score")}
-        if ids.size == 0:
+        if ids.size == 0 or k == 0 or self.rows.shape[1] == 0:
             return out
-        for j in range(k):
-            if self.status[j] != FrameStatus.TRACKED:
-                continue
-            rows = self.rows[j, : int(self.n_beads[j])]
-            col = np.searchsorted(ids, rows["bead_id"])
-            ok = (col < ids.size) & (ids[np.minimum(col, ids.size - 1)] == rows["bead_id"])
-            for name in out:
-                out[name][j, col[ok]] = rows[name][ok]
+        # every used row of every tracked frame at once: (frame, column) of its bead
+        used = np.arange(self.rows.shape[1])[None, :] < self.n_beads[:, None]
+        used &= (self.status == FrameStatus.TRACKED)[:, None]
+        bead = self.rows["bead_id"]
+        col = np.searchsorted(ids, bead)
+        ok = used & (col < ids.size)
+        ok[ok] &= ids[col[ok]] == bead[ok]
+        frame = np.broadcast_to(np.arange(k)[:, None], ok.shape)[ok]
+        col = col[ok]
+        for name in out:
+            out[name][frame, col] = self.rows[name][ok]
         return out
 
     def table(self) -> np.ndarray:

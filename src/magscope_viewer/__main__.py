@@ -7,8 +7,12 @@ Exit codes: 0 after the window is closed, 2 when no microscope of the instance r
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import time
+
+import numpy as np
 
 ENV_INSTANCE = "MAGSCOPE_INSTANCE"
 
@@ -50,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-stream", action="store_true", help="no run context from the document stream"
     )
+    # for benchmarks/bench_viewer.py: display rate and refresh time written at exit
+    parser.add_argument("--report-json", metavar="PATH", help=argparse.SUPPRESS)
+    parser.add_argument("--quit-after", type=float, metavar="S", help=argparse.SUPPRESS)
     return parser
 
 
@@ -65,6 +72,39 @@ def save_screenshot(app, window, path: str) -> None:
         raise OSError(f"cannot write the screenshot {path}")
     print(f"screenshot: {path} ({image.width()} x {image.height()} px, Qt platform "
           f"{app.platformName()})", flush=True)
+
+
+def _timed_refreshes(window) -> list[tuple[float, float]]:
+    """(monotonic s at the end, s taken) of every timer refresh of ``window`` from now on."""
+    log: list[tuple[float, float]] = []
+
+    def refresh() -> None:
+        t0 = time.perf_counter()
+        window.refresh()
+        log.append((time.monotonic(), time.perf_counter() - t0))
+
+    window.timer.timeout.disconnect()
+    window.timer.timeout.connect(refresh)
+    return log
+
+
+def write_report(path: str, log: list[tuple[float, float]], skip_s: float = 2.0) -> None:
+    """JSON of the refreshes after the first ``skip_s`` s: refreshes per second (median
+    of whole 1 s windows), refresh time (ms, median and p90), their count."""
+    ends = np.array([t for t, _ in log])
+    took = np.array([d for _, d in log])
+    keep = ends >= (ends[0] + skip_s if ends.size else 0.0)
+    ends, took = ends[keep], took[keep]
+    per_s = np.bincount((ends - ends[0]).astype(int))[:-1] if ends.size else np.zeros(0)
+    report = {
+        "refreshes": int(ends.size),
+        "seconds": float(ends[-1] - ends[0]) if ends.size > 1 else 0.0,
+        "display_hz_median": float(np.median(per_s)) if per_s.size else float("nan"),
+        "refresh_ms_median": float(np.median(took) * 1e3) if took.size else float("nan"),
+        "refresh_ms_p90": float(np.percentile(took, 90) * 1e3) if took.size else float("nan"),
+    }
+    with open(path, "w") as f:
+        json.dump(report, f)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,6 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             browser.search()
     window.show()
+    log = _timed_refreshes(window) if args.report_json else []
+    if args.quit_after:
+        def quit_now() -> None:
+            window.close()
+
+        QtCore.QTimer.singleShot(int(args.quit_after * 1000), quit_now)
     if args.screenshot:
         def save() -> None:
             save_screenshot(app, window, args.screenshot)
@@ -128,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         QtCore.QTimer.singleShot(int(args.after * 1000), save)
     app.exec_()
     source.close()
+    if args.report_json:
+        write_report(args.report_json, log)
     return 0
 
 

@@ -8,6 +8,8 @@ Coordinates are sensor pixels: the centre of sensor pixel column ``i`` sits at `
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pyqtgraph as pg
 from PyQt5 import QtCore
@@ -16,12 +18,41 @@ from magscope_tracking import RoiTable
 
 from ._bead_editing import BeadViewBox
 from ._live_source import LiveFrame
+from ._overlays import BeadLabels, CentreMarks
 
 #: ROI box colours (RGB): selected, reference and other beads.
 SELECTED_COLOUR = (255, 200, 0)
 REFERENCE_COLOUR = (0, 200, 255)
 OTHER_COLOUR = (90, 200, 90)
 CENTRE_COLOUR = (255, 60, 60)
+
+
+#: The levels follow the image (and the histogram is recomputed) at most this often (Hz).
+LEVELS_HZ = 2.0
+
+
+def image_levels(image: np.ndarray, step: int = 4) -> tuple[float, float]:
+    """Display levels of a camera image: its 0.5th and 99.5th percentiles over every
+    ``step``-th row and column (about 1/16 of the pixels at 4), the upper one at least
+    one grey level above the lower."""
+    sample = np.asarray(image)[::step, ::step]
+    if sample.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(sample, [0.5, 99.5])
+    return float(lo), float(max(hi, lo + 1.0))
+
+
+def display_step(pixel_size: tuple[float, float] | None, largest: int = 8) -> int:
+    """Stride (>= 1) at which the camera image is shown when a screen pixel covers
+    ``pixel_size`` (x, y) sensor pixels: the whole number of sensor pixels per screen
+    pixel, so zoomed out the image item gets a fraction of the frame (Qt draws scaled
+    images by picking pixels anyway) and zoomed in (< 2) the full frame."""
+    if pixel_size is None:
+        return 1
+    size = min(abs(float(pixel_size[0])), abs(float(pixel_size[1])))
+    if not np.isfinite(size):
+        return 1
+    return int(min(max(int(size), 1), largest))
 
 
 def box_outlines(x0: np.ndarray, y0: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -54,7 +85,15 @@ class CameraView(pg.GraphicsLayoutWidget):
         self.image = pg.ImageItem(axisOrder="row-major")
         self.plot.addItem(self.image)
         self.histogram = pg.HistogramLUTItem(image=self.image)
+        # the histogram is recomputed at LEVELS_HZ (set_frame), not at every new image
+        self.image.sigImageChanged.disconnect(self.histogram.imageChanged)
+        self.histogram.sigLevelsChanged.connect(self._levels_changed)
         self.addItem(self.histogram)
+        #: Whether the levels follow the image (False once the user set them).
+        self.auto_levels = True
+        self.levels: tuple[float, float] = (0.0, 255.0)
+        self._levels_time = -np.inf
+        self._setting_levels = False
         self.boxes = {
             kind: pg.PlotDataItem(pen=pg.mkPen(colour, width=1.5), connect="finite")
             for kind, colour in (
@@ -64,31 +103,44 @@ class CameraView(pg.GraphicsLayoutWidget):
         }
         for item in self.boxes.values():
             self.plot.addItem(item)
-        self.centres = pg.ScatterPlotItem(
-            symbol="+", size=9, pen=pg.mkPen(CENTRE_COLOUR, width=1.5), brush=None
-        )
+        self.centres = CentreMarks(pg.mkPen(CENTRE_COLOUR, width=1.5), size=9)
         self.plot.addItem(self.centres)
-        self._labels: list[pg.TextItem] = []
-        self._rect: tuple[int, int, int, int] | None = None
-        self._levels_set = False
+        #: Bead ids beside the ROI boxes, all in one item.
+        self.labels = BeadLabels()
+        self.plot.addItem(self.labels)
+        self._rect: tuple[int, int, int, int, int] | None = None
         self.frame_index = -1
         self.roi_table: RoiTable | None = None
 
-    def set_frame(self, frame: LiveFrame) -> None:
-        """Show ``frame`` (levels: the histogram's; set from the first frame's 0.5 and
-        99.5 percentiles, then left to the user)."""
-        image = frame.image
-        rows, cols = image.shape
-        if not self._levels_set:
-            lo, hi = np.percentile(image, [0.5, 99.5])
-            self.image.setImage(image, autoLevels=False, levels=(float(lo), float(hi) + 1))
-            self.histogram.setLevels(float(lo), float(hi) + 1)
-            self._levels_set = True
-        else:
-            self.image.setImage(image, autoLevels=False)
-        rect = (frame.x0_px, frame.y0_px, cols, rows)
+    def set_frame(self, frame: LiveFrame, now: float | None = None) -> None:
+        """Show ``frame`` (at the stride :func:`display_step` of the zoom). Levels follow the image (:func:`image_levels`, at most
+        :data:`LEVELS_HZ` times a second) until the user sets them in the histogram; the
+        histogram is recomputed at that rate too, not at every frame. ``now``: monotonic
+        s (default: the clock)."""
+        full = frame.image
+        rows, cols = full.shape
+        step = display_step(self.plot.vb.viewPixelSize())
+        image = full[::step, ::step] if step > 1 else full
+        if not image.flags.c_contiguous:
+            image = np.ascontiguousarray(image)
+        now = time.monotonic() if now is None else now
+        slow = now - self._levels_time >= 1.0 / LEVELS_HZ
+        if slow and self.auto_levels:
+            self.levels = image_levels(full)
+        self.image.setImage(image, autoLevels=False, levels=self.levels)
+        if slow:
+            self._levels_time = now
+            self._setting_levels = True
+            try:  # the histogram (and its levels region) follows the image
+                self.histogram.imageChanged(autoLevel=False)
+                self.histogram.setLevels(*self.levels)
+            finally:
+                self._setting_levels = False
+        rect = (frame.x0_px, frame.y0_px, cols, rows, step)
         if rect != self._rect:
-            self.image.setRect(QtCore.QRectF(frame.x0_px - 0.5, frame.y0_px - 0.5, cols, rows))
+            # a strided image still spans the sensor pixels it samples
+            w, h = image.shape[1] * step, image.shape[0] * step
+            self.image.setRect(QtCore.QRectF(frame.x0_px - 0.5, frame.y0_px - 0.5, w, h))
             if self._rect is None:
                 self.plot.setRange(
                     xRange=(frame.x0_px - 0.5, frame.x0_px + cols - 0.5),
@@ -100,15 +152,19 @@ class CameraView(pg.GraphicsLayoutWidget):
     @property
     def sensor_rect(self) -> tuple[int, int, int, int] | None:
         """The image shown: (x0, y0, width, height) in sensor px; None before a frame."""
-        return self._rect
+        return None if self._rect is None else self._rect[:4]
+
+    def _levels_changed(self, histogram) -> None:
+        if not self._setting_levels:  # the user dragged the histogram's levels
+            self.auto_levels = False
+            lo, hi = histogram.getLevels()
+            self.levels = (float(lo), float(hi))
 
     def set_rois(self, table: RoiTable | None, selected=(), reference=()) -> None:
         """Draw the ROI boxes of ``table`` with their bead ids, coloured by role."""
         self.roi_table = table
-        for label in self._labels:
-            self.plot.removeItem(label)
-        self._labels = []
         if table is None or table.ids.size == 0:
+            self.labels.set_labels([], [], [], [])
             for item in self.boxes.values():
                 item.setData([], [])
             return
@@ -119,15 +175,12 @@ class CameraView(pg.GraphicsLayoutWidget):
         for kind, mask in masks.items():
             xs, ys = box_outlines(table.x0[mask], table.y0[mask], table.size)
             self.boxes[kind].setData(xs, ys, connect="finite")
-        for k, bead in enumerate(ids):
-            kind = "selected" if is_sel[k] else "reference" if is_ref[k] else "other"
-            colour = {"selected": SELECTED_COLOUR, "reference": REFERENCE_COLOUR}.get(
-                kind, OTHER_COLOUR
-            )
-            label = pg.TextItem(str(int(bead)), color=colour, anchor=(0, 1))
-            label.setPos(float(table.x0[k]) - 0.5, float(table.y0[k]) - 0.5)
-            self.plot.addItem(label)
-            self._labels.append(label)
+        colours = np.where(is_sel[:, None], SELECTED_COLOUR, np.where(
+            is_ref[:, None], REFERENCE_COLOUR, OTHER_COLOUR))
+        self.labels.set_labels(
+            np.asarray(table.x0, float) - 0.5, np.asarray(table.y0, float) - 0.5,
+            [str(int(b)) for b in ids], colours.tolist(),
+        )
 
     def set_centres(self, x_px: np.ndarray, y_px: np.ndarray) -> None:
         """Mark tracked bead centres (sensor px); NaN (lost) are left out."""

@@ -25,7 +25,11 @@ from ._traces import TraceHistory
 
 REFRESH_HZ = 30.0
 #: Traces and kymograph are redrawn at most this often (Hz); the camera at every refresh.
-PLOT_HZ = 10.0
+#: (A redraw of 3 x 10 traces and the kymograph of 100 beads costs about three camera
+#: refreshes: at 5 Hz the viewer stays under a quarter of a core; see bench_viewer.py.)
+PLOT_HZ = 5.0
+#: The status line is rewritten at most this often (Hz).
+STATUS_HZ = 4.0
 #: The axes, health and profile panels are updated at most this often (Hz).
 PANEL_HZ = 4.0
 #: Frames the trace history keeps (at 200 frames/s: 60 s).
@@ -85,6 +89,10 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self._display_rate = RateMeter()
         self._refreshes = 0
         self._last_plot = 0.0
+        self._last_status = -1.0
+        self._status_state = ""
+        self._drawn_key: tuple | None = None  # (newest frame, frames, choices) plotted
+        self._centres_frame = -1  # track frame whose centres the camera shows
         self._build_docks()
         self._build_panels()
         self.status = QtWidgets.QLabel()
@@ -95,9 +103,10 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.axes_panel.move_requested.connect(self._request_move)
         self.resize(1400, 900)
         self.timer = QtCore.QTimer(self)
+        self.timer.setTimerType(QtCore.Qt.TimerType.PreciseTimer)
         self.timer.timeout.connect(self.refresh)
-        if refresh_hz > 0:
-            self.timer.start(int(round(1000.0 / refresh_hz)))
+        if refresh_hz > 0:  # period in whole ms, rounded down: at least refresh_hz
+            self.timer.start(max(1, int(1000.0 / refresh_hz) - 1))
 
     # -- layout --------------------------------------------------------------------------
     def _build_docks(self) -> None:
@@ -260,11 +269,15 @@ class ViewerWindow(QtWidgets.QMainWindow):
             self._roi_key = None
             self.camera.set_rois(None)
             self.camera.set_centres(np.zeros(0), np.zeros(0))
+            self._centres_frame = -1
         health = self.source.health()
         self._refreshes += 1
         fps = self._frame_rate.update(health.frames_acquired)
         display = self._display_rate.update(self._refreshes)
-        self.status.setText(status_text(self.source.instance, health, fps, display))
+        now = time.monotonic()
+        if now - self._last_status >= 1.0 / STATUS_HZ or state != self._status_state:
+            self.status.setText(status_text(self.source.instance, health, fps, display))
+            self._last_status, self._status_state = now, state
         if time.monotonic() - self._last_panels >= 1.0 / PANEL_HZ:
             self._last_panels = time.monotonic()
             self.refresh_panels()
@@ -287,18 +300,33 @@ class ViewerWindow(QtWidgets.QMainWindow):
         if rows is None:
             return
         self.history.append(rows)
+        plot_key = (
+            self.history.last_frame_index, len(self.history), tuple(self.selected_ids()),
+            tuple(self.reference), self.subtract_reference, self.window_s,
+        )
+        if plot_key == self._drawn_key:  # nothing new, nothing chosen anew: nothing to redraw
+            return
         t, values = self.history.window(self.window_s)
         nm_per_px = self.source.nm_per_px()
-        if t.size and nm_per_px > 0:
-            self.camera.set_centres(values["x_nm"][-1] / nm_per_px, values["y_nm"][-1] / nm_per_px)
+        if t.size and nm_per_px > 0 and plot_key[0] != self._centres_frame:
+            # the newest frame with positions (a dropped frame has none: keep the marks)
+            tail = values["x_nm"][-200:]
+            with_data = np.flatnonzero(np.isfinite(tail).any(axis=1))
+            if with_data.size:
+                row = with_data[-1] - tail.shape[0]
+                self.camera.set_centres(
+                    values["x_nm"][row] / nm_per_px, values["y_nm"][row] / nm_per_px
+                )
+            self._centres_frame = plot_key[0]
         now = time.monotonic()
         if t.size and now - self._last_plot >= 1.0 / PLOT_HZ:
             self.traces.show_traces(
                 t, values, self.history.ids, self.selected_ids(), self.reference,
-                self.subtract_reference,
+                self.subtract_reference, window_s=self.window_s,
             )
             self.kymograph.show_kymograph(t, values["z_nm"], self.history.ids)
             self._last_plot = now
+            self._drawn_key = plot_key
 
     # -- sources: live or a past run (review) ------------------------------------------------
     def set_source(self, source) -> None:
@@ -310,6 +338,8 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.history = TraceHistory(HISTORY_FRAMES)
         self._roi_key = None
         self._last_plot = 0.0
+        self._drawn_key = None
+        self._centres_frame = -1
         self.camera.frame_index = -1
         self.setWindowTitle(f"MagScope viewer: {source.instance}")
 
