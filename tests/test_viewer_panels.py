@@ -87,7 +87,7 @@ def test_axes_panel_shows_the_record_and_asks_for_moves(owned, window, qtbot):
     assert panel.moving["magnet_z_mm"].text() == "moving"
     assert panel.moving["focus_nm"].text() == "idle"
     assert panel.values["focus_nm"].text() == "1234 nm"
-    assert panel.values["force_pn"].text() == "no calibration"
+    assert panel.limits["force_pn"].text() == "no force calibration loaded"
     assert not panel.go["force_pn"].isEnabled() and panel.go["magnet_z_mm"].isEnabled()
     # the target spin box is bounded by the limits
     panel.targets["magnet_z_mm"].setValue(50.0)

@@ -140,7 +140,7 @@ def test_a_past_run_opens_from_tiled_in_the_same_panels(qtbot, written, window, 
 
     # the pixels on screen are that frame's, through the histogram's levels
     camera = window.camera
-    for item in (*camera.boxes.values(), camera.centres, *camera._labels):
+    for item in (*camera.boxes.values(), camera.centres, camera.labels):
         item.setVisible(False)
     with np.errstate(all="ignore"):  # a frame the tracker dropped under load is NaN
         x_px = np.nanmedian(tracks.x_nm, axis=0) / tracks.layout.nm_per_px
@@ -157,7 +157,7 @@ def test_a_past_run_opens_from_tiled_in_the_same_panels(qtbot, written, window, 
     want = np.clip((expected[pts[:, 1], pts[:, 0]] - lo) / (hi - lo) * 255, 0, 255)
     got = grey_at(camera, pts)
     assert np.mean(np.abs(got - want) <= 3) > 0.95, np.abs(got - want).max()
-    for item in (*camera.boxes.values(), camera.centres, *camera._labels):
+    for item in (*camera.boxes.values(), camera.centres, camera.labels):
         item.setVisible(True)
     camera.plot.autoRange()
 
@@ -171,7 +171,7 @@ def test_a_past_run_opens_from_tiled_in_the_same_panels(qtbot, written, window, 
         for axis in ("x_nm", "y_nm"):
             t, y = window.traces.curves[axis][k].getData()
             trace = getattr(tracks, axis)[:, column]
-            np.testing.assert_allclose(y, trace - np.nanmedian(trace), atol=1e-9)
+            np.testing.assert_allclose(y, trace - np.nanmedian(trace), atol=0.01)  # traces are float32 for display (nm)
             assert t.size == len(tracks)
     df = bead_tracks(run, drawn[0])  # the runs API's own reading of one bead agrees
     np.testing.assert_allclose(tracks.x_nm[:, 0], df["x_nm"].to_numpy(), equal_nan=True)

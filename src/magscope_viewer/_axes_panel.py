@@ -166,7 +166,8 @@ class AxesPanel(QtWidgets.QWidget):
             self.targets[key].setEnabled(usable)
         force = axes["force_pn"]
         if not math.isfinite(force.value):
-            self.values["force_pn"].setText("no calibration")
+            self.values["force_pn"].setText("–")
+            self.limits["force_pn"].setText("no force calibration loaded")
 
     def _set_moving(self, key: str, moving: bool) -> None:
         label = self.moving[key]

@@ -66,6 +66,9 @@ class CommandBar(QtCore.QObject):
 
     def send(self, command: str, args: dict[str, Any] | None = None) -> bool:
         """Send ``command`` in a worker thread; False (and says so) while one is on its way."""
+        if getattr(self.parent(), "reviewing", False):
+            self.label.setText(f"{command}: refused: reviewing a past run (back to live first)")
+            return False
         if self.busy:
             self.label.setText(f"{command}: refused: the previous command has not answered yet")
             return False

@@ -155,7 +155,21 @@ class RunSource:
             if len(self._frame_cache) > 64:
                 self._frame_cache.clear()
             self._frame_cache[index] = frame
+        self._last = frame
         return frame
+
+    @property
+    def last_frame(self) -> LiveFrame | None:
+        """The frame :meth:`newest_frame` last returned (None before the first)."""
+        return getattr(self, "_last", None)
+
+    def axes(self) -> None:
+        """No live axes in review (the run's axis readings are in its events)."""
+        return None
+
+    def zlut_file(self) -> None:
+        """No Z-LUT file in review: the run's z was tracked when it ran."""
+        return None
 
     def track_count(self) -> int:
         """Track frames up to the position (the window's "next index"); -1 without tracks."""

@@ -177,6 +177,14 @@ class ViewerWindow(QtWidgets.QMainWindow):
         first.raise_()
         self.resizeDocks([first], [270], QtCore.Qt.Orientation.Vertical)
 
+    def _add_tab_dock(self, dock: QtWidgets.QDockWidget) -> None:
+        """One more tab beside the axes, health and profile panels under the camera (the
+        camera keeps the window's left column)."""
+        first = self.panel_docks["axes"]
+        self.addDockWidget(QtCore.Qt.DockWidgetArea.BottomDockWidgetArea, dock)
+        self.tabifyDockWidget(first, dock)
+        first.raise_()
+
     def show_panel(self, key: str) -> None:
         """Bring the panel ``key`` ("axes", "health", "profile") to the front."""
         self.panel_docks[key].raise_()
@@ -351,10 +359,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
         dock = QtWidgets.QDockWidget("Runs (Tiled)", self)
         dock.setObjectName("runs dock")
         dock.setWidget(browser)
-        self.addDockWidget(QtCore.Qt.DockWidgetArea.LeftDockWidgetArea, dock)
-        run_dock = self.findChild(QtWidgets.QDockWidget, "run dock")
-        if run_dock is not None:  # one column of tabs beside the camera
-            self.tabifyDockWidget(run_dock, dock)
+        self._add_tab_dock(dock)
         browser.source_opened.connect(self.set_source)
         browser.back_to_live.connect(lambda: self.set_source(live))
         browser.position_changed.connect(lambda: setattr(self, "_last_plot", 0.0))
@@ -367,12 +372,17 @@ class ViewerWindow(QtWidgets.QMainWindow):
         dock = QtWidgets.QDockWidget("Run", self)
         dock.setObjectName("run dock")
         dock.setWidget(panel)
-        self.addDockWidget(QtCore.Qt.DockWidgetArea.LeftDockWidgetArea, dock)
+        self._add_tab_dock(dock)
         self.run_status = QtWidgets.QLabel(panel.status_text())
         bar = self.statusBar()
         assert bar is not None
         bar.addPermanentWidget(self.run_status)
         panel.changed.connect(lambda: self.run_status.setText(panel.status_text()))
+
+    @property
+    def reviewing(self) -> bool:
+        """True while a past run is shown (commands are refused then)."""
+        return not isinstance(self.source, LiveSource)
 
     def _request_move(self, targets: dict) -> None:
         """An axes panel's Go: ``move_axes`` through the command channel (refused there
