@@ -16,7 +16,8 @@ The tracking service (see docs/architecture.md):
 - The ROI table: :data:`ROI_DTYPE`, :func:`as_roi_table`, :func:`validate_rois`; readers in
   other processes (the viewer) take the published table from the service's control record
   with :func:`read_rois` -> :class:`RoiTable` (seqlock-checked, read only); likewise the
-  loaded Z-LUT file with :func:`read_zlut` and each worker's record (``trkwK``) with
+  loaded Z-LUT file with :func:`read_zlut` (checked with :func:`file_sha256`) and each
+  worker's record (``trkwK``) with
   :func:`read_worker` -> :class:`WorkerRecord`.
 - Recording: :meth:`TrackingService.start_recording` -> :class:`TrackRecorder`, which the
   service's collector feeds with the rows it merges into an HDF5 track file.
@@ -27,7 +28,7 @@ re-exported here; import them with ``from magscope_tracking.track import ...``.
 
 from ._health import DropReason, TrackingHealth, TrackingServiceError, WorkerHealth
 from ._recorder import TrackRecorder, TrackRecordingError
-from ._records import RoiTable, WorkerRecord, read_rois, read_worker, read_zlut
+from ._records import RoiTable, WorkerRecord, file_sha256, read_rois, read_worker, read_zlut
 from ._roi_table import MIN_ROI_SIZE, ROI_DTYPE, as_roi_table, validate_rois
 from ._warmup import synthetic_bead, warmup
 from .find_beads import BeadCandidates, find_beads, roi_origin
@@ -63,6 +64,7 @@ __all__ = [
     "ZLUTMismatchError",
     "as_roi_table",
     "build_zlut",
+    "file_sha256",
     "find_beads",
     "locate_xy",
     "locate_xy_reference",

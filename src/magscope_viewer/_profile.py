@@ -10,14 +10,13 @@ generation); :class:`ZlutFile` loads it read-only and again when the generation 
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from magscope_tracking import ZLUT, RoiTable, TrackOptions, TrackStatus, track
+from magscope_tracking import ZLUT, RoiTable, TrackOptions, TrackStatus, file_sha256, track
 
 _OPTIONS = TrackOptions(return_profiles=True)
 
@@ -70,7 +69,7 @@ class ZlutFile:
             self.message = "no Z-LUT loaded"
             return True
         try:
-            if sha256 and _sha256(Path(path)) != sha256:
+            if sha256 and file_sha256(Path(path)) != sha256:
                 raise ValueError("the file changed since the tracker loaded it")
             self.zlut = ZLUT.load(path)
             self.loads += 1
@@ -78,14 +77,6 @@ class ZlutFile:
         except Exception as exc:  # show why; the tracker keeps its own copy
             self.message = f"Z-LUT {path} not shown: {type(exc).__name__}: {exc}"
         return True
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def lut_profile_at(zlut: ZLUT, index: int, z_nm: float) -> np.ndarray | None:
