@@ -16,11 +16,12 @@ from bluesky import RunEngine
 from bluesky.utils import FailedStatus
 from ophyd_async.core import init_devices
 
-from magscope_devices import BeadRois, make_simulated_microscope, rois_from_centres
+from magscope_devices import BeadRois, make_simulated_microscope
 from magscope_devices.sim.world import SimParams
 from magscope_ipc.shm import list_segments
 from magscope_session._document_writer import SpoolingTiledWriter
 from magscope_tracking.track_file import read_track_file
+from tracking_sim import true_rois, truth_now
 
 pytestmark = pytest.mark.system
 
@@ -47,17 +48,8 @@ def microscope(RE, tiled_server):
     assert list_segments("trktest") == []
 
 
-def _truth_now(mic):
-    _, _, index = mic.camera.latest_frame()
-    return mic.truth.frame(index)
-
-
 def _select_true_beads(RE, mic, ids=None):
-    truth = _truth_now(mic)
-    ids = np.arange(len(truth)) if ids is None else np.asarray(ids)
-    table = rois_from_centres(
-        ids, truth["x_nm"][ids] / NM_PER_PX, truth["y_nm"][ids] / NM_PER_PX, ROI
-    )
+    table = true_rois(truth_now(mic), ids, roi=ROI, nm_per_px=NM_PER_PX)
     RE(bps.mv(mic.tracker.rois, table))
     return table
 
@@ -72,7 +64,7 @@ def test_read_gives_per_bead_means_close_to_the_truth(RE, microscope):
     ids = np.asarray(data["microscope-tracker-bead_id"])
     assert list(ids) == list(range(24))
     x_mean = np.asarray(data["microscope-tracker-x_nm_mean"])
-    truth = _truth_now(microscope)
+    truth = truth_now(microscope)
     # beads move (Brownian motion, drift): compare with the truth of the same frames below;
     # here only that every bead was found near where it is
     assert np.all(np.abs(x_mean - truth["x_nm"]) < 300.0)
@@ -159,7 +151,7 @@ def test_find_beads_selects_the_beads_in_the_frame(RE, microscope):
 
     call_in_bluesky_event_loop(microscope.tracker.find_beads())
     rois = RE(bps.rd(microscope.tracker.rois)).plan_result
-    truth = _truth_now(microscope)
+    truth = truth_now(microscope)
     centres = np.stack([rois.x0_px + ROI // 2, rois.y0_px + ROI // 2], axis=1) * NM_PER_PX
     true_xy = np.stack([truth["x_nm"], truth["y_nm"]], axis=1)
     nearest = np.min(np.linalg.norm(centres[:, None, :] - true_xy[None, :, :], axis=2), axis=1)
@@ -182,7 +174,7 @@ def test_health_counters_account_for_every_frame(RE, microscope):
 def test_beads_are_added_moved_and_removed_by_stable_id(RE, microscope):
     from magscope_plans import add_bead, move_bead, remove_beads
 
-    truth = _truth_now(microscope)
+    truth = truth_now(microscope)
     _select_true_beads(RE, microscope, ids=[0, 1, 2])
     new_id = RE(add_bead(
         microscope.tracker, truth["x_nm"][5] / NM_PER_PX, truth["y_nm"][5] / NM_PER_PX

@@ -15,10 +15,11 @@ from bluesky import RunEngine
 from ophyd_async.core import init_devices
 from PyQt5 import QtCore
 
-from magscope_devices import make_simulated_microscope, rois_from_centres
+from magscope_devices import make_simulated_microscope
 from magscope_devices.sim.world import SimParams
 from magscope_ipc.shm import list_segments
 from magscope_viewer import InstanceNotFoundError, LiveSource, ViewerWindow
+from tracking_sim import true_rois, truth_now
 
 pytestmark = pytest.mark.system
 
@@ -48,11 +49,7 @@ def scope(RE, tmp_path_factory):
     holder = {"mic": _start(data_dir), "data_dir": data_dir}
     mic = holder["mic"]
     RE(bps.mv(mic.magnet_z, 2.0))
-    _, _, index = mic.camera.latest_frame()
-    truth = mic.truth.frame(index)
-    ids = np.arange(len(truth))
-    RE(bps.mv(mic.tracker.rois, rois_from_centres(
-        ids, truth["x_nm"] / NM_PER_PX, truth["y_nm"] / NM_PER_PX, ROI)))
+    RE(bps.mv(mic.tracker.rois, true_rois(truth_now(mic), roi=ROI, nm_per_px=NM_PER_PX)))
     yield holder
     holder["mic"].close()
     assert list_segments(INSTANCE) == []

@@ -13,18 +13,20 @@ import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 import numpy as np
 import pytest
+import pytestqt.exceptions
 from bluesky import RunEngine
 from bluesky.utils import DuringTask
 from ophyd_async.core import init_devices
 from PyQt5 import QtCore, QtGui, QtWidgets
 from PyQt5.QtTest import QTest
 
-from magscope_devices import make_simulated_microscope, rois_from_centres
+from magscope_devices import make_simulated_microscope
 from magscope_devices.sim.world import SimParams
 from magscope_ipc.shm import list_segments
 from magscope_session._command_server import start_command_server
 from magscope_session._viewer_commands import discovery_path
 from magscope_viewer import CommandClient, LiveSource, ViewerWindow
+from tracking_sim import true_rois, truth_now
 
 pytestmark = pytest.mark.system
 
@@ -72,21 +74,13 @@ def window(server, qapp):
     win.close()
 
 
-def _truth(mic):
-    _, _, index = mic.camera.latest_frame()
-    return mic.truth.frame(index)
-
-
 def _rois(RE, mic) -> dict[int, tuple[int, int]]:
     table = RE(bps.rd(mic.tracker.rois)).plan_result
     return {int(b): (int(x), int(y)) for b, x, y in zip(table.bead_id, table.x0_px, table.y0_px, strict=True)}
 
 
 def _set_rois(RE, mic, ids):
-    truth = _truth(mic)
-    ids = np.asarray(ids)
-    RE(bps.mv(mic.tracker.rois, rois_from_centres(
-        ids, truth["x_nm"][ids] / NM_PER_PX, truth["y_nm"][ids] / NM_PER_PX, ROI)))
+    RE(bps.mv(mic.tracker.rois, true_rois(truth_now(mic), ids, roi=ROI, nm_per_px=NM_PER_PX)))
 
 
 def _show(qtbot, win, RE, mic):
@@ -103,7 +97,13 @@ def _show(qtbot, win, RE, mic):
 
 
 def _reply(qtbot, win, before: int):
-    qtbot.waitUntil(lambda: win.commands.replies > before, timeout=10_000)
+    try:
+        qtbot.waitUntil(lambda: win.commands.replies > before, timeout=10_000)
+    except pytestqt.exceptions.TimeoutError as err:  # say what the window showed: sent, refused locally, none
+        raise AssertionError(
+            f"no reply in 10 s; busy={win.commands.busy}, reply line "
+            f"{win.commands.label.text()!r}, status {win.status.text()!r}"
+        ) from err
     return win.commands.last_reply
 
 
@@ -127,7 +127,7 @@ def test_click_adds_drag_moves_right_click_removes(qtbot, RE, mic, window):
     _set_rois(RE, mic, [0, 1, 2])
     _show(qtbot, window, RE, mic)
     cam = window.camera
-    truth = _truth(mic)
+    truth = truth_now(mic)
     point = cam.scene_point(truth["x_nm"][8] / NM_PER_PX, truth["y_nm"][8] / NM_PER_PX)
     x, y = _view_pos(window, point)
 
@@ -185,7 +185,7 @@ def test_auto_select_button_tracks_the_beads_found(qtbot, RE, mic, window):
     assert reply.ok, reply.message
     found = len(reply.result)
     assert reply.message == f"auto-selected {found} beads"
-    assert found >= len(_truth(mic)) - 2
+    assert found >= len(truth_now(mic)) - 2
     assert len(_rois(RE, mic)) == found
 
 
@@ -199,7 +199,7 @@ def test_a_command_while_a_plan_runs_is_refused_and_changes_nothing(qtbot, RE, m
     runner.start()
     try:
         qtbot.waitUntil(lambda: RE.state == "running", timeout=5_000)
-        truth = _truth(mic)
+        truth = truth_now(mic)
         point = window.camera.scene_point(truth["x_nm"][8] / NM_PER_PX, truth["y_nm"][8] / NM_PER_PX)
         n = window.commands.replies
         QTest.mouseClick(window.camera.viewport(), LEFT, QtCore.Qt.KeyboardModifier.NoModifier, point)

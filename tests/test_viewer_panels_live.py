@@ -14,11 +14,12 @@ import pytest
 from bluesky import RunEngine
 from ophyd_async.core import init_devices
 
-from magscope_devices import make_simulated_microscope, rois_from_centres
+from magscope_devices import make_simulated_microscope
 from magscope_devices.sim.world import SimParams
 from magscope_ipc.shm import list_segments
 from magscope_plans._zlut import zlut_sweep
 from magscope_viewer import LiveSource, ViewerWindow
+from tracking_sim import true_rois, truth_now
 
 pytestmark = pytest.mark.system
 
@@ -43,11 +44,7 @@ def mic(RE, tmp_path_factory):
         )
     while mic.camera.process.ring.count < 2:
         time.sleep(0.01)
-    _, _, index = mic.camera.latest_frame()
-    truth = mic.truth.frame(index)
-    ids = np.arange(6)
-    RE(bps.mv(mic.tracker.rois, rois_from_centres(
-        ids, truth["x_nm"][ids] / NM_PER_PX, truth["y_nm"][ids] / NM_PER_PX, ROI)))
+    RE(bps.mv(mic.tracker.rois, _rois_of(mic, range(6))))
     yield mic
     mic.close()
     assert list_segments(INSTANCE) == []
@@ -163,8 +160,4 @@ def test_profile_panel_matches_the_zlut_at_the_tracked_z(qtbot, mic, window, RE)
 
 
 def _rois_of(mic, ids):
-    _, _, index = mic.camera.latest_frame()
-    truth = mic.truth.frame(index)
-    ids = np.asarray(ids)
-    return rois_from_centres(ids, truth["x_nm"][ids] / NM_PER_PX,
-                             truth["y_nm"][ids] / NM_PER_PX, ROI)
+    return true_rois(truth_now(mic), list(ids), roi=ROI, nm_per_px=NM_PER_PX)

@@ -19,8 +19,9 @@ from bluesky import RunEngine
 from ophyd_async.core import init_devices
 from PyQt5 import QtGui
 
-from magscope_devices import make_simulated_microscope, rois_from_centres
+from magscope_devices import make_simulated_microscope
 from magscope_devices.sim.world import SimParams
+from tracking_sim import true_rois, truth_now
 
 pytestmark = pytest.mark.system
 
@@ -67,10 +68,8 @@ def scope(tmp_path_factory):
         )
     try:
         RE(bps.mv(mic.magnet_z, 2.0))
-        _, _, index = mic.camera.latest_frame()
-        truth = mic.truth.frame(index)
-        RE(bps.mv(mic.tracker.rois, rois_from_centres(
-            np.arange(len(truth)), truth["x_nm"] / NM_PER_PX, truth["y_nm"] / NM_PER_PX, 64)))
+        truth = truth_now(mic)
+        RE(bps.mv(mic.tracker.rois, true_rois(truth, nm_per_px=NM_PER_PX)))
         yield mic, truth
     finally:
         mic.close()

@@ -14,6 +14,7 @@ from magscope_devices.sim.world import SimParams
 from magscope_plans._zlut import zlut_cache_path, zlut_sweep
 from magscope_tracking import ZLUT
 from magscope_tracking.track_file import read_track_file
+from tracking_sim import true_rois, truth_now
 
 pytestmark = pytest.mark.system
 
@@ -41,12 +42,7 @@ def _select(RE, mic, ids):
 
     while mic.camera.process.ring.count < 2:
         time.sleep(0.01)
-    _, _, index = mic.camera.latest_frame()
-    truth = mic.truth.frame(index)
-    ids = np.asarray(ids)
-    RE(bps.mv(mic.tracker.rois, rois_from_centres(
-        ids, truth["x_nm"][ids] / NM_PER_PX, truth["y_nm"][ids] / NM_PER_PX, 64
-    )))
+    RE(bps.mv(mic.tracker.rois, true_rois(truth_now(mic), ids, nm_per_px=NM_PER_PX)))
 
 
 def test_sweep_refuses_bad_input_before_moving(RE, microscope):

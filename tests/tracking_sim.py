@@ -87,3 +87,21 @@ def sweep(z_lo_nm: float, z_hi_nm: float, step_nm: float, repeats: int, **kw):
     kw.setdefault("offsets", np.array([0.21, -0.33]))
     images, _ = render_rois(zz, **kw)
     return images, zz
+
+
+def truth_now(mic):
+    """The simulator's truth (x_nm, y_nm, z_nm per bead) of the newest camera frame of a
+    running simulated microscope."""
+    _, _, index = mic.camera.latest_frame()
+    return mic.truth.frame(index)
+
+
+def true_rois(truth, ids=None, *, roi: int = 64, nm_per_px: float = 100.0):
+    """An ROI table (``roi`` px boxes) centred on the true positions in ``truth`` of beads
+    ``ids`` (default: every bead)."""
+    from magscope_devices import rois_from_centres
+
+    ids = np.arange(len(truth)) if ids is None else np.asarray(ids)
+    return rois_from_centres(
+        ids, truth["x_nm"][ids] / nm_per_px, truth["y_nm"][ids] / nm_per_px, roi
+    )
