@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test test-serial checks test-fast numba-cache soak lint typecheck layers venv bench clean xvfb
+.PHONY: screenshots demo test test-serial checks test-fast numba-cache soak lint typecheck layers venv bench clean xvfb
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,14 @@ test-fast: numba-cache
 # the long tests kept out of `make test` (minutes each): run them on purpose
 soak: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -p no:cacheprovider -m soak --durations=0 $(PYTEST_ARGS)
+
+# the screenshots of docs/viewer.md, rendered by Qt's xcb platform in Debian's Xvfb
+XVFB_RUN := xvfb-run -a -s "-screen 0 1600x1000x24" env QT_QPA_PLATFORM=xcb
+screenshots: $(STAMP) xvfb
+	$(XVFB_RUN) $(BIN)/python docs/images/viewer_screenshot.py --zlut --seconds 13
+	$(XVFB_RUN) MAGSCOPE_SCREENSHOT_DIR=docs/images $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/test_viewer_panels_live.py tests/test_viewer_run_stream.py \
+		tests/test_viewer_run_browser.py::test_a_past_run_opens_from_tiled_in_the_same_panels
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

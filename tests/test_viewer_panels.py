@@ -105,6 +105,11 @@ def test_axes_panel_shows_the_record_and_asks_for_moves(owned, window, qtbot):
     window.refresh_panels(everything=True)
     assert panel.moving["magnet_z_mm"].text() == "idle"
     assert panel.values["force_pn"].text() == "4.25 pN" and panel.go["force_pn"].isEnabled()
+    # the box keeps what the user typed until a move made elsewhere changes the setpoint
+    assert panel.targets["magnet_z_mm"].value() == 3.25
+    writer.write({"magnet_z_mm_setpoint": 4.0})
+    window.refresh_panels(everything=True)
+    assert panel.targets["magnet_z_mm"].value() == 4.0
 
 
 def test_health_panel_shows_counters_and_the_worker(owned, window):

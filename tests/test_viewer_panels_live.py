@@ -104,7 +104,6 @@ def test_axes_panel_follows_a_magnet_move(qtbot, mic, window, RE):
     _until(qtbot, window, lambda: panel.values["magnet_z_mm"].text() == "2.000 mm",
            what="magnet at 2 mm")
     assert window.source.axes()["focus_nm"].value == RE(bps.rd(mic.focus)).plan_result
-    _shot(window, qtbot, "viewer-panels-axes.png")
 
 
 def test_health_panel_shows_workers_and_the_frame_rate(qtbot, mic, window):

@@ -3,6 +3,7 @@ RunEngine (fast), and the run panel subscribed to a real 0MQ proxy process (syst
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 
@@ -194,7 +195,14 @@ def test_the_panel_follows_a_plan_through_a_real_proxy(qtbot, proxy, RE, det, tm
     qtbot.waitUntil(lambda: panel.context.exit_status == "success", timeout=5000)
 
     states: list[tuple[str | None, float | None]] = []
-    panel.changed.connect(lambda: states.append((panel.plan_running(), panel.context.progress)))
+    shot_dir = os.environ.get("MAGSCOPE_SCREENSHOT_DIR")  # keep a mid-run screenshot here
+
+    def changed():
+        states.append((panel.plan_running(), panel.context.progress))
+        if shot_dir and panel.context.progress == 0.5:
+            panel.grab().save(os.path.join(shot_dir, "viewer-run-panel.png"))
+
+    panel.changed.connect(changed)
 
     @bpp.run_decorator(md={"plan_name": "focus_scan", "num_points": 6, "sample": "hairpin"})
     def focus_scan():

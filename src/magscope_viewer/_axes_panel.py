@@ -64,6 +64,7 @@ class AxesPanel(QtWidgets.QWidget):
         self.targets: dict[str, QtWidgets.QDoubleSpinBox] = {}
         self.go: dict[str, QtWidgets.QPushButton] = {}
         self._limits_shown: dict[str, tuple[float, float]] = {}
+        self._setpoints_shown: dict[str, float] = {}
 
         grid = QtWidgets.QGridLayout()
         grid.setHorizontalSpacing(10)
@@ -161,6 +162,16 @@ class AxesPanel(QtWidgets.QWidget):
                 if not math.isfinite(axis.value) or not self._limits_shown.get(key):
                     self.targets[key].setValue(axis.value if math.isfinite(axis.value) else axis.low)
                 self._limits_shown[key] = (axis.low, axis.high)
+            # a move made elsewhere (a plan, the prompt) becomes the box's new target,
+            # unless the user is typing in it
+            if (
+                usable
+                and math.isfinite(axis.setpoint)
+                and self._setpoints_shown.get(key) != axis.setpoint
+                and not self.targets[key].hasFocus()
+            ):
+                self.targets[key].setValue(axis.setpoint)
+                self._setpoints_shown[key] = axis.setpoint
             # a force needs a calibration: without one, nothing to ask for
             self.go[key].setEnabled(usable)
             self.targets[key].setEnabled(usable)

@@ -196,6 +196,8 @@ class KymographView(pg.GraphicsLayoutWidget):
         self.plot = self.addPlot()
         _time_axis(self.plot)
         self.plot.setLabel("left", "bead id")
+        for side in ("left", "bottom"):  # ids and seconds: no "x0.001" prefixes on an empty plot
+            self.plot.getAxis(side).enableAutoSIPrefix(False)
         self.plot.invertY(True)
         self.image = pg.ImageItem(axisOrder="row-major")
         self.image.setColorMap(pg.colormap.get("viridis"))
