@@ -129,6 +129,25 @@ def test_joined_late_shows_what_it_can(RE, det):
     assert ctx.events["primary"] == 3
 
 
+def test_progress_counts_the_stream_the_start_document_names(RE, det):
+    @bpp.run_decorator(md={"plan_name": "steps", "num_points": 4, "progress_stream": "extension"})
+    def steps():
+        for k in range(4):
+            yield from bps.trigger_and_read([det], name="extension")
+            yield from bps.trigger_and_read([det])  # primary events do not count here
+            if k == 1:
+                seen.append(ctx.progress)
+
+    ctx = RunContext()
+    seen: list[float | None] = []
+    token = RE.subscribe(ctx.update)
+    try:
+        RE(steps())
+    finally:
+        RE.unsubscribe(token)
+    assert seen == [0.5] and ctx.progress == 1.0 and ctx.events["primary"] == 4
+
+
 def test_failed_and_aborted_runs_say_why(RE, det):
     @bpp.run_decorator(md={"plan_name": "broken"})
     def broken():

@@ -230,6 +230,8 @@ def force_calibration(
         exposure_s=exposure,
         bead_radius_nm=radius,
         bead_rois=rois_metadata((yield from bps.rd(tracker.rois)), sel.beads.tolist()),
+        num_points=len(heights),
+        progress_stream="calibration",
     )
 
     yield from set_layouts(tracker, sel.beads, per_height, fit_record)

@@ -187,6 +187,8 @@ def force_extension(
         sel,
         md,
         force_calibration_file=str((yield from bps.rd(microscope.force.calibration_file))),
+        num_points=len(forces),
+        progress_stream="extension",
     )
 
     @bpp.stage_decorator([microscope])
@@ -290,6 +292,8 @@ def rotation_extension(
         sel,
         md,
         turns_start=turns0,
+        num_points=len(steps_turns),
+        progress_stream="extension",
     )
 
     @bpp.stage_decorator([microscope])

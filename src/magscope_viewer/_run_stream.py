@@ -110,6 +110,7 @@ class RunContext:
     started_at: float | None = None
     stopped_at: float | None = None
     num_points: int | None = None
+    progress_stream: str = "primary"
     joined_late: bool = False
     exit_status: str | None = None
     reason: str = ""
@@ -159,6 +160,8 @@ class RunContext:
         points = doc.get("num_points")
         if isinstance(points, int | float) and not isinstance(points, bool) and points > 0:
             self.num_points = int(points)
+        stream = doc.get("progress_stream")
+        self.progress_stream = stream if isinstance(stream, str) and stream else "primary"
 
     def _join_late(self, run_uid: str | None, when: float | None) -> None:
         """A document of a run whose start was missed (or of another run than the last)."""
@@ -229,13 +232,14 @@ class RunContext:
 
     @property
     def progress(self) -> float | None:
-        """Fraction (0..1) of the announced points done (``primary`` events over
-        ``num_points``; 1 after a successful stop); None when the run did not say."""
+        """Fraction (0..1) of the announced points done (events of the start document's
+        ``progress_stream``, default ``primary``, over ``num_points``; 1 after a
+        successful stop); None when the run did not say."""
         if self.state == FINISHED and self.exit_status == "success" and self.num_points:
             return 1.0
         if not self.num_points:
             return None
-        return min(1.0, self.events.get("primary", 0) / self.num_points)
+        return min(1.0, self.events.get(self.progress_stream, 0) / self.num_points)
 
     def elapsed_s(self, now: float | None = None) -> float | None:
         """Seconds since the start (until the stop once finished); None if unknown."""
