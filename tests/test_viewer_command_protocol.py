@@ -52,13 +52,16 @@ def test_each_command_names_an_exported_plan_stub_allowed_in_the_queue():
      PlanCall("auto_select", "auto_select_beads", "microscope.tracker", {"max_beads": 20})),
     ("move_axes", {"magnet_z_mm": 2, "focus_nm": None},
      PlanCall("move_axes", "move_axes", "microscope", {"magnet_z_mm": 2.0})),
+    ("lock_focus", None, PlanCall("lock_focus", "lock_focus", "microscope", {})),
+    ("unlock_xy", {}, PlanCall("unlock_xy", "unlock_xy", "microscope", {})),
 ])
 def test_allowed_commands_become_plan_calls(command, args, call):
     assert plan_call(command, args) == call
 
 
 @pytest.mark.parametrize("command, args, message", [
-    ("set_rois", {}, "refused: unknown command 'set_rois'; allowed: add_bead, auto_select, move_axes, move_bead, remove_beads"),
+    ("lock_focus", {"target_nm": 3.0}, "refused: lock_focus: unknown argument 'target_nm'"),
+    ("set_rois", {}, "refused: unknown command 'set_rois'; allowed: add_bead, auto_select, lock_focus, lock_xy, move_axes, move_bead, remove_beads, unlock_focus, unlock_xy"),
     (None, {}, "refused: unknown command None"),
     ("add_bead", [1, 2], "refused: add_bead: args must be a dict of named values"),
     ("add_bead", {"x_px": 1.0}, "refused: add_bead: y_px is missing"),

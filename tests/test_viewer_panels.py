@@ -96,9 +96,27 @@ def test_axes_panel_shows_the_record_and_asks_for_moves(owned, window, qtbot):
     with qtbot.waitSignal(panel.move_requested, timeout=1000) as signal:
         panel.go["magnet_z_mm"].click()
     assert signal.args == [{"magnet_z_mm": 3.25}]
-    # locks: said to be absent, toggles disabled
-    assert "No lock configured" in panel.lock_status.text()
+    # locks: none in the record, said so, toggles disabled
+    assert "No bead locks" in panel.lock_status.text() and panel.lock_status.isVisibleTo(panel)
     assert not any(t.isEnabled() for t in panel.lock_toggles.values())
+    # a focus lock that holds, an XY lock that is off: shown, and the toggles ask
+    writer.write({"focus_lock_enabled": 1, "focus_lock_locked": 1, "focus_lock_error_nm": -0.4,
+                  "focus_lock_moves": 12, "xy_lock_enabled": 0, "xy_lock_locked": 0,
+                  "xy_lock_error_nm": 80.0, "xy_lock_moves": 3})
+    window.refresh_panels(everything=True)
+    assert panel.lock_states["Z lock"].text() == "locked, error -0.4 nm, 12 moves"
+    assert panel.lock_states["XY lock"].text() == "off (3 moves)"
+    assert panel.lock_toggles["Z lock"].isChecked() and not panel.lock_toggles["XY lock"].isChecked()
+    assert not panel.lock_status.isVisibleTo(panel)
+    with qtbot.waitSignal(panel.lock_requested, timeout=1000) as signal:
+        panel.lock_toggles["XY lock"].click()
+    assert signal.args == ["lock_xy"]
+    with qtbot.waitSignal(panel.lock_requested, timeout=1000) as signal:
+        panel.lock_toggles["Z lock"].click()
+    assert signal.args == ["unlock_focus"]
+    writer.write({"focus_lock_locked": 0, "focus_lock_error_nm": 35.0})
+    window.refresh_panels(everything=True)
+    assert panel.lock_states["Z lock"].text().startswith("NOT locked, error +35.0 nm")
     # the move arrives: idle; a calibration: the force shows
     writer.write({"magnet_z_mm": 3.0, "force_pn": 4.25, "force_pn_low": 0.1,
                   "force_pn_high": 60.0})

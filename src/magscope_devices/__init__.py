@@ -14,6 +14,8 @@ The devices a user builds and drives, flat::
   arrays, :class:`BeadLayout`);
 - the axes in shared memory, for other processes (the viewer): :func:`read_axes` ->
   :class:`AxesReadback` (one :class:`AxisReadback` per key of :data:`AXES`);
+- the bead locks (children of the microscope, threads beside the tracker):
+  :class:`FocusLock`, :class:`XYLock`;
 - refusals: :class:`LimitError`, :class:`ForceRangeError`, :class:`NoForceCalibrationError`,
   :class:`InstrumentBusyError`.
 
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from ._camera import Camera, CameraLimits
     from ._force import Force, NoForceCalibrationError
     from ._force_curve import ForceCalibration, ForceRangeError, magnet_force_pn
+    from ._locks import FocusLock, XYLock
     from ._microscope import Microscope, make_simulated_microscope
     from ._motors import FocusStage, LimitError, MagnetRotation, MagnetZ
     from ._ownership import InstrumentBusyError
@@ -53,6 +56,7 @@ _SOURCES = {
     "BeadTracker": "._bead_tracker",
     "Camera": "._camera",
     "CameraLimits": "._camera",
+    "FocusLock": "._locks",
     "FocusStage": "._motors",
     "Force": "._force",
     "ForceCalibration": "._force_curve",
@@ -68,6 +72,7 @@ _SOURCES = {
     "magnet_force_pn": "._force_curve",
     "make_simulated_microscope": "._microscope",
     "rois_from_centres": "._bead_rois",
+    "XYLock": "._locks",
 }
 
 __all__ = [
@@ -79,6 +84,7 @@ __all__ = [
     "BeadTracker",
     "Camera",
     "CameraLimits",
+    "FocusLock",
     "FocusStage",
     "Force",
     "ForceCalibration",
@@ -91,6 +97,7 @@ __all__ = [
     "MicroscopeSummary",
     "NoForceCalibrationError",
     "SimParams",
+    "XYLock",
     "magnet_force_pn",
     "make_simulated_microscope",
     "read_axes",

@@ -12,7 +12,10 @@ readback), ``key_setpoint``, ``key_low`` and ``key_high`` (its limits), all in t
 units, and ``key_moving`` (1 while the readback differs from the setpoint by more than
 the axis's display precision). ``force_pn`` is the force the loaded calibration gives at
 the magnet's current height (NaN without a calibration); its limits are the calibrated
-range. ``seq`` is a seqlock (odd while the owner writes; :func:`read_axes` reads between
+range. The bead locks' state is there too (:data:`LOCK_FIELDS`, NaN without locks):
+``focus_lock_enabled``/``_locked`` (0 or 1), ``focus_lock_error_nm``,
+``focus_lock_moves``, ``xy_lock_enabled``/``_locked``, ``xy_lock_error_nm``,
+``xy_lock_moves``. ``seq`` is a seqlock (odd while the owner writes; :func:`read_axes` reads between
 two equal, even values), ``updated`` the UNIX time (s) of the last write.
 """
 
@@ -23,7 +26,7 @@ import os
 import time
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +35,8 @@ import numpy as np
 from magscope_ipc.shm import SharedRecord, segment_name
 
 __all__ = [
-    "AXES", "AXES_DTYPE", "AxesLink", "AxesReadback", "AxesRecordWriter", "AxisReadback",
-    "read_axes",
+    "AXES", "AXES_DTYPE", "LOCK_FIELDS", "AxesLink", "AxesReadback", "AxesRecordWriter",
+    "AxisReadback", "read_axes",
 ]
 
 #: (key, units, tolerance of the moving flag in those units) of every mirrored axis; the
@@ -48,11 +51,19 @@ AXES: tuple[tuple[str, str, float | None], ...] = (
 )
 _SUFFIXES = ("", "_setpoint", "_low", "_high")
 
+#: (lock, signal) pairs mirrored as ``<lock>_<signal>``: the bead locks' state.
+LOCK_FIELDS: tuple[str, ...] = tuple(
+    f"{lock}_{signal}"
+    for lock in ("focus_lock", "xy_lock")
+    for signal in ("enabled", "locked", "error_nm", "moves")
+)
+
 #: The record's layout (see the module docstring).
 AXES_DTYPE = np.dtype(
     [("seq", "<i8"), ("updated", "<f8"), ("owner_pid", "<i8")]
     + [(key + suffix, "<f8") for key, _, _ in AXES for suffix in _SUFFIXES]
     + [(key + "_moving", "<i8") for key, _, _ in AXES]
+    + [(name, "<f8") for name in LOCK_FIELDS]
 )
 
 
@@ -73,13 +84,15 @@ class AxisReadback:
 class AxesReadback:
     """All axes of one consistent read of the record; ``axes[key]`` per :data:`AXES` key.
 
-    ``seq``: the write counter (twice the writes); ``updated``: UNIX s of the last write.
+    ``seq``: the write counter (twice the writes); ``updated``: UNIX s of the last write;
+    ``locks``: the :data:`LOCK_FIELDS` (NaN: no such lock).
     """
 
     seq: int
     updated: float
     owner_pid: int
     axes: dict[str, AxisReadback]
+    locks: dict[str, float] = field(default_factory=dict)
 
     def __getitem__(self, key: str) -> AxisReadback:
         return self.axes[key]
@@ -106,7 +119,7 @@ def read_axes(record: SharedRecord, attempts: int = 10) -> AxesReadback | None:
         }
         return AxesReadback(
             seq=seq, updated=float(values["updated"]), owner_pid=int(values["owner_pid"]),
-            axes=axes,
+            axes=axes, locks={name: float(values[name]) for name in LOCK_FIELDS},
         )
     return None
 
@@ -120,6 +133,7 @@ class AxesRecordWriter:
         self.values: dict[str, float] = {
             key + suffix: math.nan for key, _, _ in AXES for suffix in _SUFFIXES
         }
+        self.values.update({name: math.nan for name in LOCK_FIELDS})
         record["owner_pid"] = os.getpid()
         self.write({})
 

@@ -371,7 +371,11 @@ class BeadTracker(StandardDetector):
         self.nm_per_px, _ = soft_signal_r_and_setter(float, self._nm_per_px, units="nm/px")
         self.zlut_uid, _ = soft_signal_r_and_setter(str, getter=lambda: self._zlut_uid)
         self.bead_radius_nm = soft_signal_rw(float, bead_radius_nm, units="nm")
-        self.reference_beads = soft_signal_rw(Array1D[np.int32], np.zeros(0, np.int32))
+        # kept in a plain attribute too: the focus lock's thread reads reference_ids()
+        self._reference_ids = np.zeros(0, np.int32)
+        self.reference_beads = soft_signal_rw(
+            Array1D[np.int32], np.zeros(0, np.int32), setter=self._set_reference_beads
+        )
         self.height_offsets = soft_signal_rw(BeadHeights, BeadHeights.empty())
         self.window_frames = soft_signal_rw(
             int, window_frames, setter=self._set_window, units="frames"
@@ -440,6 +444,14 @@ class BeadTracker(StandardDetector):
             return getattr(self.service.health(), field)
 
         return get
+
+    def _set_reference_beads(self, value: Any) -> None:
+        ids = np.asarray(value if value is not None else [], dtype=np.int32).reshape(-1)
+        self._reference_ids = ids.copy()
+
+    def reference_ids(self) -> np.ndarray:
+        """The reference bead ids now (a copy; any thread)."""
+        return self._reference_ids.copy()
 
     def _get_rois(self) -> BeadRois:
         if self.service is None:

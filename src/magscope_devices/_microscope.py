@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import uuid
 import weakref
 from pathlib import Path
@@ -34,6 +35,7 @@ from ._axes_record import AxesLink
 from ._bead_tracker import BeadTracker
 from ._camera import Camera, CameraLimits
 from ._force import Force
+from ._locks import FocusLock, XYLock
 from ._motors import FocusStage, MagnetRotation, MagnetZ
 from ._ownership import InstrumentLock
 from ._summary import MicroscopeSummary, read_summary
@@ -70,6 +72,7 @@ class SimulationLink:
         self.inputs["magnet_z_mm"] = magnet_z_mm
         self.inputs["magnet_turns"] = magnet_turns
         self.inputs["focus_nm"] = focus_nm
+        self.inputs["drift_speed"] = 1.0
         n_beads = self.params.n_tethered + self.params.n_reference
         self.truth_ring = SlotRing.create(self.truth_name, TRUTH_CAPACITY, (n_beads,), TRUTH_DTYPE)
         self._finalizer = weakref.finalize(self, _unlink, self.inputs_name, self.truth_name)
@@ -77,6 +80,13 @@ class SimulationLink:
     def update(self, field: str, value: float) -> None:
         if self.inputs is not None:
             self.inputs[field] = value
+
+    def set_drift_speed(self, speed: float) -> None:
+        """Run the simulated stage drift's clock at ``speed`` (1: as ``SimParams`` says,
+        0: the stage holds still where it is; no jump either way)."""
+        if not (math.isfinite(speed) and speed >= 0):
+            raise ValueError(f"drift speed {speed!r} must be a finite number >= 0")
+        self.update("drift_speed", float(speed))
 
     def mirror(self, field: str, signal) -> None:
         """Copy every new reading of ``signal`` into the inputs record's ``field``."""
@@ -129,6 +139,8 @@ class _MicroscopeConnector(DeviceConnector):
             link.mirror("magnet_turns", device.magnet_rotation.readback)
             link.mirror("focus_nm", device.focus.readback)
             device._mirrored = True
+        for lock in device.locks():
+            lock.start_loop(asyncio.get_running_loop())
         axes: AxesLink | None = device.axes_link
         if axes is not None and not axes.is_open:
             axes.open()
@@ -140,11 +152,16 @@ class _MicroscopeConnector(DeviceConnector):
                 axes.mirror(key + "_setpoint", axis.setpoint)
                 axes.mirror(key + "_low", axis.low_limit)
                 axes.mirror(key + "_high", axis.high_limit)
+            for lock in device.locks():
+                prefix = "focus_lock" if lock is getattr(device, "focus_lock", None) else "xy_lock"
+                for signal in ("enabled", "locked", "error_nm", "moves"):
+                    axes.mirror(f"{prefix}_{signal}", getattr(lock, signal))
 
 
 class Microscope(StandardReadable):
-    """Camera, magnet height (mm), magnet rotation (turns), focus (nm) and the force on the
-    beads (pN, through the loaded force calibration) of one instrument.
+    """Camera, magnet height (mm), magnet rotation (turns), focus (nm), the force on the
+    beads (pN, through the loaded force calibration) and, with a tracker, the bead locks
+    (``focus_lock``, ``xy_lock``) of one instrument.
 
     ``read()`` gives the axes' positions; the camera is a detector of its own
     (``microscope.camera``), used in plans next to the microscope.
@@ -173,6 +190,9 @@ class Microscope(StandardReadable):
             self.magnet_rotation = magnet_rotation
             self.focus = focus
             self.force = Force(magnet_z)
+            if tracker is not None:  # the locks read the tracker's ring
+                self.focus_lock = FocusLock(tracker, focus)
+                self.xy_lock = XYLock(tracker)
         self.camera = camera
         if tracker is not None:
             self.tracker = tracker
@@ -192,6 +212,11 @@ class Microscope(StandardReadable):
         await asyncio.gather(
             StandardReadable.unstage(self), *(d.unstage() for d in self.detectors())
         )
+
+    def locks(self) -> list[FocusLock | XYLock]:
+        """The bead locks (none without a tracker)."""
+        return [lock for lock in (getattr(self, "focus_lock", None),
+                                  getattr(self, "xy_lock", None)) if lock is not None]
 
     def detectors(self) -> list[Any]:
         """The camera and, if present, the bead tracker."""
@@ -231,6 +256,8 @@ class Microscope(StandardReadable):
     def close(self) -> None:
         """Stop the tracking service and the camera process, release all shared memory
         (also the axes record). Idempotent."""
+        for lock in self.locks():
+            lock.stop_loop()
         tracker = getattr(self, "tracker", None)
         if tracker is not None:
             tracker.close()

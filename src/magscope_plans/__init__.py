@@ -12,7 +12,9 @@ The plans and plan stubs a user calls, flat like :mod:`bluesky.plans`::
   :func:`force_clamp`, :func:`focus_scan`, :func:`count_at_heights`;
 - bead stubs (no run): :func:`auto_select_beads`, :func:`find_reference_beads`,
   :func:`add_bead`, :func:`move_bead`, :func:`remove_beads`; axis moves (no run):
-  :func:`move_axes`;
+  :func:`move_axes`; the bead locks (no run): :func:`lock_focus`, :func:`unlock_focus`,
+  :func:`lock_xy`, :func:`unlock_xy`, :func:`focus_lock_suspended` (for plans that own
+  the focus), :class:`FocusLockSuspender` (pause while the focus lock is lost);
 - the instrument's safe state: :func:`restore_safe_state`, :func:`with_safe_finish`;
 - results of past runs loaded into the instrument: :func:`load_zlut`,
   :func:`load_force_calibration` (from a Tiled run), :func:`zlut_from_run`,
@@ -45,6 +47,14 @@ from ._force_calibration import (
 )
 from ._force_extension import force_extension, rotation_extension
 from ._force_protocols import force_clamp, force_ramp
+from ._locks import (
+    FocusLockSuspender,
+    focus_lock_suspended,
+    lock_focus,
+    lock_xy,
+    unlock_focus,
+    unlock_xy,
+)
 from ._recording import TrackRecorder
 from ._run_results import NoResultError, force_calibration_from_run, zlut_from_run
 from ._safety import restore_safe_state, with_safe_finish
@@ -53,6 +63,7 @@ from ._zlut import load_zlut, zlut_sweep
 __all__ = [
     "CALIBRATION_FIELDS",
     "FIT_FIELDS",
+    "FocusLockSuspender",
     "InstrumentNotReadyError",
     "NoResultError",
     "PlanArgumentError",
@@ -69,14 +80,19 @@ __all__ = [
     "force_calibration_from_run",
     "force_clamp",
     "force_extension",
+    "focus_lock_suspended",
     "force_ramp",
     "load_force_calibration",
     "load_zlut",
+    "lock_focus",
+    "lock_xy",
     "move_axes",
     "move_bead",
     "remove_beads",
     "restore_safe_state",
     "rotation_extension",
+    "unlock_focus",
+    "unlock_xy",
     "with_safe_finish",
     "zlut_from_run",
     "zlut_sweep",

@@ -11,6 +11,7 @@ from bluesky.utils import Msg
 from magscope_devices._microscope import Microscope
 
 from ._arguments import PlanArgs, PreflightError
+from ._locks import focus_lock_suspended
 from ._preflight import check_axis_limits, check_magnet_heights, check_microscope
 from ._safety import DEFAULT_SAFE_MAGNET_HEIGHT_MM, with_safe_finish
 
@@ -49,24 +50,31 @@ def focus_scan(
     num = args.count("num", num, minimum=2, what="a whole number of points")
     md = args.metadata("md", md)
     check_microscope(microscope, plan)
-    focus0 = yield from bps.rd(microscope.focus)
-    for argument, value in (("start_nm", start_nm), ("stop_nm", stop_nm)):
-        yield from check_axis_limits(
-            microscope.focus, [value], plan=plan, argument=argument, units="nm",
-            what="focus", relative_to=focus0, single=True,
+
+    def body() -> Generator[Msg, Any, str]:
+        focus0 = yield from bps.rd(microscope.focus)
+        for argument, value in (("start_nm", start_nm), ("stop_nm", stop_nm)):
+            yield from check_axis_limits(
+                microscope.focus, [value], plan=plan, argument=argument, units="nm",
+                what="focus", relative_to=focus0, single=True,
+            )
+        _md = {
+            "plan_name": "focus_scan",
+            "plan_args": {"start_nm": start_nm, "stop_nm": stop_nm, "num": num},
+            "focus_start_nm": focus0,
+        }
+        _md.update(md or {})
+        scan = bp.rel_scan(
+            camera_and_axes(microscope), microscope.focus, start_nm, stop_nm, num, md=_md
         )
-    _md = {
-        "plan_name": "focus_scan",
-        "plan_args": {"start_nm": start_nm, "stop_nm": stop_nm, "num": num},
-        "focus_start_nm": focus0,
-    }
-    _md.update(md or {})
-    scan = bp.rel_scan(camera_and_axes(microscope), microscope.focus, start_nm, stop_nm, num, md=_md)
-    return (
-        yield from with_safe_finish(
-            scan, microscope, safe_magnet_height_mm=None, restore_focus_nm=focus0
+        return (
+            yield from with_safe_finish(
+                scan, microscope, safe_magnet_height_mm=None, restore_focus_nm=focus0
+            )
         )
-    )
+
+    # the scan owns the focus: the focus lock (if on) holds still meanwhile
+    return (yield from focus_lock_suspended(body(), microscope))
 
 
 def count_at_heights(

@@ -25,6 +25,7 @@ from magscope_tracking.height_anchor import height_offsets_nm
 
 from ._arguments import PlanArgs, PlanArgumentError, PreflightError
 from ._bead_match import MAX_ROI_SHIFT_PX, match_beads
+from ._locks import focus_lock_suspended
 from ._preflight import check_axis_limits, check_microscope, read_layout
 from ._run_results import zlut_from_run, zlut_heights_from_run
 from ._safety import with_safe_finish
@@ -135,122 +136,127 @@ def zlut_sweep(
         )
     check_microscope(microscope, plan, tracker=True)
     tracker = microscope.tracker
-    rois: BeadRois = yield from bps.rd(tracker.rois)
-    table_ids = np.asarray(rois.bead_id, dtype=np.int64)
-    selected = table_ids
-    if wanted is not None:
-        missing = sorted(set(wanted) - set(table_ids.tolist()))
-        if missing:
+    def body() -> Generator[Msg, Any, str]:
+        rois: BeadRois = yield from bps.rd(tracker.rois)
+        table_ids = np.asarray(rois.bead_id, dtype=np.int64)
+        selected = table_ids
+        if wanted is not None:
+            missing = sorted(set(wanted) - set(table_ids.tolist()))
+            if missing:
+                raise PreflightError(
+                    f"{plan}: beads {missing} are not in the tracker's ROI table "
+                    f"{table_ids.tolist()}"
+                )
+            selected = table_ids[np.isin(table_ids, wanted)]  # in the ROI table's order
+        if selected.size == 0:
             raise PreflightError(
-                f"{plan}: beads {missing} are not in the tracker's ROI table "
-                f"{table_ids.tolist()}"
+                f"{plan}: no beads selected: set microscope.tracker.rois or run "
+                "`yield from bps.wait_for([microscope.tracker.find_beads])` first"
             )
-        selected = table_ids[np.isin(table_ids, wanted)]  # in the ROI table's order
-    if selected.size == 0:
-        raise PreflightError(
-            f"{plan}: no beads selected: set microscope.tracker.rois or run "
-            "`yield from bps.wait_for([microscope.tracker.find_beads])` first"
-        )
-    focus0 = yield from bps.rd(microscope.focus)
-    f_lo = yield from bps.rd(microscope.focus.low_limit)
-    f_hi = yield from bps.rd(microscope.focus.high_limit)
-    if focus0 + lo < f_lo or focus0 + hi > f_hi:
-        raise PlanArgumentError(
-            plan, "start_nm, stop_nm", (start_nm, stop_nm),
-            f"reach focus {focus0 + lo:g} .. {focus0 + hi:g} nm, outside the focus limits "
-            f"[{f_lo:g}, {f_hi:g}] nm",
-            f"a range within [{f_lo - focus0:g}, {f_hi - focus0:g}] nm of the focus now",
-        )
-    if magnet_z_mm is not None:
-        yield from check_axis_limits(
-            microscope.magnet_z, [magnet_z_mm], plan=plan, argument="magnet_z_mm",
-            units="mm", what="magnet height", single=True,
-        )
-    if wanted_refs is None:
-        refs = np.asarray((yield from bps.rd(tracker.reference_beads)), dtype=np.int64)
-    else:
-        refs = np.asarray(wanted_refs, dtype=np.int64)
-    refs = refs[np.isin(refs, selected)]
-    layout = dataclasses.replace(
-        (yield from read_layout(tracker)).select(selected), zlut_uid=""
-    )  # the images are not tracked: no Z-LUT gave them z
-    nm_per_px = layout.nm_per_px
-    images = ZLUTImages(name="zlut_images")
-    record = ZLUTRecord(name="zlut")
-    yield from ensure_connected(images, record)
-    yield from bps.mv(*images.layout_moves(layout))
-    yield from bps.mv(*record.layout_moves(layout))
-    _md = {
-        "plan_name": "zlut_sweep",
-        "plan_args": {
-            "start_nm": start_nm, "stop_nm": stop_nm, "step_nm": step_nm,
-            "frames_per_step": frames_per_step, "beads": selected.tolist(),
-            "magnet_z_mm": magnet_z_mm,
-        },
-        "zlut_bead_ids": selected.tolist(),
-        "bead_rois": layout.rois_metadata(),
-        "reference_bead_ids": refs.tolist(),
-        "focus_start_nm": focus0,
-    }
-    _md.update(md or {})
-    stacks: list[np.ndarray] = []
-    built: list[tuple[ZLUT, np.ndarray]] = []
-
-    def per_step(detectors, step, pos_cache, take_reading=None) -> Generator[Msg, Any, None]:
-        yield from bps.move_per_step(step, pos_cache)
-        yield from bps.sleep(settle_s)
-        (task,) = yield from bps.wait_for(
-            [functools.partial(tracker.grab_rois, frames_per_step)]
-        )
-        grabbed, ids, frame_index = task.result()
-        stack = grabbed[np.isin(ids, selected)]
-        stacks.append(stack)
-        yield from bps.mv(
-            images.images, stack, images.focus_offset_nm, float(step[microscope.focus] - focus0),
-            images.frame_index, np.asarray(frame_index, np.int64),
-        )
-        yield from (take_reading or bps.trigger_and_read)([*detectors, *step])
-
-    def build_and_record() -> Generator[Msg, Any, None]:
-        z_rel = np.repeat(-offsets, frames_per_step)  # bead height minus the focal plane
-        lut = build_zlut(
-            np.concatenate(stacks, axis=1), z_rel, nm_per_px=nm_per_px, bead_ids=selected,
-        )
-        heights = (
-            height_offsets_nm(lut, refs) if refs.size else np.full(lut.n_beads, np.nan)
-        )
-        built.append((lut, heights))
-        yield from bps.mv(
-            record.z_nm, np.asarray(lut.z_nm, float),
-            record.profiles, np.asarray(lut.profiles, float),
-            record.height_nm, heights, record.created, float(lut.created),
-            record.bin_px, float(lut.bin_px),
-        )
-        yield from bps.trigger_and_read([record], name="zlut")
-
-    def sweep() -> Generator[Msg, Any, str]:
+        focus0 = yield from bps.rd(microscope.focus)
+        f_lo = yield from bps.rd(microscope.focus.low_limit)
+        f_hi = yield from bps.rd(microscope.focus.high_limit)
+        if focus0 + lo < f_lo or focus0 + hi > f_hi:
+            raise PlanArgumentError(
+                plan, "start_nm, stop_nm", (start_nm, stop_nm),
+                f"reach focus {focus0 + lo:g} .. {focus0 + hi:g} nm, outside the focus limits "
+                f"[{f_lo:g}, {f_hi:g}] nm",
+                f"a range within [{f_lo - focus0:g}, {f_hi - focus0:g}] nm of the focus now",
+            )
         if magnet_z_mm is not None:
-            yield from bps.mv(microscope.magnet_z, magnet_z_mm)
-        scan = bp.scan_nd(
-            [images], cycler(microscope.focus, list(focus0 + offsets)), per_step=per_step,
-            md=_md,
+            yield from check_axis_limits(
+                microscope.magnet_z, [magnet_z_mm], plan=plan, argument="magnet_z_mm",
+                units="mm", what="magnet height", single=True,
+            )
+        if wanted_refs is None:
+            refs = np.asarray((yield from bps.rd(tracker.reference_beads)), dtype=np.int64)
+        else:
+            refs = np.asarray(wanted_refs, dtype=np.int64)
+        refs = refs[np.isin(refs, selected)]
+        layout = dataclasses.replace(
+            (yield from read_layout(tracker)).select(selected), zlut_uid=""
+        )  # the images are not tracked: no Z-LUT gave them z
+        nm_per_px = layout.nm_per_px
+        images = ZLUTImages(name="zlut_images")
+        record = ZLUTRecord(name="zlut")
+        yield from ensure_connected(images, record)
+        yield from bps.mv(*images.layout_moves(layout))
+        yield from bps.mv(*record.layout_moves(layout))
+        _md = {
+            "plan_name": "zlut_sweep",
+            "plan_args": {
+                "start_nm": start_nm, "stop_nm": stop_nm, "step_nm": step_nm,
+                "frames_per_step": frames_per_step, "beads": selected.tolist(),
+                "magnet_z_mm": magnet_z_mm,
+            },
+            "zlut_bead_ids": selected.tolist(),
+            "bead_rois": layout.rois_metadata(),
+            "reference_bead_ids": refs.tolist(),
+            "focus_start_nm": focus0,
+        }
+        _md.update(md or {})
+        stacks: list[np.ndarray] = []
+        built: list[tuple[ZLUT, np.ndarray]] = []
+
+        def per_step(detectors, step, pos_cache, take_reading=None) -> Generator[Msg, Any, None]:
+            yield from bps.move_per_step(step, pos_cache)
+            yield from bps.sleep(settle_s)
+            (task,) = yield from bps.wait_for(
+                [functools.partial(tracker.grab_rois, frames_per_step)]
+            )
+            grabbed, ids, frame_index = task.result()
+            stack = grabbed[np.isin(ids, selected)]
+            stacks.append(stack)
+            yield from bps.mv(
+                images.images, stack, images.focus_offset_nm, float(step[microscope.focus] - focus0),
+                images.frame_index, np.asarray(frame_index, np.int64),
+            )
+            yield from (take_reading or bps.trigger_and_read)([*detectors, *step])
+
+        def build_and_record() -> Generator[Msg, Any, None]:
+            z_rel = np.repeat(-offsets, frames_per_step)  # bead height minus the focal plane
+            lut = build_zlut(
+                np.concatenate(stacks, axis=1), z_rel, nm_per_px=nm_per_px, bead_ids=selected,
+            )
+            heights = (
+                height_offsets_nm(lut, refs) if refs.size else np.full(lut.n_beads, np.nan)
+            )
+            built.append((lut, heights))
+            yield from bps.mv(
+                record.z_nm, np.asarray(lut.z_nm, float),
+                record.profiles, np.asarray(lut.profiles, float),
+                record.height_nm, heights, record.created, float(lut.created),
+                record.bin_px, float(lut.bin_px),
+            )
+            yield from bps.trigger_and_read([record], name="zlut")
+
+        def sweep() -> Generator[Msg, Any, str]:
+            if magnet_z_mm is not None:
+                yield from bps.mv(microscope.magnet_z, magnet_z_mm)
+            scan = bp.scan_nd(
+                [images], cycler(microscope.focus, list(focus0 + offsets)), per_step=per_step,
+                md=_md,
+            )
+            uid = yield from before_close_run(scan, build_and_record)
+            lut, heights = built[-1]
+            lut = dataclasses.replace(lut, source=uid)
+            path = zlut_cache_path(tracker.data_dir, uid)
+            lut.save(path)
+            save_heights(path, lut.bead_ids, heights, refs)
+            yield from bps.mv(tracker.zlut_path, str(path))
+            yield from bps.mv(tracker.height_offsets, heights_table(lut.bead_ids, heights))
+            return uid
+
+        uid = yield from with_safe_finish(
+            sweep(), microscope,
+            safe_magnet_height_mm=None if magnet_z_mm is None else 8.0,
+            restore_focus_nm=focus0,
         )
-        uid = yield from before_close_run(scan, build_and_record)
-        lut, heights = built[-1]
-        lut = dataclasses.replace(lut, source=uid)
-        path = zlut_cache_path(tracker.data_dir, uid)
-        lut.save(path)
-        save_heights(path, lut.bead_ids, heights, refs)
-        yield from bps.mv(tracker.zlut_path, str(path))
-        yield from bps.mv(tracker.height_offsets, heights_table(lut.bead_ids, heights))
         return uid
 
-    uid = yield from with_safe_finish(
-        sweep(), microscope,
-        safe_magnet_height_mm=None if magnet_z_mm is None else 8.0,
-        restore_focus_nm=focus0,
-    )
-    return uid
+    # the sweep owns the focus: the focus lock holds still meanwhile and comes back on
+    # afterwards with a new target (the new Z-LUT gives z its new zero)
+    return (yield from focus_lock_suspended(body(), microscope, retarget=True))
 
 
 def before_close_run(

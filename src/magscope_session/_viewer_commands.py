@@ -11,6 +11,9 @@ plan would (the stub checks the values again, and the instrument's limits)::
     auto_select   [max_beads]                -> auto_select_beads(microscope.tracker, ...)
     move_axes     [magnet_z_mm, magnet_turns, force_pn, focus_nm]
                                              -> move_axes(microscope, ...)
+    lock_focus, unlock_focus, lock_xy, unlock_xy (no arguments)
+                                             -> lock_focus(microscope) (the height now
+                                                is the target), unlock_focus(...), ...
 
 Pixels are sensor pixels (px), heights mm, rotation turns, force pN, focus nm.
 
@@ -114,6 +117,18 @@ COMMANDS: dict[str, Command] = {
         Param("force_pn", "real", required=False, units="pN"),
         Param("focus_nm", "real", required=False, units="nm"),
     )),
+    "lock_focus": Command("lock_focus", MICROSCOPE, ()),
+    "unlock_focus": Command("unlock_focus", MICROSCOPE, ()),
+    "lock_xy": Command("lock_xy", MICROSCOPE, ()),
+    "unlock_xy": Command("unlock_xy", MICROSCOPE, ()),
+}
+
+#: What the viewer says when a lock command has run.
+_LOCK_DONE = {
+    "lock_focus": "focus lock on (holding the reference beads' height now)",
+    "unlock_focus": "focus lock off",
+    "lock_xy": "XY lock on",
+    "unlock_xy": "XY lock off",
 }
 
 
@@ -197,6 +212,8 @@ def done_message(call: PlanCall, result: Any) -> str:
         return f"moved bead {k['bead_id']} to ({k['x_px']:.1f}, {k['y_px']:.1f}) px"
     if call.command == "remove_beads":
         return f"removed bead{'s' if len(k['bead_ids']) > 1 else ''} {', '.join(map(str, k['bead_ids']))}"
+    if call.command in _LOCK_DONE:
+        return _LOCK_DONE[call.command]
     if call.command == "auto_select":
         return "auto-selected beads" if result is None else f"auto-selected {len(result)} beads"
     moved = ", ".join(f"{key}={value:g}" for key, value in k.items())

@@ -270,6 +270,56 @@ class TrackingService:
                 collector.write_rois(rois, size, self._roi_generation)
             return self._roi_generation
 
+    def sensor_shape(self) -> tuple[int, int]:
+        """(height, width) px of the sensor (the frame ring's slots)."""
+        return self._sensor_shape()
+
+    def move_rois(self, old: Any, new: Any) -> tuple[int, ...]:
+        """Move some beads' ROIs, safely beside other writers of the table (the XY lock's
+        write; the bead ids stay).
+
+        Row ``i`` of ``new`` (:data:`ROI_DTYPE`) applies only if its bead is still in the
+        table at the origin of row ``i`` of ``old`` (so an edit made meanwhile, such as a
+        bead moved or removed by hand, wins) and the table stays valid (inside the sensor,
+        no overlap); otherwise that row is skipped. Takes effect from the next frame.
+
+        :returns: the bead ids moved.
+        """
+        old_rows, new_rows = as_roi_table(old), as_roi_table(new)
+        if old_rows.size != new_rows.size or np.any(old_rows["bead_id"] != new_rows["bead_id"]):
+            raise ValueError("move_rois: old and new must list the same beads in the same order")
+        with self._lock:
+            size = self._roi_size
+            if size is None or not new_rows.size:
+                return ()
+            table = self._rois.copy()
+            shape = self._sensor_shape()
+            moved: list[int] = []
+            for before, after in zip(old_rows, new_rows, strict=True):
+                hits = np.flatnonzero(table["bead_id"] == before["bead_id"])
+                if hits.size == 0:
+                    continue  # removed meanwhile
+                where = int(hits[0])
+                if (int(table["x0"][where]), int(table["y0"][where])) != (
+                    int(before["x0"]), int(before["y0"])
+                ):
+                    continue  # moved meanwhile
+                trial = table.copy()
+                trial["x0"][where], trial["y0"][where] = after["x0"], after["y0"]
+                try:
+                    validate_rois(trial, size, shape, self.max_beads)
+                except ValueError:
+                    continue
+                table = trial
+                moved.append(int(before["bead_id"]))
+            if moved:
+                self._rois = table
+                self._roi_generation += 1
+                collector = self._live_collector()
+                if collector is not None:
+                    collector.write_rois(table, size, self._roi_generation)
+            return tuple(moved)
+
     def load_zlut(self, path: str | os.PathLike[str]) -> int:
         """Load a Z-LUT file for all workers; takes effect between frames.
 

@@ -26,10 +26,36 @@ ROWS: tuple[tuple[str, str, str, int, float], ...] = (
 
 MOVING_STYLE = "color: white; background: #c77c00; border-radius: 3px; padding: 0 4px;"
 IDLE_STYLE = "color: #888;"
-NO_LOCK_TEXT = (
-    "No lock configured: XY and Z bead locks arrive with a later issue. "
-    "These toggles do nothing yet."
+NO_LOCK_TEXT = "No bead locks: the owner publishes none (a microscope without a tracker?)."
+#: (toggle label, record prefix, command to turn on, command to turn off)
+LOCKS: tuple[tuple[str, str, str, str], ...] = (
+    ("Z lock", "focus_lock", "lock_focus", "unlock_focus"),
+    ("XY lock", "xy_lock", "lock_xy", "unlock_xy"),
 )
+LOCKED_STYLE = "color: white; background: #2e7d32; border-radius: 3px; padding: 0 4px;"
+UNLOCKED_STYLE = "color: white; background: #c62828; border-radius: 3px; padding: 0 4px;"
+
+
+def lock_text(prefix: str, locks: dict[str, float]) -> tuple[str, str]:
+    """(one line, style) for a lock's state in the axes record: "off", "locked, error
+    +0.4 nm, 12 moves" or "NOT locked, ..."."""
+    enabled = locks.get(f"{prefix}_enabled", math.nan)
+    if not math.isfinite(enabled):
+        return "not available", IDLE_STYLE
+    error = locks.get(f"{prefix}_error_nm", math.nan)
+    moves = locks.get(f"{prefix}_moves", math.nan)
+    parts = []
+    if math.isfinite(error):
+        label = "error" if prefix == "focus_lock" else "worst offset"
+        parts.append(f"{label} {error:+.1f} nm")
+    if math.isfinite(moves):
+        parts.append(f"{int(moves)} moves")
+    detail = (", " + ", ".join(parts)) if parts else ""
+    if not enabled:
+        return "off" + (f" ({int(moves)} moves)" if math.isfinite(moves) and moves else ""), IDLE_STYLE
+    if locks.get(f"{prefix}_locked", 0.0) >= 0.5:
+        return "locked" + detail, LOCKED_STYLE
+    return "NOT locked" + detail, UNLOCKED_STYLE
 
 
 def format_value(value: float, decimals: int, units: str) -> str:
@@ -54,6 +80,8 @@ class AxesPanel(QtWidgets.QWidget):
     """
 
     move_requested = QtCore.pyqtSignal(dict)
+    #: a lock toggle clicked: the command to send ("lock_focus", "unlock_xy", ...)
+    lock_requested = QtCore.pyqtSignal(str)
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -111,18 +139,26 @@ class AxesPanel(QtWidgets.QWidget):
         self.source_label.setStyleSheet("color: #888;")
 
         locks = QtWidgets.QGroupBox("Locks")
-        lock_layout = QtWidgets.QHBoxLayout(locks)
+        lock_layout = QtWidgets.QGridLayout(locks)
+        self.lock_toggles: dict[str, QtWidgets.QCheckBox] = {}
+        self.lock_states: dict[str, QtWidgets.QLabel] = {}
+        for row, (name, _, on, off) in enumerate(LOCKS):
+            toggle = QtWidgets.QCheckBox(name)
+            toggle.setEnabled(False)
+            toggle.clicked.connect(
+                lambda checked, on=on, off=off: self.lock_requested.emit(on if checked else off)
+            )
+            self.lock_toggles[name] = toggle
+            state = QtWidgets.QLabel("not available")
+            state.setStyleSheet(IDLE_STYLE)
+            self.lock_states[name] = state
+            lock_layout.addWidget(toggle, row, 0)
+            lock_layout.addWidget(state, row, 1)
         self.lock_status = QtWidgets.QLabel(NO_LOCK_TEXT)
         self.lock_status.setWordWrap(True)
         self.lock_status.setStyleSheet("color: #888;")
-        self.lock_toggles: dict[str, QtWidgets.QCheckBox] = {}
-        for name in ("XY lock", "Z lock"):
-            toggle = QtWidgets.QCheckBox(name)
-            toggle.setEnabled(False)
-            toggle.setToolTip("not available yet: no lock is configured")
-            self.lock_toggles[name] = toggle
-            lock_layout.addWidget(toggle)
-        lock_layout.addWidget(self.lock_status, 1)
+        lock_layout.addWidget(self.lock_status, len(LOCKS), 0, 1, 2)
+        lock_layout.setColumnStretch(1, 1)
 
         layout = QtWidgets.QVBoxLayout(self)
         layout.addLayout(grid)
@@ -175,10 +211,29 @@ class AxesPanel(QtWidgets.QWidget):
             # a force needs a calibration: without one, nothing to ask for
             self.go[key].setEnabled(usable)
             self.targets[key].setEnabled(usable)
+        self.show_locks(axes.locks)
         force = axes["force_pn"]
         if not math.isfinite(force.value):
             self.values["force_pn"].setText("–")
             self.limits["force_pn"].setText("no force calibration loaded")
+
+    def show_locks(self, locks: dict[str, float]) -> None:
+        """Lock toggles and states from the record's lock fields (NaN: no such lock)."""
+        any_lock = False
+        for label, prefix, _, _ in LOCKS:
+            enabled = locks.get(f"{prefix}_enabled", math.nan)
+            available = math.isfinite(enabled)
+            any_lock |= available
+            toggle = self.lock_toggles[label]
+            toggle.setEnabled(available)
+            if available and not toggle.isDown():
+                toggle.blockSignals(True)
+                toggle.setChecked(bool(enabled))
+                toggle.blockSignals(False)
+            text, style = lock_text(prefix, locks)
+            self.lock_states[label].setText(text)
+            self.lock_states[label].setStyleSheet(style)
+        self.lock_status.setVisible(not any_lock)
 
     def _set_moving(self, key: str, moving: bool) -> None:
         label = self.moving[key]

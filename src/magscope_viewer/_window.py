@@ -101,6 +101,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
         status_bar.addWidget(self.status, 1)
         self.commands = CommandBar(self, source.instance)  # bead edits, auto-select, replies
         self.axes_panel.move_requested.connect(self._request_move)
+        self.axes_panel.lock_requested.connect(self._request_lock)
         self.resize(1400, 900)
         self.timer = QtCore.QTimer(self)
         self.timer.setTimerType(QtCore.Qt.TimerType.PreciseTimer)
@@ -388,6 +389,10 @@ class ViewerWindow(QtWidgets.QMainWindow):
         """An axes panel's Go: ``move_axes`` through the command channel (refused there
         while a plan runs; the reply shows in the status bar)."""
         self.commands.send("move_axes", targets)
+
+    def _request_lock(self, command: str) -> None:
+        """A lock toggle: ``lock_focus``/``unlock_focus``/``lock_xy``/``unlock_xy``."""
+        self.commands.send(command)
 
     def plan_running(self) -> str | None:
         """The name of the plan running now (from the document stream), or None (no run,

@@ -23,6 +23,7 @@ SIM_INPUTS_DTYPE = np.dtype(
         ("magnet_z_mm", "<f8"),
         ("magnet_turns", "<f8"),
         ("focus_nm", "<f8"),
+        ("drift_speed", "<f8"),  # the stage drift's clock rate (1: as SimParams, 0: still)
     ]
 )
 
@@ -68,11 +69,20 @@ class SimFrameSource:
         self.truth = SlotRing.attach(truth_name)
         self.renderer = Renderer(params)
         self.renderer.warmup()  # compile (or load cached) kernels before the first frame
+        self._drift_clock: float | None = None  # drift time (s) at the previous frame
+        self._t_prev = 0.0
 
     def grab(self, t_s: float, exposure_s: float, gain: float, out: np.ndarray) -> None:
         inputs = self.inputs
+        speed = float(inputs["drift_speed"])
+        if self._drift_clock is None:
+            self._drift_clock = t_s
+        else:
+            self._drift_clock += max(speed, 0.0) * max(t_s - self._t_prev, 0.0)
+        self._t_prev = t_s
         truth = self.world.advance(
-            t_s, exposure_s, inputs["magnet_z_mm"], inputs["magnet_turns"], inputs["focus_nm"]
+            t_s, exposure_s, inputs["magnet_z_mm"], inputs["magnet_turns"], inputs["focus_nm"],
+            drift_time_s=self._drift_clock, drift_speed=speed,
         )
         self.renderer.render(truth, out, gain=gain)
         index, rows = self.truth.begin_write()

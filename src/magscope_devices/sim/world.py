@@ -551,6 +551,9 @@ class SimWorld:
         magnet_z_mm: float,
         magnet_turns: float,
         focus_nm: float,
+        *,
+        drift_time_s: float | None = None,
+        drift_speed: float = 1.0,
     ) -> FrameTruth:
         """Advance the world to the frame exposed over [t_s, t_s + exposure_s].
 
@@ -564,6 +567,10 @@ class SimWorld:
         exposure average is sampled jointly with the end point (:func:`physics.
         ou_sample_exposure`). If t_s falls inside the previous exposure (overlapping
         frames) the state at the end of that exposure is used as the start.
+
+        ``drift_time_s`` (default ``t_s``): the time on the drift's own clock, which a
+        caller may run slower or faster than ``t_s`` (``drift_speed`` = its rate, 0: the
+        stage holds still), for tests that turn the drift off and on without a jump.
         """
         t_s = float(t_s)
         w = float(exposure_s)
@@ -592,7 +599,8 @@ class SimWorld:
         self._mech_prev = mech
         mean = mech.eq_nm + d_mean
 
-        drift_inst, drift_mean = self._drift_pair(t_s, w)
+        drift_t = t_s if drift_time_s is None else float(drift_time_s)
+        drift_inst, drift_mean = self._drift_pair(drift_t, w * max(float(drift_speed), 0.0))
         nt = self.params.n_tethered
         pos0 = self._static_pos + drift_inst[:, None]
         posm = self._static_pos + drift_mean[:, None]
