@@ -365,6 +365,32 @@ def test_roi_changes_apply_between_frames(rig, scene):
         service.set_rois(old)
 
 
+def test_move_rois_leaves_edits_made_meanwhile_alone(rig):
+    """The XY lock's write: a move applies only where the bead still is where the lock saw
+    it, and only if the table stays valid; the ids stay."""
+    service, _, _ = rig
+    old = _rois_on(CENTRES)
+    try:
+        service.set_rois(old)
+        seen = service.rois  # what the lock read
+        edited = seen.copy()
+        edited["x0"][1] += 3  # bead 1 moved by hand meanwhile
+        service.set_rois(edited[edited["bead_id"] != 2])  # and bead 2 removed
+        new = seen.copy()
+        new["x0"] += 1
+        new["y0"][3] = -5  # off the sensor: skipped
+        moved = service.move_rois(seen, new)
+        assert moved == (0, 4, 5)
+        now = {int(r["bead_id"]): (int(r["x0"]), int(r["y0"])) for r in service.rois}
+        assert now[0] == (int(seen["x0"][0]) + 1, int(seen["y0"][0]))
+        assert now[1] == (int(seen["x0"][1]) + 3, int(seen["y0"][1]))  # the hand's edit won
+        assert 2 not in now and now[3] == (int(seen["x0"][3]), int(seen["y0"][3]))
+        with pytest.raises(ValueError, match="same beads in the same order"):
+            service.move_rois(seen, new[::-1])
+    finally:
+        service.set_rois(old)
+
+
 @pytest.mark.parametrize(
     "table, size, message",
     [

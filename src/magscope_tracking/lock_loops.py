@@ -22,6 +22,7 @@ import math
 import threading
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -47,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["FocusActuator", "FocusLockLoop", "LockStatus", "RoiWriter", "XYLockLoop"]
 
+#: Updates kept in :attr:`history` (about 17 min at 10 Hz).
+HISTORY = 10_000
 #: An update with fewer tracked frames than this fraction of its frames holds still.
 MIN_TRACKED_FRACTION = 0.5
 
@@ -126,6 +129,8 @@ class _Loop:
         self._moves = 0
         self._updates = 0
         self.status = LockStatus()
+        #: the last updates (newest last), for plots and benchmarks
+        self.history: deque[LockStatus] = deque(maxlen=HISTORY)
 
     # -- parameters (any thread) ----------------------------------------------------------
     @property
@@ -209,6 +214,7 @@ class _Loop:
 
     def _publish(self, status: LockStatus) -> None:
         self.status = status
+        self.history.append(status)
         if self._on_update is not None:
             try:
                 self._on_update(status)
