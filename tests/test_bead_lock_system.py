@@ -7,7 +7,6 @@ tracks continuous."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 
@@ -78,6 +77,7 @@ def clean(mic, RE):
     """Each test starts unlocked, without drift, the ROIs and limits as made."""
     yield
     mic.simulation.set_drift_speed(0.0)
+    mic.simulation.set_stage_z_offset(0.0)
     RE(unlock_focus(mic))
     RE(unlock_xy(mic))
     mic.tracker.service.set_options(worker_delay_s=0.0)
@@ -184,6 +184,18 @@ def test_the_lock_stops_at_the_focus_limit_and_says_why(mic, RE, clean):
     _wait(lambda: RE(bps.rd(lock.enabled)).plan_result is False, what="enabled False")
 
 
+def test_a_focus_move_by_hand_is_refused_while_the_lock_holds_the_focus(mic, RE, clean):
+    from magscope_plans import PreflightError, move_axes
+
+    RE(lock_focus(mic))
+    focus = RE(bps.rd(mic.focus)).plan_result
+    with pytest.raises(PreflightError, match="the focus lock is on and moves the focus"):
+        RE(move_axes(mic, focus_nm=focus + 500.0))
+    assert abs(RE(bps.rd(mic.focus)).plan_result - focus) < 100.0  # only the lock moved it
+    RE(unlock_focus(mic))
+    RE(move_axes(mic, focus_nm=focus + 10.0))
+
+
 def test_bad_settings_are_refused_with_the_limit_and_change_nothing(mic, RE, clean):
     lock = mic.focus_lock
     with pytest.raises(Exception, match=r"kp = 3.0 is outside \(0, 1\]"):
@@ -250,14 +262,10 @@ def test_a_record_waits_while_the_lock_is_lost(mic, RE, clean):
         return request(*args, **kwargs)
 
     RE.request_suspend = counting
-    focus = RE(bps.rd(mic.focus)).plan_result
 
-    def bump():  # someone moves the focus 300 nm by hand, 1 s into the record
+    def bump():  # the sample stage jumps 300 nm along z, 1 s into the record
         time.sleep(1.0)
-        asyncio.run_coroutine_threadsafe(_set(mic.focus, focus + 300.0), RE.loop).result(5)
-
-    async def _set(axis, value):
-        await axis.set(value)
+        mic.simulation.set_stage_z_offset(300.0)
 
     recorder = TrackRecorder(mic.tracker, chunk_frames=50)
     result: dict = {}

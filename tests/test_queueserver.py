@@ -294,6 +294,14 @@ def test_viewer_commands_go_through_the_queue_and_are_refused_while_a_plan_runs(
     reply = client.send("move_axes", {"magnet_z_mm": 5.0, "focus_nm": 1e7})
     assert not reply.ok and "move_axes: focus_nm=10000000.0 is outside the focus limits" in reply.message
     assert stack.state()["magnet_z_mm"] == pytest.approx(6.0)
+    # the lock toggles: plans of the queue too; the focus lock says what it lacks
+    reply = client.send("lock_xy")
+    assert reply.ok and reply.message == "XY lock on", reply.message
+    assert api.history_get()["items"][-1]["name"] == "lock_xy"
+    reply = client.send("unlock_xy")
+    assert reply.ok and reply.message == "XY lock off", reply.message
+    reply = client.send("lock_focus")
+    assert not reply.ok and "lock_focus: no reference beads" in reply.message, reply.message
 
     api.item_add(BPlan("count_at_heights", "microscope", [5.0], num=200, delay_s=0.05))
     api.queue_start()

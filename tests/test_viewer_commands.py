@@ -189,6 +189,42 @@ def test_auto_select_button_tracks_the_beads_found(qtbot, RE, mic, window):
     assert len(_rois(RE, mic)) == found
 
 
+def test_the_lock_toggles_turn_the_locks_on_and_off(qtbot, RE, mic, window):
+    panel = window.axes_panel
+    window.show_panel("axes")
+
+    def shown():
+        window.refresh()
+        window.refresh_panels(everything=True)
+        return panel.lock_toggles["XY lock"].isEnabled()
+
+    qtbot.waitUntil(shown, timeout=10_000)  # the owner publishes its locks' state
+    assert panel.lock_states["XY lock"].text().startswith("off")
+    n = window.commands.replies
+    panel.lock_toggles["XY lock"].click()
+    reply = _reply(qtbot, window, n)
+    assert (reply.ok, reply.message) == (True, "XY lock on")
+    assert RE(bps.rd(mic.xy_lock.enabled)).plan_result is True
+
+    def state_text():
+        window.refresh_panels(everything=True)
+        return panel.lock_states["XY lock"].text()
+
+    qtbot.waitUntil(lambda: not state_text().startswith("off"), timeout=10_000)
+    n = window.commands.replies
+    panel.lock_toggles["XY lock"].click()
+    assert _reply(qtbot, window, n).message == "XY lock off"
+    assert RE(bps.rd(mic.xy_lock.enabled)).plan_result is False
+    # the focus lock needs reference beads: refused, and the toggle shows the truth again
+    RE(bps.mv(mic.tracker.reference_beads, np.zeros(0, np.int32)))
+    n = window.commands.replies
+    panel.lock_toggles["Z lock"].click()
+    reply = _reply(qtbot, window, n)
+    assert not reply.ok and "no reference beads" in reply.message, reply.message
+    qtbot.waitUntil(lambda: (window.refresh_panels(everything=True), True)[1]
+                    and not panel.lock_toggles["Z lock"].isChecked(), timeout=5_000)
+
+
 def test_a_command_while_a_plan_runs_is_refused_and_changes_nothing(qtbot, RE, mic, window):
     _set_rois(RE, mic, [0, 1])
     _show(qtbot, window, RE, mic)

@@ -5,7 +5,7 @@ Run from the repository root (offscreen Qt, no screen needed)::
     QT_QPA_PLATFORM=offscreen python docs/images/viewer_screenshot.py [--zlut]
 
 It starts the simulated microscope (instance ``viewer-shot``), puts ROIs on every bead,
-optionally sweeps a Z-LUT (``--zlut``, about a minute) so z is tracked, opens the viewer
+optionally sweeps a Z-LUT (``--zlut``) so z is tracked and turns the bead locks on, opens the viewer
 window on the same instance, lets it run for a few seconds and saves the grab.
 """
 
@@ -53,12 +53,17 @@ def main() -> int:
             nm_per_px = 100.0
             RE(bps.mv(mic.tracker.rois, rois_from_centres(
                 ids, truth["x_nm"] / nm_per_px, truth["y_nm"] / nm_per_px, 64)))
+            reference = [10]
             if args.zlut:
-                from magscope_plans._zlut import zlut_sweep
+                from magscope_plans import find_reference_beads, lock_focus, lock_xy, zlut_sweep
 
                 RE(zlut_sweep(mic, -3000, 3000, 100, frames_per_step=3))
+                # the bead locks on: the axes panel shows them locked
+                reference = RE(find_reference_beads(mic.tracker)).plan_result
+                RE(lock_focus(mic))
+                RE(lock_xy(mic))
             source = LiveSource("viewer-shot")
-            window = ViewerWindow(source, selected=list(range(10)), reference=[10])
+            window = ViewerWindow(source, selected=list(range(10)), reference=reference[:3])
             window.resize(1500, 900)
             window.show()
             end = time.monotonic() + args.seconds

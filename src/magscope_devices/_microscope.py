@@ -88,6 +88,13 @@ class SimulationLink:
             raise ValueError(f"drift speed {speed!r} must be a finite number >= 0")
         self.update("drift_speed", float(speed))
 
+    def set_stage_z_offset(self, offset_nm: float) -> None:
+        """Step the simulated sample stage along z to ``offset_nm`` (nm, on top of the
+        drift): a sudden defocus of every bead, as a bumped stage would give."""
+        if not math.isfinite(offset_nm):
+            raise ValueError(f"stage offset {offset_nm!r} nm must be finite")
+        self.update("stage_z_offset_nm", float(offset_nm))
+
     def mirror(self, field: str, signal) -> None:
         """Copy every new reading of ``signal`` into the inputs record's ``field``."""
 

@@ -15,7 +15,7 @@ from bluesky.utils import Msg
 
 from magscope_devices._microscope import Microscope
 
-from ._arguments import PlanArgs
+from ._arguments import PlanArgs, PreflightError
 from ._preflight import check_axis_limits, check_microscope, require_force_calibration
 
 
@@ -30,7 +30,8 @@ def move_axes(
     """Move the given axes to absolute targets at once and wait for all to arrive:
     magnet height ``magnet_z_mm`` (mm) or force ``force_pn`` (pN, through the loaded force
     calibration; not both), magnet rotation ``magnet_turns`` (turns), focus ``focus_nm``
-    (nm). Returns the targets moved to (by argument name)."""
+    (nm). Returns the targets moved to (by argument name). A focus move is refused while
+    the focus lock is on (the lock is the focus's one writer then)."""
     plan = "move_axes"
     args = PlanArgs(plan)
     targets = {
@@ -56,6 +57,13 @@ def move_axes(
         "magnet_turns": (microscope.magnet_rotation, "turns", "magnet rotation"),
         "focus_nm": (microscope.focus, "nm", "focus"),
     }
+    lock = getattr(microscope, "focus_lock", None)
+    if "focus_nm" in given and lock is not None and (yield from bps.rd(lock.enabled)):
+        # the focus has one writer while the lock holds it
+        raise PreflightError(
+            f"{plan}: the focus lock is on and moves the focus: unlock_focus first, or "
+            "give the lock another target (lock_focus(microscope, target_nm=...))"
+        )
     moves: list[Any] = []
     for key, value in given.items():
         if key == "force_pn":

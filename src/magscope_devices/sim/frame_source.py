@@ -24,6 +24,7 @@ SIM_INPUTS_DTYPE = np.dtype(
         ("magnet_turns", "<f8"),
         ("focus_nm", "<f8"),
         ("drift_speed", "<f8"),  # the stage drift's clock rate (1: as SimParams, 0: still)
+        ("stage_z_offset_nm", "<f8"),  # a step of the sample stage along z (tests)
     ]
 )
 
@@ -83,6 +84,7 @@ class SimFrameSource:
         truth = self.world.advance(
             t_s, exposure_s, inputs["magnet_z_mm"], inputs["magnet_turns"], inputs["focus_nm"],
             drift_time_s=self._drift_clock, drift_speed=speed,
+            stage_z_offset_nm=float(inputs["stage_z_offset_nm"]),
         )
         self.renderer.render(truth, out, gain=gain)
         index, rows = self.truth.begin_write()

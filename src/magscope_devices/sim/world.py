@@ -554,6 +554,7 @@ class SimWorld:
         *,
         drift_time_s: float | None = None,
         drift_speed: float = 1.0,
+        stage_z_offset_nm: float = 0.0,
     ) -> FrameTruth:
         """Advance the world to the frame exposed over [t_s, t_s + exposure_s].
 
@@ -571,6 +572,7 @@ class SimWorld:
         ``drift_time_s`` (default ``t_s``): the time on the drift's own clock, which a
         caller may run slower or faster than ``t_s`` (``drift_speed`` = its rate, 0: the
         stage holds still), for tests that turn the drift off and on without a jump.
+        ``stage_z_offset_nm``: a step of the sample stage along z (nm), added to the drift.
         """
         t_s = float(t_s)
         w = float(exposure_s)
@@ -601,6 +603,9 @@ class SimWorld:
 
         drift_t = t_s if drift_time_s is None else float(drift_time_s)
         drift_inst, drift_mean = self._drift_pair(drift_t, w * max(float(drift_speed), 0.0))
+        if stage_z_offset_nm:
+            drift_inst = drift_inst + np.array([0.0, 0.0, float(stage_z_offset_nm)])
+            drift_mean = drift_mean + np.array([0.0, 0.0, float(stage_z_offset_nm)])
         nt = self.params.n_tethered
         pos0 = self._static_pos + drift_inst[:, None]
         posm = self._static_pos + drift_mean[:, None]
