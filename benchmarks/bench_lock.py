@@ -13,7 +13,8 @@ Focus (stage drift along z at 50 nm/s r.m.s., periods 20-120 s; no lateral drift
    the focus held still (their true height change), the figure the 10x ratio uses.
    Extension error (tracked - true, nm: each tethered bead's mean over the phase) with
    the drift stopped and no lock (``still``), with the drift and the lock on, and off;
-   per bead, how far ``on`` and ``off`` are from ``still``.
+   per bead, how far ``on`` and ``off`` are from ``still``, and a second ``still`` phase
+   after them (the floor: how far a bead's mean error moves by itself).
 2. ``step``: drift stopped, locked, then the sample stage steps 200 nm along z (every
    bead's defocus jumps 200 nm; a focus moved by hand would race the lock, the focus's
    one writer): the lock's errors update by update; updates until within 10 nm,
@@ -173,10 +174,18 @@ def focus_phase(s: Session, seconds: float) -> dict:
     ext_on = extension_error(truth, tracks)
     out["ext_off"] = float(np.median(ext_off))
     out["ext_on"] = float(np.median(ext_on))
+    # still again (drift stopped, lock off): how much a bead's mean error moves by itself
+    # between two phases, the floor of the comparisons above
+    RE(unlock_focus(mic))
+    _, _, truth, tracks = s.collect(min(seconds, 20.0))
+    out["ext_still_again"] = np.abs(extension_error(truth, tracks) - ext_still)
+    RE(lock_focus(mic, rate_hz=10))
     out["ext_still"] = float(np.median(ext_still))
     out["ext_on_vs_still"] = np.abs(ext_on - ext_still)
     out["ext_off_vs_still"] = np.abs(ext_off - ext_still)
     # step: the focus moved 200 nm by hand while locked, no drift
+    while not (lock.status.locked and lock.status.updates > 5):
+        time.sleep(0.05)
     time.sleep(1.0)
     n0 = len(lock._loop_obj.history)
     mic.simulation.set_stage_z_offset(200.0)  # the stage jumps 200 nm: a defocus step
@@ -308,7 +317,9 @@ def focus_report(seconds: float, common: dict, tmp: str) -> None:
     print(f"  extension error (tracked - true, nm, median over beads): still {f['ext_still']:+.2f}, "
           f"lock on {f['ext_on']:+.2f}, lock off {f['ext_off']:+.2f}")
     print(f"  per-bead change from 'still' (nm): lock on median {np.median(on):.2f}, max "
-          f"{on.max():.2f}; lock off median {np.median(off):.2f}, max {off.max():.2f}")
+          f"{on.max():.2f}; lock off median {np.median(off):.2f}, max {off.max():.2f}; "
+          f"still again (no drift, no lock) median {np.median(f['ext_still_again']):.2f}, "
+          f"max {f['ext_still_again'].max():.2f}")
     print(f"  200 nm focus step: errors {np.array2string(f['step_errors'], precision=1)} nm; "
           f"within 10 nm after {f['step_updates']} updates; overshoot "
           f"{f['step_overshoot_pct']:.1f} %")

@@ -45,9 +45,9 @@ def lock_text(prefix: str, locks: dict[str, float]) -> tuple[str, str]:
     error = locks.get(f"{prefix}_error_nm", math.nan)
     moves = locks.get(f"{prefix}_moves", math.nan)
     parts = []
-    if math.isfinite(error):
-        label = "error" if prefix == "focus_lock" else "worst offset"
-        parts.append(f"{label} {error:+.1f} nm")
+    if math.isfinite(error):  # the focus lock's error has a sign; the XY offset is a size
+        parts.append(f"error {error:+.1f} nm" if prefix == "focus_lock"
+                     else f"largest offset {error:.0f} nm")
     if math.isfinite(moves):
         parts.append(f"{int(moves)} moves")
     detail = (", " + ", ".join(parts)) if parts else ""
