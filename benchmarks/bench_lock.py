@@ -6,15 +6,17 @@ stopped, reference beads found) and scores against the simulator's ground truth:
 
 Focus (stage drift along z at 50 nm/s r.m.s., periods 20-120 s; no lateral drift):
 
-1. ``off`` then ``on``, ``--seconds`` each: the reference beads' true defocus (their
-   height minus the focal plane, nm) r.m.s. about its value when the phase began (off) or
-   about the lock's target (on: the true defocus in the second before the drift starts).
+1. ``still`` (no drift, no lock, 20 s), then ``on`` and ``off``, ``--seconds`` each:
+   the reference beads' true defocus (their height minus the focal plane, nm) r.m.s.
+   about the lock's target (on: the true defocus in the second before the drift starts,
+   the height of the still phase) or about its value when the phase began (off).
    ``off, same drift``: what the beads would have done over the *on* phase's drift with
    the focus held still (their true height change), the figure the 10x ratio uses.
    Extension error (tracked - true, nm: each tethered bead's mean over the phase) with
    the drift stopped and no lock (``still``), with the drift and the lock on, and off;
    per bead, how far ``on`` and ``off`` are from ``still``, and a second ``still`` phase
-   after them (the floor: how far a bead's mean error moves by itself).
+   after them, back at the same height (the floor: how far a bead's mean error moves by
+   itself).
 2. ``step``: drift stopped, locked, then the sample stage steps 200 nm along z (every
    bead's defocus jumps 200 nm; a focus moved by hand would race the lock, the focus's
    one writer): the lock's errors update by update; updates until within 10 nm,
@@ -145,26 +147,28 @@ def focus_phase(s: Session, seconds: float) -> dict:
         return np.nanmean(tracked - true, axis=0)  # per bead (nm)
 
     out: dict = {}
-    # still: no drift, no lock (the extension error of a bead that stays where it is)
+
+    def engage(target_nm=None) -> float:
+        """Lock (drift stopped) and wait until it holds; returns its target (tracked nm)."""
+        RE(lock_focus(mic, target_nm, rate_hz=10))
+        while not (lock.status.locked and lock.status.updates > n_updates[0] + 5):
+            time.sleep(0.05)
+        time.sleep(0.5)
+        n_updates[0] = lock.status.updates
+        return lock.status.target_nm
+
+    n_updates = [0]
+    # still: no drift, no lock (the extension error of beads that stay where they are);
+    # every phase that compares extensions then holds the reference beads at this height
     _, _, truth, tracks = s.collect(min(seconds, 20.0))
     ext_still = extension_error(truth, tracks)
-    # off
-    mic.simulation.set_drift_speed(1.0)
-    _, _, truth, tracks = s.collect(seconds)
-    d = defocus(truth)
-    out["off_rms"] = float(np.sqrt(np.mean((d - d[0]) ** 2)))
-    ext_off = extension_error(truth, tracks)
-    # on: engage with the drift stopped, so the target's true defocus is known
-    mic.simulation.set_drift_speed(0.0)
-    RE(lock_focus(mic, rate_hz=10))
-    while not (lock.status.locked and lock.status.updates > 5):
-        time.sleep(0.05)
+    target_tracked = engage()
+    # on: the lock holds the still phase's height while the stage drifts
     _, _, truth, _ = s.collect(1.0)
-    target = float(defocus(truth).mean())
+    target = float(defocus(truth).mean())  # the true defocus the lock holds
     mic.simulation.set_drift_speed(1.0)
     moves0 = lock.status.moves
     _, _, truth, tracks = s.collect(seconds)
-    mic.simulation.set_drift_speed(0.0)
     d = defocus(truth)
     out["on_rms"] = float(np.sqrt(np.mean((d - target) ** 2)))
     out["on_max"] = float(np.max(np.abs(d - target)))
@@ -172,21 +176,26 @@ def focus_phase(s: Session, seconds: float) -> dict:
     out["same_drift_off_rms"] = float(np.sqrt(np.mean((heights - heights[0]) ** 2)))
     out["moves"] = lock.status.moves - moves0
     ext_on = extension_error(truth, tracks)
-    out["ext_off"] = float(np.median(ext_off))
-    out["ext_on"] = float(np.median(ext_on))
-    # still again (drift stopped, lock off): how much a bead's mean error moves by itself
-    # between two phases, the floor of the comparisons above
+    # off: the same drift goes on, nothing follows it
+    RE(unlock_focus(mic))
+    _, _, truth, tracks = s.collect(seconds)
+    mic.simulation.set_drift_speed(0.0)
+    d = defocus(truth)
+    out["off_rms"] = float(np.sqrt(np.mean((d - d[0]) ** 2)))
+    ext_off = extension_error(truth, tracks)
+    # still again at the still phase's height (the lock brings the beads back, then lets
+    # go): how much a bead's mean error moves by itself, the floor of the comparisons
+    engage(target_tracked)
     RE(unlock_focus(mic))
     _, _, truth, tracks = s.collect(min(seconds, 20.0))
     out["ext_still_again"] = np.abs(extension_error(truth, tracks) - ext_still)
-    RE(lock_focus(mic, rate_hz=10))
     out["ext_still"] = float(np.median(ext_still))
+    out["ext_on"] = float(np.median(ext_on))
+    out["ext_off"] = float(np.median(ext_off))
     out["ext_on_vs_still"] = np.abs(ext_on - ext_still)
     out["ext_off_vs_still"] = np.abs(ext_off - ext_still)
-    # step: the focus moved 200 nm by hand while locked, no drift
-    while not (lock.status.locked and lock.status.updates > 5):
-        time.sleep(0.05)
-    time.sleep(1.0)
+    engage(target_tracked)
+    # step: the stage steps 200 nm along z while locked, no drift
     n0 = len(lock._loop_obj.history)
     mic.simulation.set_stage_z_offset(200.0)  # the stage jumps 200 nm: a defocus step
     time.sleep(3.0)

@@ -112,6 +112,11 @@ def test_reading_the_microscope_gives_positions_with_units(RE, microscope):
         "microscope-magnet_rotation": "turns",
         "microscope-focus": "nm",
         "microscope-force": "pN",
+        # the bead locks' readbacks (flags and reasons have no units)
+        **{f"microscope-{lock}-{key}": units for lock, count in (
+            ("focus_lock", "n_reference_valid"), ("xy_lock", "n_beads_valid"))
+           for key, units in (("locked", None), ("error_nm", "nm"), ("correction_nm", "nm"),
+                              (count, "beads"), ("moves", "moves"), ("reason", None))},
     }
     # no force calibration yet: the force reads NaN, not a guess
     assert np.isnan(RE(bps.rd(microscope.force)).plan_result)

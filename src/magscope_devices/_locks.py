@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 from ophyd_async.core import (
-    AsyncStatus,
     Reference,
     SignalRW,
     StandardReadable,
@@ -173,13 +172,6 @@ class _LockDevice(StandardReadable):
             while self._loop_obj.busy:
                 await asyncio.sleep(0.005)
             self._apply(self._loop_obj.status)
-
-    @AsyncStatus.wrap
-    async def suspend(self) -> bool:
-        """Disable the lock (waiting for an update in flight); returns whether it was on."""
-        was = self._loop_obj.enabled
-        await self.enabled.set(False)
-        return was
 
 
 class FocusLock(_LockDevice):
