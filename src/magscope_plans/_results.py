@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Generator, Mapping
 from typing import Any
 
@@ -9,7 +10,6 @@ import bluesky.plan_stubs as bps
 import numpy as np
 from bluesky.utils import Msg
 from ophyd_async.core import Array1D, soft_signal_rw
-from ophyd_async.plan_stubs import ensure_connected
 
 from magscope_devices._bead_layout import BeadLayoutRecord
 
@@ -39,13 +39,23 @@ class ResultRecord(BeadLayoutRecord):
         super().__init__(name=name)
 
 
+def connect_replayably(*devices: Any) -> Generator[Msg, Any, None]:
+    """Connect ``devices`` (soft, instant) in a message a RunEngine can replay.
+
+    ``ophyd_async.plan_stubs.ensure_connected`` sends one coroutine made in advance: when
+    a pause rewinds the plan to its checkpoint and the message is sent again, that
+    coroutine was already awaited ("cannot reuse already awaited coroutine"). Here each
+    send makes a new one."""
+    yield from bps.wait_for([functools.partial(device.connect) for device in devices])
+
+
 def emit(record: ResultRecord, stream: str, **values: Any) -> Generator[Msg, Any, None]:
     """Set ``record``'s signals to ``values`` (all its fields) and save one event of them in
     ``stream`` of the open run."""
     missing = set(record._fields) - set(values)
     if missing:
         raise ValueError(f"{record.name}: no value for {sorted(missing)}")
-    yield from ensure_connected(record)
+    yield from connect_replayably(record)
     args: list[Any] = []
     for key, value in values.items():
         datatype = record._fields[key][0]
@@ -69,5 +79,5 @@ def set_layouts(
 
     layout = (yield from read_layout(tracker)).select(bead_ids)
     for record in records:
-        yield from ensure_connected(record)
+        yield from connect_replayably(record)
         yield from bps.mv(*record.layout_moves(layout))

@@ -15,7 +15,6 @@ import numpy as np
 from bluesky.utils import Msg
 from cycler import cycler
 from ophyd_async.core import Array1D, StandardReadableFormat, soft_signal_rw
-from ophyd_async.plan_stubs import ensure_connected
 
 from magscope_devices._bead_layout import BeadLayoutRecord
 from magscope_devices._bead_tracker import BeadHeights, BeadRois
@@ -27,6 +26,7 @@ from ._arguments import PlanArgs, PlanArgumentError, PreflightError
 from ._bead_match import MAX_ROI_SHIFT_PX, match_beads
 from ._locks import focus_lock_suspended
 from ._preflight import check_axis_limits, check_microscope, read_layout
+from ._results import connect_replayably
 from ._run_results import zlut_from_run, zlut_heights_from_run
 from ._safety import with_safe_finish
 
@@ -179,7 +179,7 @@ def zlut_sweep(
         nm_per_px = layout.nm_per_px
         images = ZLUTImages(name="zlut_images")
         record = ZLUTRecord(name="zlut")
-        yield from ensure_connected(images, record)
+        yield from connect_replayably(images, record)
         yield from bps.mv(*images.layout_moves(layout))
         yield from bps.mv(*record.layout_moves(layout))
         _md = {
