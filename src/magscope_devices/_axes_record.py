@@ -51,11 +51,12 @@ AXES: tuple[tuple[str, str, float | None], ...] = (
 )
 _SUFFIXES = ("", "_setpoint", "_low", "_high")
 
-#: (lock, signal) pairs mirrored as ``<lock>_<signal>``: the bead locks' state.
+#: The bead locks (attributes of the microscope) and the signals of each mirrored as
+#: ``<lock>_<signal>``: the bead locks' state.
+LOCKS: tuple[str, ...] = ("focus_lock", "xy_lock")
+LOCK_SIGNALS: tuple[str, ...] = ("enabled", "locked", "error_nm", "moves")
 LOCK_FIELDS: tuple[str, ...] = tuple(
-    f"{lock}_{signal}"
-    for lock in ("focus_lock", "xy_lock")
-    for signal in ("enabled", "locked", "error_nm", "moves")
+    f"{lock}_{signal}" for lock in LOCKS for signal in LOCK_SIGNALS
 )
 
 #: The record's layout (see the module docstring).

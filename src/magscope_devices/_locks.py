@@ -119,6 +119,18 @@ class _LockDevice(StandardReadable):
 
     _loop_obj: FocusLockLoop | XYLockLoop
     enabled: SignalRW[bool]
+    rate_hz: SignalRW[float]
+
+    def _common_settings(self) -> None:
+        """``enabled`` and ``rate_hz``, read from and checked by the loop (call inside the
+        configuration-signal block)."""
+        lp = self._loop_obj
+        self.enabled = soft_signal_rw(
+            bool, False, getter=lambda: lp.enabled, setter=self._set_enabled, poll_period=0.5
+        )
+        self.rate_hz = soft_signal_rw(
+            float, lp.rate_hz, getter=lambda: lp.rate_hz, setter=lp.set_rate_hz, units="Hz"
+        )
 
     def _readbacks(self, count_name: str) -> None:
         with self.add_children_as_readables():
@@ -193,16 +205,10 @@ class FocusLock(_LockDevice):
         )
         lp = self._loop_obj
         with self.add_children_as_readables(Format.CONFIG_SIGNAL):
-            self.enabled = soft_signal_rw(
-                bool, False, getter=lambda: lp.enabled, setter=self._set_enabled,
-                poll_period=0.5,
-            )
+            self._common_settings()
             self.target_nm = soft_signal_rw(
                 float, math.nan, getter=lambda: lp.target_nm, setter=lp.set_target_nm,
                 units="nm",
-            )
-            self.rate_hz = soft_signal_rw(
-                float, lp.rate_hz, getter=lambda: lp.rate_hz, setter=lp.set_rate_hz, units="Hz"
             )
             defaults = FocusLockGains()
             self.kp = soft_signal_rw(
@@ -243,13 +249,7 @@ class XYLock(_LockDevice):
         )
         lp = self._loop_obj
         with self.add_children_as_readables(Format.CONFIG_SIGNAL):
-            self.enabled = soft_signal_rw(
-                bool, False, getter=lambda: lp.enabled, setter=self._set_enabled,
-                poll_period=0.5,
-            )
-            self.rate_hz = soft_signal_rw(
-                float, lp.rate_hz, getter=lambda: lp.rate_hz, setter=lp.set_rate_hz, units="Hz"
-            )
+            self._common_settings()
             self.threshold_px = soft_signal_rw(
                 float, lp.threshold_px, getter=lambda: lp.threshold_px,
                 setter=lp.set_threshold_px, units="px",

@@ -31,7 +31,7 @@ from magscope_ipc.rings import SlotRing
 from magscope_ipc.shm import SharedRecord, remove_stale_segments, segment_name
 
 from ._acquisition import AcquisitionConfig, AcquisitionProcess
-from ._axes_record import AxesLink
+from ._axes_record import LOCK_SIGNALS, LOCKS, AxesLink
 from ._bead_tracker import BeadTracker
 from ._camera import Camera, CameraLimits
 from ._force import Force
@@ -159,9 +159,9 @@ class _MicroscopeConnector(DeviceConnector):
                 axes.mirror(key + "_setpoint", axis.setpoint)
                 axes.mirror(key + "_low", axis.low_limit)
                 axes.mirror(key + "_high", axis.high_limit)
-            for lock in device.locks():
-                prefix = "focus_lock" if lock is getattr(device, "focus_lock", None) else "xy_lock"
-                for signal in ("enabled", "locked", "error_nm", "moves"):
+            for prefix in LOCKS:
+                lock = getattr(device, prefix, None)
+                for signal in LOCK_SIGNALS if lock is not None else ():
                     axes.mirror(f"{prefix}_{signal}", getattr(lock, signal))
 
 
@@ -222,8 +222,7 @@ class Microscope(StandardReadable):
 
     def locks(self) -> list[FocusLock | XYLock]:
         """The bead locks (none without a tracker)."""
-        return [lock for lock in (getattr(self, "focus_lock", None),
-                                  getattr(self, "xy_lock", None)) if lock is not None]
+        return [getattr(self, name) for name in LOCKS if hasattr(self, name)]
 
     def detectors(self) -> list[Any]:
         """The camera and, if present, the bead tracker."""

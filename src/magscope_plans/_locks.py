@@ -26,10 +26,11 @@ from bluesky.utils import Msg
 from magscope_devices._microscope import Microscope
 from magscope_tracking.bead_lock import (
     FOCUS_RATE_HZ_RANGE,
+    GAIN_RANGES,
+    THRESHOLD_PX_RANGE,
     XY_RATE_HZ_RANGE,
     LockParameterError,
 )
-from magscope_tracking.lock_loops import XYLockLoop
 
 from ._arguments import PlanArgs, PreflightError
 from ._preflight import check_microscope
@@ -60,6 +61,12 @@ def _in_range(args: PlanArgs, name: str, value: Any, low: float, high: float,
     return args.real(name, value, units=units, low=low, high=high, low_open=low_open)
 
 
+def _gain(args: PlanArgs, name: str, value: Any) -> float | None:
+    """A focus-lock gain checked against its range (:data:`GAIN_RANGES`, as the lock does)."""
+    low, high, units, low_open = GAIN_RANGES[name]
+    return _in_range(args, name, value, low, high, units, low_open=low_open)
+
+
 def lock_focus(
     microscope: Microscope,
     target_nm: float | None = None,
@@ -85,9 +92,8 @@ def lock_focus(
     args = PlanArgs(plan)
     target = None if target_nm is None else args.real("target_nm", target_nm, units="nm")
     rate = _in_range(args, "rate_hz", rate_hz, *FOCUS_RATE_HZ_RANGE, "Hz")
-    kp_v = _in_range(args, "kp", kp, 0.0, 1.0, low_open=True)
-    ki_v = _in_range(args, "ki", ki, 0.0, 0.5)
-    step = _in_range(args, "max_step_nm", max_step_nm, 0.0, 2000.0, "nm", low_open=True)
+    kp_v, ki_v = _gain(args, "kp", kp), _gain(args, "ki", ki)
+    step = _gain(args, "max_step_nm", max_step_nm)
     lock = _lock_of(microscope, plan, "focus_lock")
     tracker = microscope.tracker
     refs = yield from bps.rd(tracker.reference_beads)
@@ -130,12 +136,11 @@ def lock_xy(
     """
     plan = "lock_xy"
     args = PlanArgs(plan)
-    threshold = _in_range(args, "threshold_px", threshold_px, 0.5, 16.0, "px")
+    threshold = _in_range(args, "threshold_px", threshold_px, *THRESHOLD_PX_RANGE, "px")
     rate = _in_range(args, "rate_hz", rate_hz, *XY_RATE_HZ_RANGE, "Hz")
     lock = _lock_of(microscope, plan, "xy_lock")
     settings: list[Any] = []
     if threshold is not None:
-        XYLockLoop.check_threshold(threshold)
         settings += [lock.threshold_px, threshold]
     if rate is not None:
         settings += [lock.rate_hz, rate]

@@ -32,12 +32,15 @@ from ._roi_table import ROI_DTYPE
 __all__ = [
     "FOCUS_RATE_HZ_RANGE",
     "XY_RATE_HZ_RANGE",
+    "GAIN_RANGES",
+    "THRESHOLD_PX_RANGE",
     "FocusLockGains",
     "FocusLockState",
     "FocusStep",
     "LockParameterError",
     "XYMoves",
     "check_rate_hz",
+    "check_threshold_px",
     "focus_step",
     "reference_height",
     "roi_offsets_px",
@@ -48,6 +51,16 @@ __all__ = [
 FOCUS_RATE_HZ_RANGE = (1.0, 10.0)
 #: Update rates (Hz) the XY lock accepts, inclusive (MagScope acted every 10 s).
 XY_RATE_HZ_RANGE = (0.1, 10.0)
+#: The XY lock's dead-bands (px) it accepts, inclusive.
+THRESHOLD_PX_RANGE = (0.5, 16.0)
+#: Focus-lock gains: name -> (low, high, units, low end open); the plans check these too.
+GAIN_RANGES: dict[str, tuple[float, float, str, bool]] = {
+    "kp": (0.0, 1.0, "", True),
+    "ki": (0.0, 0.5, "", False),
+    "max_step_nm": (0.0, 2000.0, "nm", True),
+    "integral_band_nm": (0.0, 1e4, "nm", True),
+    "tolerance_nm": (0.0, 1e4, "nm", True),
+}
 
 
 class LockParameterError(ValueError):
@@ -60,7 +73,8 @@ def _check(name: str, value: object, low: float, high: float, units: str = "",
     suffix = f" {units}" if units else ""
     if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
         raise LockParameterError(
-            f"{name} = {value!r} is a {type(value).__name__}, not a number{suffix}"
+            f"{name} = {value!r} is a {type(value).__name__}, not a number"
+            + (f" of {units}" if units else "")
         )
     v = float(value)
     bracket = "(" if low_open else "["
@@ -75,6 +89,11 @@ def check_rate_hz(rate_hz: object, allowed: tuple[float, float] = FOCUS_RATE_HZ_
                   name: str = "rate_hz") -> float:
     """``rate_hz`` as a float, or :class:`LockParameterError` naming it and the range."""
     return _check(name, rate_hz, allowed[0], allowed[1], "Hz")
+
+
+def check_threshold_px(threshold_px: object) -> float:
+    """The XY lock's dead-band as a float, or :class:`LockParameterError` with the range."""
+    return _check("threshold_px", threshold_px, *THRESHOLD_PX_RANGE, "px")
 
 
 @dataclass(frozen=True)
@@ -96,11 +115,8 @@ class FocusLockGains:
     tolerance_nm: float = 20.0
 
     def __post_init__(self) -> None:
-        _check("kp", self.kp, 0.0, 1.0, low_open=True)
-        _check("ki", self.ki, 0.0, 0.5)
-        _check("max_step_nm", self.max_step_nm, 0.0, 2000.0, "nm", low_open=True)
-        _check("integral_band_nm", self.integral_band_nm, 0.0, 1e4, "nm", low_open=True)
-        _check("tolerance_nm", self.tolerance_nm, 0.0, 1e4, "nm", low_open=True)
+        for name, (low, high, units, low_open) in GAIN_RANGES.items():
+            _check(name, getattr(self, name), low, high, units, low_open=low_open)
 
     def with_(self, **changes: float) -> FocusLockGains:
         """A copy with ``changes`` (validated)."""

@@ -38,6 +38,7 @@ from .bead_lock import (
     FocusLockState,
     LockParameterError,
     check_rate_hz,
+    check_threshold_px,
     focus_step,
     reference_height,
     roi_offsets_px,
@@ -386,27 +387,14 @@ class XYLockLoop(_Loop):
         super().__init__(ring, rate_hz, on_update)
         self._rois = rois
         self.nm_per_px = float(nm_per_px)
-        self._threshold_px = self.check_threshold(threshold_px)
-
-    @staticmethod
-    def check_threshold(threshold_px: object) -> float:
-        if isinstance(threshold_px, bool) or not isinstance(
-            threshold_px, int | float | np.integer | np.floating
-        ):
-            raise LockParameterError(f"threshold_px = {threshold_px!r} is not a number of px")
-        value = float(threshold_px)
-        if not (math.isfinite(value) and 0.5 <= value <= 16.0):
-            raise LockParameterError(
-                f"threshold_px = {threshold_px!r} px is outside [0.5, 16] px"
-            )
-        return value
+        self._threshold_px = check_threshold_px(threshold_px)
 
     @property
     def threshold_px(self) -> float:
         return self._threshold_px
 
     def set_threshold_px(self, threshold_px: object) -> None:
-        self._threshold_px = self.check_threshold(threshold_px)
+        self._threshold_px = check_threshold_px(threshold_px)
 
     def _update(self) -> LockStatus:
         rows, why = self._frames()

@@ -263,12 +263,17 @@ class TrackingService:
                     f"roi_size {size} px differs from the loaded Z-LUT's ROI size "
                     f"{self._zlut_roi_size} px ({self._zlut_path}); clear_zlut() first"
                 )
-            self._rois, self._roi_size = rois, size
-            self._roi_generation += 1
-            collector = self._live_collector()
-            if collector is not None:
-                collector.write_rois(rois, size, self._roi_generation)
-            return self._roi_generation
+            return self._publish_rois(rois, size)
+
+    def _publish_rois(self, rois: np.ndarray, size: int) -> int:
+        """Keep ``rois`` as the table and hand it to the workers (under ``self._lock``);
+        returns the new ROI generation."""
+        self._rois, self._roi_size = rois, size
+        self._roi_generation += 1
+        collector = self._live_collector()
+        if collector is not None:
+            collector.write_rois(rois, size, self._roi_generation)
+        return self._roi_generation
 
     def sensor_shape(self) -> tuple[int, int]:
         """(height, width) px of the sensor (the frame ring's slots)."""
@@ -313,11 +318,7 @@ class TrackingService:
                 table = trial
                 moved.append(int(before["bead_id"]))
             if moved:
-                self._rois = table
-                self._roi_generation += 1
-                collector = self._live_collector()
-                if collector is not None:
-                    collector.write_rois(table, size, self._roi_generation)
+                self._publish_rois(table, size)
             return tuple(moved)
 
     def load_zlut(self, path: str | os.PathLike[str]) -> int:

@@ -75,11 +75,11 @@ class SimFrameSource:
 
     def grab(self, t_s: float, exposure_s: float, gain: float, out: np.ndarray) -> None:
         inputs = self.inputs
-        speed = float(inputs["drift_speed"])
+        speed = max(float(inputs["drift_speed"]), 0.0)
         if self._drift_clock is None:
             self._drift_clock = t_s
         else:
-            self._drift_clock += max(speed, 0.0) * max(t_s - self._t_prev, 0.0)
+            self._drift_clock += speed * max(t_s - self._t_prev, 0.0)
         self._t_prev = t_s
         truth = self.world.advance(
             t_s, exposure_s, inputs["magnet_z_mm"], inputs["magnet_turns"], inputs["focus_nm"],

@@ -604,8 +604,8 @@ class SimWorld:
         drift_t = t_s if drift_time_s is None else float(drift_time_s)
         drift_inst, drift_mean = self._drift_pair(drift_t, w * max(float(drift_speed), 0.0))
         if stage_z_offset_nm:
-            drift_inst = drift_inst + np.array([0.0, 0.0, float(stage_z_offset_nm)])
-            drift_mean = drift_mean + np.array([0.0, 0.0, float(stage_z_offset_nm)])
+            step = np.array([0.0, 0.0, float(stage_z_offset_nm)])
+            drift_inst, drift_mean = drift_inst + step, drift_mean + step
         nt = self.params.n_tethered
         pos0 = self._static_pos + drift_inst[:, None]
         posm = self._static_pos + drift_mean[:, None]
