@@ -151,12 +151,15 @@ SHOTS_PLAN = textwrap.dedent(
     '''
     import bluesky.plan_stubs as bps
     import bluesky.preprocessors as bpp
+    from bluesky import Msg
 
-    def shots_plan(mic, n, *, on_shot=None, md=None):
+    def shots_plan(mic, n, *, on_shot=None, pause_before_save=None, md=None):
         """n shots of camera and tracker, one event each. Each shot triggers both, lets
         them acquire for 50 ms (on_shot(i) is called then, from the plan), then waits
         and reads them: a pause (or a kill) landing in those 50 ms interrupts both
-        triggers after the camera wrote its frame and the tracker part of its window."""
+        triggers after the camera wrote its frame and the tracker part of its window.
+        Shot ``pause_before_save`` pauses between its reads and its save (bluesky has
+        collected the shot's StreamDatums and drops them)."""
         dets = [mic.camera, mic.tracker]
 
         @bpp.stage_decorator(dets)
@@ -173,6 +176,8 @@ SHOTS_PLAN = textwrap.dedent(
                 yield from bps.create("primary")
                 for det in dets:
                     yield from bps.read(det)
+                if i == pause_before_save:
+                    yield Msg("pause", defer=False)
                 yield from bps.save()
 
         return plan()
@@ -300,6 +305,48 @@ def test_paused_mid_trigger_then_resumed_or_aborted_runs_read_back(scope):
     for uid, run_docs, n in ((uid_resumed, resumed_docs, SHOTS), (uid_aborted, aborted_docs, 1)):
         data = check_run_streams(client, uid, "mic", n)
         # the files hold exactly the frames and rows the events describe
+        path, dataset = file_of(run_docs, "mic-camera")
+        assert rows_in(path, dataset) == n
+        with h5py.File(path, "r", swmr=True) as file:
+            np.testing.assert_array_equal(file[dataset][()], data["primary"]["mic-camera"][:, 0])
+        path, dataset = file_of(run_docs, "mic-tracker-x_nm")
+        tracks = read_track_file(path)
+        assert tracks["x_nm"].shape[0] == n * 10
+        np.testing.assert_array_equal(
+            tracks["x_nm"].reshape(n, 10, -1), data["primary"]["mic-tracker-x_nm"]
+        )
+
+
+def test_paused_between_read_and_save_then_resumed_or_aborted_runs_read_back(scope):
+    """bluesky collects a shot's StreamDatums at its reads and drops them if a pause
+    comes before the save: the files keep only the frames and rows of saved events."""
+    RE, mic = scope.RE, scope.mic
+    runs = []
+    for then in ("resume", "abort"):
+        docs: list = []
+        token = RE.subscribe(lambda name, doc, docs=docs: docs.append((name, doc)))
+        try:
+            with pytest.raises(RunEngineInterrupted):
+                RE(shots_plan(mic, SHOTS, pause_before_save=1))
+            assert RE.state == "paused"
+            if then == "resume":
+                RE.resume()
+            else:
+                RE.abort("test abort")
+        finally:
+            RE.unsubscribe(token)
+        stop = [d for n, d in docs if n == "stop"][-1]
+        n = SHOTS if then == "resume" else 1
+        assert stop["num_events"] == {"primary": n}, (then, stop)
+        announced = [d["indices"] for name, d in docs if name == "stream_datum"
+                     and d["stream_resource"] == [r["uid"] for m, r in docs if m ==
+                     "stream_resource" and r["data_key"] == "mic-camera"][0]]
+        # contiguous StreamDatums, one frame per event
+        assert [(i["start"], i["stop"]) for i in announced] == [(k, k + 1) for k in range(n)]
+        runs.append((docs[0][1]["uid"], docs, n))
+    client = scope.server.client()
+    for uid, run_docs, n in runs:
+        data = check_run_streams(client, uid, "mic", n)
         path, dataset = file_of(run_docs, "mic-camera")
         assert rows_in(path, dataset) == n
         with h5py.File(path, "r", swmr=True) as file:

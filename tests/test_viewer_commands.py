@@ -143,7 +143,10 @@ def test_click_adds_drag_moves_right_click_removes(qtbot, RE, mic, window):
     _show(qtbot, window, RE, mic)
 
     # drag its box by about (+25, +15) px: the ROI moves by as much, the bead keeps its id
+    # (both ends mapped now: the view may have been laid out anew since the click)
+    point = cam.scene_point(x, y)
     end = cam.scene_point(x + 25, y + 15)
+    x, y = _view_pos(window, point)
     ex, ey = _view_pos(window, end)
     n = window.commands.replies
     QTest.mousePress(cam.viewport(), LEFT, QtCore.Qt.KeyboardModifier.NoModifier, point)

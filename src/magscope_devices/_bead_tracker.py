@@ -133,6 +133,8 @@ class _Capture:
     def __init__(self, tracker: BeadTracker) -> None:
         self.tracker = tracker
         self.recorder: TrackRecorder | None = None
+        #: the open file's document maker (its StreamDatums say which rows are announced)
+        self.provider: AnnouncedFramesProvider | None = None
         self._last_window: tuple[np.ndarray, np.ndarray, np.ndarray] = (
             np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 3, 0))
         )
@@ -179,9 +181,15 @@ class _Capture:
         """End the open request and cut the file back to the announced rows: a record or
         trigger window a pause interrupted must leave no row that the next one's
         StreamDatums would claim (the file would hold more rows than the events, and
-        the events the wrong rows)."""
+        the events the wrong rows). Rows of a read whose event a pause dropped before
+        its save go too."""
+        self._settle()
         if self.recorder is not None:
             self.recorder.drop_unannounced()
+
+    def _settle(self) -> None:
+        if self.provider is not None and self.recorder is not None:
+            self.provider.settle()
 
     def window(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(frame_index, timestamp, xyz (frames, 3, beads)) of the last request."""
@@ -191,6 +199,8 @@ class _Capture:
 
     def close(self) -> None:
         """Close the track file, keeping only announced rows. Idempotent."""
+        self._settle()
+        self.provider = None
         recorder, self.recorder = self.recorder, None
         if recorder is None:
             return
@@ -308,7 +318,7 @@ class TrackerDataLogic(DetectorDataLogic):
                 parameters={"dataset": DATASETS["status"]},
             )
         ]
-        return AnnouncedFramesProvider(
+        self.capture.provider = AnnouncedFramesProvider(
             uri=f"{info.directory_uri}{info.filename}.h5",
             resources=resources,
             mimetype="application/x-hdf5",
@@ -316,6 +326,7 @@ class TrackerDataLogic(DetectorDataLogic):
             on_announce=self.capture.announce,
             before_announce=self.capture.flush_before_announcing,
         )
+        return self.capture.provider
 
     async def stop(self) -> None:
         self.capture.close()

@@ -138,10 +138,18 @@ class CameraAcquireLogic(DetectorAcquireLogic):
 
 
 class AnnouncedFramesProvider(StreamResourceDataProvider):
-    """A :class:`StreamResourceDataProvider` that reports, after each batch of
-    StreamDatum documents, how many frames (collections) they announce in all, to
-    ``on_announce``: the writer of the file then never keeps more frames than the events
-    describe (Tiled sizes the stream from the StreamDatums and refuses a file with more).
+    """A :class:`StreamResourceDataProvider` that tells the writer of the file how many
+    frames (collections) its StreamDatum documents announce, so the file never keeps
+    more frames than the run describes (Tiled sizes the stream from the StreamDatums and
+    refuses a file with more).
+
+    bluesky collects the documents at ``read`` and emits them at ``save``; a pause
+    between the two drops them (the resumed plan reads again, an abort never saves).
+    So ``on_announce`` is told twice: at collection, the frames collected so far (what
+    a crashed session's file is cut to; replay trims the rest), and at :meth:`settle`
+    (before the next trigger, at a pause, at the close), the frames of documents the
+    RunEngine really put in the run: dropped ones are taken back and announced again
+    by the next collection.
     """
 
     def __init__(
@@ -152,18 +160,41 @@ class AnnouncedFramesProvider(StreamResourceDataProvider):
         self._on_announce = on_announce
         self._before_announce = before_announce
         self.collections_announced = 0
+        #: StreamDatums of the last collection not yet settled, and last_emitted before it
+        self._unsettled: tuple[list[dict[str, Any]], int, int] | None = None
 
     async def make_stream_docs(
         self, collections_written: int, collections_per_event: int
     ) -> AsyncIterator[Any]:
+        self.settle()
         if self._before_announce is not None:  # e.g. put those rows on disk first
             self._before_announce(collections_written)
-        async for doc in super().make_stream_docs(collections_written, collections_per_event):
-            yield doc
-        announced = self.last_emitted * collections_per_event
-        if announced != self.collections_announced:
-            self.collections_announced = announced
-            self._on_announce(announced)
+        before = self.last_emitted
+        datums: list[dict[str, Any]] = []
+        async for name, doc in super().make_stream_docs(collections_written, collections_per_event):
+            if name == "stream_datum":
+                datums.append(doc)  # type: ignore[arg-type]
+            yield name, doc
+        if datums:
+            self._unsettled = (datums, before, collections_per_event)
+        self._announce(self.last_emitted * collections_per_event)
+
+    def settle(self) -> int:
+        """Take back the last collection's StreamDatums if the RunEngine dropped them
+        (bluesky fills in a StreamDatum's ``descriptor``, in place, when it puts the
+        document in the run); return the frames announced."""
+        unsettled, self._unsettled = self._unsettled, None
+        if unsettled is not None:
+            datums, before, collections_per_event = unsettled
+            if not any(doc.get("descriptor") for doc in datums):
+                self.last_emitted = before
+                self._announce(before * collections_per_event)
+        return self.collections_announced
+
+    def _announce(self, collections: int) -> None:
+        if collections != self.collections_announced:
+            self.collections_announced = collections
+            self._on_announce(collections)
 
 
 class CameraDataLogic(DetectorDataLogic):
@@ -179,6 +210,13 @@ class CameraDataLogic(DetectorDataLogic):
         self.camera = camera
         self.path_provider = path_provider
         self._open = False
+        self.provider: AnnouncedFramesProvider | None = None
+
+    def settle(self) -> None:
+        """Announce only the frames of documents the RunEngine put in the run
+        (:meth:`AnnouncedFramesProvider.settle`)."""
+        if self.provider is not None:
+            self.provider.settle()
 
     async def prepare_unbounded(self, datakey_name: str) -> StreamableDataProvider:
         cam = self.camera
@@ -213,17 +251,19 @@ class CameraDataLogic(DetectorDataLogic):
             if control is not None:
                 control["capture_announced"] = frames
 
-        return AnnouncedFramesProvider(
+        self.provider = AnnouncedFramesProvider(
             uri=f"{path_info.directory_uri}{path_info.filename}.h5",
             resources=resources,
             mimetype="application/x-hdf5",
             collections_written_signal=cam.frames_captured,
             on_announce=announce,
         )
+        return self.provider
 
     async def stop(self) -> None:
         if not self._open:
             return
+        self.settle()  # an abort between a read and its save: that frame goes too
         self._open = False
         cam = self.camera
         ctl = cam.process.control
@@ -313,10 +353,9 @@ class Camera(StandardDetector):
         self.frames_captured, _ = soft_signal_r_and_setter(
             int, getter=self._getter("capture_written"), poll_period=0.005
         )
+        self._data_logic = CameraDataLogic(self, path_provider)
         self.add_detector_logics(
-            CameraTriggerLogic(self),
-            CameraAcquireLogic(self),
-            CameraDataLogic(self, path_provider),
+            CameraTriggerLogic(self), CameraAcquireLogic(self), self._data_logic
         )
         self.add_config_signals(self.roi_x, self.roi_y, self.roi_width, self.roi_height)
         super().__init__(name=name, connector=_AcquisitionConnector(process))
@@ -420,10 +459,12 @@ class Camera(StandardDetector):
     async def drop_unannounced_frames(self) -> None:
         """Drop frames of the open file that no StreamDatum announced, and cancel frame
         requests still open: what a trigger interrupted by a pause left (the resumed plan
-        triggers again; without this, one event would cover two frames)."""
+        triggers again; without this, one event would cover two frames), and the frame
+        of a read whose event a pause dropped before its save."""
         ctl = self.process.control
         if ctl is None or not self.process.running or ctl["capture_ack"] == 0:
             return
+        self._data_logic.settle()
         announced = int(ctl["capture_announced"])
         if ctl["capture_written"] == announced and ctl["capture_requested"] == announced:
             return
