@@ -39,7 +39,7 @@ def test_every_exported_name_imports(package):
     ("package", "public"),
     [
         ("magscope_plans", {"analysis"}),
-        ("magscope_devices", {"sim"}),
+        ("magscope_devices", {"sim", "backends"}),
         ("magscope_session", {"runs"}),
     ],
 )

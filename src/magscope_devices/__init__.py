@@ -4,8 +4,11 @@ The devices a user builds and drives, flat::
 
     from magscope_devices import SimParams, make_simulated_microscope
 
-- the instrument: :class:`Microscope`, :func:`make_simulated_microscope` (the simulated
-  one, the default), :class:`SimParams` (its world: beads, sensor, optics);
+- the instrument: :class:`Microscope`, built from an :class:`InstrumentConfig` (read from
+  YAML by :func:`load_instrument_config`, checked by :func:`parse_instrument_config`) by
+  :func:`make_microscope` and its part factories (:func:`make_camera`, :func:`make_axis`,
+  :func:`make_tracker`); :func:`make_simulated_microscope` (the default config's
+  shortcut), :class:`SimParams` (the simulated world: beads, sensor, optics);
 - its axes: :class:`MagnetZ` (mm), :class:`MagnetRotation` (turns), :class:`FocusStage`
   (nm), :class:`Force` (pN, through a :class:`ForceCalibration`; its model curve is
   :func:`magnet_force_pn`);
@@ -36,8 +39,15 @@ if TYPE_CHECKING:
     from ._bead_rois import BeadRois, rois_from_centres
     from ._bead_tracker import BeadTracker
     from ._camera import Camera, CameraLimits
+    from ._factories import make_axis, make_camera, make_microscope, make_tracker
     from ._force import Force, NoForceCalibrationError
     from ._force_curve import ForceCalibration, ForceRangeError, magnet_force_pn
+    from ._instrument_config import (
+        InstrumentConfig,
+        InstrumentConfigError,
+        load_instrument_config,
+        parse_instrument_config,
+    )
     from ._locks import FocusLock, XYLock
     from ._microscope import Microscope, make_simulated_microscope
     from ._motors import FocusStage, LimitError, MagnetRotation, MagnetZ
@@ -62,6 +72,14 @@ _SOURCES = {
     "ForceCalibration": "._force_curve",
     "ForceRangeError": "._force_curve",
     "InstrumentBusyError": "._ownership",
+    "InstrumentConfig": "._instrument_config",
+    "InstrumentConfigError": "._instrument_config",
+    "load_instrument_config": "._instrument_config",
+    "parse_instrument_config": "._instrument_config",
+    "make_axis": "._factories",
+    "make_camera": "._factories",
+    "make_microscope": "._factories",
+    "make_tracker": "._factories",
     "LimitError": "._motors",
     "MagnetRotation": "._motors",
     "MagnetZ": "._motors",
@@ -100,6 +118,14 @@ __all__ = [
     "XYLock",
     "magnet_force_pn",
     "make_simulated_microscope",
+    "InstrumentConfig",
+    "InstrumentConfigError",
+    "load_instrument_config",
+    "parse_instrument_config",
+    "make_axis",
+    "make_camera",
+    "make_microscope",
+    "make_tracker",
     "read_axes",
     "rois_from_centres",
 ]

@@ -1,151 +1,54 @@
 """The microscope: the top device grouping camera, magnets and focus.
 
-:func:`make_simulated_microscope` builds the default, simulated instrument. It
-has no side effects until connected (``init_devices`` or ``await
-microscope.connect()``): connecting creates the shared memory, starts the camera
-process and links the simulated axes to the world model. :meth:`Microscope.close`
-(also run at interpreter exit) stops the process and unlinks the shared memory.
+The instrument config (:mod:`._instrument_config`) says what drives each part and
+:func:`~magscope_devices.make_microscope` builds it; :func:`make_simulated_microscope`
+is the default config's shortcut. Nothing happens until connected (``init_devices`` or
+``await microscope.connect()``): connecting reaches the hardware axes, creates the shared
+memory, starts the camera process and, for the simulated camera, couples its world to the
+axes. :meth:`Microscope.close` (also run at interpreter exit) stops the processes, lets
+go of the hardware and unlinks the shared memory.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import math
-import uuid
-import weakref
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from ophyd_async.core import (
-    AsyncStatus,
-    DeviceConnector,
-    PathProvider,
-    StandardReadable,
-    StaticPathProvider,
-    UUIDFilenameProvider,
-)
+from ophyd_async.core import AsyncStatus, DeviceConnector, PathProvider, StandardReadable
 
-from magscope_ipc.rings import SlotRing
-from magscope_ipc.shm import SharedRecord, remove_stale_segments, segment_name
-
-from ._acquisition import AcquisitionConfig, AcquisitionProcess
 from ._axes_record import LOCK_SIGNALS, LOCKS, AxesLink
 from ._bead_tracker import BeadTracker
-from ._camera import Camera, CameraLimits
+from ._camera import Camera
 from ._force import Force
 from ._locks import FocusLock, XYLock
 from ._motors import FocusStage, MagnetRotation, MagnetZ
 from ._ownership import InstrumentLock
 from ._summary import MicroscopeSummary, read_summary
-from .sim.frame_source import SIM_INPUTS_DTYPE, TRUTH_DTYPE, SimFrameSource, TruthReader
+from .sim.frame_source import TruthReader
+from .sim.link import TRUTH_CAPACITY, SimulationLink
 from .sim.world import SimParams
 
-#: Frames of ground truth kept by the simulated microscope (164 s at 100 frames/s).
-TRUTH_CAPACITY = 16384
+if TYPE_CHECKING:
+    from ._instrument_config import InstrumentConfig
 
-
-class SimulationLink:
-    """Shared memory between the simulated axes (this process) and the world (camera process).
-
-    Owns the stage-inputs record and the ground-truth ring; mirrors the axes' readbacks
-    into the record so the world sees magnets and focus move as they move.
-    """
-
-    def __init__(self, params: SimParams, instance: str) -> None:
-        self.params = params
-        self.instance = instance
-        self.inputs_name = segment_name(instance, "siminputs")
-        self.truth_name = segment_name(instance, "truth")
-        self.inputs: SharedRecord | None = None
-        self.truth_ring: SlotRing | None = None
-        self._finalizer: weakref.finalize | None = None
-
-    def open(self, magnet_z_mm: float, magnet_turns: float, focus_nm: float) -> None:
-        if self.inputs is not None:
-            return
-        remove_stale_segments(self.instance)  # this instance's only: others are not ours
-        for name in (self.inputs_name, self.truth_name):
-            Path("/dev/shm", name).unlink(missing_ok=True)
-        self.inputs = SharedRecord.create(self.inputs_name, SIM_INPUTS_DTYPE)
-        self.inputs["magnet_z_mm"] = magnet_z_mm
-        self.inputs["magnet_turns"] = magnet_turns
-        self.inputs["focus_nm"] = focus_nm
-        self.inputs["drift_speed"] = 1.0
-        n_beads = self.params.n_tethered + self.params.n_reference
-        self.truth_ring = SlotRing.create(self.truth_name, TRUTH_CAPACITY, (n_beads,), TRUTH_DTYPE)
-        self._finalizer = weakref.finalize(self, _unlink, self.inputs_name, self.truth_name)
-
-    def update(self, field: str, value: float) -> None:
-        if self.inputs is not None:
-            self.inputs[field] = value
-
-    def set_drift_speed(self, speed: float) -> None:
-        """Run the simulated stage drift's clock at ``speed`` (1: as ``SimParams`` says,
-        0: the stage holds still where it is; no jump either way)."""
-        if not (math.isfinite(speed) and speed >= 0):
-            raise ValueError(f"drift speed {speed!r} must be a finite number >= 0")
-        self.update("drift_speed", float(speed))
-
-    def set_stage_z_offset(self, offset_nm: float) -> None:
-        """Step the simulated sample stage along z to ``offset_nm`` (nm, on top of the
-        drift): a sudden defocus of every bead, as a bumped stage would give."""
-        if not math.isfinite(offset_nm):
-            raise ValueError(f"stage offset {offset_nm!r} nm must be finite")
-        self.update("stage_z_offset_nm", float(offset_nm))
-
-    def mirror(self, field: str, signal) -> None:
-        """Copy every new reading of ``signal`` into the inputs record's ``field``."""
-
-        def on_reading(reading: dict) -> None:
-            (entry,) = reading.values()
-            self.update(field, float(entry["value"]))
-
-        signal.subscribe_reading(on_reading)
-
-    @property
-    def truth(self) -> TruthReader:
-        if self.truth_ring is None:
-            raise RuntimeError("the simulated microscope is not connected")
-        return TruthReader(self.truth_ring)
-
-    def close(self) -> None:
-        for shared in (self.inputs, self.truth_ring):
-            if shared is not None:
-                shared.unlink()
-                shared.close()
-        self.inputs = None
-        self.truth_ring = None
-        if self._finalizer is not None:
-            self._finalizer.detach()
-            self._finalizer = None
-
-
-def _unlink(*names: str) -> None:
-    for name in names:
-        Path("/dev/shm", name).unlink(missing_ok=True)
+__all__ = ["TRUTH_CAPACITY", "Microscope", "SimulationLink", "make_simulated_microscope"]
 
 
 class _MicroscopeConnector(DeviceConnector):
-    """Open the simulation link before the camera process starts, then mirror the axes."""
+    """Take the instrument, connect the axes (hardware axes read their position), couple
+    a simulated camera's world to them, then connect the rest (the camera process
+    starts) and start the locks and the axes record."""
 
     async def connect_real(self, device, timeout: float, force_reconnect: bool):
         if device.ownership is not None:  # one owner per instrument: refuse before anything
             device.ownership.acquire()
         link: SimulationLink | None = device.simulation
         if link is not None:
-            link.open(
-                await device.magnet_z.readback.get_value(),
-                await device.magnet_rotation.readback.get_value(),
-                await device.focus.readback.get_value(),
-            )
+            movers = (device.magnet_z, device.magnet_rotation, device.focus)
+            await asyncio.gather(*(a.connect(timeout=timeout) for a in movers))
+            await link.attach(device)
         await super().connect_real(device, timeout, force_reconnect)
-        if link is not None and not device._mirrored:
-            link.mirror("magnet_z_mm", device.magnet_z.readback)
-            link.mirror("magnet_turns", device.magnet_rotation.readback)
-            link.mirror("focus_nm", device.focus.readback)
-            device._mirrored = True
         for lock in device.locks():
             lock.start_loop(asyncio.get_running_loop())
         axes: AxesLink | None = device.axes_link
@@ -184,14 +87,16 @@ class Microscope(StandardReadable):
         simulation: SimulationLink | None = None,
         ownership: InstrumentLock | None = None,
         axes_link: AxesLink | None = None,
+        config: InstrumentConfig | None = None,
         name: str = "",
     ) -> None:
+        #: what the microscope was built from (None: assembled in code)
+        self.config = config
         self.simulation = simulation
         #: the axes record other processes (the viewer) read, created on connect
         self.axes_link = axes_link
         #: the instrument's ownership lock, taken on connect, released by close()
         self.ownership = ownership
-        self._mirrored = False
         with self.add_children_as_readables():
             self.magnet_z = magnet_z
             self.magnet_rotation = magnet_rotation
@@ -268,6 +173,8 @@ class Microscope(StandardReadable):
         if tracker is not None:
             tracker.close()
         self.camera.process.stop()
+        for axis in (self.magnet_z, self.magnet_rotation, self.focus):
+            axis.close()
         if self.simulation is not None:
             self.simulation.close()
         if self.axes_link is not None:
@@ -303,7 +210,7 @@ def make_simulated_microscope(
     :param frame_rate_hz: camera frame rate (frames/s).
     :param ring_capacity: frames held in the shared-memory frame ring.
     :param focus_nm: initial focal-plane height above the surface (nm); default
-        ``params.default_focus_nm``.
+        0 nm (the surface).
     :param magnet_z_mm: initial magnet height (mm).
     :param track: include the bead tracker (tracking service started on connect).
     :param tracking_workers: tracking worker processes (default one per core).
@@ -312,49 +219,22 @@ def make_simulated_microscope(
         instance is owned by one process at a time (connecting takes its lock, see
         :mod:`magscope_devices._ownership`). Default: a random, private name.
     """
+    from ._factories import make_microscope
+    from ._instrument_config import CameraConfig, InstrumentConfig, TrackingConfig, default_axis
+
     params = params or SimParams()
-    ownership = InstrumentLock(instance) if instance else None
-    instance = instance or f"sim{uuid.uuid4().hex[:8]}"
-    if path_provider is None:
-        if data_dir is None:
-            raise ValueError("give a path_provider or a data_dir for captured frames")
-        folder = Path(data_dir).absolute()
-        folder.mkdir(parents=True, exist_ok=True)
-        path_provider = StaticPathProvider(UUIDFilenameProvider(), folder)
-    link = SimulationLink(params, instance)
-    dtype = np.uint8 if params.bit_depth <= 8 else np.uint16
-    process = AcquisitionProcess(
-        source_factory=functools.partial(
-            SimFrameSource, params, link.inputs_name, link.truth_name
+    focus0 = 0.0 if focus_nm is None else focus_nm
+    config = InstrumentConfig(
+        camera=CameraConfig(
+            sensor_px=(params.width_px, params.height_px), bit_depth=params.bit_depth,
+            frame_rate_hz=frame_rate_hz, exposure_s=exposure_s, ring_capacity=ring_capacity,
         ),
-        sensor_shape=(params.height_px, params.width_px),
-        dtype=dtype,
-        bit_depth=params.bit_depth,
-        config=AcquisitionConfig(
-            instance=instance,
-            ring_capacity=ring_capacity,
-            exposure_s=exposure_s,
-            frame_rate_hz=frame_rate_hz,
-        ),
+        magnet_z=default_axis("magnet_z", initial=magnet_z_mm),
+        magnet_rotation=default_axis("magnet_rotation"),
+        focus=default_axis("focus", initial=focus0),
+        tracking=TrackingConfig(enabled=track, workers=tracking_workers, roi_size_px=roi_size_px),
+        sim=params,
     )
-    focus0 = getattr(params, "default_focus_nm", 0.0) if focus_nm is None else focus_nm
-    camera = Camera(process, path_provider, CameraLimits())
-    tracker = (
-        BeadTracker(
-            camera, path_provider, nm_per_px=params.nm_per_px, n_workers=tracking_workers,
-            roi_size_px=roi_size_px, bead_radius_nm=params.bead_radius_nm,
-        )
-        if track
-        else None
-    )
-    return Microscope(
-        camera=camera,
-        tracker=tracker,
-        magnet_z=MagnetZ(initial=magnet_z_mm),
-        magnet_rotation=MagnetRotation(),
-        focus=FocusStage(initial=focus0),
-        simulation=link,
-        ownership=ownership,
-        axes_link=AxesLink(instance),
-        name=name,
+    return make_microscope(
+        config, path_provider=path_provider, data_dir=data_dir, instance=instance, name=name
     )

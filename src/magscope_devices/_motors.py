@@ -4,8 +4,11 @@ Each axis is an ophyd-async ``StandardMovable`` with soft limits and a velocity:
 ``set()`` returns a status that finishes on arrival, fails before anything moves
 when the target is outside the limits (the message names the value and the
 limit), and can be stopped. The simulated axes move at their velocity and
-publish the readback at 50 Hz; a hardware axis subclasses :class:`Axis` with a
-logic whose ``move`` talks to the SDK (soft signals with getter/setter).
+publish the readback at 50 Hz. A hardware axis is the same class given a *drive*
+(:class:`AxisDrive`: a python-microscope stage axis, an EPICS motor, ...): on connect the
+drive is reached (or the connect fails naming its address), the limits become the
+intersection of the configured ones and the device's, and moves go through the drive,
+which publishes the readback as the device reports it.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Protocol
 
 from ophyd_async.core import (
+    DeviceConnector,
     MovableLogic,
     SignalR,
     SignalRW,
@@ -104,8 +109,78 @@ class SimAxisLogic(MovableLogic[float]):
         self.readback_set(new_position)
 
 
+class AxisDrive(Protocol):
+    """What moves a hardware axis, in the axis's units (the drive converts to the
+    device's). ``address`` names the device (URI and axis, PV) in errors."""
+
+    address: str
+
+    async def connect(self, timeout: float) -> tuple[float, float]:
+        """Reach the device (fail within ``timeout`` s, naming ``address``); return its
+        limits in the axis's units (``-inf``/``inf`` where it has none)."""
+
+    async def position(self) -> float:
+        """Where the device is now."""
+
+    async def move(self, target: float, report: Callable[[float], None]) -> None:
+        """Move to ``target``; call ``report(position)`` as the device moves; return on
+        arrival (raise if the device stops elsewhere or fails)."""
+
+    async def stop(self) -> None:
+        """Stop a move in progress."""
+
+    def close(self) -> None:
+        """Let go of the device (connections, threads)."""
+
+
+@dataclass
+class DriveAxisLogic(SimAxisLogic):
+    """Limits checked as for the simulated axes, the move made by a :class:`AxisDrive`."""
+
+    drive: AxisDrive | None = None
+
+    async def calculate_timeout(self, old_position: float, new_position: float) -> float | None:
+        return None  # the drive fails a move that does not arrive (it knows its device)
+
+    async def stop(self) -> None:
+        if self.drive is not None:
+            await self.drive.stop()
+
+    async def move(self, new_position: float, timeout: TimeoutCalculator) -> None:
+        assert self.drive is not None
+        await self.setpoint.set(new_position)
+        await self.drive.move(new_position, self.readback_set)
+        self.readback_set(await self.drive.position())
+
+
+class _DriveConnector(DeviceConnector):
+    """Connect the soft signals, then reach the drive: the limits become the config's
+    within the device's, the readback and setpoint the device's position."""
+
+    async def connect_real(self, device, timeout: float, force_reconnect: bool) -> None:
+        await super().connect_real(device, timeout, force_reconnect)
+        drive: AxisDrive = device.drive
+        low, high = await drive.connect(timeout)
+        config_low = await device.low_limit.get_value()
+        config_high = await device.high_limit.get_value()
+        low, high = max(low, config_low), min(high, config_high)
+        if not low < high:
+            raise LimitError(
+                f"{device.name or type(device).__name__}: the configured limits "
+                f"[{config_low:g}, {config_high:g}] {device.units} and those of "
+                f"{drive.address} do not overlap"
+            )
+        await device.low_limit.set(low)
+        await device.high_limit.set(high)
+        position = await drive.position()
+        device._readback_set(position)
+        await device.setpoint.set(position)
+
+
 class Axis(StandardReadable, StandardMovable[float]):
-    """A simulated single axis with limits (in ``units``) and velocity (``units``/s)."""
+    """A single axis with limits (in ``units``) and velocity (``units``/s): simulated,
+    or moved by ``drive`` (a hardware axis; ``initial`` is then where the readback
+    starts until the device is read on connect)."""
 
     def __init__(
         self,
@@ -116,8 +191,11 @@ class Axis(StandardReadable, StandardMovable[float]):
         high_limit: float,
         velocity: float,
         precision: int = 4,
+        drive: AxisDrive | None = None,
         name: str = "",
     ) -> None:
+        if drive is not None:
+            initial = min(max(initial, low_limit), high_limit)
         if not low_limit <= initial <= high_limit:
             raise LimitError(
                 f"initial position {initial} {units} is outside the limits "
@@ -133,10 +211,29 @@ class Axis(StandardReadable, StandardMovable[float]):
             self.low_limit = soft_signal_rw(float, low_limit, units=units)
             self.high_limit = soft_signal_rw(float, high_limit, units=units)
         self.setpoint = soft_signal_rw(float, initial, units=units, precision=precision)
-        super().__init__(name=name)
+        #: the hardware behind the axis (None: simulated)
+        self.drive = drive
+        super().__init__(name=name, connector=_DriveConnector() if drive is not None else None)
+
+    def close(self) -> None:
+        """Let go of the hardware (nothing for a simulated axis). Idempotent."""
+        if self.drive is not None:
+            self.drive.close()
 
     @cached_property
     def movable_logic(self) -> SimAxisLogic:
+        if self.drive is not None:
+            return DriveAxisLogic(
+                setpoint=self.setpoint,
+                readback=self.readback,
+                readback_set=self._readback_set,
+                velocity=self.velocity,
+                low_limit=self.low_limit,
+                high_limit=self.high_limit,
+                axis_name=lambda: self.name or type(self).__name__,
+                units=self.units,
+                drive=self.drive,
+            )
         return SimAxisLogic(
             setpoint=self.setpoint,
             readback=self.readback,
@@ -158,11 +255,12 @@ class MagnetZ(Axis):
         low_limit: float = 0.3,
         high_limit: float = 10.0,
         velocity: float = 5.0,
+        drive: AxisDrive | None = None,
         name: str = "",
     ) -> None:
         super().__init__(
             units="mm", initial=initial, low_limit=low_limit, high_limit=high_limit,
-            velocity=velocity, precision=4, name=name,
+            velocity=velocity, precision=4, drive=drive, name=name,
         )
 
 
@@ -175,11 +273,12 @@ class MagnetRotation(Axis):
         low_limit: float = -200.0,
         high_limit: float = 200.0,
         velocity: float = 5.0,
+        drive: AxisDrive | None = None,
         name: str = "",
     ) -> None:
         super().__init__(
             units="turns", initial=initial, low_limit=low_limit, high_limit=high_limit,
-            velocity=velocity, precision=3, name=name,
+            velocity=velocity, precision=3, drive=drive, name=name,
         )
 
 
@@ -192,9 +291,10 @@ class FocusStage(Axis):
         low_limit: float = -20_000.0,
         high_limit: float = 80_000.0,
         velocity: float = 500_000.0,
+        drive: AxisDrive | None = None,
         name: str = "",
     ) -> None:
         super().__init__(
             units="nm", initial=initial, low_limit=low_limit, high_limit=high_limit,
-            velocity=velocity, precision=1, name=name,
+            velocity=velocity, precision=1, drive=drive, name=name,
         )
