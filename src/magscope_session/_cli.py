@@ -57,6 +57,23 @@ def _use_instance(args: argparse.Namespace) -> str:
     return instance_from_env()
 
 
+def _use_config(args: argparse.Namespace) -> None:
+    """Check ``--config`` (or ``$MAGSCOPE_CONFIG``) now, before any process starts, and
+    export it as ``MAGSCOPE_CONFIG`` (read by the profile, the queue's worker, the demo)."""
+    from magscope_devices import InstrumentConfigError, load_instrument_config
+    from magscope_devices._instrument_config import CONFIG_ENV
+
+    path = getattr(args, "config", None)
+    if path:
+        os.environ[CONFIG_ENV] = str(Path(path).expanduser().resolve())
+    try:
+        config = load_instrument_config()
+    except InstrumentConfigError as err:
+        raise SystemExit(f"magscope: {err}") from None
+    if config.source:
+        print(config.describe())
+
+
 def _refuse_if_owned(instance: str) -> None:
     """Exit with the owner's name if another process drives ``instance``."""
     from magscope_devices._ownership import InstrumentBusyError, InstrumentLock
@@ -81,6 +98,7 @@ def _start_viewer(instance: str, log_dir: Path) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
+    _use_config(args)
     instance = _use_instance(args)
     _refuse_if_owned(instance)
     if args.viewer:
@@ -105,6 +123,7 @@ def _cmd_ipython(args: argparse.Namespace) -> int:
     from ._services import QSERVER_KEYS_FILENAME, qserver_keys
     from ._tiled_server import default_data_dir
 
+    _use_config(args)
     instance = _use_instance(args)
     _refuse_if_owned(instance)
     if args.data_dir:
@@ -172,6 +191,7 @@ def _cmd_qserver(args: argparse.Namespace) -> int:
         path = list_plans_and_devices(profile_dir(), args.data_dir)
         print(f"wrote {path}")
         return 0
+    _use_config(args)
     _use_instance(args)
     try:
         return run_qserver(profile_dir(), args.data_dir, port=args.port, redis_addr=args.redis_addr)
@@ -259,6 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
             "process owns an instance; another name gives a separate simulated instrument",
         )
 
+    def config_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--config", metavar="FILE",
+            help="instrument config (YAML: the backend of camera, magnets and focus; "
+            "default $MAGSCOPE_CONFIG, else the simulated microscope); see docs/hardware.md",
+        )
+
     def viewer_option(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--viewer", action="store_true",
@@ -269,12 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
     data_dir_option(demo)
     demo.add_argument("--port", type=int, default=DEFAULT_PORT, help="embedded Tiled port")
     instance_option(demo)
+    config_option(demo)
     viewer_option(demo)
     demo.set_defaults(func=_cmd_demo)
 
     ipy = sub.add_parser("ipython", help="IPython with the magscope profile loaded")
     data_dir_option(ipy)
     instance_option(ipy)
+    config_option(ipy)
     viewer_option(ipy)
     ipy.add_argument("ipython_args", nargs="*", help="passed on to IPython (e.g. -c CODE)")
     ipy.set_defaults(func=_cmd_ipython)
@@ -296,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     qs = sub.add_parser("qserver", help="the queueserver with Redis, proxy and Tiled")
     qs.add_argument("action", nargs="?", choices=["run", "list"], default="run")
     data_dir_option(qs)
+    config_option(qs)
     qs.add_argument("--port", type=int, default=DEFAULT_PORT, help="embedded Tiled port")
     qs.add_argument(
         "--redis-addr", help="use this Redis (host:port) instead of starting one on 6379"

@@ -21,7 +21,7 @@ import bluesky.plan_stubs as bps
 import numpy as np
 from ophyd_async.core import init_devices
 
-from magscope_devices import make_simulated_microscope
+from magscope_devices import InstrumentConfig, load_instrument_config, make_microscope
 from magscope_devices._ownership import instance_from_env
 from magscope_devices.sim.world import SimParams
 from magscope_plans import count_at_heights, find_reference_beads, focus_scan, zlut_sweep
@@ -185,10 +185,14 @@ def run_demo(
     ``publish``: also send every document to bluesky's 0MQ proxy (``$MAGSCOPE_PROXY_IN``,
     default 127.0.0.1:5577), where a viewer shows the runs' progress."""
     t0 = time.monotonic()
-    params = params or SimParams()
+    config = InstrumentConfig.simulated(params) if params else load_instrument_config()
+    params = config.sim
     with resolve_tiled(data_dir, port=port) as target:
         out(f"Tiled: {target.uri} ({target.source}), data in {target.data_dir}")
-        RE, bec = make_run_engine(session_metadata(sample=sample, sim_params=params))
+        RE, bec = make_run_engine(session_metadata(
+            sample=sample, instrument=config.instrument,
+            sim_params=params if config.simulated_camera else None,
+        ))
         if bec is not None:
             bec.disable_table()  # the demo prints its own summary
         writer = subscribe_tiled_writer(RE, target)
@@ -197,8 +201,8 @@ def run_demo(
 
             RE.subscribe(Publisher(os.environ.get("MAGSCOPE_PROXY_IN", DEFAULT_PROXY_IN)))
         with init_devices():
-            microscope = make_simulated_microscope(
-                params, data_dir=target.detector_data_dir, instance=instance_from_env(),
+            microscope = make_microscope(
+                config, data_dir=target.detector_data_dir, instance=instance_from_env(),
                 name="microscope",
             )
         uids: list[str] = []

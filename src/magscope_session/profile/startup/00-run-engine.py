@@ -8,7 +8,7 @@ import matplotlib
 import numpy as np
 from bluesky_queueserver import is_re_worker_active
 
-from magscope_devices import SimParams
+from magscope_devices import load_instrument_config
 from magscope_session import RunProgress, make_run_engine, session_metadata
 
 interactive = not is_re_worker_active()
@@ -16,12 +16,22 @@ if not interactive:
     matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-sim_params = SimParams(seed=int(os.environ.get("MAGSCOPE_SIM_SEED", "0")))
+# The instrument: `magscope ipython|qserver --config FILE` ($MAGSCOPE_CONFIG), else the
+# simulated microscope (its world's seed from $MAGSCOPE_SIM_SEED).
+instrument_config = load_instrument_config()
+if instrument_config.source is None and "MAGSCOPE_SIM_SEED" in os.environ:
+    from dataclasses import replace as _replace
+
+    instrument_config = _replace(
+        instrument_config,
+        sim=_replace(instrument_config.sim, seed=int(os.environ["MAGSCOPE_SIM_SEED"])),
+    )
 RE, bec = make_run_engine(
     session_metadata(
         sample=os.environ.get("MAGSCOPE_SAMPLE", "unspecified"),
         operator=os.environ.get("MAGSCOPE_OPERATOR") or None,
-        sim_params=sim_params,
+        instrument=instrument_config.instrument,
+        sim_params=instrument_config.sim if instrument_config.simulated_camera else None,
     ),
     best_effort=interactive,
     progress_bars=interactive,

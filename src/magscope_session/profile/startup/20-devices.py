@@ -1,16 +1,16 @@
-# The simulated microscope. Its camera and tracking processes start here; they stop and
-# the shared memory is freed when this process exits (also the queueserver's worker).
+# The microscope of the instrument config (the simulated one by default). Its camera and
+# tracking processes start here; they stop and the shared memory is freed when this process exits (also the queueserver's worker).
 from ophyd_async.core import init_devices
 
-from magscope_devices import make_simulated_microscope
+from magscope_devices import make_microscope
 from magscope_devices._ownership import instance_from_env
 from magscope_session import close_at_exit
 
 # One owner per instrument: a second session on the same instance is refused, naming the
 # process that drives it; `magscope ipython --instance NAME` starts a separate one.
 with init_devices():
-    microscope = make_simulated_microscope(
-        sim_params, data_dir=tiled_target.detector_data_dir, instance=instance_from_env(),
+    microscope = make_microscope(
+        instrument_config, data_dir=tiled_target.detector_data_dir, instance=instance_from_env(),
         name="microscope",
     )
 close_at_exit(microscope.close, priority=20)
