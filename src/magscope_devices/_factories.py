@@ -42,14 +42,15 @@ def make_drive(config: AxisConfig) -> AxisDrive | None:
         assert config.uri is not None and config.axis is not None
         return PyMicroscopeStageDrive(
             config.uri, config.axis, units=config.units, scale=config.scale,
-            offset=config.offset, tolerance=_TOLERANCE[config.key],
+            offset=config.offset, tolerance=_TOLERANCE[config.key], timeout_s=config.timeout_s,
         )
     if config.backend == "epics":
         from .backends.epics import EpicsMotorDrive
 
         assert config.pv is not None
         return EpicsMotorDrive(
-            config.pv, units=config.units, scale=config.scale, offset=config.offset
+            config.pv, units=config.units, scale=config.scale, offset=config.offset,
+            timeout_s=config.timeout_s,
         )
     return None
 

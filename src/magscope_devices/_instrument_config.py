@@ -181,7 +181,7 @@ class InstrumentConfig:
 
 
 def default_axis(key: str, **overrides: Any) -> AxisConfig:
-    units, limits, velocity, initial, safe = AXES[key]
+    _units, limits, velocity, initial, safe = AXES[key]
     kw: dict[str, Any] = {"limits": limits, "velocity": velocity, "initial": initial,
                           "safe": safe, **overrides}
     return AxisConfig(key=key, **kw)

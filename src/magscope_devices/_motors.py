@@ -14,6 +14,7 @@ which publishes the readback as the device reports it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import numbers
 import time
@@ -222,19 +223,11 @@ class Axis(StandardReadable, StandardMovable[float]):
 
     @cached_property
     def movable_logic(self) -> SimAxisLogic:
-        if self.drive is not None:
-            return DriveAxisLogic(
-                setpoint=self.setpoint,
-                readback=self.readback,
-                readback_set=self._readback_set,
-                velocity=self.velocity,
-                low_limit=self.low_limit,
-                high_limit=self.high_limit,
-                axis_name=lambda: self.name or type(self).__name__,
-                units=self.units,
-                drive=self.drive,
-            )
-        return SimAxisLogic(
+        make: Callable[..., SimAxisLogic] = (
+            SimAxisLogic if self.drive is None
+            else functools.partial(DriveAxisLogic, drive=self.drive)
+        )
+        return make(
             setpoint=self.setpoint,
             readback=self.readback,
             readback_set=self._readback_set,

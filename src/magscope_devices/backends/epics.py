@@ -21,8 +21,13 @@ from . import require
 class EpicsMotorDrive:
     """One EPICS motor record behind a microscope axis."""
 
-    def __init__(self, pv: str, *, units: str, scale: float = 1.0, offset: float = 0.0) -> None:
+    def __init__(
+        self, pv: str, *, units: str, scale: float = 1.0, offset: float = 0.0,
+        timeout_s: float = 5.0,
+    ) -> None:
         self.pv = pv
+        #: the longest the connect may wait for the record's PVs (s)
+        self.timeout_s = float(timeout_s)
         self.units = units
         self.scale = float(scale)
         self.offset = float(offset)
@@ -36,6 +41,7 @@ class EpicsMotorDrive:
         return (float(value) - self.offset) / self.scale
 
     async def connect(self, timeout: float) -> tuple[float, float]:
+        timeout = min(timeout, self.timeout_s)
         require("aioca", "epics")
         from ophyd_async.core import NotConnectedError
         from ophyd_async.epics.motor import Motor

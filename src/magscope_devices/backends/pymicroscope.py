@@ -60,7 +60,8 @@ class PyMicroscopeStageDrive:
 
     def __init__(
         self, uri: str, axis: str, *, units: str, scale: float = 1.0, offset: float = 0.0,
-        tolerance: float = 1e-3, move_timeout_s: float = 60.0, poll_s: float = 0.02,
+        tolerance: float = 1e-3, timeout_s: float = 5.0, move_timeout_s: float = 60.0,
+        poll_s: float = 0.02,
     ) -> None:
         self.uri = uri
         self.axis_name = axis
@@ -68,12 +69,15 @@ class PyMicroscopeStageDrive:
         self.scale = float(scale)
         self.offset = float(offset)
         self.tolerance = float(tolerance)
+        #: the longest any one call may go unanswered (s): connect, position, move_to
+        self.timeout_s = float(timeout_s)
         self.move_timeout_s = float(move_timeout_s)
         self.poll_s = float(poll_s)
         self.address = f"python-microscope stage {uri} axis {axis!r}"
         self._axis: Any = None
         self._stage: Any = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pyro: Any = None
 
     # -- units ----------------------------------------------------------------------------
     def to_axis(self, device_value: float) -> float:
@@ -88,15 +92,18 @@ class PyMicroscopeStageDrive:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="pymicroscope-stage"
             )
-        pyro = _pyro4()
+        if self._pyro is None:
+            self._pyro = _pyro4()
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, func)
-        except pyro.errors.PyroError as exc:
+        except self._pyro.errors.PyroError as exc:
             raise DeviceUnreachableError(
                 f"{self.address}: {type(exc).__name__}: {exc}"
             ) from exc
 
     async def connect(self, timeout: float) -> tuple[float, float]:
+        timeout = min(timeout, self.timeout_s)
+
         def bind() -> tuple[float, float]:
             stage = connect_proxy(self.uri, timeout, "python-microscope stage")
             axes = stage.axes
