@@ -10,10 +10,12 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import bluesky.plan_stubs as bps
+import bluesky.plans as bp
 import numpy as np
 import pytest
 from bluesky import RunEngine
@@ -24,6 +26,8 @@ from magscope_devices import SimParams, make_microscope, parse_instrument_config
 from magscope_devices.sim.world import SimWorld
 from magscope_plans import count_at_heights, find_reference_beads, zlut_sweep
 from magscope_plans._force_calibration import force_calibration
+from process_helpers import free_port
+from tracking_sim import sim_beads_of, truth_now
 
 pytestmark = [pytest.mark.system, pytest.mark.xdist_group("pymicroscope")]
 
@@ -35,18 +39,12 @@ SENSOR = (320, 240)  # width, height of the device server's camera (px)
 STAGE_LIMITS = {"Z": (0.3, 10.0), "R": (-72_000.0, 72_000.0), "F": (-20.0, 80.0)}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class DeviceServer:
     """python-microscope's ``device-server`` serving a camera and a stage on loopback."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.camera_port, self.stage_port = _free_port(), _free_port()
+        self.camera_port, self.stage_port = free_port(), free_port()
         folder.mkdir(parents=True, exist_ok=True)
         limits = ", ".join(f"{k!r}: AxisLimits({lo}, {hi})" for k, (lo, hi) in STAGE_LIMITS.items())
         config = folder / "devices.py"
@@ -182,15 +180,17 @@ def test_stage_axes_move_read_back_and_keep_the_config_limits(server, tmp_path):
 
 
 def test_an_unreachable_device_fails_within_seconds_naming_its_uri(tmp_path):
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     config = parse_instrument_config({
         "focus": {"backend": "python-microscope", "uri": f"PYRO:Stage@127.0.0.1:{port}",
                   "axis": "F", "timeout_s": 2.0},
         "tracking": {"enabled": False},
     })
-    mic = make_microscope(config, data_dir=tmp_path, name="mic")
+    RunEngine()  # the event loop the devices connect on
     t0 = time.monotonic()
-    with pytest.raises(Exception, match=f"PYRO:Stage@127.0.0.1:{port} did not answer"):
+    with pytest.raises(
+        Exception, match=rf"PYRO:Stage@127.0.0.1:{port} did not answer within 2 s"
+    ):
         with init_devices():
             mic = make_microscope(config, data_dir=tmp_path, name="mic")
     assert time.monotonic() - t0 < 15
@@ -227,14 +227,9 @@ def test_the_experiment_chain_on_python_microscope_stages(server, tmp_path):
         time.sleep(0.3)
         RE(bps.wait_for([mic.tracker.find_beads]))
         rois = RE(bps.rd(mic.tracker.rois)).plan_result
-        _, _, index = mic.camera.latest_frame()
-        truth = mic.truth.frame(index)
+        truth = truth_now(mic)
         assert truth["focus_nm"][0] == 0.0 and truth["magnet_z_mm"][0] == 8.0
-        half = (64 - 1) / 2
-        mapping = {}
-        for b, x0, y0 in zip(rois.bead_id, rois.x0_px, rois.y0_px, strict=True):
-            d2 = (truth["x_nm"] / 100 - (x0 + half)) ** 2 + (truth["y_nm"] / 100 - (y0 + half)) ** 2
-            mapping[int(b)] = int(np.argmin(d2))
+        mapping = sim_beads_of(rois, truth)
         assert sorted(mapping.values()) == list(range(PARAMS.n_beads))
         refs = RE(find_reference_beads(mic.tracker)).plan_result
         assert sorted(TABLE["kind"][[mapping[int(b)] for b in refs]]) == ["reference"] * 2
@@ -276,12 +271,8 @@ def test_the_device_server_killed_mid_run_ends_it_clearly(tmp_path):
     with init_devices():
         mic = make_microscope(config, data_dir=tmp_path / "data", name="mic")
     try:
-        import bluesky.plans as bp
-
         heights = [2.0, 3.0, 4.0, 5.0] * 50
         RE(bps.mv(mic.magnet_z, 2.0))
-        import threading
-
         threading.Timer(1.0, srv.kill).start()
         t0 = time.monotonic()
         with pytest.raises(FailedStatus) as info:

@@ -31,6 +31,7 @@ from magscope_plans import (
     zlut_sweep,
 )
 from magscope_plans._force_calibration import calibration_cache_path, force_calibration
+from tracking_sim import sim_beads_of, truth_now
 
 pytestmark = pytest.mark.system
 
@@ -93,13 +94,7 @@ def truth_of(RE, microscope):
         time.sleep(0.01)
     RE(bps.wait_for([microscope.tracker.find_beads]))
     rois = RE(bps.rd(microscope.tracker.rois)).plan_result
-    _, _, index = microscope.camera.latest_frame()
-    truth = microscope.truth.frame(index)
-    half = (64 - 1) / 2
-    mapping = {}
-    for b, x0, y0 in zip(rois.bead_id, rois.x0_px, rois.y0_px, strict=True):
-        d2 = (truth["x_nm"] / 100 - (x0 + half)) ** 2 + (truth["y_nm"] / 100 - (y0 + half)) ** 2
-        mapping[int(b)] = int(np.argmin(d2))
+    mapping = sim_beads_of(rois, truth_now(microscope))
     assert sorted(mapping.values()) == list(range(PARAMS.n_beads))
     return lambda ids: np.array([mapping[int(b)] for b in ids])
 

@@ -4,26 +4,20 @@ replay``). Its own module: the queueserver stack uses the default ports, one at 
 
 from __future__ import annotations
 
-import socket
 import subprocess
 
 import pytest
 from bluesky_queueserver_api import BPlan
 
 from magscope_session import EmbeddedTiled
+from process_helpers import free_port
 from test_queueserver import MAGSCOPE, Stack, _stack_env
 
 pytestmark = pytest.mark.system
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_queue_runs_with_tiled_down_and_the_run_arrives_after_replay(tmp_path):
-    server = EmbeddedTiled(tmp_path, port=_free_port())
+    server = EmbeddedTiled(tmp_path, port=free_port())
     uri = f"http://127.0.0.1:{server.port}"
     env = _stack_env(tmp_path, MAGSCOPE_TILED_URI=uri, MAGSCOPE_TILED_API_KEY=server.api_key)
     stack = Stack(tmp_path, env)

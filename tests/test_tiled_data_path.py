@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import uuid
 from urllib.parse import urlparse
 
@@ -46,7 +45,7 @@ from magscope_session._tiled_server import (
     check_reachable,
     resolve_tiled,
 )
-from process_helpers import wait_for_pid_exit
+from process_helpers import free_port, wait_for_pid_exit
 
 pytestmark = pytest.mark.system
 
@@ -119,12 +118,6 @@ def per_shot_with_values(dev: ArrayDevice, counter: list[int]):
         yield from bps.trigger_and_read(detectors)
 
     return per_shot
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- encoding

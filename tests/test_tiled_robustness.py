@@ -255,6 +255,22 @@ def rows_in(path: str, dataset: str) -> int:
         return int(file[dataset].shape[0])
 
 
+def files_hold_the_events(client, uid: str, run_docs: list, n: int) -> None:
+    """Run ``uid`` (``n`` shots) reads back from Tiled, and its camera and track files hold
+    exactly the frames and rows its events describe, the same values Tiled serves."""
+    data = check_run_streams(client, uid, "mic", n)
+    path, dataset = file_of(run_docs, "mic-camera")
+    assert rows_in(path, dataset) == n
+    with h5py.File(path, "r", swmr=True) as file:
+        np.testing.assert_array_equal(file[dataset][()], data["primary"]["mic-camera"][:, 0])
+    path, dataset = file_of(run_docs, "mic-tracker-x_nm")
+    tracks = read_track_file(path)
+    assert tracks["x_nm"].shape[0] == n * 10
+    np.testing.assert_array_equal(
+        tracks["x_nm"].reshape(n, 10, -1), data["primary"]["mic-tracker-x_nm"]
+    )
+
+
 def pause_on_shot(RE, shot: int):
     """``on_shot`` for shots_plan: request an immediate pause during shot ``shot``'s
     triggers (once: the resumed plan replays the shot without calling us again)."""
@@ -303,18 +319,7 @@ def test_paused_mid_trigger_then_resumed_or_aborted_runs_read_back(scope):
         RE.unsubscribe(token)
     client = scope.server.client()  # each run is in Tiled when RE(...) returns
     for uid, run_docs, n in ((uid_resumed, resumed_docs, SHOTS), (uid_aborted, aborted_docs, 1)):
-        data = check_run_streams(client, uid, "mic", n)
-        # the files hold exactly the frames and rows the events describe
-        path, dataset = file_of(run_docs, "mic-camera")
-        assert rows_in(path, dataset) == n
-        with h5py.File(path, "r", swmr=True) as file:
-            np.testing.assert_array_equal(file[dataset][()], data["primary"]["mic-camera"][:, 0])
-        path, dataset = file_of(run_docs, "mic-tracker-x_nm")
-        tracks = read_track_file(path)
-        assert tracks["x_nm"].shape[0] == n * 10
-        np.testing.assert_array_equal(
-            tracks["x_nm"].reshape(n, 10, -1), data["primary"]["mic-tracker-x_nm"]
-        )
+        files_hold_the_events(client, uid, run_docs, n)
 
 
 def test_paused_between_read_and_save_then_resumed_or_aborted_runs_read_back(scope):
@@ -346,17 +351,7 @@ def test_paused_between_read_and_save_then_resumed_or_aborted_runs_read_back(sco
         runs.append((docs[0][1]["uid"], docs, n))
     client = scope.server.client()
     for uid, run_docs, n in runs:
-        data = check_run_streams(client, uid, "mic", n)
-        path, dataset = file_of(run_docs, "mic-camera")
-        assert rows_in(path, dataset) == n
-        with h5py.File(path, "r", swmr=True) as file:
-            np.testing.assert_array_equal(file[dataset][()], data["primary"]["mic-camera"][:, 0])
-        path, dataset = file_of(run_docs, "mic-tracker-x_nm")
-        tracks = read_track_file(path)
-        assert tracks["x_nm"].shape[0] == n * 10
-        np.testing.assert_array_equal(
-            tracks["x_nm"].reshape(n, 10, -1), data["primary"]["mic-tracker-x_nm"]
-        )
+        files_hold_the_events(client, uid, run_docs, n)
 
 
 # The session killed mid-run: builds the microscope, writes to Tiled through the session's

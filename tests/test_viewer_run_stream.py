@@ -4,7 +4,6 @@ RunEngine (fast), and the run panel subscribed to a real 0MQ proxy process (syst
 from __future__ import annotations
 
 import os
-import socket
 import time
 
 import bluesky.plan_stubs as bps
@@ -15,6 +14,7 @@ import pytest
 from ophyd_async.core import Array1D, StandardReadable, init_devices, soft_signal_rw
 
 from magscope_viewer._run_stream import RunContext, format_value, normalize_address
+from process_helpers import free_port
 
 
 class Det(StandardReadable):
@@ -175,12 +175,6 @@ def test_helpers():
 
 
 # --------------------------------------------------------------------------- system
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def proxy(tmp_path):
     from magscope_session._services import start_proxy

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import uuid
@@ -19,15 +18,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from process_helpers import free_port
+
 pytestmark = pytest.mark.system
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +62,8 @@ def _env(site: Path, home: Path) -> dict[str, str]:
         MAGSCOPE_DATA_DIR=str(home / "data"),
         MAGSCOPE_TILED_PORT="0",
         MAGSCOPE_INSTANCE=f"wheel{uuid.uuid4().hex[:8]}",  # not the default instrument
-        MAGSCOPE_PROXY_IN=f"127.0.0.1:{_free_port()}",  # not the default proxy addresses
-        MAGSCOPE_PROXY_OUT=f"127.0.0.1:{_free_port()}",
+        MAGSCOPE_PROXY_IN=f"127.0.0.1:{free_port()}",  # not the default proxy addresses
+        MAGSCOPE_PROXY_OUT=f"127.0.0.1:{free_port()}",
     )
     return env
 

@@ -105,3 +105,16 @@ def true_rois(truth, ids=None, *, roi: int = 64, nm_per_px: float = 100.0):
     return rois_from_centres(
         ids, truth["x_nm"][ids] / nm_per_px, truth["y_nm"][ids] / nm_per_px, roi
     )
+
+
+def sim_beads_of(rois, truth, *, roi: int = 64, nm_per_px: float = 100.0) -> dict[int, int]:
+    """Found bead id -> the simulator's bead whose true position in ``truth`` lies
+    nearest its ROI's centre."""
+    half = (roi - 1) / 2
+    mapping = {}
+    for b, x0, y0 in zip(rois.bead_id, rois.x0_px, rois.y0_px, strict=True):
+        d2 = (truth["x_nm"] / nm_per_px - (x0 + half)) ** 2 + (
+            truth["y_nm"] / nm_per_px - (y0 + half)
+        ) ** 2
+        mapping[int(b)] = int(np.argmin(d2))
+    return mapping
