@@ -130,8 +130,10 @@ def test_roi_boxes_and_tracked_centres_sit_on_the_beads(qtbot, scope, window, RE
     assert lefts.size == table.bead_id.size
     np.testing.assert_allclose(lefts, np.sort(table.x0_px[order]), atol=1.0)
     np.testing.assert_allclose(tops, np.sort(table.y0_px[order]), atol=1.0)
-    # the tracked centres (newest tracked frame) against the truth of that frame
-    index = window.history.last_frame_index
+    # the tracked centres (newest frame with positions: a dropped frame has none) against
+    # the truth of that frame
+    index = camera.centres_frame
+    assert window.history.last_frame_index - 200 < index <= window.history.last_frame_index
     truth = scope["mic"].truth.frame(index)
     cx, cy = camera.centres.getData()
     assert cx.size == len(truth)
@@ -142,7 +144,11 @@ def test_roi_boxes_and_tracked_centres_sit_on_the_beads(qtbot, scope, window, RE
     # the selected beads have traces, in the bead colours; ids appear as labels
     assert list(window.traces.drawn_ids) == list(range(10))
     tx_, ty_ = window.traces.curves["x_nm"][0].getData()
-    assert tx_.size > 10 and np.isfinite(ty_).any() and tx_[-1] == pytest.approx(0.0)
+    assert tx_.size > 10 and np.isfinite(ty_).any()
+    # the trace ends at the newest frame (t = 0 s): decimated (min, max of each bin: a
+    # busy machine holds more frames), its last point is an extreme of the last bin
+    last_bin_s = 2 * (-tx_[0]) / tx_.size + 0.02
+    assert -last_bin_s <= tx_[-1] <= 0.0, (tx_[0], tx_[-1], tx_.size)
     assert set(camera.labels.texts) == {str(b) for b in table.bead_id}
     assert "connected" in window.status.text() and "frames/s" in window.status.text()
 

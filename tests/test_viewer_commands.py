@@ -107,6 +107,27 @@ def _reply(qtbot, win, before: int):
     return win.commands.last_reply
 
 
+def _settle(qtbot, win) -> None:
+    """Wait until the camera view's layout stops changing: a refresh sets labels, axes and
+    docks whose layout Qt finishes in posted events, and a point mapped before that lands
+    elsewhere after (a busy machine takes longer; CI once dragged 11 px short)."""
+    vb = win.camera.plot.vb
+
+    def layout():
+        rect = vb.sceneBoundingRect()
+        return (rect.x(), rect.y(), rect.width(), rect.height(), str(vb.viewRange()), win.camera.size())
+
+    last, same, end = None, 0, time.monotonic() + 10
+    while time.monotonic() < end:
+        qtbot.wait(50)
+        now = layout()
+        same = same + 1 if now == last else 0
+        if same >= 3:
+            return
+        last = now
+    raise AssertionError(f"the camera view's layout kept changing for 10 s: {last}")
+
+
 def _view_pos(win, point: QtCore.QPoint) -> tuple[float, float]:
     """Sensor px under widget pixel ``point`` of the camera view."""
     cam = win.camera
@@ -128,6 +149,7 @@ def test_click_adds_drag_moves_right_click_removes(qtbot, RE, mic, window):
     _show(qtbot, window, RE, mic)
     cam = window.camera
     truth = truth_now(mic)
+    _settle(qtbot, window)
     point = cam.scene_point(truth["x_nm"][8] / NM_PER_PX, truth["y_nm"][8] / NM_PER_PX)
     x, y = _view_pos(window, point)
 
@@ -143,7 +165,7 @@ def test_click_adds_drag_moves_right_click_removes(qtbot, RE, mic, window):
     _show(qtbot, window, RE, mic)
 
     # drag its box by about (+25, +15) px: the ROI moves by as much, the bead keeps its id
-    # (both ends mapped now: the view may have been laid out anew since the click)
+    _settle(qtbot, window)
     point = cam.scene_point(x, y)
     end = cam.scene_point(x + 25, y + 15)
     x, y = _view_pos(window, point)
@@ -154,8 +176,10 @@ def test_click_adds_drag_moves_right_click_removes(qtbot, RE, mic, window):
         step = QtCore.QPoint(
             point.x() + round(f * (end.x() - point.x())), point.y() + round(f * (end.y() - point.y()))
         )
+        qtbot.wait(25)  # pyqtgraph drops mouse moves closer than 10 ms (mouseRateLimit)
         _move(cam.viewport(), step, LEFT)
-        qtbot.wait(10)
+    assert cam.plot.vb._preview.isVisible(), "the drag did not start: no preview box"
+    assert (_view_pos(window, point), _view_pos(window, end)) == ((x, y), (ex, ey)), "re-laid out"
     QTest.mouseRelease(cam.viewport(), LEFT, QtCore.Qt.KeyboardModifier.NoModifier, end)
     reply = _reply(qtbot, window, n)
     assert reply.ok and reply.message.startswith("moved bead 3 to"), reply.message
@@ -168,6 +192,7 @@ def test_click_adds_drag_moves_right_click_removes(qtbot, RE, mic, window):
     _show(qtbot, window, RE, mic)
 
     # right-click inside bead 1's box removes bead 1 only
+    _settle(qtbot, window)
     ox, oy = moved[1]
     inside = cam.scene_point(ox + 10, oy + 10)
     n = window.commands.replies

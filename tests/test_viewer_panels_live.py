@@ -140,15 +140,19 @@ def test_profile_panel_matches_the_zlut_at_the_tracked_z(qtbot, mic, window, RE)
     assert shown.z_score > 0.95
     # the tracker's own z of bead 0 around the frame the viewer profiled agrees with it
     # (the viewer profiles the newest camera frame: under load the tracker is a few
-    # frames behind it, so wait until it has tracked them)
+    # frames behind it, so wait until it has tracked them, and it may drop some: the
+    # frames within 20 of it, 0.2 s at 100 frames/s, at a fixed magnet height)
     end = time.monotonic() + 10.0
     z_tracker = np.zeros(0)
     while time.monotonic() < end:
-        rows = window.source.tracks_since(max(0, shown.frame_index - 2), 5)
-        z_tracker = rows.columns(np.array([0]))["z_nm"][:, 0]
-        z_tracker = z_tracker[np.isfinite(z_tracker)]
-        if z_tracker.size >= 3:
-            break
+        rows = window.source.tracks_since(max(0, shown.frame_index - 20), 41)
+        z_rows = rows.columns(np.array([0]))["z_nm"][:, 0]
+        ok = np.isfinite(z_rows)
+        if ok.sum() >= 3:  # the three tracked frames nearest the one profiled
+            gap = np.abs(np.asarray(rows.frame_index)[ok] - shown.frame_index)
+            z_tracker = z_rows[ok][np.argsort(gap, kind="stable")[:3]]
+            if gap.min() <= 2 or rows.frame_index[-1] >= shown.frame_index + 20:
+                break
         qtbot.wait(50)
     assert z_tracker.size and abs(np.median(z_tracker) - shown.z_nm) < 100.0
     assert panel.lut_image.image.shape == window.zlut_file.zlut.profiles[0].shape

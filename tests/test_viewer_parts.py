@@ -285,3 +285,32 @@ def test_camera_display_step_and_levels():
     lo, hi = image_levels(image)
     assert lo == 100 and hi == 250
     assert image_levels(np.full((8, 8), 7, np.uint16)) == (7.0, 8.0)
+
+
+def test_a_long_status_message_is_cut_and_never_widens_the_window(qtbot):
+    """A QLabel asks for its whole text's width: a long health line or reply made the
+    window wider and re-laid the camera view out under the mouse (a drag landed 11 px off
+    in CI). The status labels take the room they get and keep the whole text."""
+    from PyQt5 import QtWidgets
+
+    from magscope_viewer._status_label import StatusLabel
+
+    win = QtWidgets.QMainWindow()
+    qtbot.addWidget(win)
+    status, reply = StatusLabel(), StatusLabel("ready", min_chars=30)
+    win.statusBar().addWidget(status, 1)
+    win.statusBar().addPermanentWidget(reply)
+    win.setCentralWidget(QtWidgets.QWidget())
+    win.resize(800, 300)
+    win.show()
+    qtbot.waitExposed(win)
+    long = "camera 200.0 frames/s, late 0, tracked 123456, dropped 0, p99 4.1 ms " * 6
+    status.setText(long)
+    reply.setText("moved bead 3 to (512.3, 500.1) px")
+    for _ in range(5):
+        QtWidgets.QApplication.processEvents()
+    assert win.width() == 800 and win.minimumSizeHint().width() < 800
+    assert status.text() == long and status.toolTip() == long
+    shown = QtWidgets.QLabel.text(status)
+    assert shown.endswith("…") and len(shown) < len(long)
+    assert QtWidgets.QLabel.text(reply) == reply.text() == "moved bead 3 to (512.3, 500.1) px"

@@ -133,7 +133,10 @@ def test_a_past_run_opens_from_tiled_in_the_same_panels(qtbot, written, window, 
     assert tracks.layout.bead_ids.tolist() == sorted(written.ids.tolist())
     source = window.source
     last = source.frame_index_at()
-    assert last == EVENTS - 1  # at the end of the run: its last frame
+    # at the end of the run: the newest frame taken by the last track row's time (the
+    # run's last frame when tracking kept up; under load the tracker's rows lag the camera)
+    assert last == int(np.flatnonzero(frames.timestamp <= tracks.timestamp[-1])[-1])
+    assert 0 <= last <= EVENTS - 1
     expected = frames.frame(last)
     np.testing.assert_array_equal(window.camera.image.image, expected)
     assert window.camera.frame_index == last
@@ -188,7 +191,7 @@ def test_a_past_run_opens_from_tiled_in_the_same_panels(qtbot, written, window, 
     browser.slider.setValue(position)
     window.refresh()
     k = source.frame_index_at()
-    assert k == frames.at_time(tracks.timestamp[position]) and 0 <= k < last
+    assert k == frames.at_time(tracks.timestamp[position]) and 0 <= k <= last
     np.testing.assert_array_equal(window.camera.image.image, frames.frame(k))
     assert len(window.history) == position + 1
     assert window.history.last_frame_index == tracks.frame_index[position]

@@ -110,6 +110,8 @@ class CameraView(pg.GraphicsLayoutWidget):
         self.plot.addItem(self.labels)
         self._rect: tuple[int, int, int, int, int] | None = None
         self.frame_index = -1
+        #: Camera frame index whose tracked centres are marked (-1: none).
+        self.centres_frame = -1
         self.roi_table: RoiTable | None = None
 
     def set_frame(self, frame: LiveFrame, now: float | None = None) -> None:
@@ -182,8 +184,10 @@ class CameraView(pg.GraphicsLayoutWidget):
             [str(int(b)) for b in ids], colours.tolist(),
         )
 
-    def set_centres(self, x_px: np.ndarray, y_px: np.ndarray) -> None:
-        """Mark tracked bead centres (sensor px); NaN (lost) are left out."""
+    def set_centres(self, x_px: np.ndarray, y_px: np.ndarray, frame_index: int = -1) -> None:
+        """Mark tracked bead centres (sensor px) of camera frame ``frame_index``; NaN (lost)
+        are left out."""
+        self.centres_frame = int(frame_index)
         ok = np.isfinite(x_px) & np.isfinite(y_px)
         self.centres.setData(x=np.asarray(x_px)[ok], y=np.asarray(y_px)[ok])
 

@@ -15,6 +15,7 @@ from typing import Any
 from PyQt5 import QtCore, QtWidgets
 
 from ._command_client import CommandClient, Reply
+from ._status_label import StatusLabel
 
 __all__ = ["CommandBar"]
 
@@ -48,7 +49,7 @@ class CommandBar(QtCore.QObject):
         )
         self.auto_button.clicked.connect(self._auto_select)
         bar.addWidget(self.auto_button)
-        self.label = QtWidgets.QLabel("commands: click a bead to add it")
+        self.label = StatusLabel("commands: click a bead to add it", min_chars=30)
         self.label.setStyleSheet(_LABEL_STYLE)
         status_bar = window.statusBar()
         assert status_bar is not None  # the window made one

@@ -213,6 +213,12 @@ class TraceHistory:
         """Camera frame index of the newest frame held (-1 when empty)."""
         return int(self._fbuf[self._stop - 1]) if len(self) else -1
 
+    def frame_index_from_end(self, row: int) -> int:
+        """Camera frame index of the frame ``row`` (negative: -1 is the newest) held."""
+        if not -len(self) <= row < 0:
+            raise IndexError(f"row {row} is not among the {len(self)} frames held (-1 is the newest)")
+        return int(self._fbuf[self._stop + row])
+
     def window(self, seconds: float) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(t (frames,) UNIX s, {axis: (frames, beads) nm}) of the last ``seconds`` s:
         read-only views, valid until the next :meth:`append`."""

@@ -20,6 +20,7 @@ from ._live_source import CONNECTED, LiveSource
 from ._profile import ZlutFile, bead_profile, crop_roi
 from ._profile_panel import ProfilePanel
 from ._status import RateMeter, status_text
+from ._status_label import StatusLabel
 from ._trace_plots import KymographView, TracePlots
 from ._traces import TraceHistory
 
@@ -95,7 +96,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self._centres_frame = -1  # track frame whose centres the camera shows
         self._build_docks()
         self._build_panels()
-        self.status = QtWidgets.QLabel()
+        self.status = StatusLabel()
         status_bar = QtWidgets.QStatusBar()
         self.setStatusBar(status_bar)
         status_bar.addWidget(self.status, 1)
@@ -324,7 +325,8 @@ class ViewerWindow(QtWidgets.QMainWindow):
             if with_data.size:
                 row = with_data[-1] - tail.shape[0]
                 self.camera.set_centres(
-                    values["x_nm"][row] / nm_per_px, values["y_nm"][row] / nm_per_px
+                    values["x_nm"][row] / nm_per_px, values["y_nm"][row] / nm_per_px,
+                    frame_index=self.history.frame_index_from_end(int(row)),
                 )
             self._centres_frame = plot_key[0]
         now = time.monotonic()
@@ -374,7 +376,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
         dock.setObjectName("run dock")
         dock.setWidget(panel)
         self._add_tab_dock(dock)
-        self.run_status = QtWidgets.QLabel(panel.status_text())
+        self.run_status = StatusLabel(panel.status_text())
         bar = self.statusBar()
         assert bar is not None
         bar.addPermanentWidget(self.run_status)
