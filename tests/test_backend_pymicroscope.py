@@ -10,24 +10,19 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
 import bluesky.plan_stubs as bps
-import bluesky.plans as bp
 import numpy as np
 import pytest
 from bluesky import RunEngine
 from bluesky.utils import FailedStatus
 from ophyd_async.core import init_devices
 
-from magscope_devices import SimParams, make_microscope, parse_instrument_config
-from magscope_devices.sim.world import SimWorld
-from magscope_plans import count_at_heights, find_reference_beads, zlut_sweep
-from magscope_plans._force_calibration import force_calibration
+from hardware_chain import KILLED_SCAN_MM, run_experiment_chain, scan_until_killed
+from magscope_devices import make_microscope, parse_instrument_config
 from process_helpers import free_port
-from tracking_sim import sim_beads_of, truth_now
 
 pytestmark = [pytest.mark.system, pytest.mark.xdist_group("pymicroscope")]
 
@@ -197,95 +192,27 @@ def test_an_unreachable_device_fails_within_seconds_naming_its_uri(tmp_path):
     mic.close()
 
 
-PARAMS = SimParams(
-    seed=3, n_tethered=6, n_reference=2, width_px=512, height_px=384,
-    contour_nm_range=(2000.0, 3000.0),
-)
-WORLD = SimWorld(PARAMS)
-TABLE = WORLD.bead_table()
-
-
 def test_the_experiment_chain_on_python_microscope_stages(server, tmp_path):
     """Simulated camera, magnets and focus on the device server's stage: find beads,
     reference beads, a Z-LUT sweep, a force calibration at two heights, a count; scored
     against the simulator's truth as in the plan tests."""
-    config = parse_instrument_config({
-        **stage_axes(server),
-        "sim": {"seed": 3, "n_tethered": 6, "n_reference": 2, "width_px": 512,
-                "height_px": 384, "contour_nm_range": [2000.0, 3000.0]},
-        "tracking": {"workers": 1},
-    })
-    assert config.sim == PARAMS
-    RE = RunEngine(call_returns_result=True)
-    events: list[dict] = []
-    RE.subscribe(lambda name, doc: events.append(doc["data"]) if name == "event" else None)
-    with init_devices():
-        mic = make_microscope(config, data_dir=tmp_path, name="microscope")
-    try:
-        # the stage starts mid-range: bring the focus to the surface, the magnets up
-        RE(bps.mv(mic.focus, 0.0, mic.magnet_z, 8.0))
-        time.sleep(0.3)
-        RE(bps.wait_for([mic.tracker.find_beads]))
-        rois = RE(bps.rd(mic.tracker.rois)).plan_result
-        truth = truth_now(mic)
-        assert truth["focus_nm"][0] == 0.0 and truth["magnet_z_mm"][0] == 8.0
-        mapping = sim_beads_of(rois, truth)
-        assert sorted(mapping.values()) == list(range(PARAMS.n_beads))
-        refs = RE(find_reference_beads(mic.tracker)).plan_result
-        assert sorted(TABLE["kind"][[mapping[int(b)] for b in refs]]) == ["reference"] * 2
-        RE(zlut_sweep(mic, -2000, 7000, 100, frames_per_step=2, magnet_z_mm=1.0))
-        heights = RE(bps.rd(mic.tracker.height_offsets)).plan_result
-        t = np.array([mapping[int(b)] for b in heights.bead_id])
-        ref_radius = TABLE["radius_nm"][[mapping[int(b)] for b in refs]].mean()
-        true_height = WORLD.true_extension(1.0)[t] + TABLE["radius_nm"][t] - ref_radius
-        height_err = np.abs(heights.offset_nm - true_height)
-        RE(force_calibration(mic, [2.0, 4.0], rel_error=0.05, max_duration_s=12.0))
-        cal = [e for e in events if "calibration-force_psd_pn" in e]
-        force_err = np.concatenate([
-            np.asarray(e["calibration-force_psd_pn"])
-            / WORLD.true_force(e["calibration-magnet_z_mm"])[
-                [mapping[int(b)] for b in e["calibration-bead_id"]]] - 1
-            for e in cal
-        ])
-        uids = RE(count_at_heights(mic, [3.0], num=10)).plan_result
-        print(f"python-microscope stages: heights max error {height_err.max():.1f} nm, "
-              f"force median error {100 * np.median(np.abs(force_err)):.1f} % "
-              f"(max {100 * np.abs(force_err).max():.1f} %) at 2 and 4 mm")
-        assert height_err.max() < 20.0, height_err
-        assert len(cal) == 2 and np.median(np.abs(force_err)) < 0.07, force_err
-        assert len(uids) == 1
-        assert server.stage_position("Z") == pytest.approx(8.0)  # left at the safe height
-    finally:
-        mic.close()
+    figures = run_experiment_chain(stage_axes(server), tmp_path, lambda: server.stage_position("Z"))
+    print(figures.summary("python-microscope stages"))
+    assert figures.height_error_nm.max() < 20.0, figures.height_error_nm
+    assert np.median(np.abs(figures.force_error)) < 0.07, figures.force_error
+    assert figures.magnet_z_after_mm == pytest.approx(8.0)  # left at the safe height
 
 
 def test_the_device_server_killed_mid_run_ends_it_clearly(tmp_path):
     srv = DeviceServer(tmp_path / "server")
-    config = parse_instrument_config({
-        **{k: {**v, "timeout_s": 2.0} for k, v in stage_axes(srv).items()},
-        "tracking": {"enabled": False},
-    })
-    RE = RunEngine(call_returns_result=True)
-    stops: list[dict] = []
-    RE.subscribe(lambda name, doc: stops.append(doc) if name == "stop" else None)
-    with init_devices():
-        mic = make_microscope(config, data_dir=tmp_path / "data", name="mic")
     try:
-        heights = [2.0, 3.0, 4.0, 5.0] * 50
-        RE(bps.mv(mic.magnet_z, 2.0))
-        threading.Timer(1.0, srv.kill).start()
-        t0 = time.monotonic()
-        with pytest.raises(FailedStatus) as info:
-            RE(bp.list_scan([mic.camera], mic.magnet_z, heights, per_step=None))
-        elapsed = time.monotonic() - t0
-        error = info.value.__cause__ or info.value
-        print(f"device server killed mid-run: {type(error).__name__}: {error} "
-              f"after {elapsed:.1f} s; stop reason: {stops[-1].get('reason')!r}")
-        assert srv.stage_uri in str(error)
-        assert stops[-1]["exit_status"] == "fail"
-        assert elapsed < 20, elapsed
-        last = RE(bps.rd(mic.magnet_z)).plan_result
-        assert last in heights[:4]
+        axes = {k: {**v, "timeout_s": 2.0} for k, v in stage_axes(srv).items()}
+        run = scan_until_killed(axes, tmp_path / "data", srv.kill)
     finally:
-        mic.close()
         srv.close()
+    print(f"device server killed mid-run: {type(run.error).__name__}: {run.error} "
+          f"after {run.elapsed_s:.1f} s; stop reason: {run.stop.get('reason')!r}")
+    assert srv.stage_uri in str(run.error)
+    assert run.stop["exit_status"] == "fail"
+    assert run.elapsed_s < 20, run.elapsed_s
+    assert run.magnet_z_mm in KILLED_SCAN_MM[:4]

@@ -22,6 +22,11 @@ class MissingBackendError(ImportError):
     """A backend's optional package is not installed."""
 
 
+class DeviceUnreachableError(ConnectionError):
+    """A hardware device did not answer (down, wrong address, network); the message names
+    its address (a ``PYRO:`` URI, an EPICS PV)."""
+
+
 def require(module: str, backend: str) -> ModuleType:
     """Import ``module`` or say which extra installs it."""
     try:

@@ -26,11 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from . import require
-
-
-class DeviceUnreachableError(ConnectionError):
-    """A python-microscope device did not answer (down, wrong URI, network)."""
+from . import DeviceUnreachableError, require
 
 
 def _pyro4() -> Any:
