@@ -7,11 +7,14 @@ import sys
 import textwrap
 
 import pytest
+from bluesky.run_engine import call_in_bluesky_event_loop
+from ophyd_async.core import init_devices
 
 from magscope_devices import (
     FocusStage,
     InstrumentConfig,
     InstrumentConfigError,
+    LimitError,
     MagnetZ,
     SimParams,
     load_instrument_config,
@@ -107,6 +110,7 @@ def test_the_sim_section_sets_the_simulated_world():
         ({"magnet_z": {"limits": [0.3, "ten"]}},
          "magnet_z.limits[1] = 'ten': must be a finite number mm"),
         ({"magnet_z": {"safe": 12.0}}, "magnet_z.safe = 12.0 mm: above the maximum 10 mm"),
+        ({"focus": {"safe": 0.0}}, "focus.safe = 0.0: only magnet_z has a safe position"),
         ({"focus": {"backend": "python-microscope", "axis": "Z"}},
          "focus.uri = None: must be a python-microscope device URI, PYRO:<id>@<host>:<port>"),
         ({"focus": {"backend": "python-microscope", "uri": "localhost:8000", "axis": "Z"}},
@@ -165,6 +169,21 @@ def test_the_factories_build_each_axis_from_its_config_without_connecting(tmp_pa
     assert scope.focus.drive.address == "python-microscope stage PYRO:Stage@127.0.0.1:1 axis 'F'"
     assert scope.config is config and scope.simulation is not None
     scope.close()
+
+
+def test_the_configured_safe_height_is_a_signal_recorded_with_every_run(RE, tmp_path):
+    config = parse_instrument_config({"magnet_z": {"limits": [1.0, 9.0], "safe": 6.5}})
+    with init_devices(mock=True):
+        scope = make_microscope(config, data_dir=tmp_path, name="mic")
+    try:
+        conf = call_in_bluesky_event_loop(scope.magnet_z.read_configuration())
+        assert conf["mic-magnet_z-safe_height"]["value"] == 6.5
+        described = call_in_bluesky_event_loop(scope.magnet_z.describe_configuration())
+        assert described["mic-magnet_z-safe_height"]["units"] == "mm"
+    finally:
+        scope.close()
+    with pytest.raises(LimitError, match=r"safe magnet height 9.5 mm is outside the limits \[1.0, 9.0\] mm"):
+        MagnetZ(low_limit=1.0, high_limit=9.0, safe=9.5)
 
 
 def test_a_missing_backend_package_names_the_extra(tmp_path, monkeypatch):

@@ -182,6 +182,21 @@ def test_with_safe_finish_restores_turns_height_and_focus_in_that_order(mic):
     assert error is None
 
 
+def test_plans_end_at_the_microscope_s_configured_safe_height(mic):
+    set_mock_value(mic.magnet_z.safe_height, 6.5)  # the config's magnet_z.safe
+    messages = simulator().simulate_plan(count_at_heights(mic, [6.0, 4.0], num=1, track=False))
+    assert moves(messages)[-1] == ("mic-magnet_z", 6.5)
+    assert moves(simulator().simulate_plan(restore_safe_state(mic))) == [("mic-magnet_z", 6.5)]
+    # a height given to the plan wins; a configured one outside the limits is refused
+    messages = simulator().simulate_plan(
+        count_at_heights(mic, [6.0], num=1, track=False, safe_magnet_height_mm=7.5)
+    )
+    assert moves(messages)[-1] == ("mic-magnet_z", 7.5)
+    set_mock_value(mic.magnet_z.high_limit, 6.0)
+    with pytest.raises(PlanArgumentError, match="safe_magnet_height_mm=6.5 is outside"):
+        simulator().simulate_plan(count_at_heights(mic, [5.0], num=1, track=False))
+
+
 def test_restore_safe_state_refuses_a_height_outside_the_limits(mic):
     with pytest.raises(PlanArgumentError, match="safe_magnet_height_mm=9.5 is outside"):
         simulator().simulate_plan(restore_safe_state(mic, safe_magnet_height_mm=9.5))

@@ -12,6 +12,7 @@ import functools
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from ophyd_async.core import PathProvider, StaticPathProvider, UUIDFilenameProvider
@@ -60,9 +61,12 @@ def make_axis(config: AxisConfig, *, name: str = "") -> Axis:
     cls = _AXIS_CLASSES[config.key]
     low, high = config.limits
     initial = config.initial if config.initial is not None else min(max(0.0, low), high)
+    extra: dict[str, Any] = (
+        {"safe": config.safe} if config.key == "magnet_z" and config.safe is not None else {}
+    )
     return cls(  # type: ignore[call-arg]
         initial=initial, low_limit=low, high_limit=high, velocity=config.velocity,
-        drive=make_drive(config), name=name,
+        drive=make_drive(config), name=name, **extra,
     )
 
 

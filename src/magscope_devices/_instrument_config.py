@@ -371,6 +371,11 @@ def _axis(key: str, value: Any) -> AxisConfig:
     raw = _mapping(key, value, _AXIS_KEYS)
     backend = _choice(f"{key}.backend", raw.get("backend", "sim"), AXIS_BACKENDS)
     common = ("backend", "limits", "safe")
+    if "safe" in raw and safe is None:
+        raise InstrumentConfigError(
+            f"{key}.safe = {raw['safe']!r}: only magnet_z has a safe position (the height "
+            f"plans leave the magnets at); {key} stays where a plan leaves it"
+        )
     for k in raw:
         if k not in common and k not in _BACKEND_KEYS[backend]:
             users = [b for b, ks in _BACKEND_KEYS.items() if k in ks]

@@ -240,7 +240,11 @@ class Axis(StandardReadable, StandardMovable[float]):
 
 
 class MagnetZ(Axis):
-    """Magnet height above the sample (mm); smaller is closer, so a higher force."""
+    """Magnet height above the sample (mm); smaller is closer, so a higher force.
+
+    ``safe_height`` (mm, a configuration signal recorded with every run) is where plans
+    leave the magnets when they end, fail or are aborted: the instrument config's
+    ``magnet_z.safe``."""
 
     def __init__(
         self,
@@ -250,7 +254,15 @@ class MagnetZ(Axis):
         velocity: float = 5.0,
         drive: AxisDrive | None = None,
         name: str = "",
+        safe: float = 8.0,
     ) -> None:
+        if not (math.isfinite(safe) and low_limit <= safe <= high_limit):
+            raise LimitError(
+                f"safe magnet height {safe} mm is outside the limits [{low_limit}, "
+                f"{high_limit}] mm"
+            )
+        with self.add_children_as_readables(Format.CONFIG_SIGNAL):
+            self.safe_height = soft_signal_rw(float, safe, units="mm", precision=4)
         super().__init__(
             units="mm", initial=initial, low_limit=low_limit, high_limit=high_limit,
             velocity=velocity, precision=4, drive=drive, name=name,

@@ -13,7 +13,7 @@ from magscope_devices._microscope import Microscope
 from ._arguments import PlanArgs, PreflightError
 from ._locks import focus_lock_suspended
 from ._preflight import check_axis_limits, check_magnet_heights, check_microscope
-from ._safety import DEFAULT_SAFE_MAGNET_HEIGHT_MM, with_safe_finish
+from ._safety import check_safe_height, with_safe_finish
 
 
 def camera_and_axes(microscope: Microscope, *, track: bool = False) -> list[Any]:
@@ -69,7 +69,7 @@ def focus_scan(
         )
         return (
             yield from with_safe_finish(
-                scan, microscope, safe_magnet_height_mm=None, restore_focus_nm=focus0
+                scan, microscope, lift_magnets=False, restore_focus_nm=focus0
             )
         )
 
@@ -84,13 +84,13 @@ def count_at_heights(
     num: int = 5,
     delay_s: float = 0.0,
     track: bool = True,
-    safe_magnet_height_mm: float = DEFAULT_SAFE_MAGNET_HEIGHT_MM,
+    safe_magnet_height_mm: float | None = None,
     md: dict[str, Any] | None = None,
 ) -> Generator[Msg, Any, list[str]]:
     """At each magnet height (mm) take ``num`` camera frames, one run per height; with
     ``track`` (and a microscope with a bead tracker) also the tracked beads' x, y, z.
 
-    The magnets return to ``safe_magnet_height_mm`` (mm) at the end, also on failure.
+    The magnets return to ``safe_magnet_height_mm`` (mm; None: the microscope's configured safe height) at the end, also on failure.
     Returns the run uids.
     """
     plan = "count_at_heights"
@@ -102,15 +102,16 @@ def count_at_heights(
     num = args.count("num", num, minimum=1, what="a whole number of frames per height")
     delay_s = args.non_negative("delay_s", delay_s, units="s")
     track = args.flag("track", track)
-    safe_magnet_height_mm = args.real("safe_magnet_height_mm", safe_magnet_height_mm, units="mm")
+    safe_magnet_height_mm = args.optional_real(
+        "safe_magnet_height_mm", safe_magnet_height_mm, units="mm"
+    )
     md = args.metadata("md", md)
     check_microscope(microscope, plan)
     track = track and len(microscope.detectors()) > 1
     # refuse before anything moves
     heights = yield from check_magnet_heights(microscope, heights, plan=plan)
-    yield from check_axis_limits(
-        microscope.magnet_z, [safe_magnet_height_mm], plan=plan,
-        argument="safe_magnet_height_mm", units="mm", what="magnet height", single=True,
+    safe_magnet_height_mm = yield from check_safe_height(
+        microscope, safe_magnet_height_mm, plan=plan
     )
     if track:
         rois = yield from bps.rd(microscope.tracker.rois)

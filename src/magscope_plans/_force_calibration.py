@@ -20,7 +20,6 @@ from magscope_devices._microscope import Microscope
 from ._arguments import PlanArgs, PlanArgumentError, PreflightError
 from ._bead_match import MAX_ROI_SHIFT_PX, match_beads, rois_metadata
 from ._preflight import (
-    check_axis_limits,
     check_magnet_heights,
     check_microscope,
     plan_metadata,
@@ -29,7 +28,7 @@ from ._preflight import (
 from ._recording import TrackRecorder, extension_traces, lateral_traces
 from ._results import ARRAY, FLOAT, IDS, ResultRecord, emit, set_layouts
 from ._run_results import force_calibration_from_run
-from ._safety import DEFAULT_SAFE_MAGNET_HEIGHT_MM, with_safe_finish
+from ._safety import check_safe_height, with_safe_finish
 from .analysis import (
     ForceResult,
     allan_force,
@@ -159,7 +158,7 @@ def force_calibration(
     max_duration_s: float = 120.0,
     settle_s: float = 0.5,
     chunk_frames: int = 100,
-    safe_magnet_height_mm: float = DEFAULT_SAFE_MAGNET_HEIGHT_MM,
+    safe_magnet_height_mm: float | None = None,
     md: dict[str, Any] | None = None,
 ) -> Generator[Msg, Any, str]:
     """Measure the force on every selected bead at each magnet height (mm) and fit the
@@ -185,7 +184,7 @@ def force_calibration(
     size, nm/px, Z-LUT run uid). After the run the calibration is cached in the tracker's
     data folder as ``force-calibration-<uid>.json`` (:func:`calibration_cache_path`) and
     loaded into ``microscope.force``; :func:`load_force_calibration` reloads it later. The
-    magnets end at ``safe_magnet_height_mm``. Returns the run uid.
+    magnets end at ``safe_magnet_height_mm`` (mm; None: the microscope's configured safe height). Returns the run uid.
     """
     plan = "force_calibration"
     args = PlanArgs(plan)
@@ -201,13 +200,14 @@ def force_calibration(
     max_duration_s = args.real("max_duration_s", max_duration_s, units="s", low=pilot_s)
     settle_s = args.non_negative("settle_s", settle_s, units="s")
     chunk_frames = args.count("chunk_frames", chunk_frames, minimum=1, what="a whole number of frames")
-    safe_magnet_height_mm = args.real("safe_magnet_height_mm", safe_magnet_height_mm, units="mm")
+    safe_magnet_height_mm = args.optional_real(
+        "safe_magnet_height_mm", safe_magnet_height_mm, units="mm"
+    )
     md = args.metadata("md", md)
     check_microscope(microscope, plan, tracker=True)
     heights = yield from check_magnet_heights(microscope, heights, plan=plan, min_heights=2)
-    yield from check_axis_limits(
-        microscope.magnet_z, [safe_magnet_height_mm], plan=plan,
-        argument="safe_magnet_height_mm", units="mm", what="magnet height", single=True,
+    safe_magnet_height_mm = yield from check_safe_height(
+        microscope, safe_magnet_height_mm, plan=plan
     )
     sel = yield from select_beads(microscope, wanted, plan=plan)
     tracker = microscope.tracker

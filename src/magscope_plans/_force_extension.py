@@ -23,7 +23,7 @@ from ._preflight import (
 )
 from ._recording import TrackRecorder, extension_traces, mean_extensions
 from ._results import ARRAY, FLOAT, IDS, ResultRecord, emit, set_layouts
-from ._safety import DEFAULT_SAFE_MAGNET_HEIGHT_MM, with_safe_finish
+from ._safety import check_safe_height, with_safe_finish
 from .analysis import buckling_point, wlc_fit
 
 __all__ = ["force_extension", "force_sequence", "rotation_extension"]
@@ -110,13 +110,6 @@ def _measure(
     return forces, mean, sem
 
 
-def _check_safe_height(microscope: Microscope, height_mm: float, plan: str):
-    yield from check_axis_limits(
-        microscope.magnet_z, [height_mm], plan=plan, argument="safe_magnet_height_mm",
-        units="mm", what="magnet height", single=True,
-    )
-
-
 def _calibration(microscope: Microscope) -> Generator[Msg, Any, ForceCalibration]:
     path = yield from bps.rd(microscope.force.calibration_file)
     return ForceCalibration.load(path)
@@ -132,7 +125,7 @@ def force_extension(
     settle_s: float = 0.5,
     extensible: bool = False,
     fit_offset: bool = False,
-    safe_magnet_height_mm: float = DEFAULT_SAFE_MAGNET_HEIGHT_MM,
+    safe_magnet_height_mm: float | None = None,
     md: dict[str, Any] | None = None,
 ) -> Generator[Msg, Any, str]:
     """Step the force (pN) through ``forces_pn`` in ``direction`` order; at each step wait
@@ -149,7 +142,7 @@ def force_extension(
     and an anchored Z-LUT. Streams: ``tracks`` (every frame), ``extension`` (one event per
     step: the force, each bead's own force from the calibration, mean extension and error),
     ``wlc`` (one event: per bead contour_nm, persistence_nm, their errors). The magnets end
-    at ``safe_magnet_height_mm``. Returns the run uid.
+    at ``safe_magnet_height_mm`` (mm; None: the microscope's configured safe height). Returns the run uid.
     """
     plan = "force_extension"
     args = PlanArgs(plan)
@@ -163,12 +156,16 @@ def force_extension(
     settle_s = args.non_negative("settle_s", settle_s, units="s")
     extensible = args.flag("extensible", extensible)
     fit_offset = args.flag("fit_offset", fit_offset)
-    safe_magnet_height_mm = args.real("safe_magnet_height_mm", safe_magnet_height_mm, units="mm")
+    safe_magnet_height_mm = args.optional_real(
+        "safe_magnet_height_mm", safe_magnet_height_mm, units="mm"
+    )
     md = args.metadata("md", md)
     check_microscope(microscope, plan, tracker=True)
     sequence = force_sequence(given, direction)
     forces = yield from require_force_calibration(microscope, sequence, plan=plan)
-    yield from _check_safe_height(microscope, safe_magnet_height_mm, plan)
+    safe_magnet_height_mm = yield from check_safe_height(
+        microscope, safe_magnet_height_mm, plan=plan
+    )
     sel = yield from select_beads(microscope, wanted, plan=plan)
     cal = yield from _calibration(microscope)
     fs = float((yield from bps.rd(microscope.camera.frame_rate_hz)))
@@ -240,7 +237,7 @@ def rotation_extension(
     dwell_s: float = 2.0,
     beads: Sequence[int] | None = None,
     settle_s: float = 0.5,
-    safe_magnet_height_mm: float = DEFAULT_SAFE_MAGNET_HEIGHT_MM,
+    safe_magnet_height_mm: float | None = None,
     md: dict[str, Any] | None = None,
 ) -> Generator[Msg, Any, str]:
     """At constant force ``force_pn`` (pN), turn the magnets through ``turns`` (turns,
@@ -250,7 +247,7 @@ def rotation_extension(
 
     Streams: ``tracks``, ``extension`` (one event per turn), ``buckling`` (one event: per
     bead positive and negative buckling turns with errors, plateau extension, slope).
-    The magnets turn back to where they started and rise to ``safe_magnet_height_mm``
+    The magnets turn back to where they started and rise to ``safe_magnet_height_mm`` (mm; None: the microscope's configured safe height)
     at the end, also on failure or abort. Returns the run uid.
     """
     plan = "rotation_extension"
@@ -263,7 +260,9 @@ def rotation_extension(
     dwell_s = args.positive("dwell_s", dwell_s, units="s")
     wanted = args.bead_ids("beads", beads)
     settle_s = args.non_negative("settle_s", settle_s, units="s")
-    safe_magnet_height_mm = args.real("safe_magnet_height_mm", safe_magnet_height_mm, units="mm")
+    safe_magnet_height_mm = args.optional_real(
+        "safe_magnet_height_mm", safe_magnet_height_mm, units="mm"
+    )
     md = args.metadata("md", md)
     check_microscope(microscope, plan, tracker=True)
     (force,) = yield from require_force_calibration(
@@ -273,7 +272,9 @@ def rotation_extension(
         microscope.magnet_rotation, steps_turns, plan=plan, argument="turns", units="turns",
         what="rotation",
     )
-    yield from _check_safe_height(microscope, safe_magnet_height_mm, plan)
+    safe_magnet_height_mm = yield from check_safe_height(
+        microscope, safe_magnet_height_mm, plan=plan
+    )
     sel = yield from select_beads(microscope, wanted, plan=plan)
     cal = yield from _calibration(microscope)
     turns0 = float((yield from bps.rd(microscope.magnet_rotation)))

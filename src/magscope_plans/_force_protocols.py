@@ -16,7 +16,6 @@ from magscope_devices._microscope import Microscope
 from ._arguments import PlanArgs, PlanArgumentError
 from ._force_calibration import fit_band_hz
 from ._preflight import (
-    check_axis_limits,
     check_microscope,
     plan_metadata,
     require_force_calibration,
@@ -24,7 +23,7 @@ from ._preflight import (
 )
 from ._recording import TrackRecorder, extension_traces, lateral_traces, mean_extensions
 from ._results import ARRAY, FLOAT, IDS, ResultRecord, emit, set_layouts
-from ._safety import DEFAULT_SAFE_MAGNET_HEIGHT_MM, with_safe_finish
+from ._safety import check_safe_height, with_safe_finish
 from .analysis import psd_force, subtract_drift
 
 __all__ = ["force_clamp", "force_ramp"]
@@ -58,7 +57,7 @@ def force_ramp(
     beads: Sequence[int] | None = None,
     update_hz: float = 10.0,
     settle_s: float = 1.0,
-    safe_magnet_height_mm: float = DEFAULT_SAFE_MAGNET_HEIGHT_MM,
+    safe_magnet_height_mm: float | None = None,
     md: dict[str, Any] | None = None,
 ) -> Generator[Msg, Any, str]:
     """Ramp the force linearly from ``start_pn`` to ``stop_pn`` at ``rate_pn_per_s``
@@ -67,7 +66,7 @@ def force_ramp(
 
     Streams: ``tracks`` (every frame), ``ramp`` (one event per setpoint update: time since
     the ramp started (s), the force, each bead's mean extension over that interval). The
-    magnets end at ``safe_magnet_height_mm``. Returns the run uid.
+    magnets end at ``safe_magnet_height_mm`` (mm; None: the microscope's configured safe height). Returns the run uid.
     """
     plan = "force_ramp"
     args = PlanArgs(plan)
@@ -82,14 +81,15 @@ def force_ramp(
     wanted = args.bead_ids("beads", beads)
     update_hz = args.real("update_hz", update_hz, units="Hz", low=0.0, high=50.0, low_open=True)
     settle_s = args.non_negative("settle_s", settle_s, units="s")
-    safe_magnet_height_mm = args.real("safe_magnet_height_mm", safe_magnet_height_mm, units="mm")
+    safe_magnet_height_mm = args.optional_real(
+        "safe_magnet_height_mm", safe_magnet_height_mm, units="mm"
+    )
     md = args.metadata("md", md)
     check_microscope(microscope, plan, tracker=True)
     yield from require_force_calibration(microscope, [start_pn], plan=plan, argument="start_pn", single=True)
     yield from require_force_calibration(microscope, [stop_pn], plan=plan, argument="stop_pn", single=True)
-    yield from check_axis_limits(
-        microscope.magnet_z, [safe_magnet_height_mm], plan=plan,
-        argument="safe_magnet_height_mm", units="mm", what="magnet height", single=True,
+    safe_magnet_height_mm = yield from check_safe_height(
+        microscope, safe_magnet_height_mm, plan=plan
     )
     sel = yield from select_beads(microscope, wanted, plan=plan)
     duration = abs(stop_pn - start_pn) / rate_pn_per_s
@@ -155,7 +155,7 @@ def force_clamp(
     axis: str = "y",
     settle_s: float = 1.0,
     chunk_frames: int = 100,
-    safe_magnet_height_mm: float = DEFAULT_SAFE_MAGNET_HEIGHT_MM,
+    safe_magnet_height_mm: float | None = None,
     md: dict[str, Any] | None = None,
 ) -> Generator[Msg, Any, str]:
     """Hold the force at ``force_pn`` (pN) for ``duration_s`` (s), recording every frame
@@ -164,7 +164,7 @@ def force_clamp(
     Streams: ``tracks`` (every frame), ``clamp`` (one event: per bead the mean extension
     and its standard error, the extension and lateral standard deviations, and the force
     from the lateral spectrum as a check of the calibration). The magnets end at
-    ``safe_magnet_height_mm``. Returns the run uid.
+    ``safe_magnet_height_mm`` (mm; None: the microscope's configured safe height). Returns the run uid.
     """
     plan = "force_clamp"
     args = PlanArgs(plan)
@@ -174,15 +174,16 @@ def force_clamp(
     axis = args.choice("axis", axis, ("x", "y"))
     settle_s = args.non_negative("settle_s", settle_s, units="s")
     chunk_frames = args.count("chunk_frames", chunk_frames, minimum=1, what="a whole number of frames")
-    safe_magnet_height_mm = args.real("safe_magnet_height_mm", safe_magnet_height_mm, units="mm")
+    safe_magnet_height_mm = args.optional_real(
+        "safe_magnet_height_mm", safe_magnet_height_mm, units="mm"
+    )
     md = args.metadata("md", md)
     check_microscope(microscope, plan, tracker=True)
     (force,) = yield from require_force_calibration(
         microscope, [force_pn], plan=plan, argument="force_pn", single=True
     )
-    yield from check_axis_limits(
-        microscope.magnet_z, [safe_magnet_height_mm], plan=plan,
-        argument="safe_magnet_height_mm", units="mm", what="magnet height", single=True,
+    safe_magnet_height_mm = yield from check_safe_height(
+        microscope, safe_magnet_height_mm, plan=plan
     )
     sel = yield from select_beads(microscope, wanted, plan=plan)
     fs = float((yield from bps.rd(microscope.camera.frame_rate_hz)))

@@ -28,7 +28,7 @@ from ._locks import focus_lock_suspended
 from ._preflight import check_axis_limits, check_microscope, read_layout
 from ._results import connect_replayably
 from ._run_results import zlut_from_run, zlut_heights_from_run
-from ._safety import with_safe_finish
+from ._safety import check_safe_height, with_safe_finish
 
 
 class ZLUTImages(BeadLayoutRecord):
@@ -247,9 +247,13 @@ def zlut_sweep(
             yield from bps.mv(tracker.height_offsets, heights_table(lut.bead_ids, heights))
             return uid
 
+        # magnets moved for the sweep go back to the configured safe height after it
+        safe = None if magnet_z_mm is None else (
+            yield from check_safe_height(microscope, None, plan="zlut_sweep")
+        )
         uid = yield from with_safe_finish(
             sweep(), microscope,
-            safe_magnet_height_mm=None if magnet_z_mm is None else 8.0,
+            safe_magnet_height_mm=safe, lift_magnets=safe is not None,
             restore_focus_nm=focus0,
         )
         return uid
