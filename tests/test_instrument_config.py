@@ -3,6 +3,7 @@ key, the value and what is allowed; the simulated microscope is its default."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import textwrap
 
@@ -21,6 +22,7 @@ from magscope_devices import (
     make_microscope,
     parse_instrument_config,
 )
+from magscope_devices._factories import make_drive
 from magscope_devices._instrument_config import CONFIG_ENV
 from magscope_devices.backends import MissingBackendError
 
@@ -100,8 +102,8 @@ def test_the_sim_section_sets_the_simulated_world():
     [
         ({"camera": {"backend": "andor"}},
          "camera.backend = 'andor': must be one of sim, python-microscope"),
-        ({"focus": {"backend": "pi"}},
-         "focus.backend = 'pi': must be one of sim, python-microscope, epics"),
+        ({"focus": {"backend": "tango"}},
+         "focus.backend = 'tango': must be one of sim, python-microscope, epics, pi, zaber"),
         ({"magnet_z": {"limit": [0, 1]}},
          "magnet_z.limit: unknown key; allowed here: backend, limits, safe"),
         ({"magnets": {}}, "magnets: unknown key; allowed here: version, instrument"),
@@ -111,6 +113,18 @@ def test_the_sim_section_sets_the_simulated_world():
          "magnet_z.limits[1] = 'ten': must be a finite number mm"),
         ({"magnet_z": {"safe": 12.0}}, "magnet_z.safe = 12.0 mm: above the maximum 10 mm"),
         ({"focus": {"safe": 0.0}}, "focus.safe = 0.0: only magnet_z has a safe position"),
+        ({"focus": {"backend": "pi", "uri": "192.168.1.5:50000", "axis": "1"}},
+         "focus.uri = '192.168.1.5:50000': must be tcp://HOST:PORT or serial:///dev/PORT"),
+        ({"focus": {"backend": "pi", "uri": "serial:///dev/ttyUSB0?baud=fast", "axis": "1"}},
+         "focus.uri = 'serial:///dev/ttyUSB0?baud=fast': must be tcp://HOST:PORT"),
+        ({"magnet_z": {"backend": "zaber", "uri": "tcp://10.0.0.2:55550", "axis": "X"}},
+         "magnet_z.axis = 'X': must be 'DEVICE/AXIS', the device address and axis number"),
+        ({"magnet_z": {"backend": "zaber", "uri": "tcp://10.0.0.2:55550", "axis": "1/1",
+                       "device_units": "inch"}},
+         "magnet_z.device_units = 'inch': must be one of mm, um, deg"),
+        ({"focus": {"backend": "pi", "uri": "tcp://10.0.0.2:50000", "axis": "1",
+                    "device_units": "um"}},
+         "focus.device_units: not used by backend pi (only by zaber)"),
         ({"focus": {"backend": "python-microscope", "axis": "Z"}},
          "focus.uri = None: must be a python-microscope device URI, PYRO:<id>@<host>:<port>"),
         ({"focus": {"backend": "python-microscope", "uri": "localhost:8000", "axis": "Z"}},
@@ -119,7 +133,7 @@ def test_the_sim_section_sets_the_simulated_world():
          "focus.axis = None: must name the stage's axis"),
         ({"focus": {"backend": "epics"}}, "focus.pv = None: must be the motor record's PV"),
         ({"focus": {"backend": "epics", "pv": "m1", "axis": "Z"}},
-         "focus.axis: not used by backend epics (only by python-microscope)"),
+         "focus.axis: not used by backend epics (only by python-microscope, pi, zaber)"),
         ({"focus": {"backend": "epics", "pv": "m1", "scale": 0}}, "focus.scale = 0: must not be 0"),
         ({"magnet_z": {"velocity": -1}}, "magnet_z.velocity = -1 mm/s: must be above 0"),
         ({"camera": {"backend": "python-microscope", "uri": "PYRO:C@h:1",
@@ -197,6 +211,22 @@ def test_a_missing_backend_package_names_the_extra(tmp_path, monkeypatch):
         make_microscope(config, data_dir=tmp_path)
     assert "pip install 'magscope-bluesky[microscope]'" in str(info.value)
     assert "'Pyro4'" in str(info.value)
+
+
+@pytest.mark.parametrize("backend, module, extra, axis", [
+    ("zaber", "zaber_motion", "zaber", "1/1"),
+    ("pi", "pipython", "pi", "1"),
+])
+def test_a_missing_axis_backend_package_names_the_extra(monkeypatch, backend, module, extra, axis):
+    monkeypatch.setitem(sys.modules, module, None)  # import -> ImportError
+    config = parse_instrument_config(
+        {"focus": {"backend": backend, "uri": "tcp://127.0.0.1:1", "axis": axis}}
+    )
+    drive = make_drive(config.focus)
+    assert drive is not None and drive.address == config.focus.address
+    with pytest.raises(MissingBackendError, match=rf"pip install 'magscope-bluesky\[{extra}\]'"):
+        asyncio.run(drive.connect(1.0))
+    drive.close()
 
 
 def test_simulated_params_reach_the_world():

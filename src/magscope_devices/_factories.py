@@ -31,7 +31,7 @@ from .sim.link import SimulationLink
 _AXIS_CLASSES: dict[str, type[Axis]] = {
     "magnet_z": MagnetZ, "magnet_rotation": MagnetRotation, "focus": FocusStage,
 }
-#: how close (axis units) a python-microscope stage must come to its target
+#: how close (axis units) a python-microscope stage or a PI axis must come to its target
 _TOLERANCE = {"magnet_z": 1e-3, "magnet_rotation": 1e-3, "focus": 1.0}
 
 
@@ -44,6 +44,23 @@ def make_drive(config: AxisConfig) -> AxisDrive | None:
         return PyMicroscopeStageDrive(
             config.uri, config.axis, units=config.units, scale=config.scale,
             offset=config.offset, tolerance=_TOLERANCE[config.key], timeout_s=config.timeout_s,
+        )
+    if config.backend == "pi":
+        from .backends.pi import PiStageDrive
+
+        assert config.uri is not None and config.axis is not None
+        return PiStageDrive(
+            config.uri, config.axis, units=config.units, scale=config.scale,
+            offset=config.offset, tolerance=_TOLERANCE[config.key], timeout_s=config.timeout_s,
+        )
+    if config.backend == "zaber":
+        from .backends.zaber import ZaberStageDrive
+
+        assert config.uri is not None and config.axis is not None
+        return ZaberStageDrive(
+            config.uri, config.axis, units=config.units,
+            device_units=config.device_units or "mm", scale=config.scale,
+            offset=config.offset, timeout_s=config.timeout_s,
         )
     if config.backend == "epics":
         from .backends.epics import EpicsMotorDrive

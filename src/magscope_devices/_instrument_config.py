@@ -12,7 +12,7 @@ A YAML file (``magscope demo|ipython|qserver --config FILE`` or ``$MAGSCOPE_CONF
       frame_rate_hz: 100
       exposure_s: 0.005
     magnet_z:                       # mm
-      backend: epics                # sim | python-microscope | epics
+      backend: epics                # sim | python-microscope | epics | pi | zaber
       pv: "XF:31-MT{Mag:Z}Mtr"
       limits: [0.3, 10.0]
       safe: 8.0                     # where plans leave the magnets
@@ -43,6 +43,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from .sim.world import SimParams
 
@@ -52,7 +53,9 @@ CONFIG_VERSION = 1
 CONFIG_ENV = "MAGSCOPE_CONFIG"
 
 CAMERA_BACKENDS = ("sim", "python-microscope")
-AXIS_BACKENDS = ("sim", "python-microscope", "epics")
+AXIS_BACKENDS = ("sim", "python-microscope", "epics", "pi", "zaber")
+#: the units a Zaber axis reports in (zaber-motion converts its native steps)
+ZABER_DEVICE_UNITS = ("mm", "um", "deg")
 #: The axes of the microscope: config key -> (units, default limits, default velocity
 #: (units/s, simulated axes), default start (simulated axes), default safe position)
 AXES: dict[str, tuple[str, tuple[float, float], float, float | None, float | None]] = {
@@ -96,6 +99,7 @@ class AxisConfig:
     uri: str | None = None
     axis: str | None = None
     pv: str | None = None
+    device_units: str | None = None
     scale: float = 1.0
     offset: float = 0.0
     timeout_s: float = 5.0
@@ -111,6 +115,11 @@ class AxisConfig:
             return f"EPICS motor {self.pv}"
         if self.backend == "python-microscope":
             return f"python-microscope stage {self.uri} axis {self.axis!r}"
+        if self.backend == "pi":
+            return f"PI controller {self.uri} axis {self.axis!r}"
+        if self.backend == "zaber":
+            device, _, number = (self.axis or "").partition("/")
+            return f"Zaber {self.uri} device {device} axis {number}"
         return "simulated"
 
 
@@ -314,6 +323,25 @@ def _pyro_uri(key: str, value: Any) -> str:
     return uri
 
 
+def _line_uri(key: str, value: Any) -> str:
+    """tcp://HOST:PORT or serial:///dev/PORT[?baud=N]: where a controller's line is."""
+    why = "must be tcp://HOST:PORT or serial:///dev/PORT (optionally ?baud=115200)"
+    uri = _text(key, value, why=why)
+    parts = urlsplit(uri)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    tcp_ok = parts.scheme == "tcp" and bool(parts.hostname) and port is not None
+    serial_ok = parts.scheme == "serial" and parts.path.startswith("/")
+    if parts.query and serial_ok:
+        baud = parse_qs(parts.query).get("baud", [""])[0]
+        serial_ok = baud.isdigit() and set(parse_qs(parts.query)) == {"baud"}
+    if not (tcp_ok or serial_ok):
+        raise InstrumentConfigError(f"{key} = {value!r}: {why}")
+    return uri
+
+
 _CAMERA_KEYS = tuple(f.name for f in fields(CameraConfig))
 
 
@@ -363,6 +391,8 @@ _BACKEND_KEYS = {
     "sim": ("initial", "velocity"),
     "python-microscope": ("uri", "axis", "scale", "offset", "timeout_s"),
     "epics": ("pv", "scale", "offset", "timeout_s"),
+    "pi": ("uri", "axis", "scale", "offset", "timeout_s"),
+    "zaber": ("uri", "axis", "device_units", "scale", "offset", "timeout_s"),
 }
 
 
@@ -424,6 +454,22 @@ def _axis(key: str, value: Any) -> AxisConfig:
         kw["uri"] = _pyro_uri(f"{key}.uri", raw.get("uri"))
         kw["axis"] = _text(f"{key}.axis", raw.get("axis"),
                            why="must name the stage's axis (a key of the stage's `axes`)")
+    if backend in ("pi", "zaber"):
+        kw["uri"] = _line_uri(f"{key}.uri", raw.get("uri"))
+    if backend == "pi":
+        kw["axis"] = _text(f"{key}.axis", raw.get("axis"),
+                           why="must name the controller's axis (an id SAI? lists, e.g. '1')")
+    if backend == "zaber":
+        axis = raw.get("axis")
+        device, _, number = str(axis).partition("/")
+        if not (isinstance(axis, str) and device.isdigit() and number.isdigit()):
+            raise InstrumentConfigError(
+                f"{key}.axis = {axis!r}: must be 'DEVICE/AXIS', the device address and axis "
+                "number, e.g. '1/1'"
+            )
+        kw["axis"] = axis
+        kw["device_units"] = _choice(f"{key}.device_units", raw.get("device_units", "mm"),
+                                     ZABER_DEVICE_UNITS)
     if backend == "epics":
         kw["pv"] = _text(f"{key}.pv", raw.get("pv"),
                          why="must be the motor record's PV prefix, e.g. 'XF:31-MT{Mag:Z}Mtr'")

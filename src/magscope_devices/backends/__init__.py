@@ -2,7 +2,10 @@
 
 - :mod:`.pymicroscope`: python-microscope cameras (the camera process's frame source)
   and stage axes, local or over python-microscope's device server (Pyro);
-- :mod:`.epics`: axes as EPICS motor records, through ophyd-async's ``Motor``.
+- :mod:`.epics`: axes as EPICS motor records, through ophyd-async's ``Motor``;
+- :mod:`.pi`: axes of Physik Instrumente controllers through ``pipython`` (GCS);
+- :mod:`.zaber`: axes of Zaber stages through ``zaber-motion`` (worked example, not tested
+  against hardware).
 
 Each module imports its optional package only when a part is built, and names the extra
 to install when it is missing (:func:`require`).
@@ -15,7 +18,7 @@ from types import ModuleType
 
 #: optional package -> the extra of magscope-bluesky that installs it
 EXTRAS = {"microscope": "microscope", "Pyro4": "microscope", "aioca": "epics",
-          "caproto": "epics"}
+          "caproto": "epics", "pipython": "pi", "zaber_motion": "zaber"}
 
 
 class MissingBackendError(ImportError):
