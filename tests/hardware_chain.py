@@ -121,6 +121,10 @@ def scan_until_killed(axes: dict, data_dir: Path, kill: Callable[[], None]) -> K
             RE(bp.list_scan([mic.camera], mic.magnet_z, KILLED_SCAN_MM, per_step=None))
         elapsed = time.monotonic() - t0
         last = RE(bps.rd(mic.magnet_z)).plan_result  # the axis's own readback, no device
-        return KilledRun(info.value.__cause__ or info.value, elapsed, stops[-1], float(last))
+        error = info.value.__cause__
+        if error is None:  # bluesky raised FailedStatus alone: the status holds the error
+            status = info.value.args[0] if info.value.args else None
+            error = getattr(status, "exception", lambda: None)() or info.value
+        return KilledRun(error, elapsed, stops[-1], float(last))
     finally:
         mic.close()

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,7 +24,7 @@ from ophyd_async.core import init_devices
 from hardware_chain import KILLED_SCAN_MM, run_experiment_chain, scan_until_killed
 from magscope_devices import make_microscope, parse_instrument_config
 from magscope_devices.backends import DeviceUnreachableError
-from process_helpers import free_port
+from process_helpers import free_port, kill_service, start_service
 
 pytestmark = [pytest.mark.system, pytest.mark.xdist_group("epics")]
 
@@ -55,16 +53,7 @@ class MotorIOC:
         args = [sys.executable, str(IOC_SCRIPT), "--prefix", prefix]
         for motor in MOTORS:
             args += ["--motor", motor]
-        self.log = folder / "ioc.log"
-        self.process = subprocess.Popen(
-            args, env=env, stdout=subprocess.PIPE, stderr=self.log.open("wb"),
-            start_new_session=True, text=True,
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()  # "ready" once the PVs are served
-        if line.strip() != "ready":
-            self.kill()
-            raise RuntimeError(f"the IOC did not start: {self.log.read_text()[-2000:]}")
+        self.child = start_service("ioc", args, folder, env=env)
 
     def read(self, field: str) -> float:
         """A field of this IOC, read with caproto's own client (not the backend's)."""
@@ -74,17 +63,10 @@ class MotorIOC:
         caproto_client.write(self.prefix + field, value, notify=True, timeout=5)
 
     def kill(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
+        kill_service(self.child)
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        self.child.stop()
 
 
 @pytest.fixture(scope="module", autouse=True)

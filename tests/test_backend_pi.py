@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from ophyd_async.core import init_devices
 from hardware_chain import KILLED_SCAN_MM, scan_until_killed
 from magscope_devices import make_microscope, parse_instrument_config
 from magscope_devices.backends import DeviceUnreachableError
-from process_helpers import free_port
+from process_helpers import free_port, kill_service, start_service
 
 pytestmark = [pytest.mark.system, pytest.mark.xdist_group("pi")]
 
@@ -35,15 +34,12 @@ AXES = ["1,0,100,200,10", "2,0,10,20,8"]
 class GcsController:
     """``pi_gcs_controller.py`` on 127.0.0.1:``port``."""
 
-    def __init__(self) -> None:
+    def __init__(self, folder: Path) -> None:
         self.port = free_port()
         self.uri = f"tcp://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [sys.executable, str(CONTROLLER), str(self.port), *AXES],
-            stdout=subprocess.PIPE, text=True, start_new_session=True,
+        self.child = start_service(
+            "gcs-controller", [sys.executable, str(CONTROLLER), str(self.port), *AXES], folder
         )
-        assert self.process.stdout is not None
-        assert self.process.stdout.readline().strip() == "ready"
 
     def query(self, command: str) -> str:
         """One GCS query over a socket of its own (not pipython): its answer."""
@@ -54,15 +50,16 @@ class GcsController:
     def position(self, axis: str) -> float:
         return float(self.query(f"POS? {axis}").split("=")[1])
 
+    def kill(self) -> None:
+        kill_service(self.child)
+
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
+        self.child.stop()
 
 
 @pytest.fixture(scope="module")
-def controller():
-    ctl = GcsController()
+def controller(tmp_path_factory):
+    ctl = GcsController(tmp_path_factory.mktemp("gcs"))
     yield ctl
     ctl.close()
 
@@ -137,9 +134,9 @@ def test_an_unreachable_controller_fails_within_seconds_naming_it(tmp_path):
 
 
 def test_the_controller_killed_mid_run_ends_it_clearly(tmp_path):
-    ctl = GcsController()
+    ctl = GcsController(tmp_path / "gcs")
     try:
-        run = scan_until_killed(pi_axes(ctl, timeout_s=2.0), tmp_path / "data", ctl.close)
+        run = scan_until_killed(pi_axes(ctl, timeout_s=2.0), tmp_path / "data", ctl.kill)
     finally:
         ctl.close()
     print(f"PI controller killed mid-run: {type(run.error).__name__}: {run.error} after "

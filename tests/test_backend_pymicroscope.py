@@ -4,10 +4,7 @@ process, driven through Pyro as a lab's remote devices would be."""
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
 import sys
 import textwrap
 import time
@@ -22,7 +19,7 @@ from ophyd_async.core import init_devices
 
 from hardware_chain import KILLED_SCAN_MM, run_experiment_chain, scan_until_killed
 from magscope_devices import make_microscope, parse_instrument_config
-from process_helpers import free_port
+from process_helpers import free_port, kill_service, start_service
 
 pytestmark = [pytest.mark.system, pytest.mark.xdist_group("pymicroscope")]
 
@@ -55,23 +52,21 @@ class DeviceServer:
             ]
         """))
         exe = Path(sys.executable).with_name("device-server")
-        self.process = subprocess.Popen(
-            [str(exe), "--logging-dir", str(folder), str(config)], cwd=folder,
-            stdout=subprocess.DEVNULL, stderr=(folder / "server.log").open("wb"),
-            start_new_session=True,
-        )
         self.camera_uri = f"PYRO:SimulatedCamera@127.0.0.1:{self.camera_port}"
         self.stage_uri = f"PYRO:SimulatedStage@127.0.0.1:{self.stage_port}"
-        deadline = time.monotonic() + 30
-        for port in (self.camera_port, self.stage_port):
-            while True:
+
+        def listening() -> bool:
+            for port in (self.camera_port, self.stage_port):
                 try:
                     socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
                 except OSError:
-                    if self.process.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError((folder / "server.log").read_text()[-2000:]) from None
-                    time.sleep(0.1)
+                    return False
+            return True
+
+        self.child = start_service(
+            "device-server", [str(exe), "--logging-dir", str(folder), str(config)], folder,
+            ready=listening, cwd=folder,
+        )
 
     def stage_position(self, axis: str) -> float:
         Pyro4.config.SERIALIZER = "pickle"
@@ -79,17 +74,10 @@ class DeviceServer:
             return float(stage.position[axis])
 
     def kill(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
+        kill_service(self.child)
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        self.child.stop()
 
 
 @pytest.fixture(scope="module")

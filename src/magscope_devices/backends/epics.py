@@ -129,7 +129,13 @@ class EpicsMotorDrive:
                 f"{self.address}: Channel Access is disconnected; is the IOC up?"
             )
         await self._read(".DMOV", self.motor.motor_done_move.get_value())
+        from aioca import CANothing
+        from epicscorelibs.ca.cadef import Disconnected
         from ophyd_async.epics.motor import MotorLimitsError
+
+        # what a channel that went away raises: on a put (Disconnected), from a monitor of
+        # the readback the motor's status follows (CANothing: "Virtual circuit disconnect")
+        DISCONNECTED = (Disconnected, CANothing)  # noqa: N806 - a tuple of classes
 
         from .._motors import LimitError
 
@@ -146,6 +152,11 @@ class EpicsMotorDrive:
                     f"{target:g} {self.units}; is the IOC up?"
                 )
             await status
+        except DISCONNECTED as exc:  # a put or read on a channel that went away
+            raise DeviceUnreachableError(
+                f"{self.address}: Channel Access disconnected during the move to "
+                f"{target:g} {self.units} ({type(exc).__name__}); is the IOC up?"
+            ) from exc
         except MotorLimitsError as exc:  # the record's limits, read anew at each move
             low, high = await asyncio.gather(
                 self._read(".LLM", self.motor.low_limit_travel.get_value()),
