@@ -108,7 +108,7 @@ def test_frames_of_a_python_microscope_camera_arrive_at_the_set_rate_none_lost(
                    "sensor_px": list(SENSOR), "frame_rate_hz": rate, "exposure_s": 0.002},
         "tracking": {"enabled": False},
     })
-    RunEngine()  # the event loop the devices connect on
+    RE = RunEngine()
     with init_devices():
         mic = make_microscope(config, data_dir=tmp_path, name="mic")
     try:
@@ -126,6 +126,10 @@ def test_frames_of_a_python_microscope_camera_arrive_at_the_set_rate_none_lost(
         assert abs(frames / (t1 - t0) / rate - 1) < 0.01
         frame, _, index = cam.latest_frame()
         assert index >= n1 - 1 and frame.std() > 0  # the camera's test pattern, not zeros
+        # gain: each camera names and scales its own; ours stays 1 and says where to set it
+        with pytest.raises(FailedStatus, match="gain 2.0 cannot be set: python-microscope"):
+            RE(bps.mv(cam.gain, 2.0))
+        RE(bps.mv(cam.gain, 1.0))
     finally:
         mic.close()
 

@@ -62,6 +62,9 @@ class CameraLimits:
     gain_min: float = 0.1
     gain_max: float = 16.0
     roi_min_px: int = 16
+    #: Why ``gain`` cannot be changed on this camera ("" when it can): a backend whose
+    #: cameras name and scale their gain each their own way keeps gain at 1.
+    gain_fixed_because: str = ""
 
 
 class _AcquisitionConnector(DeviceConnector):
@@ -409,6 +412,8 @@ class Camera(StandardDetector):
 
     def _set_gain(self, value: Any) -> None:
         lim = self.limits
+        if lim.gain_fixed_because and value != 1.0:
+            raise ValueError(f"{self.name}: gain {value} cannot be set: {lim.gain_fixed_because}")
         if not lim.gain_min <= value <= lim.gain_max:
             raise ValueError(f"{self.name}: gain {value} is outside [{lim.gain_min}, {lim.gain_max}]")
         self._ctl["gain"] = float(value)

@@ -97,6 +97,7 @@ def make_camera(
     width, height = cam.sensor_px
     dtype = np.uint8 if cam.bit_depth <= 8 else np.uint16
     source_factory: Callable[[], FrameSource]
+    limits = CameraLimits()
     if cam.backend == "sim":
         assert simulation is not None
         source_factory = functools.partial(
@@ -113,6 +114,10 @@ def make_camera(
             PyMicroscopeFrameSource, cam.uri, (height, width), dtype, cam.bit_depth,
             cam.timeout_s,
         )
+        limits = CameraLimits(gain_fixed_because=(
+            "python-microscope cameras each name and scale their own gain; set it on the "
+            "camera (its python-microscope setting, e.g. 'gain') and leave camera.gain at 1"
+        ))
     process = AcquisitionProcess(
         source_factory=source_factory,
         sensor_shape=(height, width),
@@ -123,7 +128,7 @@ def make_camera(
             frame_rate_hz=cam.frame_rate_hz,
         ),
     )
-    return Camera(process, path_provider, CameraLimits())
+    return Camera(process, path_provider, limits)
 
 
 def make_tracker(
