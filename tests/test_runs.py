@@ -4,8 +4,13 @@ simulated microscope through the session's TiledWriter, then found and read back
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 from types import SimpleNamespace
 
 import bluesky.plan_stubs as bps
@@ -138,6 +143,9 @@ def written(tiled_server, tmp_path_factory):
         recorded=recorded[0], truth=truth_rows, cal=cal,
         start_time={u: client[u].metadata["start"]["time"] for u in (uid_a, uid_b, uid_z, uid_t, uid_f)},
     )
+
+
+MAGSCOPE = str(Path(sys.executable).with_name("magscope"))
 
 
 def uids(found) -> list[str]:
@@ -326,3 +334,73 @@ def test_force_calibration_of_reads_the_run(written):
     w = written
     cal = force_calibration_of(w.client[w.f])
     assert cal.to_dict() == {**w.cal.to_dict(), "source": w.f}
+
+
+def test_export_writes_every_frame_and_bead_to_csv_and_parquet(written, tmp_path):
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from magscope_session.runs import export, read_tracks
+
+    w = written
+    run = w.client[w.t]
+    tracks = read_tracks(run)
+    n_frames, n_beads = tracks.x_nm.shape
+    refs = run.metadata["start"]["reference_bead_ids"]
+    for suffix, read in ((".csv", pacsv.read_csv), (".parquet", pq.read_table)):
+        path = tmp_path / f"tracks{suffix}"
+        done = export(run, path)
+        assert (done.rows, done.frames, done.beads) == (n_frames * n_beads, n_frames, n_beads)
+        assert (path.stat().st_mode & 0o777) == 0o600 == (done.sidecar.stat().st_mode & 0o777)
+        table = read(path).to_pydict()
+        assert list(table) == ["time_s", "unix_time_s", "frame_index", "bead_id", "x_nm",
+                               "y_nm", "z_nm", "extension_nm", "force_pn", "magnet_z_mm"]
+        got = {k: np.asarray(v, dtype=float) for k, v in table.items()}
+        # frame-major: row f * beads + b is frame f, bead b, read independently of export
+        np.testing.assert_array_equal(got["frame_index"].reshape(n_frames, n_beads)[:, 0],
+                                      tracks.frame_index)
+        np.testing.assert_array_equal(got["bead_id"][:n_beads], tracks.layout.bead_ids)
+        atol = 0.0005 if suffix == ".csv" else 0.0  # a CSV keeps 1 pm, Parquet every bit
+        for axis in ("x_nm", "y_nm", "z_nm"):
+            np.testing.assert_allclose(got[axis].reshape(n_frames, n_beads),
+                                       getattr(tracks, axis), rtol=0, atol=atol, equal_nan=True)
+        ids = tracks.layout.bead_ids.tolist()
+        cols = [ids.index(b) for b in refs]
+        bead = ids.index(w.tethered[0])
+        ext = got["extension_nm"].reshape(n_frames, n_beads)
+        np.testing.assert_allclose(
+            ext[:, bead], tracks.z_nm[:, bead] - np.nanmean(tracks.z_nm[:, cols], axis=1),
+            rtol=0, atol=atol + 1e-9, equal_nan=True,
+        )
+        assert np.isnan(ext[:, cols]).all()  # a reference bead has no extension
+        assert got["time_s"][0] == 0.0
+        np.testing.assert_allclose(got["unix_time_s"][::n_beads], tracks.timestamp)
+        meta = json.loads(done.sidecar.read_text())
+        assert meta["run"]["uid"] == w.t and meta["run"]["sample"] == f"lambda-{w.tag}"
+        assert meta["columns"]["force_pn"] == "pN" and meta["reference_beads"] == refs
+        assert meta["bead_layout"]["bead_ids"] == ids
+        if suffix == ".parquet":
+            assert json.loads(pq.read_schema(path).metadata[b"magscope"]) == meta
+        # an existing file is kept unless asked
+        before = path.read_bytes()
+        with pytest.raises(FileExistsError, match="overwrite"):
+            export(run, path)
+        assert path.read_bytes() == before
+    with pytest.raises(ValueError, match=r"use a .csv or .parquet path"):
+        export(run, tmp_path / "tracks.xlsx")
+
+
+def test_magscope_export_command(written, tmp_path):
+    w = written
+    env = dict(os.environ, MAGSCOPE_TILED_URI=w.server.uri,
+               MAGSCOPE_TILED_API_KEY=w.server.api_key)
+    out = tmp_path / "run.parquet"
+    done = subprocess.run([MAGSCOPE, "export", w.t, str(out)], capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("wrote ") and str(out) in done.stdout
+    assert out.exists() and out.with_name("run.parquet.json").exists()
+    missing = subprocess.run([MAGSCOPE, "export", "no-such-uid", str(tmp_path / "x.csv")],
+                             capture_output=True, text=True, timeout=120, env=env)
+    assert missing.returncode == 2 and "no run 'no-such-uid'" in missing.stderr
+    assert not (tmp_path / "x.csv").exists()

@@ -12,6 +12,7 @@ import datetime as dt
 import time
 
 import bluesky.plans as bp
+import numpy as np
 import pytest
 from bluesky import RunEngine
 from bluesky_tiled_plugins import TiledWriter
@@ -138,3 +139,18 @@ def test_summary_of_a_run(written):
     assert summary["exit_status"] == "success"
     assert summary["num_events"] == {"primary": 2}
     assert summary["streams"] == ["primary"]
+
+
+def test_event_series_gives_the_newest_reading_at_each_time(written):
+    from magscope_session._run_export import event_series
+
+    client, uids, _ = written
+    scan = client[uids[1]]  # scan of magnet_z 8 -> 9 mm, 2 points
+    series = event_series(scan, "-magnet_z")
+    assert series is not None and series.name == "magnet_z"
+    np.testing.assert_allclose(series.value, [8.0, 9.0])
+    t = series.time
+    assert t[0] < t[1]
+    got = series.at(np.array([t[0] - 1.0, t[0], (t[0] + t[1]) / 2, t[1] + 5.0]))
+    np.testing.assert_allclose(got, [np.nan, 8.0, 8.0, 9.0])
+    assert event_series(scan, "-force") is None

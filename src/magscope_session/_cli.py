@@ -10,6 +10,7 @@
 ``magscope proxy``         bluesky's 0MQ document proxy (in 127.0.0.1:5577, out :5578)
 ``magscope redis``         a Redis server (for a queueserver started by hand)
 ``magscope viewer``        the Qt live viewer of a running instance (its own process)
+``magscope export``        write a run's tracks to CSV or Parquet (metadata in PATH.json)
 """
 
 from __future__ import annotations
@@ -160,6 +161,41 @@ def _cmd_tiled(args: argparse.Namespace) -> int:
     except TiledServerError as err:
         print(f"magscope tiled: {err}", file=sys.stderr)
         return 2
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import time
+
+    from ._run_export import export_tracks
+    from ._run_tracks import NoTracksError
+    from ._tiled_client import TiledUnreachableError
+    from ._tiled_server import TiledServerError, resolve_tiled
+
+    try:
+        target = resolve_tiled(args.data_dir, port=0)
+    except (TiledUnreachableError, TiledServerError) as err:
+        print(f"magscope export: {err}", file=sys.stderr)
+        return 2
+    try:
+        client = target.client()
+        try:
+            run = client[args.run_uid]
+        except KeyError:
+            print(f"magscope export: no run {args.run_uid!r} in Tiled at {target.uri}",
+                  file=sys.stderr)
+            return 2
+        t0 = time.perf_counter()
+        try:
+            done = export_tracks(run, args.path, stream=args.stream, overwrite=args.overwrite)
+        except (NoTracksError, FileExistsError, ValueError) as err:
+            print(f"magscope export: {err}", file=sys.stderr)
+            return 2
+        took = time.perf_counter() - t0
+        print(f"wrote {done.rows:,} rows ({done.frames:,} frames x {done.beads} beads) to "
+              f"{done.path} in {took:.1f} s; run metadata in {done.sidecar}")
+        return 0
+    finally:
+        target.close()
 
 
 def _cmd_cleanup(args: argparse.Namespace) -> int:
@@ -351,6 +387,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     instance_option(viewer)
     viewer.set_defaults(func=_cmd_viewer, viewer_args=[])
+
+    export = sub.add_parser(
+        "export",
+        help="write a run's tracks (time, frame, bead, x, y, z, extension, force) to CSV or "
+        "Parquet, the run's metadata in PATH.json; Tiled: $MAGSCOPE_TILED_URI, else the "
+        "embedded server of --data-dir (started for the export if it is not running)",
+    )
+    export.add_argument("run_uid", help="the run's uid (its start document's uid)")
+    export.add_argument("path", help="the file to write: NAME.csv or NAME.parquet")
+    export.add_argument("--stream", help="the stream to read (default: tracks, else primary)")
+    export.add_argument("--overwrite", action="store_true", help="replace PATH if it exists")
+    data_dir_option(export)
+    export.set_defaults(func=_cmd_export)
     return parser
 
 

@@ -35,7 +35,8 @@ Every stream with per-bead arrays says which bead each column is in its configur
 ``-roi_y0_px``, ``-roi_size_px``, ``-nm_per_px``, ``-zlut_uid``).
 
 Modules: this one finds runs and summarises them; :mod:`._run_tracks` reads tracks
-(:func:`bead_tracks`, all beads at once: :func:`read_tracks`); :mod:`._run_frames` the
+(:func:`bead_tracks`, all beads at once: :func:`read_tracks`); :mod:`._run_export` writes
+them to CSV or Parquet (:func:`export`); :mod:`._run_frames` the
 camera's frames (:func:`camera_frames`); :mod:`._run_results` gives a plan's results (:func:`zlut_of`,
 :func:`force_calibration_of`) from the run alone.
 """
@@ -50,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from magscope_devices._bead_layout import BeadLayout
 
+from ._run_export import ExportSummary, export_tracks
 from ._run_frames import NoFramesError, RunFrames, camera_frames
 from ._run_results import force_calibration_of, zlut_of
 from ._run_tracks import (
@@ -66,8 +68,14 @@ from ._tiled_client import connect
 if TYPE_CHECKING:
     from databroker.queries import TimeRange
 
+#: ``runs.export(run, "tracks.parquet")``: a run's tracks to CSV or Parquet
+export = export_tracks
+
 __all__ = [
     "BeadNotInRunError",
+    "ExportSummary",
+    "export",
+    "export_tracks",
     "NoFramesError",
     "NoTracksError",
     "RunFrames",
