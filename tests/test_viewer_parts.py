@@ -4,6 +4,8 @@ subtraction, the trace history, and LiveSource on rings this test process owns."
 from __future__ import annotations
 
 import os
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -314,3 +316,53 @@ def test_a_long_status_message_is_cut_and_never_widens_the_window(qtbot):
     shown = QtWidgets.QLabel.text(status)
     assert shown.endswith("…") and len(shown) < len(long)
     assert QtWidgets.QLabel.text(reply) == reply.text() == "moved bead 3 to (512.3, 500.1) px"
+
+
+def test_magscope_health_prints_the_figures_of_a_running_instance(owned_instance):
+    import json
+    import subprocess
+    import sys
+
+    from magscope_session._cli import health_command
+
+    instance, make, _ = owned_instance
+    frames, camctl, tracks, trkctl = make()
+    camctl["frame_period_s"] = 0.01
+    camctl["frames_acquired"], camctl["frames_late"] = 1000, 3
+    trkctl["frames_tracked"], trkctl["frames_dropped"] = 990, 7
+    trkctl["latency_p50_s"], trkctl["latency_p99_s"] = 0.002, 0.0045
+    done = subprocess.run(health_command(instance, ["--interval", "0.5"]),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    assert f"instance {instance!r}: connected" in text
+    assert "(set 100.0), 1,000 frames acquired, 3 late" in text
+    assert "990 tracked, 7 dropped" in text and "latency p50 2.0 ms / p99 4.5 ms" in text
+    assert "frame ring 4 frames" in text and "track ring 16 frames" in text
+    # rates come from the change between two readings: a counter moving at a known rate
+    stop = threading.Event()
+    ticks: list[tuple[float, int]] = []
+
+    def acquire() -> None:  # about 200 frames/s, the times and counts recorded
+        while not stop.is_set():
+            camctl["frames_acquired"] = int(camctl["frames_acquired"]) + 1
+            ticks.append((time.monotonic(), int(camctl["frames_acquired"])))
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=acquire, daemon=True)
+    thread.start()
+    try:
+        out = subprocess.run(health_command(instance, ["--interval", "1.0", "--json"]),
+                             capture_output=True, text=True, timeout=60).stdout
+    finally:
+        stop.set()
+        thread.join()
+    figures = json.loads(out)
+    (t0, n0), (t1, n1) = ticks[0], ticks[-1]
+    true_rate = (n1 - n0) / (t1 - t0)
+    assert figures["camera"]["frame_rate_hz"] == pytest.approx(true_rate, rel=0.25)
+    assert figures["tracking"]["frames_dropped"] == 7
+    missing = subprocess.run([sys.executable, "-m", "magscope_viewer.health_report",
+                              "--instance", "no-such-instance"], capture_output=True,
+                             text=True, timeout=60)
+    assert missing.returncode == 2 and "no-such-instance" in missing.stderr

@@ -11,6 +11,7 @@
 ``magscope redis``         a Redis server (for a queueserver started by hand)
 ``magscope viewer``        the Qt live viewer of a running instance (its own process)
 ``magscope export``        write a run's tracks to CSV or Parquet (metadata in PATH.json)
+``magscope health``        the current figures of a running instrument (camera, tracking, workers)
 """
 
 from __future__ import annotations
@@ -161,6 +162,21 @@ def _cmd_tiled(args: argparse.Namespace) -> int:
     except TiledServerError as err:
         print(f"magscope tiled: {err}", file=sys.stderr)
         return 2
+
+
+def health_command(instance: str, extra: list[str] | None = None) -> list[str]:
+    """The command line that prints the health of ``instance`` (``python -m
+    magscope_viewer.health_report``: it attaches to the shared memory as the viewer does)."""
+    return [sys.executable, "-m", "magscope_viewer.health_report", "--instance", instance,
+            *(extra or [])]
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    import subprocess
+
+    instance = _use_instance(args)
+    extra = ["--interval", str(args.interval)] + (["--json"] if args.json else [])
+    return subprocess.call(health_command(instance, extra))
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -400,6 +416,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--overwrite", action="store_true", help="replace PATH if it exists")
     data_dir_option(export)
     export.set_defaults(func=_cmd_export)
+
+    health = sub.add_parser(
+        "health", help="the current figures of a running instrument: camera frame rate and "
+        "late frames, frames tracked and dropped by reason, latency p50/p99, workers",
+    )
+    instance_option(health)
+    health.add_argument("--interval", type=float, default=1.0,
+                        help="seconds between the two readings the rates come from (default 1)")
+    health.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    health.set_defaults(func=_cmd_health)
     return parser
 
 
