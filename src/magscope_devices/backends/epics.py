@@ -25,12 +25,12 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from . import DeviceUnreachableError, require
+from . import DeviceUnreachableError, ScaledAxis, require
 
 T = TypeVar("T")
 
 
-class EpicsMotorDrive:
+class EpicsMotorDrive(ScaledAxis):
     """One EPICS motor record (``pv``, the record's name without a field) behind a
     microscope axis in ``units``."""
 
@@ -53,11 +53,6 @@ class EpicsMotorDrive:
         #: how close (motor EGU) the record must stop to its target: max(.RDBD, |.MRES|)
         self.tolerance = 0.0
 
-    def to_axis(self, value: float) -> float:
-        return self.scale * float(value) + self.offset
-
-    def to_device(self, value: float) -> float:
-        return (float(value) - self.offset) / self.scale
 
     async def _read(self, what: str, awaitable: Awaitable[T]) -> T:
         try:
@@ -103,8 +98,7 @@ class EpicsMotorDrive:
         self._egu = egu
         if dial_low == 0 and dial_high == 0:  # the motor record's "no soft limits"
             return (-math.inf, math.inf)
-        a, b = self.to_axis(low), self.to_axis(high)
-        return (min(a, b), max(a, b))
+        return self.axis_limits(low, high)
 
     def _on_done_move(self, value: Any) -> None:
         assert self._lost is not None
@@ -162,7 +156,7 @@ class EpicsMotorDrive:
                 self._read(".LLM", self.motor.low_limit_travel.get_value()),
                 self._read(".HLM", self.motor.high_limit_travel.get_value()),
             )
-            a, b = sorted((self.to_axis(low), self.to_axis(high)))
+            a, b = self.axis_limits(low, high)
             raise LimitError(
                 f"{self.address}: target {target:g} {self.units} is outside the record's "
                 f"limits [{a:g}, {b:g}] {self.units} (.LLM {low:g}, .HLM {high:g} {self._egu})"

@@ -16,17 +16,16 @@ Tested over the GCS protocol against a small GCS controller written for the test
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import socket
 import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from . import DeviceUnreachableError, require
+from . import BlockingCalls, DeviceUnreachableError, ScaledAxis, require
 
 
-class PiStageDrive:
+class PiStageDrive(ScaledAxis):
     """One axis (``axis``, the controller's axis id, e.g. ``"1"`` or ``"Z"``) of the PI
     controller at ``uri`` behind a microscope axis in ``units``."""
 
@@ -48,24 +47,15 @@ class PiStageDrive:
         self.address = f"PI controller {uri} axis {self.axis!r}"
         self._gateway: Any = None
         self._device: Any = None
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._blocking = BlockingCalls("pi-gcs")
 
-    def to_axis(self, value: float) -> float:
-        return self.scale * float(value) + self.offset
-
-    def to_device(self, value: float) -> float:
-        return (float(value) - self.offset) / self.scale
 
     async def _call(self, func: Callable[[], Any]) -> Any:
         """pipython is blocking: one call at a time, on a thread of its own."""
-        if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="pi-gcs"
-            )
         from pipython.pidevice.gcserror import GCSError
 
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, func)
+            return await self._blocking(func)
         except DeviceUnreachableError:
             raise
         except (OSError, EOFError) as exc:
@@ -130,8 +120,7 @@ class PiStageDrive:
         timeout = min(timeout, self.timeout_s)
         require("pipython", "pi")
         low, high = await asyncio.wait_for(self._call(lambda: self._open(timeout)), timeout + 1)
-        a, b = self.to_axis(low), self.to_axis(high)
-        return (min(a, b), max(a, b))
+        return self.axis_limits(low, high)
 
     async def position(self) -> float:
         return self.to_axis(await self._call(lambda: self._device.qPOS(self.axis)[self.axis]))
@@ -168,6 +157,4 @@ class PiStageDrive:
             except OSError:
                 pass
             self._gateway = None
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        self._blocking.close()

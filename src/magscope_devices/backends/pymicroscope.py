@@ -18,7 +18,6 @@ Pyro is imported when a part connects, not when this module is imported.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import math
 import time
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from . import DeviceUnreachableError, require
+from . import BlockingCalls, DeviceUnreachableError, ScaledAxis, require
 
 
 def _pyro4() -> Any:
@@ -51,7 +50,7 @@ def connect_proxy(uri: str, timeout: float, what: str) -> Any:
     return proxy
 
 
-class PyMicroscopeStageDrive:
+class PyMicroscopeStageDrive(ScaledAxis):
     """One axis of a python-microscope stage, in the microscope axis's units."""
 
     def __init__(
@@ -72,26 +71,15 @@ class PyMicroscopeStageDrive:
         self.address = f"python-microscope stage {uri} axis {axis!r}"
         self._axis: Any = None
         self._stage: Any = None
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._blocking = BlockingCalls("pymicroscope-stage")
         self._pyro: Any = None
-
-    # -- units ----------------------------------------------------------------------------
-    def to_axis(self, device_value: float) -> float:
-        return self.scale * float(device_value) + self.offset
-
-    def to_device(self, value: float) -> float:
-        return (float(value) - self.offset) / self.scale
 
     # -- calls, one at a time, off the event loop ------------------------------------------
     async def _call(self, func: Callable[[], Any]) -> Any:
-        if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="pymicroscope-stage"
-            )
         if self._pyro is None:
             self._pyro = _pyro4()
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, func)
+            return await self._blocking(func)
         except self._pyro.errors.PyroError as exc:
             raise DeviceUnreachableError(
                 f"{self.address}: {type(exc).__name__}: {exc}"
@@ -115,8 +103,7 @@ class PyMicroscopeStageDrive:
             return float(limits.lower), float(limits.upper)
 
         lower, upper = await self._call(bind)
-        a, b = self.to_axis(lower), self.to_axis(upper)
-        return (min(a, b), max(a, b))
+        return self.axis_limits(lower, upper)
 
     async def position(self) -> float:
         return self.to_axis(await self._call(lambda: self._axis.position))
@@ -159,9 +146,7 @@ class PyMicroscopeStageDrive:
                 except Exception:  # noqa: BLE001 - closing: the server may be gone
                     pass
         self._axis = self._stage = None
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        self._blocking.close()
 
 
 class PyMicroscopeFrameSource:

@@ -22,13 +22,13 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from . import DeviceUnreachableError, require
+from . import DeviceUnreachableError, ScaledAxis, require
 
 #: device_units -> zaber_motion.Units name
 _UNITS = {"mm": "LENGTH_MILLIMETRES", "um": "LENGTH_MICROMETRES", "deg": "ANGLE_DEGREES"}
 
 
-class ZaberStageDrive:
+class ZaberStageDrive(ScaledAxis):
     """Axis ``axis`` ("DEVICE/AXIS", e.g. ``"1/1"``: device address, axis number) of the
     Zaber chain at ``uri``, behind a microscope axis in ``units``."""
 
@@ -52,11 +52,6 @@ class ZaberStageDrive:
         self._axis: Any = None
         self._unit: Any = None
 
-    def to_axis(self, value: float) -> float:
-        return self.scale * float(value) + self.offset
-
-    def to_device(self, value: float) -> float:
-        return (float(value) - self.offset) / self.scale
 
     async def connect(self, timeout: float) -> tuple[float, float]:
         timeout = min(timeout, self.timeout_s)
@@ -82,8 +77,7 @@ class ZaberStageDrive:
                 f"{self.address}: {type(exc).__name__}: {exc or 'no answer'} "
                 f"(within {timeout:g} s)"
             ) from exc
-        a, b = self.to_axis(low), self.to_axis(high)
-        return (min(a, b), max(a, b))
+        return self.axis_limits(low, high)
 
     async def position(self) -> float:
         return self.to_axis(await self._axis.get_position_async(self._unit))
