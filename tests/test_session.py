@@ -64,6 +64,14 @@ def test_demo_ends_with_a_picture_of_the_beads(demo_run):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 50_000
 
 
+def test_demo_writes_the_health_log(demo_run):
+    data_dir, _ = demo_run
+    lines = (data_dir / "logs" / "health-default.log").read_text().splitlines()
+    assert lines[0].split(" ", 2)[2].startswith("session started | camera ")
+    assert lines[-1].split(" ", 2)[2].startswith("session ended | camera ")
+    assert re.search(r"tracking [\d,]+ tracked \(\+[\d,]+ = [\d.]+/s\)", lines[-1]), lines[-1]
+
+
 def test_demo_runs_read_back_from_tiled_after_a_restart(demo_run):
     data_dir, stdout = demo_run
     uids = re.findall(r"^  ([0-9a-f-]{36})$", stdout, re.M)
@@ -93,6 +101,12 @@ def test_demo_runs_read_back_from_tiled_after_a_restart(demo_run):
             assert np.isfinite(x).mean() > 0.99
             z = np.asarray(run["primary"]["microscope-magnet_z"].read())
             assert np.all(z == start["magnet_height_mm"])
+            # the health at the run's start and end: no frame late, no worker lost
+            health = run["health"]
+            assert len(health["microscope-health-frames_acquired"].read()) == 2
+            assert np.all(np.asarray(health["microscope-health-workers_alive"].read()) >= 1)
+            rate = np.asarray(health["microscope-health-camera_rate_hz"].read())
+            assert np.all((rate > 50) & (rate < 110)), rate
         found = client.search(Key("start.plan_name") == "count_at_heights")
         assert sorted(found) == sorted(uids[2:])
         assert list(client.search(Key("start.sample") == "demo DNA tethers")) != []
@@ -142,8 +156,12 @@ def test_ipython_profile_gives_the_session_and_streams_documents(tmp_path):
         "uid = RE(count_at_heights(microscope, [6.0], num=2)).plan_result[0]; "
         "print('RUN', uid in tiled); "
         "print('KEYS', sorted(tiled[uid].metadata['start'])); "
-        "import psutil; print('VIEWER', [p.pid for p in psutil.Process().children(recursive=True) "
-        "if 'magscope_viewer' in ' '.join(p.cmdline())])"
+        "h = tiled[uid]['health']; "
+        "print('HEALTH', ([int(v) for v in h['microscope-health-frames_acquired'].read()], "
+        "[int(v) for v in h['microscope-health-workers_alive'].read()])); "
+        "import psutil; kids = {p.pid for p in psutil.Process().children(recursive=True)}; "
+        "print('VIEWER', [p.info['pid'] for p in psutil.process_iter(['pid', 'cmdline']) "
+        "if p.info['pid'] in kids and 'magscope_viewer' in ' '.join(p.info['cmdline'] or [])])"
     )
     out = subprocess.run(
         [MAGSCOPE, "ipython", "--viewer", "--data-dir", str(tmp_path), "-c", code],
@@ -169,7 +187,15 @@ def test_ipython_profile_gives_the_session_and_streams_documents(tmp_path):
     subscriber.wait(30)
     names = [n for n, _ in json.loads(received.read_text())]
     assert names[0] == "start" and names[-1] == "stop"
-    assert "descriptor" in names and names.count("event") == 2
+    # two events of the primary stream, the health at the start and at the end
+    assert "descriptor" in names and names.count("event") == 2 + 2
+    # the run in Tiled says how healthy the instrument was: frames counted on, workers up
+    acquired, alive = eval(next(x for x in out.stdout.splitlines() if x.startswith("HEALTH"))[7:])
+    assert len(acquired) == 2 and acquired[1] > acquired[0] > 0 and min(alive) >= 1
+    # and the session wrote its health log, a line when it started and one when it ended
+    log = (tmp_path / "logs" / "health-default.log").read_text().splitlines()
+    assert "session started | camera " in log[0] and "session ended | camera " in log[-1]
+    assert all(" frames/s (set 100.0)" in line for line in log)
 
 
 def test_cleanup_command_ends_orphans_and_reports(tmp_path):

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from ._factories import make_axis, make_camera, make_microscope, make_tracker
     from ._force import Force, NoForceCalibrationError
     from ._force_curve import ForceCalibration, ForceRangeError, magnet_force_pn
+    from ._health import HealthFigures, InstrumentHealth, read_health
     from ._instrument_config import (
         InstrumentConfig,
         InstrumentConfigError,
@@ -71,6 +72,9 @@ _SOURCES = {
     "Force": "._force",
     "ForceCalibration": "._force_curve",
     "ForceRangeError": "._force_curve",
+    "HealthFigures": "._health",
+    "InstrumentHealth": "._health",
+    "read_health": "._health",
     "InstrumentBusyError": "._ownership",
     "InstrumentConfig": "._instrument_config",
     "InstrumentConfigError": "._instrument_config",
@@ -107,7 +111,9 @@ __all__ = [
     "Force",
     "ForceCalibration",
     "ForceRangeError",
+    "HealthFigures",
     "InstrumentBusyError",
+    "InstrumentHealth",
     "LimitError",
     "MagnetRotation",
     "MagnetZ",
@@ -127,6 +133,7 @@ __all__ = [
     "make_microscope",
     "make_tracker",
     "read_axes",
+    "read_health",
     "rois_from_centres",
 ]
 

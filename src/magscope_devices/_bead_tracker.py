@@ -668,6 +668,17 @@ class BeadTracker(StandardDetector):
     def _stat_getter(self, key: str) -> Callable[[], np.ndarray]:
         return lambda: self._window_stats()[key]
 
+    def recording_backlog_fraction(self) -> float:
+        """Fraction of the track ring holding rows the open recording has not yet written
+        to its file (0 when nothing records; at 1 rows are lost). NaN without a service."""
+        service = self.service
+        if service is None or not service.running:
+            return float("nan")
+        recorder = self._capture.recorder
+        if recorder is None:
+            return 0.0
+        return min(1.0, recorder.backlog / service.track_capacity)
+
     def window_tracks(self) -> dict[str, np.ndarray]:
         """Every frame of the last trigger window (or fly scan) at full rate: ``bead_id``
         (beads,), ``frame_index`` (frames,), ``timestamp`` (frames,) UNIX s, and ``x_nm``,

@@ -21,6 +21,7 @@ from ._axes_record import LOCK_SIGNALS, LOCKS, AxesLink
 from ._bead_tracker import BeadTracker
 from ._camera import Camera
 from ._force import Force
+from ._health import InstrumentHealth
 from ._locks import FocusLock, XYLock
 from ._motors import FocusStage, MagnetRotation, MagnetZ
 from ._ownership import InstrumentLock
@@ -108,6 +109,9 @@ class Microscope(StandardReadable):
         self.camera = camera
         if tracker is not None:
             self.tracker = tracker
+        #: the instrument's health figures (not in the microscope's readings: the
+        #: ``health`` stream of every session run reads it at the run's start and end)
+        self.health = InstrumentHealth(camera, tracker)
         super().__init__(name=name, connector=_MicroscopeConnector())
 
     @AsyncStatus.wrap

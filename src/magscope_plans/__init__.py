@@ -47,6 +47,7 @@ from ._force_calibration import (
 )
 from ._force_extension import force_extension, rotation_extension
 from ._force_protocols import force_clamp, force_ramp
+from ._health import HEALTH_STREAM, health_wrapper
 from ._locks import (
     FocusLockSuspender,
     focus_lock_suspended,
@@ -64,6 +65,7 @@ __all__ = [
     "CALIBRATION_FIELDS",
     "FIT_FIELDS",
     "FocusLockSuspender",
+    "HEALTH_STREAM",
     "InstrumentNotReadyError",
     "NoResultError",
     "PlanArgumentError",
@@ -82,6 +84,7 @@ __all__ = [
     "force_extension",
     "focus_lock_suspended",
     "force_ramp",
+    "health_wrapper",
     "load_force_calibration",
     "load_zlut",
     "lock_focus",

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
         make_run_engine,
         session_metadata,
         subscribe_tiled_writer,
+        watch_health,
     )
     from ._tiled_server import (
         EmbeddedTiled,
@@ -79,6 +80,7 @@ _SOURCES = {
     "run_summary": ".runs",
     "session_metadata": "._setup",
     "subscribe_tiled_writer": "._setup",
+    "watch_health": "._setup",
     "zlut_of": ".runs",
 }
 
@@ -102,6 +104,7 @@ __all__ = [
     "run_summary",
     "session_metadata",
     "subscribe_tiled_writer",
+    "watch_health",
     "zlut_of",
 ]
 

@@ -28,7 +28,7 @@ from magscope_plans import count_at_heights, find_reference_beads, focus_scan, z
 from magscope_plans._run_results import stream_layout
 
 from ._services import DEFAULT_PROXY_IN
-from ._setup import make_run_engine, session_metadata, subscribe_tiled_writer
+from ._setup import make_run_engine, session_metadata, subscribe_tiled_writer, watch_health
 from ._tiled_server import DEFAULT_PORT, resolve_tiled
 
 #: beads shown in the printout and the picture
@@ -200,11 +200,15 @@ def run_demo(
             from bluesky.callbacks.zmq import Publisher
 
             RE.subscribe(Publisher(os.environ.get("MAGSCOPE_PROXY_IN", DEFAULT_PROXY_IN)))
+        instance = instance_from_env()
         with init_devices():
             microscope = make_microscope(
-                config, data_dir=target.detector_data_dir, instance=instance_from_env(),
+                config, data_dir=target.detector_data_dir, instance=instance,
                 name="microscope",
             )
+        health_log = watch_health(
+            RE, microscope, data_dir=target.data_dir, instance=instance, writer=writer
+        )
         uids: list[str] = []
         try:
             out("1. Magnets to 5 mm; select the beads in the camera image for tracking")
@@ -225,6 +229,7 @@ def run_demo(
             count_uids = _result(RE(count_at_heights(microscope, [4.0, 1.5], num=20)))
             uids.extend(count_uids)
         finally:
+            health_log.stop()
             microscope.close()
             sent = writer.close(timeout=60.0)
         if not sent:

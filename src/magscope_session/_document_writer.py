@@ -69,7 +69,14 @@ from typing import Any
 
 from event_model import Filler, RunRouter
 
-from ._spool import SPOOL_SUFFIX, dumps_document, loads_document, move_to_sent, try_lock
+from ._spool import (
+    SPOOL_SUFFIX,
+    dumps_document,
+    loads_document,
+    move_to_sent,
+    try_lock,
+    unsent_spool_files,
+)
 from ._tiled_client import check_reachable, client_base_uri, connect, default_api_key
 
 logger = logging.getLogger(__name__)
@@ -371,6 +378,10 @@ class SpoolingTiledWriter:
     def pending(self) -> int:
         """Documents queued and not yet handled by the worker."""
         return self._pending
+
+    def unsent_runs(self) -> int:
+        """Runs in the spool not yet wholly in Tiled (the open run included)."""
+        return len(unsent_spool_files(self.spool_dir))
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until the worker has handled every queued document (sent, or skipped

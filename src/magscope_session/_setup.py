@@ -7,6 +7,7 @@ three make runs that look the same in Tiled.
 from __future__ import annotations
 
 import getpass
+import os
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,7 @@ from bluesky.utils import FailedStatus, ProgressBarManager
 from magscope_devices.sim.world import SimParams
 
 from ._document_writer import SpoolingTiledWriter
+from ._health_log import HEALTH_LOG_INTERVAL_S, HealthLog, health_log_path
 from ._tiled_server import TiledTarget
 
 #: Instrument name written into the start document of every run of the simulator.
@@ -132,3 +134,31 @@ def subscribe_tiled_writer(
     close_at_exit(lambda: writer.close(timeout=60), priority=10)
     close_at_exit(target.close, priority=5)
     return writer
+
+
+def watch_health(
+    RE: RunEngine,
+    microscope: Any,
+    *,
+    data_dir: str | os.PathLike[str],
+    instance: str,
+    writer: SpoolingTiledWriter | None = None,
+    interval_s: float | None = None,
+) -> HealthLog:
+    """Make every run of ``RE`` carry a ``health`` stream (``microscope.health`` read at
+    its start and end) and write the health log (``<data_dir>/logs/health-<instance>.log``,
+    a line every ``interval_s`` s: ``$MAGSCOPE_HEALTH_INTERVAL_S``, else 60). ``writer``'s
+    backlog is part of the figures. The log stops, with a last line, when this process
+    exits."""
+    from functools import partial
+
+    from magscope_plans import health_wrapper
+
+    health = microscope.health
+    health.watch_spool(writer)
+    RE.preprocessors.append(partial(health_wrapper, health=health))
+    if interval_s is None:
+        interval_s = float(os.environ.get("MAGSCOPE_HEALTH_INTERVAL_S", HEALTH_LOG_INTERVAL_S))
+    log = HealthLog(health.figures, health_log_path(data_dir, instance), interval_s=interval_s)
+    close_at_exit(log.stop, priority=25)  # before the microscope closes (20)
+    return log.start()

@@ -98,6 +98,12 @@ class TrackRecorder:
             return self._next < self._until
 
     @property
+    def backlog(self) -> int:
+        """Rows of the open request in the track ring, not yet in the file (frames)."""
+        with self._lock:
+            return max(0, min(self._ring.count, self._until) - self._next)
+
+    @property
     def rows_written(self) -> int:
         """Rows (frames) in the file."""
         return self._rows_written

@@ -4,16 +4,22 @@ from ophyd_async.core import init_devices
 
 from magscope_devices import make_microscope
 from magscope_devices._ownership import instance_from_env
-from magscope_session import close_at_exit
+from magscope_session import close_at_exit, watch_health
 
 # One owner per instrument: a second session on the same instance is refused, naming the
 # process that drives it; `magscope ipython --instance NAME` starts a separate one.
+instance = instance_from_env()
 with init_devices():
     microscope = make_microscope(
-        instrument_config, data_dir=tiled_target.detector_data_dir, instance=instance_from_env(),
+        instrument_config, data_dir=tiled_target.detector_data_dir, instance=instance,
         name="microscope",
     )
 close_at_exit(microscope.close, priority=20)
+# Health: every run gets a `health` stream (read at its start and end), and a line every
+# 60 s ($MAGSCOPE_HEALTH_INTERVAL_S) goes to <data dir>/logs/health-<instance>.log.
+health_log = watch_health(
+    RE, microscope, data_dir=tiled_target.data_dir, instance=instance, writer=tiled_writer
+)
 camera = microscope.camera
 magnet_z = microscope.magnet_z
 magnet_rotation = microscope.magnet_rotation
