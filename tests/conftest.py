@@ -134,6 +134,43 @@ def _private_instance(request):
         os.environ["MAGSCOPE_INSTANCE"] = before
 
 
+@pytest.fixture(autouse=True)
+def _asyncio_stacks_before_the_timeout(request):
+    """A test that runs into pytest-timeout shows its threads' stacks; a hang inside the
+    RunEngine's loop is an asyncio task, so print every task's stack too, shortly before."""
+    import sys
+    import threading
+
+    marker = request.node.get_closest_marker("timeout")
+    limit = float(marker.args[0]) if marker and marker.args else float(
+        request.config.getini("timeout") or 0
+    )
+    if limit <= 30:
+        yield
+        return
+
+    def dump() -> None:
+        try:
+            from bluesky.run_engine import get_bluesky_event_loop
+
+            loop = get_bluesky_event_loop()
+            tasks = list(asyncio.all_tasks(loop)) if loop is not None else []
+        except Exception as exc:  # diagnostics only: never fail the test from here
+            print(f"asyncio stacks unavailable: {exc!r}", file=sys.stderr)
+            return
+        print(f"\n{request.node.nodeid}: {len(tasks)} asyncio tasks on the bluesky loop "
+              f"{limit - 20:g} s in:", file=sys.stderr)
+        for task in tasks:
+            print(repr(task), file=sys.stderr)
+            task.print_stack(file=sys.stderr)
+
+    timer = threading.Timer(limit - 20, dump)
+    timer.daemon = True
+    timer.start()
+    yield
+    timer.cancel()
+
+
 @pytest.fixture
 def RE():
     """A RunEngine on its own loop; fails the test if a plan left an asyncio task pending.

@@ -250,9 +250,22 @@ class TrackerAcquireLogic(DetectorAcquireLogic):
         self.check()
         self.capture.request(self.trigger.frames)
 
+    #: s without a new row before a wait for frames fails (a stalled camera or collector)
+    stall_s = 30.0
+
     async def wait_for_idle(self) -> None:
+        rows, since = self.capture.rows_written, time.monotonic()
         while self.capture.busy:  # the service's collector writes the rows
             self.check()
+            now = time.monotonic()
+            if self.capture.rows_written != rows:
+                rows, since = self.capture.rows_written, now
+            elif now - since > self.stall_s:
+                raise TimeoutError(
+                    f"{self.capture.tracker.name}: no frame recorded for {self.stall_s:g} s "
+                    f"({rows} rows in the track file, {self.trigger.frames} frames asked "
+                    "for): the camera or the tracking service stalled"
+                )
             await asyncio.sleep(0.003)
 
     async def ensure_stopped(self) -> None:
