@@ -218,7 +218,10 @@ def _ensure_calibrated(stack) -> None:
     stack.open_environment()
     api = stack.api
     api.queue_clear()
-    if stack.state()["force_pn"] == stack.state()["force_pn"]:  # not NaN: calibrated
+    state = stack.state()
+    # calibrated (force not NaN) and every bead with a height: a restored state may hold a
+    # bead added after the sweep (the viewer-commands test adds one)
+    if state["force_pn"] == state["force_pn"] and not state["beads_without_height"]:
         return
     api.item_add_batch(_setup_plans())
     api.queue_start()
@@ -376,6 +379,9 @@ def test_a_crashed_worker_is_reported_and_the_environment_reopens_safe(stack):
     stack.open_environment()
     state = stack.state()
     assert state["magnet_z_mm"] == pytest.approx(8.0) and state["magnet_turns"] == 0.0
+    # the instrument state the killed worker kept (beads, Z-LUT, calibration) is back
+    assert state["force_pn"] == state["force_pn"] and state["bead_ids"], state
+    assert not state["beads_without_height"], state
     # the dead worker's shared memory was removed when the new microscope started
     assert not [s for s in _segments() if f".{worker}-" in s]
     api.queue_clear()

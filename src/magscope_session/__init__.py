@@ -16,6 +16,8 @@ The session a user sets up (what ``magscope ipython``'s profile does), flat::
   local server), :func:`default_data_dir`, :class:`TiledUnreachableError`;
 - past runs (:mod:`magscope_session.runs`): :func:`connect`, :func:`find_runs`,
   :func:`run_summary`, :func:`bead_tracks`, :func:`zlut_of`, :func:`force_calibration_of`;
+- the instrument's state file: :func:`keep_instrument_state`, :func:`read_state_file`,
+  :func:`restore_instrument_state`, :class:`InstrumentStateError`;
 - :func:`run_demo`, the demo experiment (``magscope demo``).
 
 The names load on first use (PEP 562): the embedded Tiled server runs as
@@ -32,6 +34,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._demo import run_demo
+    from ._instrument_state import (
+        InstrumentStateError,
+        keep_instrument_state,
+        read_state_file,
+        restore_instrument_state,
+    )
     from ._progress import RunProgress
     from ._setup import (
         MagscopeRunEngine,
@@ -63,6 +71,7 @@ if TYPE_CHECKING:
 _SOURCES = {
     "BeadNotInRunError": ".runs",
     "EmbeddedTiled": "._tiled_server",
+    "InstrumentStateError": "._instrument_state",
     "MagscopeRunEngine": "._setup",
     "NoTracksError": ".runs",
     "RunProgress": "._progress",
@@ -74,7 +83,10 @@ _SOURCES = {
     "default_data_dir": "._tiled_server",
     "find_runs": ".runs",
     "force_calibration_of": ".runs",
+    "keep_instrument_state": "._instrument_state",
     "make_run_engine": "._setup",
+    "read_state_file": "._instrument_state",
+    "restore_instrument_state": "._instrument_state",
     "resolve_tiled": "._tiled_server",
     "run_demo": "._demo",
     "run_summary": ".runs",
@@ -87,6 +99,7 @@ _SOURCES = {
 __all__ = [
     "BeadNotInRunError",
     "EmbeddedTiled",
+    "InstrumentStateError",
     "MagscopeRunEngine",
     "NoTracksError",
     "RunProgress",
@@ -98,8 +111,11 @@ __all__ = [
     "default_data_dir",
     "find_runs",
     "force_calibration_of",
+    "keep_instrument_state",
     "make_run_engine",
+    "read_state_file",
     "resolve_tiled",
+    "restore_instrument_state",
     "run_demo",
     "run_summary",
     "session_metadata",

@@ -12,6 +12,7 @@
 ``magscope viewer``        the Qt live viewer of a running instance (its own process)
 ``magscope export``        write a run's tracks to CSV or Parquet (metadata in PATH.json)
 ``magscope health``        the current figures of a running instrument (camera, tracking, workers)
+``magscope state``         the instrument's saved state: show, export FILE, import FILE
 """
 
 from __future__ import annotations
@@ -311,6 +312,45 @@ def _cmd_viewer(args: argparse.Namespace) -> int:
         return 130
 
 
+def _cmd_state(args: argparse.Namespace) -> int:
+    from ._instrument_state import (
+        InstrumentStateError,
+        copy_state_file,
+        describe_state,
+        read_state_file,
+        state_path,
+    )
+    from ._tiled_server import default_data_dir
+
+    instance = _use_instance(args)
+    data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+    path = state_path(data_dir, instance)
+    try:
+        if args.action == "show":
+            if not path.exists():
+                print(f"no state saved yet for instance {instance!r} ({path})")
+                return 0
+            state = read_state_file(path)
+            print(f"{path} (saved {state.get('saved', '?')}): {describe_state(state)}")
+            print(path.read_text(), end="")
+            return 0
+        if args.file is None:
+            print(f"magscope state {args.action}: give the FILE", file=sys.stderr)
+            return 2
+        if args.action == "export":
+            copy_state_file(path, Path(args.file), overwrite=args.overwrite)
+            print(f"wrote {args.file} from {path}")
+            return 0
+        _refuse_if_owned(instance)  # a running session would save over the imported file
+        previous = copy_state_file(Path(args.file), path, overwrite=True, keep_previous=True)
+        kept = f"; the previous state is in {previous}" if previous else ""
+        print(f"instance {instance!r} starts from {args.file} next time ({path}){kept}")
+        return 0
+    except (InstrumentStateError, FileExistsError, FileNotFoundError) as err:
+        print(f"magscope state {args.action}: {err}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="magscope", description="MagScope-Bluesky: magnetic tweezers on Bluesky."
@@ -426,6 +466,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds between the two readings the rates come from (default 1)")
     health.add_argument("--json", action="store_true", help="one JSON object instead of text")
     health.set_defaults(func=_cmd_health)
+
+    state = sub.add_parser(
+        "state", help="the instrument's saved state (beads, Z-LUT and force calibration runs, "
+        "camera, tracking and lock settings): show it, export it to FILE, or import FILE "
+        "as the state the next session starts from (refused while a session runs)",
+    )
+    state.add_argument("action", choices=("show", "export", "import"))
+    state.add_argument("file", nargs="?", help="the YAML file to write (export) or read (import)")
+    state.add_argument("--overwrite", action="store_true", help="export: replace FILE")
+    instance_option(state)
+    data_dir_option(state)
+    state.set_defaults(func=_cmd_state)
     return parser
 
 

@@ -45,15 +45,21 @@ load_force_calibration = _plans.load_force_calibration
 
 
 def instrument_state():
-    """Magnet height (mm), magnet rotation (turns), focus (nm) and force (pN) now; for the
-    queue: ``api.function_execute(BFunc("instrument_state"), run_in_background=True)``."""
+    """Magnet height (mm), magnet rotation (turns), focus (nm) and force (pN) now, the
+    tracked bead ids and those without a height (no Z-LUT for them); for the queue: ``api.function_execute(BFunc("instrument_state"), run_in_background=True)``."""
     from bluesky.run_engine import call_in_bluesky_event_loop
 
     axes = {
         "magnet_z_mm": microscope.magnet_z, "magnet_turns": microscope.magnet_rotation,
         "focus_nm": microscope.focus, "force_pn": microscope.force,
     }
-    return {
+    state = {
         key: float(call_in_bluesky_event_loop(axis.readback.get_value()))
         for key, axis in axes.items()
     }
+    rois = call_in_bluesky_event_loop(microscope.tracker.rois.get_value())
+    heights = call_in_bluesky_event_loop(microscope.tracker.height_offsets.get_value())
+    state["bead_ids"] = sorted(int(b) for b in rois.bead_id)
+    # beads the plans refuse until a Z-LUT sweep gives them a height above the references
+    state["beads_without_height"] = sorted(set(state["bead_ids"]) - {int(b) for b in heights.bead_id})
+    return state
