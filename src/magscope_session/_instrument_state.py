@@ -135,7 +135,6 @@ def write_state_file(path: str | os.PathLike[str], state: Mapping[str, Any]) -> 
     """Write ``state`` to ``path`` (owner-only; a temporary file renamed over it, so a
     crash mid-write leaves the previous file). Adds ``saved`` (UTC, ISO 8601)."""
     path = Path(path)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     body = {"version": STATE_VERSION,
             "saved": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
     body.update({k: v for k, v in state.items() if k not in ("version", "saved")})
@@ -144,6 +143,14 @@ def write_state_file(path: str | os.PathLike[str], state: Mapping[str, Any]) -> 
         "changes.\n# Units: px, s, Hz, nm; zlut_run and force_calibration_run are Tiled "
         "run uids.\n" + yaml.safe_dump(body, sort_keys=False)
     )
+    _write_owner_only(path, text)
+    return path
+
+
+def _write_owner_only(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, owner-only, through a temporary file renamed over it
+    (a crash mid-write leaves the previous file); the folder is made owner-only."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -155,7 +162,6 @@ def write_state_file(path: str | os.PathLike[str], state: Mapping[str, Any]) -> 
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return path
 
 
 def copy_state_file(
@@ -168,19 +174,15 @@ def copy_state_file(
     source, target = Path(source), Path(target)
     if not source.exists():
         raise FileNotFoundError(f"no state file at {source}")
-    read_state_file(source)
+    text = source.read_text()
+    parse_instrument_state(text, source=str(source))
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists: pass --overwrite to replace it")
     previous = None
-    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if keep_previous and target.exists():
         previous = target.with_name(target.name + ".previous")
-        os.replace(target, previous)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(source.read_text())
-    os.replace(tmp, target)
+        _write_owner_only(previous, target.read_text())
+    _write_owner_only(target, text)
     return previous
 
 
@@ -372,33 +374,44 @@ def restore_instrument_state(
     data_dir = tracker.data_dir
     if uid := state.get("zlut_run"):
         cached = zlut_cache_path(data_dir, uid)
-        try:
-            if cached.is_file():
-                ids, heights = load_heights(cached, ZLUT.load(cached))
-                yield from bps.mv(tracker.zlut_path, str(cached))
-                yield from bps.mv(tracker.height_offsets, heights_table(ids, heights))
-            elif (run := _find_run(runs, uid)) is not None:
-                yield from load_zlut(microscope, run)
-            else:
-                notes.append(f"the Z-LUT of run {uid} was not found ({cached} is gone and "
-                             f"{_where(runs)} has no such run): z is not tracked until you "
-                             "load or sweep one")
-        except Exception as err:
-            notes.append(f"the Z-LUT of run {uid} was not loaded: {err}")
+
+        def zlut_from_cache() -> Generator[Msg, Any, None]:
+            ids, heights = load_heights(cached, ZLUT.load(cached))
+            yield from bps.mv(tracker.zlut_path, str(cached))
+            yield from bps.mv(tracker.height_offsets, heights_table(ids, heights))
+
+        notes += yield from _restore_run_result(
+            "Z-LUT", uid, cached, zlut_from_cache, lambda run: load_zlut(microscope, run),
+            runs, "z is not tracked until you load or sweep one",
+        )
     if uid := state.get("force_calibration_run"):
         cached = calibration_cache_path(data_dir, uid)
-        try:
-            if cached.is_file():
-                yield from bps.mv(microscope.force.calibration_file, str(cached))
-            elif (run := _find_run(runs, uid)) is not None:
-                yield from load_force_calibration(microscope, run)
-            else:
-                notes.append(f"the force calibration of run {uid} was not found ({cached} "
-                             f"is gone and {_where(runs)} has no such run): force is "
-                             "uncalibrated until you load or run one")
-        except Exception as err:
-            notes.append(f"the force calibration of run {uid} was not loaded: {err}")
+        notes += yield from _restore_run_result(
+            "force calibration", uid, cached,
+            lambda: bps.mv(microscope.force.calibration_file, str(cached)),
+            lambda run: load_force_calibration(microscope, run),
+            runs, "force is uncalibrated until you load or run one",
+        )
     return notes
+
+
+def _restore_run_result(
+    what: str, uid: str, cached: Path, from_cache: Callable[[], Generator[Msg, Any, Any]],
+    from_run: Callable[[Any], Generator[Msg, Any, Any]], runs: Any, without: str,
+) -> Generator[Msg, Any, list[str]]:
+    """Load the ``what`` of run ``uid`` from its local copy ``cached``, else from the run
+    in ``runs`` (Tiled); returns the note when neither is there or the load failed."""
+    try:
+        if cached.is_file():
+            yield from from_cache()
+        elif (run := _find_run(runs, uid)) is not None:
+            yield from from_run(run)
+        else:
+            return [f"the {what} of run {uid} was not found ({cached} is gone and "
+                    f"{_where(runs)} has no such run): {without}"]
+    except Exception as err:
+        return [f"the {what} of run {uid} was not loaded: {err}"]
+    return []
 
 
 def _find_run(runs: Any, uid: str) -> Any:
