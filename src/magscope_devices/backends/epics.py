@@ -55,12 +55,20 @@ class EpicsMotorDrive(ScaledAxis):
 
 
     async def _read(self, what: str, awaitable: Awaitable[T]) -> T:
+        from aioca import CANothing
+        from epicscorelibs.ca.cadef import Disconnected
+
         try:
             return await asyncio.wait_for(awaitable, self.timeout_s)
         except (TimeoutError, ConnectionError) as exc:
             raise DeviceUnreachableError(
                 f"{self.address}: no answer within {self.timeout_s:g} s reading {what}; "
                 f"is the IOC up?"
+            ) from exc
+        except (Disconnected, CANothing) as exc:  # the channel went away during the read
+            raise DeviceUnreachableError(
+                f"{self.address}: Channel Access disconnected reading {what} "
+                f"({type(exc).__name__}); is the IOC up?"
             ) from exc
 
     async def connect(self, timeout: float) -> tuple[float, float]:
