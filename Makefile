@@ -54,8 +54,13 @@ xvfb:
 		echo "apt-get could not install Xvfb: run as root: apt-get install -y $(XVFB_PACKAGES)"; \
 	else echo "Xvfb is missing: run as root: apt-get install -y $(XVFB_PACKAGES)"; fi
 
+# then the tests that hold a real-time rate (marked `alone`), in one process with nothing
+# beside them; both parts always run, and the target fails if either failed
 test: checks
-	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --no-loadscope-reorder --durations=25 $(PYTEST_ARGS)
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --no-loadscope-reorder --durations=25 -m "not soak and not alone" $(PYTEST_ARGS); \
+	parallel=$$?; \
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -p no:cacheprovider --durations=5 -m "alone" $(PYTEST_ARGS) || exit 1; \
+	exit $$parallel
 
 # one process, in collection order (slower: ~17 min): to read a failure without xdist
 test-serial: checks

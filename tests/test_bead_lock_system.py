@@ -37,7 +37,8 @@ from magscope_plans import (
 from magscope_plans._recording import column_of
 from tracking_sim import true_rois, truth_now
 
-pytestmark = [pytest.mark.system, pytest.mark.xdist_group("bead-lock")]
+# the lock loops hold real-time rates: run alone (`make test` runs them after the rest)
+pytestmark = [pytest.mark.system, pytest.mark.alone, pytest.mark.xdist_group("bead-lock")]
 
 INSTANCE = "bead-lock"
 PARAMS = SimParams(
