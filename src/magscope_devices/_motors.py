@@ -14,6 +14,7 @@ which publishes the readback as the device reports it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import math
 import numbers
@@ -150,7 +151,14 @@ class DriveAxisLogic(SimAxisLogic):
     async def move(self, new_position: float, timeout: TimeoutCalculator) -> None:
         assert self.drive is not None
         await self.setpoint.set(new_position)
-        await self.drive.move(new_position, self.readback_set)
+        try:
+            await self.drive.move(new_position, self.readback_set)
+        except BaseException:  # a failed move, or one cancelled by stop()
+            # the readback says where the device stopped (the last position it reported
+            # during the move can be a tick behind; stop() returns once it has stopped)
+            with contextlib.suppress(Exception):  # the move's own error is the one to raise
+                self.readback_set(await self.drive.position())
+            raise
         self.readback_set(await self.drive.position())
 
 

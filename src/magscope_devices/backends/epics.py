@@ -186,7 +186,16 @@ class EpicsMotorDrive(ScaledAxis):
         )
 
     async def stop(self) -> None:
+        """Stop the motor; return once the record says it is done (``.DMOV`` 1), so a
+        position read next is where it stopped (at most ``timeout_s``)."""
         await self._read(".STOP", self.motor.stop())
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        while not await self._read(".DMOV", self.motor.motor_done_move.get_value()):
+            if asyncio.get_running_loop().time() > deadline:
+                raise DeviceUnreachableError(
+                    f"{self.address}: still moving {self.timeout_s:g} s after .STOP"
+                )
+            await asyncio.sleep(0.02)
 
     def close(self) -> None:
         """Close the disconnect monitor (Channel Access itself closes with the process)."""
