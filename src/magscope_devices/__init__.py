@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from ._bead_rois import BeadRois, rois_from_centres
     from ._bead_tracker import BeadTracker
     from ._camera import Camera, CameraLimits
-    from ._factories import make_axis, make_camera, make_microscope, make_tracker
+    from ._factories import make_axis, make_camera, make_microscope, make_tracker, make_video
     from ._force import Force, NoForceCalibrationError
     from ._force_curve import ForceCalibration, ForceRangeError, magnet_force_pn
     from ._health import HealthFigures, InstrumentHealth, read_health
@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from ._motors import FocusStage, LimitError, MagnetRotation, MagnetZ
     from ._ownership import InstrumentBusyError
     from ._summary import MicroscopeSummary
+    from ._video import VideoMode, VideoRecorder, VideoRecordingError
     from .sim.world import SimParams
 
 #: exported name -> the submodule that defines it
@@ -95,6 +96,10 @@ _SOURCES = {
     "make_simulated_microscope": "._microscope",
     "rois_from_centres": "._bead_rois",
     "XYLock": "._locks",
+    "VideoMode": "._video",
+    "VideoRecorder": "._video",
+    "VideoRecordingError": "._video",
+    "make_video": "._factories",
 }
 
 __all__ = [
@@ -121,6 +126,9 @@ __all__ = [
     "MicroscopeSummary",
     "NoForceCalibrationError",
     "SimParams",
+    "VideoMode",
+    "VideoRecorder",
+    "VideoRecordingError",
     "XYLock",
     "magnet_force_pn",
     "make_simulated_microscope",
@@ -132,6 +140,7 @@ __all__ = [
     "make_camera",
     "make_microscope",
     "make_tracker",
+    "make_video",
     "read_axes",
     "read_health",
     "rois_from_centres",

@@ -681,6 +681,12 @@ class BeadTracker(StandardDetector):
     def _stat_getter(self, key: str) -> Callable[[], np.ndarray]:
         return lambda: self._window_stats()[key]
 
+    def recording_first_frame(self) -> int:
+        """Camera frame index the open record started at (-1 without a recording): the
+        frame a video record beside it starts at."""
+        recorder = self._capture.recorder
+        return recorder.first_frame if recorder is not None else -1
+
     def recording_backlog_fraction(self) -> float:
         """Fraction of the track ring holding rows the open recording has not yet written
         to its file (0 when nothing records; at 1 rows are lost). NaN without a service."""

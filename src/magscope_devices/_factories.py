@@ -25,6 +25,7 @@ from ._instrument_config import AxisConfig, InstrumentConfig
 from ._microscope import Microscope
 from ._motors import Axis, AxisDrive, FocusStage, MagnetRotation, MagnetZ
 from ._ownership import InstrumentLock
+from ._video import VideoRecorder
 from .sim.frame_source import SimFrameSource
 from .sim.link import SimulationLink
 
@@ -145,6 +146,19 @@ def make_tracker(
     )
 
 
+def make_video(
+    camera: Camera, tracker: BeadTracker | None, path_provider: PathProvider, instance: str
+) -> VideoRecorder:
+    """The video recorder on ``camera`` (ROI crops only with a ``tracker``)."""
+    bead_columns = None
+    if tracker is not None:
+        def bead_columns() -> tuple[np.ndarray, int]:
+            service = tracker._service()
+            ids = np.sort(service.rois["bead_id"].astype(np.int32))
+            return ids, int(service.roi_size or tracker._roi_size)
+    return VideoRecorder(camera, path_provider, instance=instance, bead_columns=bead_columns)
+
+
 def make_microscope(
     config: InstrumentConfig | None = None,
     *,
@@ -172,9 +186,11 @@ def make_microscope(
         path_provider = StaticPathProvider(UUIDFilenameProvider(), folder)
     simulation = SimulationLink(config.sim, instance) if config.simulated_camera else None
     camera = make_camera(config, instance, path_provider, simulation)
+    tracker = make_tracker(config, camera, path_provider)
     return Microscope(
         camera=camera,
-        tracker=make_tracker(config, camera, path_provider),
+        tracker=tracker,
+        video=make_video(camera, tracker, path_provider, instance),
         magnet_z=make_axis(config.magnet_z),  # type: ignore[arg-type]
         magnet_rotation=make_axis(config.magnet_rotation),  # type: ignore[arg-type]
         focus=make_axis(config.focus),  # type: ignore[arg-type]

@@ -26,6 +26,7 @@ from ._locks import FocusLock, XYLock
 from ._motors import FocusStage, MagnetRotation, MagnetZ
 from ._ownership import InstrumentLock
 from ._summary import MicroscopeSummary, read_summary
+from ._video import VideoRecorder
 from .sim.frame_source import TruthReader
 from .sim.link import TRUTH_CAPACITY, SimulationLink
 from .sim.world import SimParams
@@ -85,6 +86,7 @@ class Microscope(StandardReadable):
         magnet_rotation: MagnetRotation,
         focus: FocusStage,
         tracker: BeadTracker | None = None,
+        video: VideoRecorder | None = None,
         simulation: SimulationLink | None = None,
         ownership: InstrumentLock | None = None,
         axes_link: AxesLink | None = None,
@@ -109,6 +111,8 @@ class Microscope(StandardReadable):
         self.camera = camera
         if tracker is not None:
             self.tracker = tracker
+        if video is not None:  # images beside the tracks (a detector of its own)
+            self.video = video
         #: the instrument's health figures (not in the microscope's readings: the
         #: ``health`` stream of every session run reads it at the run's start and end)
         self.health = InstrumentHealth(camera, tracker)
@@ -121,13 +125,20 @@ class Microscope(StandardReadable):
         Bluesky stages the root device of everything a plan lists, so a plan listing
         ``microscope.camera`` stages the microscope: the camera must come along.
         """
-        await asyncio.gather(StandardReadable.stage(self), *(d.stage() for d in self.detectors()))
+        await asyncio.gather(
+            StandardReadable.stage(self), *(d.stage() for d in self._staged_with())
+        )
 
     @AsyncStatus.wrap
     async def unstage(self) -> None:
         await asyncio.gather(
-            StandardReadable.unstage(self), *(d.unstage() for d in self.detectors())
+            StandardReadable.unstage(self), *(d.unstage() for d in self._staged_with())
         )
+
+    def _staged_with(self) -> list[Any]:
+        """The detectors staged with the microscope: the camera, the tracker, the video."""
+        video = getattr(self, "video", None)
+        return self.detectors() + ([video] if video is not None else [])
 
     def locks(self) -> list[FocusLock | XYLock]:
         """The bead locks (none without a tracker)."""
@@ -176,6 +187,9 @@ class Microscope(StandardReadable):
         tracker = getattr(self, "tracker", None)
         if tracker is not None:
             tracker.close()
+        video = getattr(self, "video", None)
+        if video is not None:
+            video.close()
         self.camera.process.stop()
         for axis in (self.magnet_z, self.magnet_rotation, self.focus):
             axis.close()

@@ -14,7 +14,9 @@ The plans and plan stubs a user calls, flat like :mod:`bluesky.plans`::
   :func:`add_bead`, :func:`move_bead`, :func:`remove_beads`; axis moves (no run):
   :func:`move_axes`; the bead locks (no run): :func:`lock_focus`, :func:`unlock_focus`,
   :func:`lock_xy`, :func:`unlock_xy`, :func:`focus_lock_suspended` (for plans that own
-  the focus), :class:`FocusLockSuspender` (pause while the focus lock is lost);
+  the focus), :class:`FocusLockSuspender` (pause while the focus lock is lost); images
+  around a trigger (in a run): :func:`save_frames`; a video mode for a plan's run:
+  :func:`with_video_mode`;
 - the instrument's safe state: :func:`restore_safe_state`, :func:`with_safe_finish`;
 - results of past runs loaded into the instrument: :func:`load_zlut`,
   :func:`load_force_calibration` (from a Tiled run), :func:`zlut_from_run`,
@@ -59,6 +61,7 @@ from ._locks import (
 from ._recording import TrackRecorder
 from ._run_results import NoResultError, force_calibration_from_run, zlut_from_run
 from ._safety import restore_safe_state, with_safe_finish
+from ._video import save_frames, with_video_mode
 from ._zlut import load_zlut, zlut_sweep
 
 __all__ = [
@@ -93,10 +96,12 @@ __all__ = [
     "move_bead",
     "remove_beads",
     "restore_safe_state",
+    "save_frames",
     "rotation_extension",
     "unlock_focus",
     "unlock_xy",
     "with_safe_finish",
+    "with_video_mode",
     "zlut_from_run",
     "zlut_sweep",
 ]

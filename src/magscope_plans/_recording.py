@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import logging
 import math
+import uuid
 from collections.abc import Generator
 from typing import Any
 
 import bluesky.plan_stubs as bps
 import numpy as np
-from bluesky.utils import Msg
+from bluesky.utils import FailedStatus, Msg
 from ophyd_async.core import TriggerInfo
 
 from magscope_devices._bead_tracker import BeadTracker
+from magscope_devices._video import VideoMode, VideoRecorder
 
 from .analysis import mean_and_sem, subtract_drift
 
@@ -39,19 +41,37 @@ class TrackRecorder:
 
     Every record in one run uses the same ``chunk_frames`` (frames per event), so the
     stream keeps one descriptor; a record is rounded up to whole chunks.
+
+    With ``video`` (the microscope's :class:`~magscope_devices.VideoRecorder`) in mode
+    ``"roi_crops"`` or ``"frames_every_n"``, each record also writes those images of the
+    same frames (from the tracks' first frame) into stream ``video_stream``: rows of
+    images with their camera frame index, aligned with the track rows by it. A record
+    whose images cannot be written (a full disk) still puts the tracks and the images
+    written so far in the run, then fails with the writer's message.
     """
 
-    def __init__(self, tracker: BeadTracker, *, chunk_frames: int, stream: str = "tracks"):
+    def __init__(
+        self, tracker: BeadTracker, *, chunk_frames: int, stream: str = "tracks",
+        video: VideoRecorder | None = None, video_stream: str = "video",
+    ):
         if chunk_frames < 1:
             raise ValueError(f"chunk_frames must be at least 1, got {chunk_frames}")
         self.tracker = tracker
         self.chunk_frames = int(chunk_frames)
         self.stream = stream
+        self.video = video
+        self.video_stream = video_stream
         self._declared = False
+        #: images per frame of a record: None (no images), else every this many frames
+        self._video_every: int | None = None
 
     def frames_for(self, n_frames: int) -> int:
         """Frames actually recorded for a request of ``n_frames`` (whole chunks)."""
         return max(1, math.ceil(n_frames / self.chunk_frames)) * self.chunk_frames
+
+    def _video_rows(self, frames: int) -> int:
+        assert self._video_every is not None
+        return math.ceil(frames / self._video_every)
 
     def start(self, n_frames: int) -> Generator[Msg, Any, int]:
         """Start recording the next ``n_frames`` frames (rounded up to whole chunks) and
@@ -60,21 +80,65 @@ class TrackRecorder:
         info = TriggerInfo(
             number_of_events=frames // self.chunk_frames, collections_per_event=self.chunk_frames
         )
+        video = self.video
         if not self._declared:
             yield from bps.prepare(self.tracker, info, wait=True)
             yield from bps.declare_stream(self.tracker, name=self.stream, collect=True)
+            if video is not None:
+                mode = yield from bps.rd(video.mode)
+                if mode == VideoMode.ROI_CROPS:
+                    self._video_every = 1
+                elif mode == VideoMode.FRAMES_EVERY_N:
+                    self._video_every = int((yield from bps.rd(video.every_n)))
+            if self._video_every is not None:
+                assert video is not None
+                yield from bps.prepare(
+                    video, TriggerInfo(number_of_events=self._video_rows(frames)), wait=True
+                )
+                yield from bps.declare_stream(video, name=self.video_stream, collect=True)
             self._declared = True
         # a pause rewinds to here: the record restarts (prepare, kickoff) after a resume
         yield from bps.checkpoint()
         yield from bps.prepare(self.tracker, info, wait=True)
+        if self._video_every is not None:
+            assert video is not None
+            yield from bps.prepare(
+                video, TriggerInfo(number_of_events=self._video_rows(frames)), wait=True
+            )
         yield from bps.kickoff(self.tracker, wait=True)
+        if self._video_every is not None:
+            assert video is not None
+            # the images start at the tracks' first frame: one frame index for both
+            yield from bps.mv(video.first_frame, self.tracker.recording_first_frame())
+            yield from bps.kickoff(video, wait=True)
         return frames
 
     def finish(self) -> Generator[Msg, Any, dict[str, np.ndarray]]:
         """Wait for the record started by :meth:`start` to end, save it in the stream;
         returns the tracks as :meth:`BeadTracker.window_tracks` arrays."""
-        yield from bps.complete(self.tracker, wait=True)
+        if self._video_every is None:
+            yield from bps.complete(self.tracker, wait=True)
+            yield from bps.collect(self.tracker, name=self.stream)
+            return self.tracker.window_tracks()
+        video = self.video
+        assert video is not None
+        group = f"record-{uuid.uuid4().hex[:8]}"
+        try:  # either failing ends the wait at once (a full disk fails the video first)
+            yield from bps.complete(self.tracker, group=group)
+            yield from bps.complete(video, group=group)
+            yield from bps.wait(group)
+        except FailedStatus:
+            # a failed record (a full disk): what was written goes in the run, then the
+            # error goes on (the magnets go safe in the plan's finish)
+            for device, stream in ((self.tracker, self.stream), (video, self.video_stream)):
+                try:
+                    yield from bps.collect(device, name=stream)
+                except Exception as exc:  # noqa: BLE001 - the first error is the one to tell
+                    logger.warning("%s: its rows could not be saved after the failure: %s",
+                                   device.name, exc)
+            raise
         yield from bps.collect(self.tracker, name=self.stream)
+        yield from bps.collect(video, name=self.video_stream)
         return self.tracker.window_tracks()
 
     def record(self, n_frames: int) -> Generator[Msg, Any, dict[str, np.ndarray]]:

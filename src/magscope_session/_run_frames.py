@@ -30,7 +30,9 @@ def _frame_keys(node: Any) -> list[str]:
     for key, info in keys.items():
         shape = info.get("shape") or []
         kind = np.dtype(info.get("dtype_numpy") or "f8").kind
-        if info.get("external") and len(shape) == 3 and kind in "ui" and f"{key}-timestamp" in keys:
+        video = f"{key}-frame_index" in keys  # a video's crops (magscope_session._run_video)
+        if (info.get("external") and len(shape) == 3 and kind in "ui"
+                and f"{key}-timestamp" in keys and not video):
             out.append(key)
     return sorted(out)
 

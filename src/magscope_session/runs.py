@@ -37,7 +37,9 @@ Every stream with per-bead arrays says which bead each column is in its configur
 Modules: this one finds runs and summarises them; :mod:`._run_tracks` reads tracks
 (:func:`bead_tracks`, all beads at once: :func:`read_tracks`); :mod:`._run_export` writes
 them to CSV or Parquet (:func:`export`); :mod:`._run_frames` the
-camera's frames (:func:`camera_frames`); :mod:`._run_results` gives a plan's results (:func:`zlut_of`,
+camera's frames (:func:`camera_frames`); :mod:`._run_video` a record's video (ROI crops
+or whole frames, aligned with the track rows by frame index: :func:`read_video`);
+:mod:`._run_results` gives a plan's results (:func:`zlut_of`,
 :func:`force_calibration_of`) from the run alone.
 """
 
@@ -63,6 +65,7 @@ from ._run_tracks import (
     bead_tracks,
     read_tracks,
 )
+from ._run_video import NoVideoError, RunVideo, read_video
 from ._tiled_client import connect
 
 if TYPE_CHECKING:
@@ -78,7 +81,9 @@ __all__ = [
     "export_tracks",
     "NoFramesError",
     "NoTracksError",
+    "NoVideoError",
     "RunFrames",
+    "RunVideo",
     "RunTracks",
     "TRACK_COLUMNS",
     "bead_tracks",
@@ -87,6 +92,7 @@ __all__ = [
     "last",
     "force_calibration_of",
     "read_tracks",
+    "read_video",
     "run_summary",
     "zlut_of",
 ]

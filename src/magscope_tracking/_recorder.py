@@ -21,6 +21,7 @@ Every method is thread-safe (one lock; the collector holds it only while it appe
 
 from __future__ import annotations
 
+import shutil
 import threading
 from collections.abc import Sequence
 from pathlib import PurePath
@@ -29,11 +30,15 @@ import numpy as np
 
 from magscope_ipc.track_ring import TrackRing
 
-from .track_file import TrackFileWriter
+from .track_file import TrackFileWriter, free_space_text
 
 __all__ = ["TrackRecorder", "TrackRecordingError"]
 
 _XYZ = ("x_nm", "y_nm", "z_nm")
+
+#: a recording stops when the disk has less free than this (bytes): room for HDF5 to
+#: flush and close the track file (the video writer keeps more, so it stops first)
+MIN_FREE_BYTES = 1_000_000
 
 
 class TrackRecordingError(RuntimeError):
@@ -66,6 +71,7 @@ class TrackRecorder:
             raise ValueError(f"z_offsets must have one value per bead ({ids.size}), got "
                              f"{self.z_offsets.shape}")
         self._next = self._until = ring.count  # frames [next, until) go to the file
+        self._first = self._next
         self._announced = 0
         self._rows_written = 0
         self._error: TrackRecordingError | None = None
@@ -80,8 +86,15 @@ class TrackRecorder:
         with self._lock:
             self._check_open()
             start = self._ring.count
+            self._first = start
             self._next, self._until = start, start + int(frames)
             self._window, self._window_index, self._window_time = [], [], []
+
+    @property
+    def first_frame(self) -> int:
+        """Camera frame index the last request started at."""
+        with self._lock:
+            return self._first
 
     def stop_capture(self) -> None:
         """End the open request (the frames it still wanted are not recorded)."""
@@ -160,6 +173,20 @@ class TrackRecorder:
         if self._writer is None:
             raise TrackRecordingError(f"the recording to {self.path} is closed")
 
+    def _check_space(self) -> None:
+        """Stop before the disk is full (less than :data:`MIN_FREE_BYTES` free): HDF5
+        must keep room to flush and close the file, or the file and the library break."""
+        try:
+            free = shutil.disk_usage(self.path.parent).free
+        except OSError:
+            return
+        if free < MIN_FREE_BYTES:
+            raise TrackRecordingError(
+                f"writing {self.path} stopped: the disk is full ({free_space_text(self.path)}; "
+                f"the recorder keeps {MIN_FREE_BYTES / 1e6:g} MB free); "
+                f"{self._rows_written} rows kept"
+            )
+
     # -- the collector side ---------------------------------------------------------------
     def pump(self) -> None:
         """Append the requested frames now in the ring (called by the collector thread).
@@ -177,6 +204,7 @@ class TrackRecorder:
                     )
                 if not len(batch):
                     return
+                self._check_space()
                 columns = batch.columns(self.bead_ids)
                 if self.z_offsets is not None:
                     columns["z_nm"] += self.z_offsets
@@ -185,7 +213,8 @@ class TrackRecorder:
                 self._error = (
                     exc if isinstance(exc, TrackRecordingError)
                     else TrackRecordingError(f"writing {self.path} failed: "
-                                             f"{type(exc).__name__}: {exc}")
+                                             f"{type(exc).__name__}: {exc} "
+                                             f"({free_space_text(self.path)})")
                 )
                 self._until = self._next
                 return

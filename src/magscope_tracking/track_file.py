@@ -20,6 +20,8 @@ stays marked open for writing: h5py then opens it only with ``swmr=True``, as
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path, PurePath
 
@@ -31,6 +33,17 @@ PER_FRAME = ("frame_index", "timestamp", "status")
 DATASETS = {name: f"{GROUP}/{name}" for name in (*FIELDS, *PER_FRAME, "bead_id")}
 _PER_FRAME_DTYPES = {"frame_index": "<i8", "timestamp": "<f8", "status": "<i4"}
 _CHUNK_FRAMES = 256
+
+
+def free_space_text(path: str | os.PathLike[str]) -> str:
+    """'1.2 MB free of 8 MB on /mnt/data': the space left on the filesystem of the file
+    ``path`` (for the message of a write that failed)."""
+    folder = Path(path).parent
+    try:
+        usage = shutil.disk_usage(folder)
+    except OSError:
+        return f"free space on {folder} unknown"
+    return f"{usage.free / 1e6:.1f} MB free of {usage.total / 1e6:.0f} MB on {folder}"
 
 
 class TrackFileWriter:
