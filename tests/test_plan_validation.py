@@ -42,6 +42,7 @@ from magscope_plans import (
     remove_beads,
     restore_safe_state,
     rotation_extension,
+    save_frames,
 )
 from magscope_plans._arguments import (
     InstrumentNotReadyError,
@@ -168,6 +169,13 @@ CASES = [
     (lambda m: force_clamp(m, "2.0", 10.0), "force_pn='2.0' is a str; expected a finite number of pN"),
     (lambda m: force_clamp(m, 2.0, -1), "duration_s=-1 is not positive; expected a positive number of s"),
     (lambda m: force_clamp(m, 2.0, 1, chunk_frames=0), "chunk_frames=0 is below 1"),
+    (lambda m: force_clamp(m, 2.0, 1, video="movie"), "video='movie' is not an option; expected one of ('tracks', 'roi_crops', 'frames_every_n')"),
+    (lambda m: force_ramp(m, 1.0, 5.0, 1.0, video="frames_every_n", every_n=0), "every_n=0 is below 1"),
+    (lambda m: force_extension(m, [1, 2, 3], every_n=2.5), "every_n=2.5 is a float"),
+    (lambda m: rotation_extension(m, range(5), force_pn=1.0, video=True), "video=True is not an option"),
+    (lambda m: save_frames(m.video, -0.5, 1.0), "seconds_before=-0.5 is negative"),
+    (lambda m: save_frames(m.video, 0.0, 0.0), "seconds_after=0.0 leaves an empty window"),
+    (lambda m: save_frames(m.video, 60.0, 1.0), "seconds_before=60.0 is too long; expected at most 30 s"),
     (lambda m: add_bead(m.tracker, "100", 50), "x_px='100' is a str; expected a non-negative number of px"),
     (lambda m: add_bead(m, 100, 50), "tracker=Microscope(name=\"mic\") is a Microscope; expected the BeadTracker"),
     (lambda m: move_bead(m.tracker, 1.5, 10, 10), "bead_id=1.5 is a float; expected a bead id"),

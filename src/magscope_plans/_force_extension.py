@@ -24,6 +24,7 @@ from ._preflight import (
 from ._recording import TrackRecorder, extension_traces, mean_extensions
 from ._results import ARRAY, FLOAT, IDS, ResultRecord, emit, set_layouts
 from ._safety import check_safe_height, with_safe_finish
+from ._video import check_video_option, with_video_mode
 from .analysis import buckling_point, wlc_fit
 
 __all__ = ["force_extension", "force_sequence", "rotation_extension"]
@@ -126,6 +127,8 @@ def force_extension(
     extensible: bool = False,
     fit_offset: bool = False,
     safe_magnet_height_mm: float | None = None,
+    video: str | None = None,
+    every_n: int | None = None,
     md: dict[str, Any] | None = None,
 ) -> Generator[Msg, Any, str]:
     """Step the force (pN) through ``forces_pn`` in ``direction`` order; at each step wait
@@ -143,6 +146,11 @@ def force_extension(
     step: the force, each bead's own force from the calibration, mean extension and error),
     ``wlc`` (one event: per bead contour_nm, persistence_nm, their errors). The magnets end
     at ``safe_magnet_height_mm`` (mm; None: the microscope's configured safe height). Returns the run uid.
+
+    ``video``: ``"roi_crops"`` (every bead's ROI at every frame) or ``"frames_every_n"``
+    (the whole frame every ``every_n`` frames) records those images beside the tracks, in
+    stream ``video`` (:func:`~magscope_plans.with_video_mode`; the mode is put back at
+    the end); None leaves ``microscope.video.mode`` as it is.
     """
     plan = "force_extension"
     args = PlanArgs(plan)
@@ -159,6 +167,7 @@ def force_extension(
     safe_magnet_height_mm = args.optional_real(
         "safe_magnet_height_mm", safe_magnet_height_mm, units="mm"
     )
+    video, every_n = check_video_option(args, video, every_n)
     md = args.metadata("md", md)
     check_microscope(microscope, plan, tracker=True)
     sequence = force_sequence(given, direction)
@@ -170,7 +179,9 @@ def force_extension(
     cal = yield from _calibration(microscope)
     fs = float((yield from bps.rd(microscope.camera.frame_rate_hz)))
     frames = max(1, int(round(dwell_s * fs)))
-    recorder = TrackRecorder(microscope.tracker, chunk_frames=frames)
+    recorder = TrackRecorder(
+        microscope.tracker, chunk_frames=frames, video=getattr(microscope, "video", None)
+    )
     steps = ResultRecord(EXTENSION_FIELDS, name="extension")
     fits = ResultRecord(WLC_FIELDS, name="wlc")
     yield from set_layouts(microscope.tracker, sel.beads, steps, fits)
@@ -224,7 +235,8 @@ def force_extension(
 
     return (
         yield from with_safe_finish(
-            inner(), microscope, safe_magnet_height_mm=safe_magnet_height_mm
+            with_video_mode(inner(), microscope, video, every_n), microscope,
+            safe_magnet_height_mm=safe_magnet_height_mm
         )
     )
 
@@ -238,6 +250,8 @@ def rotation_extension(
     beads: Sequence[int] | None = None,
     settle_s: float = 0.5,
     safe_magnet_height_mm: float | None = None,
+    video: str | None = None,
+    every_n: int | None = None,
     md: dict[str, Any] | None = None,
 ) -> Generator[Msg, Any, str]:
     """At constant force ``force_pn`` (pN), turn the magnets through ``turns`` (turns,
@@ -249,6 +263,11 @@ def rotation_extension(
     bead positive and negative buckling turns with errors, plateau extension, slope).
     The magnets turn back to where they started and rise to ``safe_magnet_height_mm`` (mm; None: the microscope's configured safe height)
     at the end, also on failure or abort. Returns the run uid.
+
+    ``video``: ``"roi_crops"`` (every bead's ROI at every frame) or ``"frames_every_n"``
+    (the whole frame every ``every_n`` frames) records those images beside the tracks, in
+    stream ``video`` (:func:`~magscope_plans.with_video_mode`; the mode is put back at
+    the end); None leaves ``microscope.video.mode`` as it is.
     """
     plan = "rotation_extension"
     args = PlanArgs(plan)
@@ -263,6 +282,7 @@ def rotation_extension(
     safe_magnet_height_mm = args.optional_real(
         "safe_magnet_height_mm", safe_magnet_height_mm, units="mm"
     )
+    video, every_n = check_video_option(args, video, every_n)
     md = args.metadata("md", md)
     check_microscope(microscope, plan, tracker=True)
     (force,) = yield from require_force_calibration(
@@ -280,7 +300,9 @@ def rotation_extension(
     turns0 = float((yield from bps.rd(microscope.magnet_rotation)))
     fs = float((yield from bps.rd(microscope.camera.frame_rate_hz)))
     frames = max(1, int(round(dwell_s * fs)))
-    recorder = TrackRecorder(microscope.tracker, chunk_frames=frames)
+    recorder = TrackRecorder(
+        microscope.tracker, chunk_frames=frames, video=getattr(microscope, "video", None)
+    )
     steps = ResultRecord(EXTENSION_FIELDS, name="extension")
     buckling = ResultRecord(BUCKLING_FIELDS, name="buckling")
     yield from set_layouts(microscope.tracker, sel.beads, steps, buckling)
@@ -328,7 +350,8 @@ def rotation_extension(
 
     return (
         yield from with_safe_finish(
-            inner(), microscope, safe_magnet_height_mm=safe_magnet_height_mm,
+            with_video_mode(inner(), microscope, video, every_n), microscope,
+            safe_magnet_height_mm=safe_magnet_height_mm,
             restore_turns=turns0,
         )
     )

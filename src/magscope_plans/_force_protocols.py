@@ -24,6 +24,7 @@ from ._preflight import (
 from ._recording import TrackRecorder, extension_traces, lateral_traces, mean_extensions
 from ._results import ARRAY, FLOAT, IDS, ResultRecord, emit, set_layouts
 from ._safety import check_safe_height, with_safe_finish
+from ._video import check_video_option, with_video_mode
 from .analysis import psd_force, subtract_drift
 
 __all__ = ["force_clamp", "force_ramp"]
@@ -58,6 +59,8 @@ def force_ramp(
     update_hz: float = 10.0,
     settle_s: float = 1.0,
     safe_magnet_height_mm: float | None = None,
+    video: str | None = None,
+    every_n: int | None = None,
     md: dict[str, Any] | None = None,
 ) -> Generator[Msg, Any, str]:
     """Ramp the force linearly from ``start_pn`` to ``stop_pn`` at ``rate_pn_per_s``
@@ -67,6 +70,11 @@ def force_ramp(
     Streams: ``tracks`` (every frame), ``ramp`` (one event per setpoint update: time since
     the ramp started (s), the force, each bead's mean extension over that interval). The
     magnets end at ``safe_magnet_height_mm`` (mm; None: the microscope's configured safe height). Returns the run uid.
+
+    ``video``: ``"roi_crops"`` (every bead's ROI at every frame) or ``"frames_every_n"``
+    (the whole frame every ``every_n`` frames) records those images beside the tracks, in
+    stream ``video`` (:func:`~magscope_plans.with_video_mode`; the mode is put back at
+    the end); None leaves ``microscope.video.mode`` as it is.
     """
     plan = "force_ramp"
     args = PlanArgs(plan)
@@ -84,6 +92,7 @@ def force_ramp(
     safe_magnet_height_mm = args.optional_real(
         "safe_magnet_height_mm", safe_magnet_height_mm, units="mm"
     )
+    video, every_n = check_video_option(args, video, every_n)
     md = args.metadata("md", md)
     check_microscope(microscope, plan, tracker=True)
     yield from require_force_calibration(microscope, [start_pn], plan=plan, argument="start_pn", single=True)
@@ -97,7 +106,9 @@ def force_ramp(
     n_updates = max(1, math.ceil(duration * update_hz))
     setpoints = np.linspace(start_pn, stop_pn, n_updates + 1)
     chunk = max(1, int(round(fs / update_hz)))
-    recorder = TrackRecorder(microscope.tracker, chunk_frames=chunk)
+    recorder = TrackRecorder(
+        microscope.tracker, chunk_frames=chunk, video=getattr(microscope, "video", None)
+    )
     ramp = ResultRecord(RAMP_FIELDS, name="ramp")
     yield from set_layouts(microscope.tracker, sel.beads, ramp)
     _md = plan_metadata(
@@ -141,7 +152,8 @@ def force_ramp(
 
     return (
         yield from with_safe_finish(
-            inner(), microscope, safe_magnet_height_mm=safe_magnet_height_mm
+            with_video_mode(inner(), microscope, video, every_n), microscope,
+            safe_magnet_height_mm=safe_magnet_height_mm
         )
     )
 
@@ -156,6 +168,8 @@ def force_clamp(
     settle_s: float = 1.0,
     chunk_frames: int = 100,
     safe_magnet_height_mm: float | None = None,
+    video: str | None = None,
+    every_n: int | None = None,
     md: dict[str, Any] | None = None,
 ) -> Generator[Msg, Any, str]:
     """Hold the force at ``force_pn`` (pN) for ``duration_s`` (s), recording every frame
@@ -165,6 +179,11 @@ def force_clamp(
     and its standard error, the extension and lateral standard deviations, and the force
     from the lateral spectrum as a check of the calibration). The magnets end at
     ``safe_magnet_height_mm`` (mm; None: the microscope's configured safe height). Returns the run uid.
+
+    ``video``: ``"roi_crops"`` (every bead's ROI at every frame) or ``"frames_every_n"``
+    (the whole frame every ``every_n`` frames) records those images beside the tracks, in
+    stream ``video`` (:func:`~magscope_plans.with_video_mode`; the mode is put back at
+    the end); None leaves ``microscope.video.mode`` as it is.
     """
     plan = "force_clamp"
     args = PlanArgs(plan)
@@ -177,6 +196,7 @@ def force_clamp(
     safe_magnet_height_mm = args.optional_real(
         "safe_magnet_height_mm", safe_magnet_height_mm, units="mm"
     )
+    video, every_n = check_video_option(args, video, every_n)
     md = args.metadata("md", md)
     check_microscope(microscope, plan, tracker=True)
     (force,) = yield from require_force_calibration(
@@ -189,7 +209,9 @@ def force_clamp(
     fs = float((yield from bps.rd(microscope.camera.frame_rate_hz)))
     exposure = float((yield from bps.rd(microscope.camera.exposure_s)))
     radius = float((yield from bps.rd(microscope.tracker.bead_radius_nm)))
-    recorder = TrackRecorder(microscope.tracker, chunk_frames=chunk_frames)
+    recorder = TrackRecorder(
+        microscope.tracker, chunk_frames=chunk_frames, video=getattr(microscope, "video", None)
+    )
     clamp = ResultRecord(CLAMP_FIELDS, name="clamp")
     yield from set_layouts(microscope.tracker, sel.beads, clamp)
     _md = plan_metadata(
@@ -235,6 +257,7 @@ def force_clamp(
 
     return (
         yield from with_safe_finish(
-            inner(), microscope, safe_magnet_height_mm=safe_magnet_height_mm
+            with_video_mode(inner(), microscope, video, every_n), microscope,
+            safe_magnet_height_mm=safe_magnet_height_mm
         )
     )
