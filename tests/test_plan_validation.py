@@ -43,6 +43,7 @@ from magscope_plans import (
     restore_safe_state,
     rotation_extension,
     save_frames,
+    set_video_mode,
 )
 from magscope_plans._arguments import (
     InstrumentNotReadyError,
@@ -174,6 +175,8 @@ CASES = [
     (lambda m: force_extension(m, [1, 2, 3], every_n=2.5), "every_n=2.5 is a float"),
     (lambda m: rotation_extension(m, range(5), force_pn=1.0, video=True), "video=True is not an option"),
     (lambda m: save_frames(m.video, -0.5, 1.0), "seconds_before=-0.5 is negative"),
+    (lambda m: set_video_mode(m, "movie"), "mode='movie' is not an option; expected one of ('tracks', 'roi_crops', 'frames_every_n', 'trigger_window')"),
+    (lambda m: set_video_mode(m, "trigger_window", pre_trigger_s=45.0), "pre_trigger_s=45.0 is too long; expected at most 30 s"),
     (lambda m: save_frames(m.video, 0.0, 0.0), "seconds_after=0.0 leaves an empty window"),
     (lambda m: save_frames(m.video, 60.0, 1.0), "seconds_before=60.0 is too long; expected at most 30 s"),
     (lambda m: add_bead(m.tracker, "100", 50), "x_px='100' is a str; expected a non-negative number of px"),

@@ -54,6 +54,9 @@ def test_each_command_names_an_exported_plan_stub_allowed_in_the_queue():
      PlanCall("move_axes", "move_axes", "microscope", {"magnet_z_mm": 2.0})),
     ("lock_focus", None, PlanCall("lock_focus", "lock_focus", "microscope", {})),
     ("unlock_xy", {}, PlanCall("unlock_xy", "unlock_xy", "microscope", {})),
+    ("video_mode", {"mode": "frames_every_n", "every_n": 25},
+     PlanCall("video_mode", "set_video_mode", "microscope",
+              {"mode": "frames_every_n", "every_n": 25})),
 ])
 def test_allowed_commands_become_plan_calls(command, args, call):
     assert plan_call(command, args) == call
@@ -61,7 +64,7 @@ def test_allowed_commands_become_plan_calls(command, args, call):
 
 @pytest.mark.parametrize("command, args, message", [
     ("lock_focus", {"target_nm": 3.0}, "refused: lock_focus: unknown argument 'target_nm'"),
-    ("set_rois", {}, "refused: unknown command 'set_rois'; allowed: add_bead, auto_select, lock_focus, lock_xy, move_axes, move_bead, remove_beads, unlock_focus, unlock_xy"),
+    ("set_rois", {}, "refused: unknown command 'set_rois'; allowed: add_bead, auto_select, lock_focus, lock_xy, move_axes, move_bead, remove_beads, unlock_focus, unlock_xy, video_mode"),
     (None, {}, "refused: unknown command None"),
     ("add_bead", [1, 2], "refused: add_bead: args must be a dict of named values"),
     ("add_bead", {"x_px": 1.0}, "refused: add_bead: y_px is missing"),
@@ -75,6 +78,8 @@ def test_allowed_commands_become_plan_calls(command, args, call):
     ("remove_beads", {"bead_ids": []}, "bead_ids=[] is not a non-empty list"),
     ("remove_beads", {"bead_ids": [1, "2"]}, "holds something else than bead ids"),
     ("auto_select", {"max_beads": 0}, "max_beads=0 is below 1"),
+    ("video_mode", {"mode": "movie"}, "refused: video_mode: mode='movie' is not an option; expected one of tracks, roi_crops, frames_every_n, trigger_window"),
+    ("video_mode", {"mode": "frames_every_n", "every_n": 0}, "every_n=0 is below 1"),
     ("move_axes", {"force_pn": math.inf}, "refused: move_axes: force_pn=inf is not finite; expected a finite number pN"),
 ])
 def test_anything_else_is_refused_naming_the_value(command, args, message):

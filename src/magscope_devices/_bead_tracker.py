@@ -212,6 +212,41 @@ class _Capture:
             recorder.close()
 
 
+class _RecordWatch:
+    """Checks, while a fly scan's ``complete`` waits for rows, that rows still come."""
+
+    #: s a request may have ended short (no frame asked for, rows missing) before failing
+    ended_short_s = 5.0
+
+    def __init__(self, tracker: BeadTracker, stall_s: float) -> None:
+        self.tracker = tracker
+        self.stall_s = stall_s
+        self.rows = tracker._capture.rows_written
+        self.since = time.monotonic()
+
+    def check(self) -> None:
+        tracker = self.tracker
+        tracker._check_service()
+        capture = tracker._capture
+        rows, now = capture.rows_written, time.monotonic()
+        if rows != self.rows:
+            self.rows, self.since = rows, now
+            return
+        quiet = now - self.since
+        if capture.busy:
+            if quiet > self.stall_s:
+                raise TimeoutError(
+                    f"{tracker.name}: no frame recorded for {self.stall_s:g} s ({rows} rows "
+                    "in the track file): the camera or the tracking service stalled"
+                )
+        elif quiet > self.ended_short_s:
+            raise RuntimeError(
+                f"{tracker.name}: the record asks for no more frames, but the fly scan is "
+                f"still waiting ({rows} rows in the track file); the request was ended "
+                "early (a pause or a stop between prepare and complete?)"
+            )
+
+
 class TrackerTriggerLogic(DetectorTriggerLogic):
     """Frames come from the free-running camera; nothing to arm. Holds how many frames
     each acquisition (a trigger window, or a whole fly scan) captures."""
@@ -656,6 +691,14 @@ class BeadTracker(StandardDetector):
         else:  # a window a pause interrupted: its rows go, the new window starts now
             self._capture.drop_unannounced()
         async for update in forward_updates(StandardDetector.trigger(self), self._check_service):
+            yield update
+
+    @WatchableAsyncStatus.wrap
+    async def complete(self) -> AsyncIterator[WatcherUpdate[int]]:
+        # a fly scan waits for rows of the track file: fail, do not wait forever, when the
+        # service dies, when no row comes for stall_s, or when the request ended short
+        watch = _RecordWatch(self, getattr(self._acquire_logic, "stall_s", 30.0))
+        async for update in forward_updates(StandardDetector.complete(self), watch.check):
             yield update
 
     def _window_stats(self) -> dict[str, np.ndarray]:

@@ -15,8 +15,8 @@ The plans and plan stubs a user calls, flat like :mod:`bluesky.plans`::
   :func:`move_axes`; the bead locks (no run): :func:`lock_focus`, :func:`unlock_focus`,
   :func:`lock_xy`, :func:`unlock_xy`, :func:`focus_lock_suspended` (for plans that own
   the focus), :class:`FocusLockSuspender` (pause while the focus lock is lost); images
-  around a trigger (in a run): :func:`save_frames`; a video mode for a plan's run:
-  :func:`with_video_mode`;
+  around a trigger (in a run): :func:`save_frames`; the video mode: :func:`set_video_mode`
+  (no run), :func:`with_video_mode` (for a plan's run);
 - the instrument's safe state: :func:`restore_safe_state`, :func:`with_safe_finish`;
 - results of past runs loaded into the instrument: :func:`load_zlut`,
   :func:`load_force_calibration` (from a Tiled run), :func:`zlut_from_run`,
@@ -61,7 +61,7 @@ from ._locks import (
 from ._recording import TrackRecorder
 from ._run_results import NoResultError, force_calibration_from_run, zlut_from_run
 from ._safety import restore_safe_state, with_safe_finish
-from ._video import save_frames, with_video_mode
+from ._video import save_frames, set_video_mode, with_video_mode
 from ._zlut import load_zlut, zlut_sweep
 
 __all__ = [
@@ -97,6 +97,7 @@ __all__ = [
     "remove_beads",
     "restore_safe_state",
     "save_frames",
+    "set_video_mode",
     "rotation_extension",
     "unlock_focus",
     "unlock_xy",

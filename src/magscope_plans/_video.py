@@ -23,7 +23,13 @@ from magscope_devices._video import MAX_EVERY_N, MAX_PRE_TRIGGER_S, VideoMode, V
 
 from ._arguments import PlanArgs, PreflightError
 
-__all__ = ["RECORD_VIDEO_MODES", "check_video_option", "save_frames", "with_video_mode"]
+__all__ = [
+    "RECORD_VIDEO_MODES",
+    "check_video_option",
+    "save_frames",
+    "set_video_mode",
+    "with_video_mode",
+]
 
 #: the modes a recording plan's ``video`` option takes (the trigger window is
 #: :func:`save_frames`'s)
@@ -41,6 +47,37 @@ def check_video_option(
         every_n = args.count("every_n", every_n, minimum=1, maximum=MAX_EVERY_N,
                              what="a whole number of frames")
     return video, every_n
+
+
+def set_video_mode(
+    microscope: Any, mode: str, *, every_n: int | None = None,
+    pre_trigger_s: float | None = None,
+) -> Generator[Msg, Any, str]:
+    """Set what records write beside the tracks (no run): ``mode`` one of ``"tracks"``,
+    ``"roi_crops"``, ``"frames_every_n"`` (with ``every_n`` frames), ``"trigger_window"``
+    (keeping ``pre_trigger_s`` s of frames for :func:`save_frames`). For the queue and the
+    viewer; arguments checked before the first message. Returns the mode."""
+    args = PlanArgs("set_video_mode")
+    mode = args.choice("mode", mode, tuple(m.value for m in VideoMode))
+    if every_n is not None:
+        every_n = args.count("every_n", every_n, minimum=1, maximum=MAX_EVERY_N,
+                             what="a whole number of frames")
+    if pre_trigger_s is not None:
+        pre_trigger_s = args.non_negative("pre_trigger_s", pre_trigger_s, units="s")
+        if pre_trigger_s > MAX_PRE_TRIGGER_S:
+            raise args.error("pre_trigger_s", pre_trigger_s, "is too long",
+                             f"at most {MAX_PRE_TRIGGER_S:g} s")
+    recorder: VideoRecorder | None = getattr(microscope, "video", None)
+    if recorder is None:
+        raise PreflightError(f"set_video_mode: {getattr(microscope, 'name', microscope)!r} "
+                             "has no video recorder (pass the microscope)")
+    moves: list[Any] = []
+    if every_n is not None:
+        moves += [recorder.every_n, every_n]
+    if pre_trigger_s is not None:
+        moves += [recorder.pre_trigger_s, pre_trigger_s]
+    yield from bps.mv(*moves, recorder.mode, mode)
+    return mode
 
 
 def with_video_mode(

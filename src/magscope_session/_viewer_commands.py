@@ -71,12 +71,13 @@ class CommandRefused(ValueError):
 class Param:
     """One argument of a command: ``kind`` is ``"px"`` (finite number >= 0), ``"real"``
     (finite number), ``"bead_id"`` (whole number >= 0), ``"bead_ids"`` (a non-empty list
-    of them) or ``"count"`` (whole number >= 1)."""
+    of them), ``"count"`` (whole number >= 1) or ``"choice"`` (one of ``choices``)."""
 
     name: str
     kind: str
     required: bool = True
     units: str = ""
+    choices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,11 @@ COMMANDS: dict[str, Command] = {
     "unlock_focus": Command("unlock_focus", MICROSCOPE, ()),
     "lock_xy": Command("lock_xy", MICROSCOPE, ()),
     "unlock_xy": Command("unlock_xy", MICROSCOPE, ()),
+    "video_mode": Command("set_video_mode", MICROSCOPE, (
+        Param("mode", "choice",
+              choices=("tracks", "roi_crops", "frames_every_n", "trigger_window")),
+        Param("every_n", "count", required=False, units="frames"),
+    )),
 }
 
 #: What the viewer says when a lock command has run.
@@ -167,6 +173,10 @@ def _check(command: str, p: Param, value: Any) -> Any:
         if not all(_is_int(b) and b >= 0 for b in value):
             raise refuse("holds something else than bead ids", expected)
         return [int(b) for b in value]
+    if p.kind == "choice":
+        if not isinstance(value, str) or value not in p.choices:
+            raise refuse("is not an option", f"one of {', '.join(p.choices)}")
+        return value
     raise AssertionError(p.kind)  # pragma: no cover - the table above
 
 
@@ -214,6 +224,9 @@ def done_message(call: PlanCall, result: Any) -> str:
         return f"removed bead{'s' if len(k['bead_ids']) > 1 else ''} {', '.join(map(str, k['bead_ids']))}"
     if call.command in _LOCK_DONE:
         return _LOCK_DONE[call.command]
+    if call.command == "video_mode":
+        every = f" (every {k['every_n']} frames)" if "every_n" in k else ""
+        return f"video mode {k['mode']}{every}"
     if call.command == "auto_select":
         return "auto-selected beads" if result is None else f"auto-selected {len(result)} beads"
     moved = ", ".join(f"{key}={value:g}" for key, value in k.items())
