@@ -6,6 +6,11 @@ simulated microscope runs with 100 beads (64 px ROIs on a 1280 x 1024 sensor, as
 record of ``--seconds`` (default 60 s) inside a run (:class:`magscope_plans.TrackRecorder`
 with ``microscope.video``), measured in the same run of this script:
 
+The camera plays back 400 pre-rendered simulator frames (2 s at 200 frames/s) in a loop
+(:mod:`looped_frames`): the simulator's renderer takes more than a core of this machine
+at 200 frames/s by itself, which a real camera does not; ``--live`` renders every frame
+instead (the renderer's cost then shows in the late frames of the baselines too).
+
 1. ``tracks @200``: tracks only at 200 frames/s (the baseline of phase 2);
 2. ``crops @200``: the ROI crops of all 100 beads at every frame, 200 frames/s;
 3. ``tracks @100``: tracks only at 100 frames/s (the baseline of phase 4);
@@ -35,7 +40,12 @@ ROI = 64
 WIDTH, HEIGHT = 1280, 1024
 
 
-def start_microscope(instance: str, data_dir: str, workers: int | None, bit_depth: int):
+def start_microscope(instance: str, data_dir: str, workers: int | None, bit_depth: int,
+                     live: bool):
+    """The simulated microscope with 100 beads; its camera plays back 2 s of pre-rendered
+    frames in a loop (``live``: renders every frame, as the default simulator does)."""
+    import functools
+
     import bluesky.plan_stubs as bps
     from bluesky import RunEngine
     from ophyd_async.core import init_devices
@@ -48,20 +58,33 @@ def start_microscope(instance: str, data_dir: str, workers: int | None, bit_dept
         n_tethered=N_BEADS - 4, n_reference=4, width_px=WIDTH, height_px=HEIGHT, seed=3,
         bit_depth=bit_depth,
     )
+    first: dict[str, np.ndarray] = {}
+    if not live:
+        from looped_frames import LoopedFrames, render_frames
+
+        frames_file = Path(data_dir) / "looped-frames.npy"
+        t0 = time.monotonic()
+        first = render_frames(params, 400, frames_file)
+        print(f"rendered 400 frames to play back in {time.monotonic() - t0:.1f} s", flush=True)
     with init_devices():
         mic = make_simulated_microscope(
             params, data_dir=data_dir, instance=instance, frame_rate_hz=200.0,
             tracking_workers=workers, name="microscope",
         )
+        if not live:
+            mic.camera.process.source_factory = functools.partial(
+                LoopedFrames, str(frames_file), params.bit_depth
+            )
     try:
         RE(bps.mv(mic.magnet_z, 2.0))
         while mic.camera.process.ring.count < 2:
             time.sleep(0.01)
-        _, _, index = mic.camera.latest_frame()
-        truth = mic.truth.frame(index)
+        if live:
+            _, _, index = mic.camera.latest_frame()
+            first = mic.truth.frame(index)
         ids = np.arange(params.n_beads)
         RE(bps.mv(mic.tracker.rois, rois_from_centres(
-            ids, truth["x_nm"] / params.nm_per_px, truth["y_nm"] / params.nm_per_px, ROI
+            ids, first["x_nm"] / params.nm_per_px, first["y_nm"] / params.nm_per_px, ROI
         )))
     except BaseException:
         mic.close()
@@ -133,12 +156,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bit-depth", type=int, default=8, choices=(8, 12, 16),
                         help="the simulated camera's bit depth (8: uint8, else uint16)")
     parser.add_argument("--data-dir", default=None, help="where the files go (temporary)")
+    parser.add_argument("--live", action="store_true",
+                        help="render every frame live (the simulator's own cost included)")
     args = parser.parse_args(argv)
     data_dir = tempfile.mkdtemp(prefix="bench-recording-", dir=args.data_dir)
     print(f"load before: {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} cores; "
           f"files in {data_dir}; {args.seconds:g} s per record, {N_BEADS} beads, "
-          f"{ROI} px ROIs, {WIDTH} x {HEIGHT} px, {args.bit_depth}-bit", flush=True)
-    RE, mic = start_microscope(f"benchrec{os.getpid()}", data_dir, args.workers, args.bit_depth)
+          f"{ROI} px ROIs, {WIDTH} x {HEIGHT} px, {args.bit_depth}-bit, camera: "
+          f"{'live simulator' if args.live else 'pre-rendered frames in a loop'}", flush=True)
+    RE, mic = start_microscope(
+        f"benchrec{os.getpid()}", data_dir, args.workers, args.bit_depth, args.live
+    )
     results: dict[str, dict[str, float]] = {}
     try:
         for name, mode, fps in (("tracks @200", "tracks", 200.0), ("crops @200", "roi_crops", 200.0),
