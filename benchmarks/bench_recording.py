@@ -41,7 +41,7 @@ WIDTH, HEIGHT = 1280, 1024
 
 
 def start_microscope(instance: str, data_dir: str, workers: int | None, bit_depth: int,
-                     live: bool):
+                     live: bool, ring: int):
     """The simulated microscope with 100 beads; its camera plays back 2 s of pre-rendered
     frames in a loop (``live``: renders every frame, as the default simulator does)."""
     import functools
@@ -69,7 +69,7 @@ def start_microscope(instance: str, data_dir: str, workers: int | None, bit_dept
     with init_devices():
         mic = make_simulated_microscope(
             params, data_dir=data_dir, instance=instance, frame_rate_hz=200.0,
-            tracking_workers=workers, name="microscope",
+            ring_capacity=ring, tracking_workers=workers, name="microscope",
         )
         if not live:
             mic.camera.process.source_factory = functools.partial(
@@ -100,6 +100,13 @@ def _writer_cpu_s(mic) -> float:
         return 0.0
     times = psutil.Process(process.pid).cpu_times()
     return times.user + times.system
+
+
+PHASES = {
+    "tracks @200": ("tracks", 200.0), "crops @200": ("roi_crops", 200.0),
+    "tracks @100": ("tracks", 100.0), "frames @100": ("frames_every_n", 100.0),
+}
+BASELINES = {"crops @200": "tracks @200", "frames @100": "tracks @100"}
 
 
 def record_phase(RE, mic, *, mode: str, fps: float, seconds: float) -> dict[str, float]:
@@ -156,6 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bit-depth", type=int, default=8, choices=(8, 12, 16),
                         help="the simulated camera's bit depth (8: uint8, else uint16)")
     parser.add_argument("--data-dir", default=None, help="where the files go (temporary)")
+    parser.add_argument("--ring", type=int, default=256,
+                        help="frames in the camera's ring (the video writer's slack)")
+    parser.add_argument("--codec", default="bitshuffle-lz4",
+                        help="the video codec (microscope.video.codec)")
+    parser.add_argument("--phases", default=",".join(PHASES),
+                        help="comma-separated phases to run, of: " + ", ".join(PHASES))
     parser.add_argument("--live", action="store_true",
                         help="render every frame live (the simulator's own cost included)")
     args = parser.parse_args(argv)
@@ -163,14 +176,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load before: {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} cores; "
           f"files in {data_dir}; {args.seconds:g} s per record, {N_BEADS} beads, "
           f"{ROI} px ROIs, {WIDTH} x {HEIGHT} px, {args.bit_depth}-bit, camera: "
-          f"{'live simulator' if args.live else 'pre-rendered frames in a loop'}", flush=True)
+          f"{'live simulator' if args.live else 'pre-rendered frames in a loop'}, ring of "
+          f"{args.ring} frames", flush=True)
     RE, mic = start_microscope(
-        f"benchrec{os.getpid()}", data_dir, args.workers, args.bit_depth, args.live
+        f"benchrec{os.getpid()}", data_dir, args.workers, args.bit_depth, args.live, args.ring
     )
     results: dict[str, dict[str, float]] = {}
+    phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    if unknown := [p for p in phases if p not in PHASES]:
+        parser.error(f"unknown phase(s) {unknown}; choose from {list(PHASES)}")
     try:
-        for name, mode, fps in (("tracks @200", "tracks", 200.0), ("crops @200", "roi_crops", 200.0),
-                                ("tracks @100", "tracks", 100.0), ("frames @100", "frames_every_n", 100.0)):
+        import bluesky.plan_stubs as bps
+
+        RE(bps.mv(mic.video.codec, args.codec))
+        for name in phases:
+            mode, fps = PHASES[name]
             results[name] = record_phase(RE, mic, mode=mode, fps=fps, seconds=args.seconds)
             r = results[name]
             line = (f"{name:12s} {r['frames']:6d} frames in {r['seconds']:5.1f} s: camera late "
@@ -187,10 +207,14 @@ def main(argv: list[str] | None = None) -> int:
         mic.close()
         shutil.rmtree(data_dir, ignore_errors=True)
     print()
+    print(f"codec {args.codec}")
     print(f"{'record':12s} {'late':>5s} {'Δlate':>6s} {'dropped':>8s} {'Δdropped':>9s} "
           f"{'lost':>5s} {'raw MB/s':>9s} {'stored':>7s} {'ratio':>6s}")
-    for name, base in (("crops @200", "tracks @200"), ("frames @100", "tracks @100")):
-        r, b = results[name], results[base]
+    for name, base in BASELINES.items():
+        if name not in results:
+            continue
+        r = results[name]
+        b = results.get(base, {"camera_late": 0, "tracker_dropped": 0})
         print(f"{name:12s} {r['camera_late']:5d} {r['camera_late'] - b['camera_late']:+6d} "
               f"{r['tracker_dropped']:8d} {r['tracker_dropped'] - b['tracker_dropped']:+9d} "
               f"{r['video_dropped']:5d} {r['raw_mb_s']:9.1f} {r['stored_mb_s']:7.1f} "

@@ -75,7 +75,8 @@ def test_a_new_session_starts_where_the_last_one_stopped(RE, tmp_path, capsys):
         cal_uid = RE(force_calibration(mic, [2.0, 4.0, 6.0], rel_error=0.1,
                                        max_duration_s=6.0)).plan_result
         RE(bps.mv(mic.focus_lock.kp, 0.35, mic.xy_lock.threshold_px, 2.5,
-                  mic.camera.exposure_s, 0.003))
+                  mic.camera.exposure_s, 0.003, mic.video.every_n, 25,
+                  mic.video.mode, "frames_every_n"))
         RE(bps.mv(mic.magnet_z, 3.0))
         z_before = _z_by_bead(RE, mic)
         zlut_uid = RE(bps.rd(mic.tracker.zlut_uid)).plan_result
@@ -87,6 +88,7 @@ def test_a_new_session_starts_where_the_last_one_stopped(RE, tmp_path, capsys):
     assert saved["zlut_run"] == zlut_uid and saved["force_calibration_run"] == cal_uid
     assert saved["beads"]["reference"] == sorted(int(b) for b in refs)
     assert saved["focus_lock"]["kp"] == 0.35 and saved["camera"]["exposure_s"] == 0.003
+    assert saved["video"]["mode"] == "frames_every_n" and saved["video"]["every_n"] == 25
     capsys.readouterr()
 
     mic, keeper = _session(RE, data_dir)  # a new session: nothing redone
@@ -102,6 +104,8 @@ def test_a_new_session_starts_where_the_last_one_stopped(RE, tmp_path, capsys):
         assert RE(bps.rd(mic.focus_lock.kp)).plan_result == 0.35
         assert RE(bps.rd(mic.xy_lock.threshold_px)).plan_result == 2.5
         assert RE(bps.rd(mic.camera.exposure_s)).plan_result == pytest.approx(0.003)
+        assert RE(bps.rd(mic.video.mode)).plan_result == "frames_every_n"
+        assert RE(bps.rd(mic.video.every_n)).plan_result == 25
         assert RE(bps.rd(mic.focus_lock.enabled)).plan_result is False
         # tracks z: each bead's height above the reference beads as the last session
         # measured it at the same magnet height (the focus drifts between the two, so the

@@ -26,6 +26,8 @@ STATE = {
                    "target_nm": None, "was_enabled": False},
     "beads": {"rois": [{"bead_id": 0, "x0_px": 10, "y0_px": 20},
                        {"bead_id": 3, "x0_px": 100, "y0_px": 120}], "reference": [3]},
+    "video": {"every_n": 10, "pre_trigger_s": 2.0, "min_free_mb": 100.0,
+              "codec": "bitshuffle-lz4", "mode": "roi_crops"},
     "zlut_run": "4f1c0e2a-0000-4000-8000-000000000001",
     "force_calibration_run": None,
 }
@@ -45,7 +47,9 @@ def test_written_owner_only_and_read_back(tmp_path):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda s: s.update(version=STATE_VERSION + 1), r"newer MagScope-Bluesky \(state version 2"),
+        (lambda s: s.update(version=STATE_VERSION + 1), r"newer MagScope-Bluesky \(state version 3"),
+        (lambda s: s["video"].update(mode="movie"), r"video.mode is 'movie'; expected one of tracks, roi_crops"),
+        (lambda s: s["video"].update(every_n=2.5), r"video.every_n is 2.5; expected a whole number"),
         (lambda s: s.update(version="one"), r"'version' is 'one'; expected a whole number"),
         (lambda s: s["tracking"].update(roi_size_px=64.5), r"tracking.roi_size_px is 64.5"),
         (lambda s: s["camera"].update(exposure_s=float("nan")), r"camera.exposure_s is nan"),
@@ -64,6 +68,21 @@ def test_a_bad_state_is_refused_naming_key_value_and_limit(edit, message):
     edit(state)
     with pytest.raises(InstrumentStateError, match=message):
         parse_instrument_state(yaml.safe_dump(state), source="s.yaml")
+
+
+def test_the_video_words_are_the_recorder_s():
+    from magscope_devices import VideoMode
+    from magscope_devices._video_file import CODECS
+    from magscope_session._instrument_state import _WORDS
+
+    assert _WORDS["mode"] == tuple(m.value for m in VideoMode)
+    assert set(_WORDS["codec"]) == set(CODECS)
+
+
+def test_a_version_1_file_without_video_is_read():
+    state = {k: v for k, v in STATE.items() if k != "video"}
+    back = parse_instrument_state(yaml.safe_dump({"version": 1, **state}), source="old.yaml")
+    assert "video" not in back and back["camera"] == STATE["camera"]
 
 
 def test_corrupt_yaml_is_refused(tmp_path):

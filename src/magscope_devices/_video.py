@@ -140,6 +140,12 @@ class _WriterAcquire(DetectorAcquireLogic):
                     f"{ctl['path']}): the camera or the video writer stalled"
                 )
             await asyncio.sleep(0.003)
+        # and on disk, so a document announcing them never points past the file
+        deadline = time.monotonic() + 5.0
+        while ctl["rows_flushed"] < ctl["request_rows"] and time.monotonic() < deadline:
+            video._raise_write_error()
+            video.writer.check_alive()
+            await asyncio.sleep(0.005)
         video._raise_write_error()
 
     async def ensure_stopped(self) -> None:

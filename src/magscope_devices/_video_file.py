@@ -10,7 +10,9 @@ A video file holds one kind of image per row (a row is one camera frame):
   its ROI was off the frame: that crop is zeros) and ``/entry/bead_id`` (beads,).
 
 Both have ``/entry/frame_index`` (rows,), the camera frame index (the track rows' frame
-index: the two align by it) and ``/entry/timestamps`` (rows,), UNIX s. Each row is one
+index: the two align by it) and ``/entry/timestamps`` (rows,), UNIX s. While the file is
+written its datasets grow :data:`GROW_ROWS` rows at a time (rows not yet written have
+frame index -1); closing cuts them to the rows written (or announced). Each row is one
 HDF5 chunk, compressed with a :data:`CODECS` entry (measured in
 ``benchmarks/bench_codecs.py``). The file is in SWMR mode and flushed every
 ``flush_every`` rows, so what was written is readable after a crash or a write error
@@ -42,6 +44,9 @@ __all__ = [
     "crop_rois",
     "free_space_text",
 ]
+
+#: rows the datasets grow by when full (cut to the rows written at close)
+GROW_ROWS = 256
 
 IMAGES_DATASET = "/entry/data/data"
 FRAME_INDEX_DATASET = "/entry/frame_index"
@@ -153,10 +158,15 @@ class VideoFile:
         self.codec = codec
         self.flush_every = max(1, int(flush_every))
         self.rows = 0
+        #: rows the datasets have room for (grown by GROW_ROWS; cut to ``rows`` at close)
+        self.capacity = 0
         #: rows on disk at the last successful flush (what a reader finds after a crash)
         self.flushed_rows = 0
         self.raw_bytes = 0
         self._unflushed = 0
+        self._pending_index: list[int] = []
+        self._pending_time: list[float] = []
+        self._pending_origin: list[np.ndarray] = []
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.close(fd)  # owner-only from the start; h5py then writes it
         try:
@@ -167,10 +177,12 @@ class VideoFile:
                 chunks=(1, *shape), **CODECS[codec](),
             )
             self.frame_index = self.file.create_dataset(
-                FRAME_INDEX_DATASET, shape=(0,), maxshape=(None,), dtype="<i8", chunks=(4096,)
+                FRAME_INDEX_DATASET, shape=(0,), maxshape=(None,), dtype="<i8", chunks=(4096,),
+                fillvalue=-1,
             )
             self.timestamps = self.file.create_dataset(
-                TIMESTAMPS_DATASET, shape=(0,), maxshape=(None,), dtype="<f8", chunks=(4096,)
+                TIMESTAMPS_DATASET, shape=(0,), maxshape=(None,), dtype="<f8", chunks=(4096,),
+                fillvalue=np.nan,
             )
             self.origin = None
             if self.crops:
@@ -206,15 +218,18 @@ class VideoFile:
             )
         n = self.rows
         try:
-            for dset in self._datasets():
-                dset.resize(n + 1, axis=0)
+            if n >= self.capacity:  # grown a block at a time: a resize per row costs more
+                self.capacity = n + GROW_ROWS
+                for dset in self._datasets():
+                    dset.resize(self.capacity, axis=0)
             self.images[n] = image
-            self.frame_index[n] = frame_index
-            self.timestamps[n] = timestamp
-            if self.origin is not None:
-                self.origin[n] = origin
         except Exception as exc:  # h5py raises OSError or RuntimeError for a failed write
             raise VideoWriteError(self._message("writing", exc)) from exc
+        # the small per-row values go to the file at the next flush, a block at a time
+        self._pending_index.append(int(frame_index))
+        self._pending_time.append(float(timestamp))
+        if self.origin is not None:
+            self._pending_origin.append(np.asarray(origin, np.int32))
         self.rows = n + 1
         self.raw_bytes += image.nbytes
         self._unflushed += 1
@@ -224,6 +239,13 @@ class VideoFile:
     def flush(self) -> None:
         """Put the rows on disk (readers see them)."""
         try:
+            start = self.rows - len(self._pending_index)
+            if self._pending_index:
+                self.frame_index[start: self.rows] = self._pending_index
+                self.timestamps[start: self.rows] = self._pending_time
+                if self.origin is not None:
+                    self.origin[start: self.rows] = np.stack(self._pending_origin)
+                self._pending_index, self._pending_time, self._pending_origin = [], [], []
             for dset in self._datasets():
                 dset.flush()
         except Exception as exc:  # h5py raises OSError or RuntimeError for a failed write
@@ -232,13 +254,14 @@ class VideoFile:
         self.flushed_rows = self.rows
 
     def truncate(self, rows: int) -> None:
-        """Keep only the first ``rows`` rows (the ones some document announced)."""
-        n = max(0, int(rows))
-        if n >= self.rows:
-            return
+        """Keep only the first ``rows`` rows (the ones some document announced); the
+        datasets end there (no room left for more)."""
+        self.flush()  # the pending per-row values first
+        n = min(max(0, int(rows)), self.rows)
         for dset in self._datasets():
             dset.resize(n, axis=0)
-        self.rows = n
+        self.rows = self.capacity = n
+        self.flushed_rows = min(self.flushed_rows, n)
         self.flush()
 
     @property
@@ -258,7 +281,6 @@ class VideoFile:
         if not self.file.id.valid:
             return
         try:
-            if announced is not None:
-                self.truncate(announced)
+            self.truncate(self.rows if announced is None else announced)
         finally:
             self.file.close()

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import enum
 import faulthandler
 import logging
@@ -52,6 +53,14 @@ from magscope_ipc.shm import SharedRecord, segment_name
 from ._video_file import VideoFile, VideoWriteError, crop_rois, free_space_text
 
 log = logging.getLogger(__name__)
+
+#: how much lower the writer's scheduling priority is than its owner's (``nice``): the
+#: camera process and the tracking workers get a busy machine's cores first
+WRITER_NICENESS = 5
+
+#: s without a new row before the writer flushes what it has (rows reach the disk then,
+#: and the device's acquisition ends only when they have)
+IDLE_FLUSH_S = 0.05
 
 #: most beads a crops file holds
 MAX_CROP_BEADS = 512
@@ -100,6 +109,7 @@ CONTROL_DTYPE = np.dtype(
         ("min_free_bytes", "<i8"),  # the writer stops before the disk has less free
         # what happened
         ("rows_written", "<i8"),
+        ("rows_flushed", "<i8"),  # rows on disk (a reader sees them)
         ("rows_announced", "<i8"),
         ("frames_dropped", "<i8"),
         ("raw_bytes", "<i8"),
@@ -218,6 +228,8 @@ class _Writer:
         self.origin = np.zeros((0, 2), np.int32)
         #: HDF5 failed a write: the process must end without touching HDF5 again
         self.poisoned = False
+        self.sized_at = 0.0  # when stored_bytes was last asked of HDF5 (monotonic s)
+        self.wrote_at = 0.0  # when the last row was appended (monotonic s)
         self.kept_through = -1  # newest frame index copied into ``kept``
         self.bead_ids = np.zeros(0, np.int32)
         self.scratch: np.ndarray | None = None
@@ -252,6 +264,7 @@ class _Writer:
             if self.file is not None:
                 self.file.truncate(int(ctl["rows_announced"]))
                 ctl["rows_written"] = self.file.rows
+                ctl["rows_flushed"] = self.file.flushed_rows
             ctl["request_rows"] = ctl["rows_written"]
             ctl["rewind_ack"] = rewind
         close = ctl["close_generation"]
@@ -263,8 +276,8 @@ class _Writer:
             self.close_file()
             self.detach()
             ctl["write_error"] = ""
-            for field in ("rows_written", "rows_announced", "request_rows", "frames_dropped",
-                          "raw_bytes", "stored_bytes"):
+            for field in ("rows_written", "rows_flushed", "rows_announced", "request_rows",
+                          "frames_dropped", "raw_bytes", "stored_bytes"):
                 ctl[field] = 0
             ctl["write_seconds"] = 0.0
             try:
@@ -300,6 +313,7 @@ class _Writer:
             return
         try:
             file.close(None if keep_all else int(self.ctl["rows_announced"]))
+            self.ctl["rows_written"] = self.ctl["rows_flushed"] = file.rows
         except Exception as exc:  # noqa: BLE001 - a broken file: say so, keep going
             if not self.ctl["write_error"]:
                 self.ctl["write_error"] = f"closing {file.path} failed: {exc}"[:2000]
@@ -367,21 +381,27 @@ class _Writer:
                 return wrote
             ctl["write_seconds"] = ctl["write_seconds"] + (time.perf_counter() - t0)
             ctl["rows_written"] = file.rows
+            ctl["rows_flushed"] = file.flushed_rows
             ctl["raw_bytes"] = file.raw_bytes
             ctl["next_frame"] = f + step
             wrote = True
-        if wrote:
+            self.wrote_at = time.monotonic()
+        now = time.monotonic()
+        if wrote and now - self.sized_at > 1.0:  # HDF5 walks every chunk to say: once a second
             ctl["stored_bytes"] = file.stored_bytes()
+            self.sized_at = now
         return wrote
 
     def flush_idle(self) -> None:
         """Nothing to write: put the rows written so far on disk (readers see them, and a
         document announcing them never points past the file)."""
         file = self.file
-        if file is None or not file.unflushed:
+        if file is None or not file.unflushed or time.monotonic() - self.wrote_at < IDLE_FLUSH_S:
             return
         try:
             file.flush()
+            self.ctl["rows_flushed"] = file.flushed_rows
+            self.ctl["stored_bytes"] = file.stored_bytes()
         except Exception as exc:  # noqa: BLE001 - a full disk, an I/O error
             self.ctl["write_error"] = (
                 str(exc) if isinstance(exc, VideoWriteError)
@@ -396,7 +416,7 @@ class _Writer:
         can crash it: the process ends at once (:attr:`poisoned`, ``os._exit``) and is
         started again for the next record; the file keeps what was flushed."""
         self.file = None
-        self.ctl["rows_written"] = file.flushed_rows
+        self.ctl["rows_written"] = self.ctl["rows_flushed"] = file.flushed_rows
         self.poisoned = True
 
     def check_space(self, file: VideoFile, row_bytes: int) -> None:
@@ -486,6 +506,9 @@ def _frame_shape(ring: FrameRing, index: int) -> tuple[int, int]:
 def writer_main(control_name: str, parent_pid: int) -> None:
     """Entry point of the video writer process."""
     faulthandler.enable()  # a crash in HDF5 leaves its stack in the owner's log
+    # the camera and the trackers first: the writer works from the ring's slack
+    with contextlib.suppress(OSError):
+        os.nice(WRITER_NICENESS)
     exit_with_parent(parent_pid, grace_s=2.0)
     signal.signal(signal.SIGTERM, _raise_exit)
     signal.signal(signal.SIGINT, signal.SIG_IGN)

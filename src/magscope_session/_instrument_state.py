@@ -54,8 +54,9 @@ __all__ = [
     "write_state_file",
 ]
 
-STATE_VERSION = 1
-"""The state file's format version this code writes and reads (and every older one)."""
+STATE_VERSION = 2
+"""The state file's format version this code writes and reads (and every older one).
+Version 2 added the ``video`` section."""
 
 #: section -> (the microscope's child, its signals saved and restored, in restore order)
 SETTINGS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -63,8 +64,17 @@ SETTINGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "tracking": ("tracker", ("roi_size_px", "window_frames", "bead_radius_nm")),
     "focus_lock": ("focus_lock", ("rate_hz", "kp", "ki", "max_step_nm", "target_nm")),
     "xy_lock": ("xy_lock", ("rate_hz", "threshold_px")),
+    # pre_trigger_s before mode: the trigger window keeps that many seconds from the start
+    "video": ("video", ("every_n", "pre_trigger_s", "min_free_mb", "codec", "mode")),
 }
-_INTEGERS = {"roi_size_px", "window_frames", "roi_x", "roi_y", "roi_width", "roi_height"}
+_INTEGERS = {
+    "roi_size_px", "window_frames", "roi_x", "roi_y", "roi_width", "roi_height", "every_n",
+}
+#: settings that are words: name -> the words allowed
+_WORDS = {
+    "mode": ("tracks", "roi_crops", "frames_every_n", "trigger_window"),
+    "codec": ("bitshuffle-lz4", "zstd", "gzip", "none"),
+}
 _NULLABLE = {"target_nm"}  # NaN (no target yet) is saved as null
 _CAMERA_ROI = ("roi_x", "roi_y", "roi_width", "roi_height")
 _LOCKS = ("focus_lock", "xy_lock")
@@ -119,7 +129,9 @@ async def read_instrument_state(microscope: Any) -> dict[str, Any]:
 
 
 def _plain(name: str, value: Any) -> Any:
-    """A signal's value as YAML writes it (int, float, or null for a NaN target)."""
+    """A signal's value as YAML writes it (int, float, a word, or null for a NaN target)."""
+    if name in _WORDS:
+        return str(getattr(value, "value", value))
     if name in _INTEGERS:
         return int(value)
     value = float(value)
@@ -258,6 +270,11 @@ def _check_section(source: str, section: str, values: Any) -> None:
                 raise InstrumentStateError(f"{where} is {value!r}; expected true or false")
         elif value is None and name in _NULLABLE:
             continue
+        elif name in _WORDS:
+            if value not in _WORDS[name]:
+                raise InstrumentStateError(
+                    f"{where} is {value!r}; expected one of {', '.join(_WORDS[name])}"
+                )
         elif name in _INTEGERS:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise InstrumentStateError(f"{where} is {value!r}; expected a whole number >= 0")
