@@ -459,6 +459,7 @@ class VideoRecorder(StandardDetector):
             self.bead_columns()  # crops need the tracker
         if mode == VideoMode.TRIGGER_WINDOW:
             self.pre_trigger_frames(self._pre_trigger_s)  # refused before anything starts
+        if mode != VideoMode.TRACKS:  # started now, not at the first record's start
             await self.ensure_writer()
         ctl = self.writer.control
         if ctl is not None:
