@@ -217,6 +217,22 @@ def test_auto_select_button_tracks_the_beads_found(qtbot, RE, mic, window):
     assert len(_rois(RE, mic)) == found
 
 
+def test_the_video_mode_is_set_from_the_toolbar(qtbot, RE, mic, window):
+    combo = window.commands.video_mode
+    assert combo.isVisible() or not window.isVisible()
+    n = window.commands.replies
+    combo.setCurrentIndex(combo.findText("frames_every_n"))
+    combo.activated.emit(combo.currentIndex())  # what a user's choice emits
+    reply = _reply(qtbot, window, n)
+    assert (reply.ok, reply.message) == (True, "video mode frames_every_n"), reply.message
+    assert RE(bps.rd(mic.video.mode)).plan_result == "frames_every_n"
+    n = window.commands.replies
+    combo.setCurrentIndex(combo.findText("tracks"))
+    combo.activated.emit(combo.currentIndex())
+    assert _reply(qtbot, window, n).message == "video mode tracks"
+    assert RE(bps.rd(mic.video.mode)).plan_result == "tracks"
+
+
 def test_the_lock_toggles_turn_the_locks_on_and_off(qtbot, RE, mic, window):
     panel = window.axes_panel
     window.show_panel("axes")

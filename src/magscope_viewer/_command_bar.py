@@ -1,5 +1,6 @@
 """The viewer's commands in the window: bead edits from the camera's mouse handling, an
-"auto-select beads" button, and the replies in the status bar.
+"auto-select beads" button, the video mode (what records write beside the tracks), and
+the replies in the status bar.
 
 Each command goes to the instrument's owner through :class:`CommandClient` in a worker
 thread (one at a time, each within the client's timeout), so the GUI never waits; the
@@ -18,6 +19,10 @@ from ._command_client import CommandClient, Reply
 from ._status_label import StatusLabel
 
 __all__ = ["CommandBar"]
+
+#: The video modes offered (``microscope.video.mode``), after a prompt until one is chosen.
+VIDEO_MODES = ("tracks", "roi_crops", "frames_every_n", "trigger_window")
+_VIDEO_PROMPT = "(set the mode)"
 
 #: The reply line, set apart from the health text beside it.
 _LABEL_STYLE = "padding-left: 8px; border-left: 1px solid rgb(140, 140, 140);"
@@ -41,6 +46,7 @@ class CommandBar(QtCore.QObject):
         self.replies = 0
         bar = QtWidgets.QToolBar("Commands", window)
         bar.setMovable(False)
+        window.addToolBarBreak()  # a row of its own: the view options fill the first
         window.addToolBar(bar)
         self.auto_button = QtWidgets.QPushButton("auto-select beads")
         self.auto_button.setToolTip(
@@ -49,6 +55,18 @@ class CommandBar(QtCore.QObject):
         )
         self.auto_button.clicked.connect(self._auto_select)
         bar.addWidget(self.auto_button)
+        bar.addSeparator()
+        self.video_mode = QtWidgets.QComboBox()
+        self.video_mode.addItems([_VIDEO_PROMPT, *VIDEO_MODES])
+        self.video_mode.setToolTip(
+            "What records write beside the tracks (microscope.video.mode):\n"
+            "tracks: nothing more; roi_crops: every bead's ROI at every frame;\n"
+            "frames_every_n: the whole frame every every_n frames;\n"
+            "trigger_window: whole frames around save_frames() in a plan"
+        )
+        self.video_mode.activated.connect(self._video_mode_chosen)
+        bar.addWidget(QtWidgets.QLabel(" video: "))
+        bar.addWidget(self.video_mode)
         self.label = StatusLabel("commands: click a bead to add it", min_chars=30)
         self.label.setStyleSheet(_LABEL_STYLE)
         status_bar = window.statusBar()
@@ -64,6 +82,11 @@ class CommandBar(QtCore.QObject):
 
     def _auto_select(self) -> None:
         self.send("auto_select")
+
+    def _video_mode_chosen(self, index: int) -> None:
+        mode = self.video_mode.itemText(index)
+        if mode in VIDEO_MODES:
+            self.send("video_mode", {"mode": mode})
 
     def send(self, command: str, args: dict[str, Any] | None = None) -> bool:
         """Send ``command`` in a worker thread; False (and says so) while one is on its way."""
