@@ -371,7 +371,7 @@ class _Writer:
                 self.close_file(keep_all=True)
                 return wrote
             try:
-                self._append(file, got[0], f, got[1])
+                file.append(got[0], f, got[1], self.origin if file.crops else None)
             except Exception as exc:  # noqa: BLE001 - HDF5 failed: a full disk, an I/O error
                 ctl["write_error"] = (
                     str(exc) if isinstance(exc, VideoWriteError)
@@ -459,9 +459,6 @@ class _Writer:
         if self.file is not None and self.file.crops:
             return self._crops(frame), timestamp
         return frame, timestamp
-
-    def _append(self, file: VideoFile, image: np.ndarray, f: int, timestamp: float) -> None:
-        file.append(image, f, timestamp, self.origin if file.crops else None)
 
     def _crops(self, frame: np.ndarray) -> np.ndarray:
         """The crops of the file's beads at their ROIs now (origins in ``self.origin``)."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ._run_tracks import _data_keys, _describe, _field, _start
+from ._run_tracks import _data_keys, _describe, _field, _start, _streams_to_search
 
 __all__ = ["NoFramesError", "RunFrames", "camera_frames"]
 
@@ -77,12 +77,7 @@ def camera_frames(run: Any, *, stream: str | None = None) -> RunFrames:
     stream holding frames. Raises :class:`NoFramesError` when there are none."""
     start = _start(run)
     names = list(run)
-    candidates = [stream] if stream is not None else (
-        [n for n in ("primary",) if n in names] + sorted(n for n in names if n != "primary")
-    )
-    for name in candidates:
-        if name not in names:
-            break
+    for name in _streams_to_search(names, stream, ("primary",)):
         node = run[name]
         keys = _frame_keys(node)
         if not keys:

@@ -83,17 +83,23 @@ def _track_prefixes(node: Any) -> list[str]:
     return sorted(prefixes)
 
 
+def _streams_to_search(
+    names: list[str], stream: str | None, preferred: Sequence[str]
+) -> list[str]:
+    """The streams a reader looks in, in order: ``stream`` alone if given (none if the run
+    has no such stream), else the ``preferred`` ones the run has, then the rest sorted."""
+    if stream is not None:
+        return [stream] if stream in names else []
+    first = [n for n in preferred if n in names]
+    return first + sorted(n for n in names if n not in first)
+
+
 def _find_tracks(run: Any, stream: str | None) -> tuple[str, Any, str]:
     start = _start(run)
     names = list(run)
-    if stream is not None:
-        if stream not in names:
-            raise NoTracksError(f"{_describe(start)} has no stream {stream!r}; its streams: {names}")
-        candidates = [stream]
-    else:
-        candidates = [n for n in ("tracks", "primary") if n in names]
-        candidates += sorted(n for n in names if n not in candidates)
-    for name in candidates:
+    if stream is not None and stream not in names:
+        raise NoTracksError(f"{_describe(start)} has no stream {stream!r}; its streams: {names}")
+    for name in _streams_to_search(names, stream, ("tracks", "primary")):
         node = run[name]
         prefixes = _track_prefixes(node)
         if len(prefixes) > 1:

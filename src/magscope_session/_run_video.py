@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ._run_tracks import _data_keys, _describe, _field, _start
+from ._run_tracks import _data_keys, _describe, _field, _start, _streams_to_search
 
 __all__ = ["NoVideoError", "RunVideo", "read_video"]
 
@@ -96,13 +96,12 @@ class RunVideo:
         ``frame_index``), the video row of that frame, -1 where there is none: the
         alignment of images and track rows."""
         frames = np.asarray(frame_index, np.int64)
+        if not len(self):
+            return np.full(frames.shape, -1, np.int64)
         order = np.argsort(self.frame_index, kind="stable")
         sorted_frames = self.frame_index[order]
-        pos = np.searchsorted(sorted_frames, frames)
-        pos = np.clip(pos, 0, max(len(sorted_frames) - 1, 0))
-        found = (len(sorted_frames) > 0) & (sorted_frames[pos] == frames) if len(self) else (
-            np.zeros(frames.shape, bool))
-        return np.where(found, order[pos] if len(self) else -1, -1).astype(np.int64)
+        pos = np.clip(np.searchsorted(sorted_frames, frames), 0, len(sorted_frames) - 1)
+        return np.where(sorted_frames[pos] == frames, order[pos], -1).astype(np.int64)
 
 
 def read_video(run: Any, *, stream: str | None = None) -> RunVideo:
@@ -110,12 +109,7 @@ def read_video(run: Any, *, stream: str | None = None) -> RunVideo:
     holding video rows. Raises :class:`NoVideoError` when there are none."""
     start = _start(run)
     names = list(run)
-    candidates = [stream] if stream is not None else (
-        [n for n in ("video",) if n in names] + sorted(n for n in names if n != "video")
-    )
-    for name in candidates:
-        if name not in names:
-            break
+    for name in _streams_to_search(names, stream, ("video",)):
         node = run[name]
         keys = _video_keys(node)
         if not keys:
