@@ -37,3 +37,17 @@ class FailingSource:
 
     def __init__(self) -> None:
         raise OSError("no camera found on the bus (simulated failure)")
+
+
+class StallingSource(CountingSource):
+    """A counting camera whose host stalls once: frame ``stall_at`` takes ``stall_s`` s."""
+
+    def __init__(self, stall_at: int = 20, stall_s: float = 0.06) -> None:
+        super().__init__()
+        self.stall_at = stall_at
+        self.stall_s = stall_s
+
+    def grab(self, t_s: float, exposure_s: float, gain: float, out: np.ndarray) -> None:
+        if self.n == self.stall_at:
+            time.sleep(self.stall_s)
+        super().grab(t_s, exposure_s, gain, out)

@@ -17,7 +17,7 @@ from bluesky.utils import FailedStatus
 from ophyd_async.core import StaticPathProvider, UUIDFilenameProvider, init_devices
 from ophyd_async.plan_stubs import ensure_connected
 
-from frame_sources import CountingSource, FailingSource
+from frame_sources import CountingSource, FailingSource, StallingSource
 from magscope_devices import Camera
 from magscope_devices._acquisition import (
     AcquisitionConfig,
@@ -262,3 +262,28 @@ def test_child_exits_when_its_owner_dies(tmp_path):
     finally:
         process.stop()
     assert list_segments(instance) == []
+
+
+@pytest.mark.parametrize("buffer_frames", [10, 1])
+def test_a_stalled_host_catches_up_on_the_driver_queue(tmp_path, buffer_frames):
+    """A 60 ms stall at 100 frames/s: a 10-frame queue keeps every exposure (their
+    timestamps one period apart); without a queue the frames of the stall are lost."""
+    instance = f"stall{buffer_frames}{os.getpid()}"
+    process = _process(instance, factory=StallingSource, frame_rate_hz=100.0,
+                       driver_buffer_frames=buffer_frames)
+    process.start()
+    try:
+        _wait_frames(process, 50)
+        ctl = process.control
+        lost, delayed = int(ctl["frames_late"]), int(ctl["frames_delayed"])
+        stamps = [process.ring.read_frame(i)[1] for i in range(0, 50)]
+    finally:
+        process.stop()
+    steps = np.diff(stamps)
+    if buffer_frames == 10:
+        assert lost == 0, f"{lost} frames lost with a 10-frame queue"
+        assert delayed >= 4, f"only {delayed} frames delivered late: no stall seen"
+        np.testing.assert_allclose(steps, 0.01, atol=1e-6)
+    else:
+        assert lost >= 4, f"only {lost} frames lost without a queue"
+        assert steps.max() >= 0.05 - 1e-6

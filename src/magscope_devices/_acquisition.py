@@ -80,7 +80,11 @@ CONTROL_DTYPE = np.dtype(
         ("sensor_height", "<i8"),
         ("bit_depth", "<i8"),
         ("frames_acquired", "<i8"),
-        ("frames_late", "<i8"),  # scheduled frames skipped because the loop fell behind
+        # frames lost: the loop fell more than ``buffer_frames`` periods behind the sensor
+        ("frames_late", "<i8"),
+        # frames kept but delivered more than one period after their exposure started
+        ("frames_delayed", "<i8"),
+        ("buffer_frames", "<i8"),  # the driver's frame queue (frames), as on real cameras
         ("heartbeat", "<f8"),  # UNIX epoch s of the last loop iteration
         ("restarts", "<i8"),  # times the owner restarted a dead child in place
         ("capture_generation", "<i8"),  # bumped by the owner to open capture_path
@@ -133,6 +137,9 @@ class AcquisitionConfig:
     frame_rate_hz: float = 100.0
     gain: float = 1.0
     start_acquiring: bool = True
+    #: frames the camera driver queues while the host is late (pylon's default
+    #: MaxNumBuffer is 10): a late loop catches up on them, beyond them frames are lost
+    driver_buffer_frames: int = 10
 
 
 class AcquisitionProcess:
@@ -194,6 +201,7 @@ class AcquisitionProcess:
         ctl["sensor_height"] = height
         ctl["bit_depth"] = self.bit_depth
         ctl["acquire"] = int(self.config.start_acquiring)
+        ctl["buffer_frames"] = max(1, int(self.config.driver_buffer_frames))
         process = self._spawn()
         self._finalizer = weakref.finalize(
             self, _stop_and_unlink, self._watch_stop, process, ctl.segment.name,
@@ -472,12 +480,11 @@ def acquisition_main(
             if now < next_t:
                 time.sleep(min(next_t - now, 0.005))
                 continue
-            t = next_t
-            next_t += period
-            if next_t < now:
-                skipped = int((now - next_t) // period) + 1
-                next_t += skipped * period
+            t, next_t, skipped = next_exposure(now, next_t, period, int(ctl["buffer_frames"]))
+            if skipped:
                 ctl.increment("frames_late", skipped)
+            if now - t > period:
+                ctl.increment("frames_delayed")
             x, y, w, h = (int(v) for v in ctl["roi"])
             full = (x, y, w, h) == (0, 0, width, height)
             index, slot = ring.begin_write()
@@ -505,6 +512,26 @@ def acquisition_main(
             source.close()
         ring.close()
         ctl.close()
+
+
+def next_exposure(
+    now: float, next_t: float, period: float, buffer_frames: int
+) -> tuple[float, float, int]:
+    """The exposure to deliver now, like a camera whose driver queues frames.
+
+    The sensor starts an exposure every ``period`` s from ``next_t`` (UNIX s) on; the
+    driver holds up to ``buffer_frames`` exposed frames the host has not taken yet. A
+    host that is late takes the oldest queued frame, with its own exposure time; when
+    more than ``buffer_frames`` are waiting the oldest are lost (counted as skipped).
+    ``buffer_frames`` 1 is a camera without a queue: anything a period late is lost.
+
+    Returns ``(t, next_t, skipped)``: the exposure start of the frame to deliver, the
+    one after it, and the frames lost before it. Call only once ``now >= next_t``.
+    """
+    waiting = int((now - next_t) // period) + 1  # exposed and not yet taken, this included
+    skipped = max(0, waiting - max(1, buffer_frames))
+    t = next_t + skipped * period
+    return t, t + period, skipped
 
 
 def _raise_exit(signum: int, frame: object) -> None:
