@@ -38,6 +38,20 @@ def test_a_line_has_units_and_what_the_counters_gained():
     assert "(+" not in first and "tracking not running" in first and "spool" not in first
     dead = format_health_line(_figures(0.0, camera_rate_hz=math.nan, frames_acquired=-1))
     assert dead.startswith("camera n/a frames/s (set 100.0), n/a frames")
+    assert "video" not in line  # no record asked for images yet
+
+
+def test_a_line_says_what_the_video_writer_did_once_it_ran():
+    video = dict(video_writer_alive=1, video_rows_written=12000, video_frames_lost=0,
+                 video_stored_mb=3774.2, video_write_mb_s=212.4)
+    line = format_health_line(_figures(160.0, **video),
+                              _figures(100.0, **video | {"video_rows_written": 6000}))
+    assert line.endswith("video 12,000 rows, 0 lost (+0), 3774.2 MB stored, writer 212 MB/s "
+                         "busy")
+    video.update(video_writer_alive=0, video_frames_lost=5, video_write_mb_s=math.nan)
+    dead = format_health_line(_figures(160.0, **video))
+    assert dead.endswith("video 12,000 rows, 5 lost, 3774.2 MB stored, writer n/a MB/s busy "
+                         "(writer dead)")
 
 
 def test_the_log_rotates_stays_private_and_says_when_health_is_unreadable(tmp_path):

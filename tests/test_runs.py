@@ -43,6 +43,8 @@ from magscope_session.runs import (
 pytestmark = pytest.mark.system
 
 N_FRAMES = 100
+FORCED_HEIGHTS_MM = (2.0, 3.0)  # the magnet heights of the calibrated record
+FORCED_FRAMES = 40  # frames recorded at each
 FRAME_S = 0.01  # the simulated camera runs at 100 frames/s
 
 
@@ -113,6 +115,24 @@ def written(tiled_server, tmp_path_factory):
             f0_pn=80.0, a=0.7, l1_mm=0.9, l2_mm=2.5, min_height_mm=0.5, max_height_mm=4.0,
             bead_ids=tuple(tethered), bead_scale=(1.1, 0.9, 1.0), created=time.time(),
         )
+        # a record with the force calibrated: the export's force column has values
+        cal_path = cal.save(tmp_path_factory.mktemp("calibration") / "force.json")
+        RE(bps.mv(mic.force.calibration_file, str(cal_path)))
+        forced_recorder = TrackRecorder(mic.tracker, chunk_frames=20)
+
+        @bpp.stage_decorator([mic])
+        @bpp.run_decorator(md={
+            "plan_name": "force_record", "sample": f"forced-{tag}", "bead_ids": tethered,
+            "reference_bead_ids": [ref_id],
+        })
+        def forced():
+            for height in FORCED_HEIGHTS_MM:
+                yield from bps.mv(mic.magnet_z, height)
+                yield from bps.trigger_and_read([mic.force, mic.magnet_z], name="axes")
+                yield from forced_recorder.record(FORCED_FRAMES)
+
+        uid_p = RE(forced()).plan_result
+        RE(bps.mv(mic.force.calibration_file, ""))
         fit = ResultRecord(FIT_FIELDS, name="force_fit")
         layout = RE(read_layout(mic.tracker)).plan_result.select(tethered)
 
@@ -139,7 +159,7 @@ def written(tiled_server, tmp_path_factory):
     client = tiled_server.client()
     return SimpleNamespace(
         tag=tag, client=client, server=tiled_server, ids=ids, sim_of=sim_of, ref_id=ref_id,
-        tethered=tethered, a=uid_a, b=uid_b, z=uid_z, t=uid_t, f=uid_f,
+        tethered=tethered, a=uid_a, b=uid_b, z=uid_z, t=uid_t, f=uid_f, p=uid_p,
         recorded=recorded[0], truth=truth_rows, cal=cal,
         start_time={u: client[u].metadata["start"]["time"] for u in (uid_a, uid_b, uid_z, uid_t, uid_f)},
     )
@@ -160,20 +180,20 @@ def test_find_runs_by_metadata_bead_and_date(written):
     assert uids(find_runs(client, plan_name="zlut_sweep")) == [w.z]
     assert uids(find_runs(client, plan_name="count", operator="bob")) == [w.b]
     assert uids(find_runs(client, sample=f"lambda-{w.tag}", limit=1)) == [w.t]
-    # bead ids: start.bead_ids (counts, record, force fit) or start.zlut_bead_ids (sweep)
+    # bead ids: start.bead_ids (counts, records, force fit) or start.zlut_bead_ids (sweep)
     first, last = w.tethered[0], w.tethered[2]
-    assert uids(find_runs(client, bead_id=first)) == [w.f, w.t, w.z, w.a]
-    assert uids(find_runs(client, bead_id=last)) == [w.f, w.t, w.z, w.b]
+    assert uids(find_runs(client, bead_id=first)) == [w.f, w.p, w.t, w.z, w.a]
+    assert uids(find_runs(client, bead_id=last)) == [w.f, w.p, w.t, w.z, w.b]
     assert uids(find_runs(client, bead_id=w.ref_id)) == [w.z]  # only the sweep measured it
     assert find_runs(client, bead_id=999) == []
     # dates: UNIX times, datetimes, 'YYYY-MM-DD' strings (local time)
     t = w.start_time
     assert uids(find_runs(client, since=t[w.z], until=t[w.t])) == [w.t, w.z]
     # (a datetime has microsecond resolution: fromtimestamp(t) may round past t)
-    assert uids(find_runs(client, since=dt.datetime.fromtimestamp(t[w.t] - 1e-3))) == [w.f, w.t]
+    assert uids(find_runs(client, since=dt.datetime.fromtimestamp(t[w.t] - 1e-3))) == [w.f, w.p, w.t]
     day = dt.date.fromtimestamp(t[w.a])
     last_day = dt.date.fromtimestamp(t[w.f])  # the same day unless run across midnight
-    everything = [w.f, w.t, w.z, w.b, w.a]
+    everything = [w.f, w.p, w.t, w.z, w.b, w.a]
     assert uids(find_runs(client)) == everything  # this module's server holds only these
     assert uids(find_runs(client, since=day.isoformat(), until=last_day.isoformat())) == everything
     assert uids(find_runs(client, since=day, until=last_day)) == everything
@@ -388,6 +408,33 @@ def test_export_writes_every_frame_and_bead_to_csv_and_parquet(written, tmp_path
         assert path.read_bytes() == before
     with pytest.raises(ValueError, match=r"use a .csv or .parquet path"):
         export(run, tmp_path / "tracks.xlsx")
+
+
+def test_export_gives_the_force_and_magnet_height_of_every_frame(written, tmp_path):
+    """A record at two magnet heights with a calibration loaded: every frame's force is
+    the calibration's force at the height the magnet stood at (computed here from the
+    curve's parameters), not NaN."""
+    import pyarrow.parquet as pq
+
+    from magscope_session.runs import export
+
+    w = written
+    run = w.client[w.p]
+    done = export(run, tmp_path / "forced.parquet")
+    table = pq.read_table(tmp_path / "forced.parquet").to_pydict()
+    frames = done.frames
+    assert frames == FORCED_FRAMES * len(FORCED_HEIGHTS_MM)
+    force = np.asarray(table["force_pn"], float).reshape(frames, done.beads)
+    magnet = np.asarray(table["magnet_z_mm"], float).reshape(frames, done.beads)
+    assert (force == force[:, :1]).all()  # the microscope's one force, on every bead's row
+    c = w.cal
+    for k, height in enumerate(FORCED_HEIGHTS_MM):
+        rows = slice(k * FORCED_FRAMES, (k + 1) * FORCED_FRAMES)
+        expected = c.f0_pn * (c.a * np.exp(-height / c.l1_mm)
+                              + (1 - c.a) * np.exp(-height / c.l2_mm))
+        np.testing.assert_allclose(force[rows], expected, rtol=1e-6)
+        np.testing.assert_allclose(magnet[rows], height, atol=1e-6)
+    assert json.loads(done.sidecar.read_text())["force_source"] == "microscope-force"
 
 
 def test_magscope_export_command(written, tmp_path):

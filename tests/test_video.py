@@ -117,6 +117,13 @@ def test_roi_crops_of_every_frame_are_the_pixels_the_tracker_tracked(RE, microsc
     assert checked == 6 * len(BEADS)
     ratio = RE(bps.rd(mic.video.compression_ratio)).plan_result
     assert ratio > 1.0
+    # the instrument's health (its log line, the runs' health stream) says the same
+    health = mic.health.figures()
+    assert health.video_writer_alive == 1
+    assert (health.video_rows_written, health.video_frames_lost) == (250, 0)
+    stored = RE(bps.rd(mic.video.stored_mb)).plan_result
+    assert health.video_stored_mb == pytest.approx(stored, rel=1e-6) and stored > 0
+    assert health.video_write_mb_s > 0
 
 
 def test_every_nth_frame_is_written_with_its_frame_index(RE, microscope, tiled_server):

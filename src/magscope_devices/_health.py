@@ -9,7 +9,8 @@ Figures and units:
 
 - camera: ``camera_rate_hz`` measured over the newest frames in the frame ring (up to
   1 s of them), ``camera_rate_set_hz``, ``frames_acquired`` and ``frames_late``
-  (counters since the camera started);
+  (counters since the camera started; late frames are lost: more were waiting than the
+  camera's driver queue holds);
 - tracking: ``frames_tracked``, ``frames_dropped`` and their reasons
   (``dropped_behind``, ``dropped_worker``, ``dropped_error``), ``queue_depth`` (frames
   acquired, not yet tracked), ``latency_p50_s`` / ``latency_p99_s`` (s, frame timestamp
@@ -19,7 +20,13 @@ Figures and units:
   ring holding rows a recording has not yet written to its file; at 1 rows are lost);
 - Tiled: ``spool_documents`` (documents queued for Tiled, not yet sent) and
   ``spool_runs_unsent`` (runs in the spool not yet wholly in Tiled, the open run
-  included); -1 when no spool is watched.
+  included); -1 when no spool is watched;
+- video (``microscope.video``, figures of its open or last file; -1 / NaN while no
+  record asked for images since the session started): ``video_rows_written``,
+  ``video_frames_lost`` (frames the writer could not read before the camera overwrote
+  them, written as zero rows), ``video_stored_mb`` (MB on disk) and
+  ``video_write_mb_s`` (raw MB/s the writer sustains while busy: compressing and
+  writing), and ``video_writer_alive`` (1, 0 after it died; -1 not started).
 
 Counters not available (no tracker, a stopped service) read -1; rates and latencies NaN.
 """
@@ -37,6 +44,7 @@ from ophyd_async.core import StandardReadable, soft_signal_r_and_setter
 if TYPE_CHECKING:
     from ._bead_tracker import BeadTracker
     from ._camera import Camera
+    from ._video import VideoRecorder
 
 __all__ = ["HealthFigures", "InstrumentHealth", "SpoolSource", "read_health"]
 
@@ -78,6 +86,11 @@ class HealthFigures:
     track_ring_fill: float = math.nan
     spool_documents: int = -1
     spool_runs_unsent: int = -1
+    video_writer_alive: int = -1
+    video_rows_written: int = -1
+    video_frames_lost: int = -1
+    video_stored_mb: float = math.nan
+    video_write_mb_s: float = math.nan
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,6 +104,7 @@ SIGNALS: tuple[tuple[str, type, str | None], ...] = tuple(
         {
             "camera_rate_hz": "Hz", "camera_rate_set_hz": "Hz", "latency_p50_s": "s",
             "latency_p99_s": "s", "frame_ring_fill": "fraction", "track_ring_fill": "fraction",
+            "video_stored_mb": "MB", "video_write_mb_s": "MB/s",
         }.get(f.name),
     )
     for f in fields(HealthFigures)
@@ -127,7 +141,8 @@ def recent_frame_rate(ring: Any, *, span_s: float = RATE_SPAN_S,
 
 
 def read_health(
-    camera: Camera, tracker: BeadTracker | None = None, spool: SpoolSource | None = None
+    camera: Camera, tracker: BeadTracker | None = None, spool: SpoolSource | None = None,
+    video: VideoRecorder | None = None,
 ) -> HealthFigures:
     """Read the instrument's health now (no event loop needed; cheap: shared-memory
     counters and up to ~10 frame timestamps). Never raises for a dead camera or tracking
@@ -165,7 +180,24 @@ def read_health(
     if spool is not None:
         values["spool_documents"] = int(spool.pending)
         values["spool_runs_unsent"] = int(spool.unsent_runs())
+    if video is not None:
+        values.update(_video_figures(video))
     return HealthFigures(**values)
+
+
+def _video_figures(video: VideoRecorder) -> dict[str, Any]:
+    writer = video.writer
+    ctl = writer.control
+    if ctl is None:  # no record asked for images yet: the writer never started
+        return {}
+    busy_s = float(ctl["write_seconds"])
+    return {
+        "video_writer_alive": int(writer.running),
+        "video_rows_written": int(ctl["rows_written"]),
+        "video_frames_lost": int(ctl["frames_dropped"]),
+        "video_stored_mb": int(ctl["stored_bytes"]) / 1e6,
+        "video_write_mb_s": int(ctl["raw_bytes"]) / 1e6 / busy_s if busy_s > 0 else math.nan,
+    }
 
 
 class InstrumentHealth(StandardReadable):
@@ -177,9 +209,10 @@ class InstrumentHealth(StandardReadable):
     ``watch_spool(writer)`` adds the session's Tiled writer (its backlog figures)."""
 
     def __init__(
-        self, camera: Camera, tracker: BeadTracker | None = None, name: str = ""
+        self, camera: Camera, tracker: BeadTracker | None = None,
+        video: VideoRecorder | None = None, name: str = "",
     ) -> None:
-        self._parts = (camera, tracker)  # a tuple: not children of this device
+        self._parts = (camera, tracker, video)  # a tuple: not children of this device
         self._spool: SpoolSource | None = None
         self._snapshot: HealthFigures | None = None
         self._snapshot_at = -math.inf
@@ -197,7 +230,8 @@ class InstrumentHealth(StandardReadable):
 
     def figures(self) -> HealthFigures:
         """A fresh snapshot (:func:`read_health`)."""
-        return read_health(*self._parts, self._spool)
+        camera, tracker, video = self._parts
+        return read_health(camera, tracker, self._spool, video)
 
     def _figure(self, figure: str) -> Callable[[], Any]:
         def get() -> Any:

@@ -115,7 +115,7 @@ class Microscope(StandardReadable):
             self.video = video
         #: the instrument's health figures (not in the microscope's readings: the
         #: ``health`` stream of every session run reads it at the run's start and end)
-        self.health = InstrumentHealth(camera, tracker)
+        self.health = InstrumentHealth(camera, tracker, video)
         super().__init__(name=name, connector=_MicroscopeConnector())
 
     @AsyncStatus.wrap

@@ -6,7 +6,8 @@ The session that owns the instrument (IPython, the queue's worker, the demo) wri
 A line says, with units, the camera's measured and set frame rate, frames and late frames
 (and how many more than the line before), frames tracked (and the tracking rate over the
 interval), dropped by reason, queue, latency p50/p99, workers alive and restarts, the
-shared-memory rings' fill and the Tiled spool's backlog::
+shared-memory rings' fill, the Tiled spool's backlog and, once a record has asked for
+images, the video writer's rows, lost frames, MB stored and busy MB/s::
 
     2026-12-06 07:30:00 camera 100.0 frames/s (set 100.0), 6,000 frames, 0 late (+0) | ...
 """
@@ -85,6 +86,13 @@ def format_health_line(now: HealthFigures, before: HealthFigures | None = None) 
         parts.append(
             f"Tiled spool {_n(now.spool_documents)} documents queued, "
             f"{_n(now.spool_runs_unsent)} runs unsent"
+        )
+    if now.video_writer_alive >= 0:
+        state = "" if now.video_writer_alive else " (writer dead)"
+        parts.append(
+            f"video {_n(now.video_rows_written)} rows, {_n(now.video_frames_lost)} lost"
+            f"{_more(now, b, 'video_frames_lost')}, {_f(now.video_stored_mb)} MB stored, "
+            f"writer {_f(now.video_write_mb_s, '.0f')} MB/s busy{state}"
         )
     return " | ".join(parts)
 

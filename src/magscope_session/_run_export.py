@@ -12,8 +12,8 @@ One row per frame and bead (frames in recording order, beads in the run's bead o
 ``extension_nm``   ``z_nm`` minus the reference beads' mean z in that frame (nm; NaN for
                    the reference beads themselves and when the run names none)
 ``force_pn``       the force the microscope reported at the frame's time (pN; the newest
-                   reading of the run's events at or before it; NaN before the first or
-                   when the run did not read it)
+                   reading of the run's events at or before it, by the reading's own
+                   timestamp; NaN before the first or when the run did not read it)
 ``magnet_z_mm``    the magnet height at the frame's time, likewise (mm)
 =================  ====================================================================
 
@@ -85,7 +85,8 @@ class EventSeries:
 def event_series(run: Any, suffix: str) -> EventSeries | None:
     """The readings of the first data key named ``suffix`` without its dash or ending in
     it (``"-force"``: ``force``, ``microscope-force``) in the run's event streams, merged
-    over streams in time order; None if no stream has one."""
+    over streams in time order (each reading at its own timestamp, ``ts_<key>``, where
+    the stream keeps it); None if no stream has one."""
     times, values, name = [], [], None
     for stream in run:
         node = run[stream]
@@ -98,7 +99,11 @@ def event_series(run: Any, suffix: str) -> EventSeries | None:
         if keys[0] != name:
             continue
         value = np.asarray(node[name].read(), float).reshape(-1)
-        stamps = np.asarray(node["time"].read(), float).reshape(-1) if "time" in node else None
+        # the reading's own timestamp (when the value was measured: for the force, when
+        # the magnet reached its height), else the event's time (after the reading)
+        stamp_key = next((k for k in (f"ts_{name}", "time") if k in node), None)
+        stamps = (np.asarray(node[stamp_key].read(), float).reshape(-1)
+                  if stamp_key is not None else None)
         if stamps is None or stamps.size != value.size:
             continue
         times.append(stamps)
