@@ -36,6 +36,7 @@ from magscope_plans import (
     rotation_extension,
     zlut_sweep,
 )
+from magscope_plans.analysis import wlc_fit
 
 FORCES_PN = (0.3, 1.0, 3.0, 10.0, 30.0)
 
@@ -53,15 +54,18 @@ def main() -> None:
     ap.add_argument("--max-duration", type=float, default=60.0, help="cap per height (s)")
     ap.add_argument("--dwell", type=float, default=3.0, help="force-extension/rotation dwell (s)")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--radius-cv", type=float, default=0.03,
+                    help="relative spread of the bead radii (the simulator's default is 0.02)")
+    ap.add_argument("--no-rotation", action="store_true", help="skip the hat curve")
     args = ap.parse_args()
     if args.fs == 1000.0:
         params = SimParams(
             seed=args.seed, n_tethered=4, n_reference=2, width_px=384, height_px=256,
-            exposure_s=0.001,
+            exposure_s=0.001, bead_radius_cv=args.radius_cv,
         )
         exposure, roi = 0.001, 64
     else:
-        params = SimParams(seed=args.seed)
+        params = SimParams(seed=args.seed, bead_radius_cv=args.radius_cv)
         exposure, roi = 0.005, 64
     world = SimWorld(params)
     table = world.bead_table()
@@ -131,6 +135,22 @@ def main() -> None:
             print(f"{np.median(tf):6.2f} {z:5.2f} {data['calibration-record_s']:6.1f} | "
                   f"{pct(e_psd)} | {pct(e_plain)} | {pct(e_allan)}", flush=True)
         print(f"{'all':>6} {'':>5} {'':>6} | {pct(all_psd)}")
+        fitted = [d["data"] for n, d in docs if n == "event" and "force_fit-bead_radius_nm" in
+                  d.get("data", {})][-1]
+        t = tid(fitted["force_fit-bead_id"])
+        r_true = table["radius_nm"][t]
+        r_fit = np.asarray(fitted["force_fit-bead_radius_nm"])
+        r_err = np.asarray(fitted["force_fit-bead_radius_nm_err"])
+        pull = (r_fit - r_true) / r_err
+        ref_true = table["radius_nm"][tid(refs)].mean()
+        print(f"\nbead radii {r_true.min():.0f}..{r_true.max():.0f} nm (true): fitted |error| "
+              f"{np.nanmedian(np.abs(r_fit - r_true)):.1f} nm median, "
+              f"{np.nanmax(np.abs(r_fit - r_true)):.1f} nm max, reported error "
+              f"{np.nanmedian(r_err):.1f} nm median; within 1 sigma "
+              f"{np.mean(np.abs(pull) <= 1):.0%}; reference beads' radius "
+              f"{fitted['force_fit-reference_radius_nm']:.0f} +/- "
+              f"{fitted['force_fit-reference_radius_nm_err']:.0f} nm (true mean "
+              f"{ref_true:.0f})", flush=True)
 
         low = RE(bps.rd(mic.force.low_limit)).plan_result
         high = RE(bps.rd(mic.force.high_limit)).plan_result
@@ -141,8 +161,29 @@ def main() -> None:
         c_err = np.asarray(fit["wlc-contour_nm"]) / table["contour_nm"][t] - 1
         p_err = np.asarray(fit["wlc-persistence_nm"]) / table["persistence_nm"][t] - 1
         print(f"\nWLC fit, {forces[0]:.2f}..{forces[-1]:.1f} pN, {args.dwell} s per step: "
-              f"contour |error| {pct(c_err)} %, persistence {pct(p_err)} % (median / 95th)")
+              f"contour |error| {pct(c_err)} %, persistence {pct(p_err)} % (median / 95th); "
+              f"contour max {100 * np.nanmax(np.abs(c_err)):.1f} %, signed median "
+              f"{100 * np.nanmedian(c_err):+.2f} %; tethers {table['contour_nm'][t].min():.0f}.."
+              f"{table['contour_nm'][t].max():.0f} nm", flush=True)
 
+        # the same records without the radius correction: the baseline, fitted here
+        start = [d for n, d in docs if n == "start" and d.get("plan_name") == "force_extension"][-1]
+        offsets = np.asarray(start["bead_radius_offsets_nm"])
+        steps_fe = [d["data"] for n, d in docs if n == "event" and "extension-extension_nm" in
+                    d["data"] and d["data"].get("extension-force_pn") in set(forces.tolist())]
+        steps_fe = steps_fe[-len(forces):]
+        F = np.array([st["extension-bead_force_pn"] for st in steps_fe])
+        E = np.array([st["extension-extension_nm"] for st in steps_fe])
+        S = np.array([st["extension-extension_nm_err"] for st in steps_fe])
+        base = np.array([
+            wlc_fit(F[:, b], E[:, b] + offsets[b], extension_err_nm=S[:, b]).contour_nm
+            for b in range(E.shape[1])
+        ]) / table["contour_nm"][t] - 1
+        print(f"baseline, the same records without the radius correction: contour |error| "
+              f"{pct(base)} %, max {100 * np.nanmax(np.abs(base)):.1f} %", flush=True)
+
+        if args.no_rotation:
+            return
         force = 0.6 if low < 0.6 else low * 1.05
         turns = np.arange(-64.0, 64.1, 2.0)
         RE(rotation_extension(mic, turns, force_pn=force, dwell_s=args.dwell))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -101,7 +102,7 @@ def test_json_round_trip(tmp_path):
     cal = make_cal()
     text = cal.to_json()
     data = json.loads(text)
-    assert data["format"] == "magscope-force-calibration" and data["version"] == 1
+    assert data["format"] == "magscope-force-calibration" and data["version"] == 2
     assert ForceCalibration.from_json(text) == cal
     path = cal.save(tmp_path / "cal.json")
     loaded = ForceCalibration.load(path)
@@ -110,13 +111,47 @@ def test_json_round_trip(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_radii_round_trip_and_give_each_bead_its_offset(tmp_path):
+    cal = make_cal(bead_radius_nm=(1390.0, math.nan, 1430.0),
+                   bead_radius_nm_err=(8.0, math.nan, 6.0), reference_radius_nm=1400.0,
+                   reference_radius_nm_err=4.0)
+    data = json.loads(cal.to_json())
+    assert data["bead_radius_nm"] == [1390.0, None, 1430.0]  # JSON has no NaN
+    loaded = ForceCalibration.load(cal.save(tmp_path / "cal.json"))
+    assert loaded.bead_radius_nm[0] == 1390.0 and math.isnan(loaded.bead_radius_nm[1])
+    offset, err = loaded.radius_offsets_nm([11, 3, 7, 99])
+    np.testing.assert_allclose(offset, [30.0, -10.0, 0.0, 0.0])
+    np.testing.assert_allclose(err[:2], [math.hypot(6, 4), math.hypot(8, 4)])
+    assert np.isnan(err[2:]).all()  # no radius measured, not calibrated
+
+
+def test_a_version_1_file_loads_without_radii(tmp_path):
+    data = make_cal().to_dict()
+    for key in ("bead_radius_nm", "bead_radius_nm_err", "reference_radius_nm",
+                "reference_radius_nm_err"):
+        del data[key]
+    data["version"] = 1
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps(data))
+    cal = ForceCalibration.load(path)
+    assert cal.bead_radius_nm == () and cal.reference_radius_nm is None
+    offset, err = cal.radius_offsets_nm([3, 7])
+    assert offset.tolist() == [0.0, 0.0] and np.isnan(err).all()
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
         (lambda d: "not json {", "not valid JSON"),
         (lambda d: [1, 2], "must be a JSON object"),
         (lambda d: {**d, "format": "something-else"}, "not a force calibration"),
-        (lambda d: {**d, "version": 2}, 'unsupported force calibration "version" 2'),
+        (lambda d: {**d, "version": 3}, 'unsupported force calibration "version" 3'),
+        (lambda d: {k: v for k, v in d.items() if k != "bead_radius_nm"},
+         r"missing \['bead_radius_nm'\]"),
+        (lambda d: {**d, "bead_radius_nm": [1400.0]}, "bead_radius_nm has 1 values for 3"),
+        (lambda d: {**d, "bead_radius_nm": [1400.0, -1.0, 1390.0]},
+         "bead_radius_nm must be positive numbers"),
+        (lambda d: {**d, "reference_radius_nm": "1400"}, "reference_radius_nm must be a"),
         (lambda d: {k: v for k, v in d.items() if k != "l1_mm"}, r"missing \['l1_mm'\]"),
         (lambda d: {**d, "extra": 1}, r"unknown fields \['extra'\]"),
         (lambda d: {**d, "a": "0.7"}, "a must be a finite number"),

@@ -11,8 +11,10 @@ with a force that falls off roughly as a double exponential of the magnet height
 with F0 > 0, 0 <= a <= 1 and l1, l2 > 0, so F is strictly decreasing in z. A
 :class:`ForceCalibration` stores the ensemble curve fitted over a range of magnet heights
 (``min_height_mm`` .. ``max_height_mm``, the calibrated range), each bead's force relative
-to that curve, and where it came from. It converts heights to forces and back, and is
-saved as a small JSON file (``"format": "magscope-force-calibration"``, ``"version": 1``).
+to that curve, each bead's radius (from its drag) and the reference beads' (their mean),
+and where it came from. It converts heights to forces and back, and is saved as a small
+JSON file (``"format": "magscope-force-calibration"``, ``"version": 2``; version 1, without
+the radii, is still read).
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ __all__ = [
 #: The ``"format"`` header of a calibration file.
 FORMAT_NAME = "magscope-force-calibration"
 #: The ``"version"`` of the calibration file format this module writes and reads.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this module reads (1: before the bead radii).
+READABLE_VERSIONS = (1, 2)
 
 #: Forces within this relative distance outside the calibrated range count as inside
 #: (so that a force computed at the edge height converts back).
@@ -73,6 +77,10 @@ def _real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
 @dataclass(frozen=True)
 class ForceCalibration:
     """A magnet force calibration: the ensemble force curve and the range it covers.
@@ -88,6 +96,13 @@ class ForceCalibration:
         is an average bead).
     source : uid of the run the calibration came from (None if not from a run).
     created : when the calibration was made (UNIX s).
+    bead_radius_nm, bead_radius_nm_err : each bead's radius and its standard error (nm,
+        same order as ``bead_ids``; NaN where unknown), from the drag of its lateral
+        fluctuations (:func:`magscope_plans.analysis.radius_from_drag`); empty: not
+        measured (a version-1 file).
+    reference_radius_nm, reference_radius_nm_err : the radius taken for the reference
+        beads (nm; they are stuck and show no drag: the mean of the tethered beads'
+        radii, from the same batch) and its standard error; None: not measured.
     """
 
     f0_pn: float
@@ -100,6 +115,10 @@ class ForceCalibration:
     bead_scale: tuple[float, ...] = ()
     source: str | None = None
     created: float = field(default_factory=time.time)
+    bead_radius_nm: tuple[float, ...] = ()
+    bead_radius_nm_err: tuple[float, ...] = ()
+    reference_radius_nm: float | None = None
+    reference_radius_nm_err: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("f0_pn", "a", "l1_mm", "l2_mm", "min_height_mm", "max_height_mm", "created"):
@@ -141,6 +160,31 @@ class ForceCalibration:
             )
         object.__setattr__(self, "bead_ids", tuple(int(b) for b in ids))
         object.__setattr__(self, "bead_scale", tuple(float(s) for s in scale))
+        for name in ("bead_radius_nm", "bead_radius_nm_err"):
+            values = tuple(getattr(self, name))
+            if values and len(values) != len(ids):
+                raise ValueError(
+                    f"ForceCalibration.{name} has {len(values)} values for {len(ids)} bead_ids"
+                )
+            for v in values:
+                if not _real(v) or (math.isfinite(v) and v <= 0.0) or math.isinf(v):
+                    raise ValueError(
+                        f"ForceCalibration.{name} must be positive numbers (nm) or NaN, "
+                        f"got {v!r}"
+                    )
+            object.__setattr__(self, name, tuple(float(v) for v in values))
+        if len(self.bead_radius_nm_err) != len(self.bead_radius_nm):
+            raise ValueError("ForceCalibration.bead_radius_nm_err must match bead_radius_nm")
+        for name in ("reference_radius_nm", "reference_radius_nm_err"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not _real(value) or not math.isfinite(value) or value < 0.0:
+                raise ValueError(
+                    f"ForceCalibration.{name} must be a finite number >= 0 (nm) or None, "
+                    f"got {value!r}"
+                )
+            object.__setattr__(self, name, float(value))
 
     # ---------------------------------------------------------------- conversions
 
@@ -218,6 +262,27 @@ class ForceCalibration:
         """Force (pN) on bead ``bead_id`` at magnet height(s) z (mm): scale x the curve."""
         return self.bead_scale_for(bead_id) * self.force_pn(magnet_z_mm)
 
+    def radius_offsets_nm(self, bead_ids) -> tuple[np.ndarray, np.ndarray]:
+        """Per bead, its radius minus the reference beads' (nm) and the standard error of
+        that difference (nm): what a height above the reference beads holds beyond the
+        tether's extension. 0 and NaN for a bead without a measured radius (not in the
+        calibration, or a calibration without radii)."""
+        ids = [int(b) for b in np.atleast_1d(bead_ids)]
+        offset = np.zeros(len(ids))
+        err = np.full(len(ids), np.nan)
+        if not self.bead_radius_nm or self.reference_radius_nm is None:
+            return offset, err
+        ref_err = self.reference_radius_nm_err or 0.0
+        for k, bead in enumerate(ids):
+            if bead not in self.bead_ids:
+                continue
+            i = self.bead_ids.index(bead)
+            r, r_err = self.bead_radius_nm[i], self.bead_radius_nm_err[i]
+            if math.isfinite(r):
+                offset[k] = r - self.reference_radius_nm
+                err[k] = math.hypot(r_err, ref_err) if math.isfinite(r_err) else math.nan
+        return offset, err
+
     # ---------------------------------------------------------------- JSON
 
     def to_dict(self) -> dict[str, Any]:
@@ -235,6 +300,11 @@ class ForceCalibration:
             "bead_scale": list(self.bead_scale),
             "source": self.source,
             "created": self.created,
+            # JSON has no NaN: an unknown radius is null
+            "bead_radius_nm": [_or_none(v) for v in self.bead_radius_nm],
+            "bead_radius_nm_err": [_or_none(v) for v in self.bead_radius_nm_err],
+            "reference_radius_nm": self.reference_radius_nm,
+            "reference_radius_nm_err": self.reference_radius_nm_err,
         }
 
     def to_json(self) -> str:
@@ -254,13 +324,13 @@ class ForceCalibration:
                 f'"format" is {fmt!r}, expected {FORMAT_NAME!r}: not a force calibration'
             )
         version = data.get("version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise ForceCalibrationFormatError(
                 f'unsupported force calibration "version" {version!r} (this reads '
-                f"version {FORMAT_VERSION})"
+                f"versions {', '.join(map(str, READABLE_VERSIONS))})"
             )
         fields = {k: v for k, v in data.items() if k not in ("format", "version")}
-        required = (
+        required: tuple[str, ...] = (
             "f0_pn",
             "a",
             "l1_mm",
@@ -272,15 +342,24 @@ class ForceCalibration:
             "source",
             "created",
         )
+        radii = (
+            "bead_radius_nm", "bead_radius_nm_err", "reference_radius_nm",
+            "reference_radius_nm_err",
+        )
+        if version >= 2:
+            required += radii
         missing = [k for k in required if k not in fields]
         if missing:
             raise ForceCalibrationFormatError(f"force calibration is missing {missing}")
         unknown = sorted(set(fields) - set(required))
         if unknown:
             raise ForceCalibrationFormatError(f"force calibration has unknown fields {unknown}")
-        for key in ("bead_ids", "bead_scale"):
-            if not isinstance(fields[key], list):
+        for key in ("bead_ids", "bead_scale", "bead_radius_nm", "bead_radius_nm_err"):
+            if key in fields and not isinstance(fields[key], list):
                 raise ForceCalibrationFormatError(f'"{key}" must be a list, got {fields[key]!r}')
+        for key in ("bead_radius_nm", "bead_radius_nm_err"):
+            if key in fields:
+                fields[key] = [math.nan if v is None else v for v in fields[key]]
         try:
             return cls(**fields)
         except (TypeError, ValueError) as exc:

@@ -37,7 +37,9 @@ from .analysis import (
     psd_force,
     record_length_s,
     thermal_energy_pn_nm,
+    water_viscosity_pa_s,
 )
+from .analysis.bead_radius import combine_estimates, radius_from_drag
 
 __all__ = [
     "CALIBRATION_FIELDS",
@@ -65,6 +67,8 @@ CALIBRATION_FIELDS: dict[str, tuple[Any, str]] = {
     "force_allan_pn": (ARRAY, "pN"),
     "force_allan_pn_err": (ARRAY, "pN"),
     "force_plain_psd_pn": (ARRAY, "pN"),
+    "radius_nm": (ARRAY, "nm"),
+    "radius_nm_err": (ARRAY, "nm"),
 }
 
 #: Once per run, stream ``force_fit``: the double exponential F(z) the Force device uses,
@@ -85,6 +89,10 @@ FIT_FIELDS: dict[str, tuple[Any, str]] = {
     "bead_id": (IDS, ""),
     "bead_scale": (ARRAY, ""),
     "created": (FLOAT, "s"),
+    "bead_radius_nm": (ARRAY, "nm"),
+    "bead_radius_nm_err": (ARRAY, "nm"),
+    "reference_radius_nm": (FLOAT, "nm"),
+    "reference_radius_nm_err": (FLOAT, "nm"),
 }
 
 
@@ -158,11 +166,13 @@ def force_calibration(
     max_duration_s: float = 120.0,
     settle_s: float = 0.5,
     chunk_frames: int = 100,
+    viscosity_pa_s: float | None = None,
     safe_magnet_height_mm: float | None = None,
     md: dict[str, Any] | None = None,
 ) -> Generator[Msg, Any, str]:
     """Measure the force on every selected bead at each magnet height (mm) and fit the
-    magnet-height to force curve that ``microscope.force`` then uses.
+    magnet-height to force curve that ``microscope.force`` then uses; measure each bead's
+    radius on the way.
 
     At each height the beads' positions are recorded at the full frame rate for
     ``duration_s`` (s), or, when None, for as long as the slowest bead needs for a
@@ -173,14 +183,26 @@ def force_calibration(
     variance (``allan_force``); the plain Lorentzian fit is stored beside them to show the
     correction. The spectrum is fitted up to :func:`fit_band_hz` (25 expected corner
     frequencies, at most Nyquist), where a slow bead's motion is still above the tracking
-    noise. The tether length is the bead's height above the reference beads
-    (anchored Z-LUT), the bead radius ``microscope.tracker.bead_radius_nm``.
+    noise. The pendulum's length (tether plus bead radius) is the bead's height above the
+    reference beads (anchored Z-LUT) plus the reference beads' radius, taken as
+    ``microscope.tracker.bead_radius_nm``.
+
+    Each bead's radius comes from the drag the spectrum fit finds at each height, through
+    Stokes' law with Faxen's wall correction at the bead's height
+    (:func:`~magscope_plans.analysis.radius_from_drag`, in ``viscosity_pa_s``, Pa s;
+    None: water at 23 C, 9.33e-4 Pa s), combined over the heights (inverse-variance
+    weighted); the reference beads (stuck: no drag) are taken to have the tethered beads'
+    mean radius, with the batch's scatter over their number as its error. The
+    calibration keeps them: plans that report extensions subtract each bead's radius
+    minus the reference beads' (:meth:`ForceCalibration.radius_offsets_nm`), so an
+    extension is the tether's, not the bead centre's height.
 
     Streams: ``tracks`` (every frame, HDF5), ``calibration`` (one event per height: per
     bead force, stiffness, corner frequency, drag and their standard errors, extension),
     ``force_fit`` (the double exponential F(z) = f0 (a e^(-z/l1) + (1-a) e^(-z/l2)) fitted
     to the beads' median PSD force, each bead's force relative to it, the calibrated
-    range). Every stream's configuration holds the beads' layout (ids, ROI origins, ROI
+    range, each bead's radius and the reference beads', with their errors; the
+    ``calibration`` stream has the radius from each height). Every stream's configuration holds the beads' layout (ids, ROI origins, ROI
     size, nm/px, Z-LUT run uid). After the run the calibration is cached in the tracker's
     data folder as ``force-calibration-<uid>.json`` (:func:`calibration_cache_path`) and
     loaded into ``microscope.force``; :func:`load_force_calibration` reloads it later. The
@@ -200,6 +222,10 @@ def force_calibration(
     max_duration_s = args.real("max_duration_s", max_duration_s, units="s", low=pilot_s)
     settle_s = args.non_negative("settle_s", settle_s, units="s")
     chunk_frames = args.count("chunk_frames", chunk_frames, minimum=1, what="a whole number of frames")
+    viscosity_pa_s = args.optional_real(
+        "viscosity_pa_s", viscosity_pa_s, units="Pa s", low=1e-5, high=10.0
+    )
+    eta = water_viscosity_pa_s() if viscosity_pa_s is None else viscosity_pa_s
     safe_magnet_height_mm = args.optional_real(
         "safe_magnet_height_mm", safe_magnet_height_mm, units="mm"
     )
@@ -223,12 +249,14 @@ def force_calibration(
             "magnet_heights_mm": heights, "duration_s": duration_s,
             "axis": axis, "rel_error": rel_error,
             "pilot_s": pilot_s, "max_duration_s": max_duration_s, "settle_s": settle_s,
+            "viscosity_pa_s": viscosity_pa_s,
         },
         sel,
         md,
         frame_rate_hz=fs,
         exposure_s=exposure,
         bead_radius_nm=radius,
+        viscosity_pa_s=eta,
         bead_rois=rois_metadata((yield from bps.rd(tracker.rois)), sel.beads.tolist()),
         num_points=len(heights),
         progress_stream="calibration",
@@ -240,7 +268,7 @@ def force_calibration(
     @bpp.stage_decorator([microscope])
     @bpp.run_decorator(md=_md)
     def inner() -> Generator[Msg, Any, None]:
-        psd_forces = []
+        psd_forces, drags, drag_errs, heights_above_refs = [], [], [], []
         for h in heights:
             yield from bps.mv(microscope.magnet_z, h)
             yield from bps.sleep(settle_s)
@@ -274,6 +302,12 @@ def force_calibration(
                         )
                     )
             psd_forces.append(_per_bead(psd, "force_pn"))
+            drags.append(_per_bead(psd, "drag_pn_s_per_nm"))
+            drag_errs.append(_per_bead(psd, "drag_pn_s_per_nm_err"))
+            heights_above_refs.append(np.asarray(ext, float))
+            r_h, r_h_err = radius_from_drag(
+                drags[-1], heights_above_refs[-1] + radius, eta, drag_errs[-1]
+            )
             yield from emit(
                 per_height, "calibration",
                 magnet_z_mm=h, record_s=lateral.shape[0] / fs, bead_id=sel.beads,
@@ -289,8 +323,13 @@ def force_calibration(
                 force_allan_pn=_per_bead(allan, "force_pn"),
                 force_allan_pn_err=_per_bead(allan, "force_pn_err"),
                 force_plain_psd_pn=_per_bead(plain, "force_pn"),
+                radius_nm=r_h, radius_nm_err=r_h_err,
             )
         calibration = _fit_calibration(heights, np.array(psd_forces), sel.beads)
+        radii = bead_radii(
+            np.array(drags), np.array(drag_errs), np.array(heights_above_refs),
+            viscosity_pa_s=eta, nominal_radius_nm=radius, n_reference=len(sel.reference),
+        )
         fit = calibration.fit
         cal = ForceCalibration(
             f0_pn=fit.f0_pn, a=fit.a, l1_mm=fit.l1_mm, l2_mm=fit.l2_mm,
@@ -298,6 +337,10 @@ def force_calibration(
             bead_ids=tuple(int(b) for b in sel.beads),
             bead_scale=tuple(float(s) for s in calibration.bead_scale),
             created=time.time(),
+            bead_radius_nm=tuple(float(r) for r in radii.radius_nm),
+            bead_radius_nm_err=tuple(float(e) for e in radii.radius_nm_err),
+            reference_radius_nm=radii.reference_nm,
+            reference_radius_nm_err=radii.reference_nm_err,
         )
         made.append(cal)
         yield from emit(
@@ -307,6 +350,9 @@ def force_calibration(
             rms_relative_residual=fit.rms_relative_residual,
             min_height_mm=cal.min_height_mm, max_height_mm=cal.max_height_mm,
             bead_id=sel.beads, bead_scale=calibration.bead_scale, created=cal.created,
+            bead_radius_nm=radii.radius_nm, bead_radius_nm_err=radii.radius_nm_err,
+            reference_radius_nm=_nan_if_none(radii.reference_nm),
+            reference_radius_nm_err=_nan_if_none(radii.reference_nm_err),
         )
 
     def calibrate() -> Generator[Msg, Any, str]:
@@ -321,6 +367,47 @@ def force_calibration(
             calibrate(), microscope, safe_magnet_height_mm=safe_magnet_height_mm
         )
     )
+
+
+def _nan_if_none(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
+class BeadRadii(NamedTuple):
+    """Each bead's radius (nm) and its error, and the reference beads' (None: unknown)."""
+
+    radius_nm: np.ndarray
+    radius_nm_err: np.ndarray
+    reference_nm: float | None
+    reference_nm_err: float | None
+
+
+def bead_radii(
+    drag: np.ndarray, drag_err: np.ndarray, height_above_refs_nm: np.ndarray, *,
+    viscosity_pa_s: float, nominal_radius_nm: float, n_reference: int,
+) -> BeadRadii:
+    """Radii from the drags of a calibration, (heights, beads) arrays each (pN s/nm, nm).
+
+    A bead's centre is at its height above the reference beads' centres plus their
+    radius. That radius starts at ``nominal_radius_nm`` and becomes the mean of the beads'
+    radii once they are known (one more pass): the reference beads come from the same
+    batch. Its error is the batch's scatter (standard deviation of the beads' radii) over
+    sqrt(``n_reference``), combined with the error of the mean itself.
+    """
+    reference = float(nominal_radius_nm)
+    for _ in range(2):
+        r, r_err = radius_from_drag(drag, height_above_refs_nm + reference, viscosity_pa_s,
+                                    drag_err)
+        radius, radius_err = combine_estimates(r, r_err, axis=0)
+        known = np.isfinite(radius)
+        if not known.any():
+            return BeadRadii(radius, radius_err, None, None)
+        reference = float(np.mean(radius[known]))
+    n = int(known.sum())
+    spread = float(np.std(radius[known], ddof=1)) if n > 1 else float(radius_err[known][0])
+    mean_err = spread / np.sqrt(n)
+    reference_err = float(np.hypot(spread / np.sqrt(max(n_reference, 1)), mean_err))
+    return BeadRadii(radius, radius_err, reference, reference_err)
 
 
 class _Calibration(NamedTuple):

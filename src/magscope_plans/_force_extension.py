@@ -17,6 +17,7 @@ from ._preflight import (
     BeadSelection,
     check_axis_limits,
     check_microscope,
+    loaded_force_calibration,
     plan_metadata,
     require_force_calibration,
     select_beads,
@@ -100,7 +101,8 @@ def _measure(
     """Record ``frames`` frames where the instrument is now; emit the mean extension per
     bead into the ``extension`` stream; return (bead forces, extension, its error)."""
     tracks = yield from recorder.record(frames)
-    mean, sem = mean_extensions(extension_traces(tracks, sel.beads, sel.reference))
+    offsets, _ = cal.radius_offsets_nm(sel.beads)
+    mean, sem = mean_extensions(extension_traces(tracks, sel.beads, sel.reference, offsets))
     magnet_z = float((yield from bps.rd(microscope.magnet_z)))
     forces = _bead_forces(cal, sel.beads, magnet_z)
     yield from emit(
@@ -109,11 +111,6 @@ def _measure(
         bead_force_pn=forces, extension_nm=mean, extension_nm_err=sem,
     )
     return forces, mean, sem
-
-
-def _calibration(microscope: Microscope) -> Generator[Msg, Any, ForceCalibration]:
-    path = yield from bps.rd(microscope.force.calibration_file)
-    return ForceCalibration.load(path)
 
 
 def force_extension(
@@ -136,10 +133,12 @@ def force_extension(
     extension (height above the reference beads, so drift and focus moves cancel) with its
     standard error. Then fit the worm-like chain (Marko-Siggia with Bouchiat's correction;
     ``extensible`` adds a stretch modulus) to every bead: contour and persistence length.
-    The extension is the height above the reference beads, so it includes the difference
-    between the bead's radius and theirs (a 2 % radius spread is about 30 nm, 1.5 % of a
-    2 um tether). ``fit_offset`` also fits a constant extension offset that absorbs it,
-    but needs forces below ~0.3 pN to separate offset, contour and persistence length.
+    The extension is the tether's: the height above the reference beads minus the bead's
+    radius minus theirs, both from the force calibration
+    (:meth:`~magscope_devices.ForceCalibration.radius_offsets_nm`; a calibration without
+    radii leaves the difference in, about 30 nm for a 2 % radius spread, 1.5 % of a 2 um
+    tether). ``fit_offset`` also fits a constant extension offset, which needs forces
+    below ~0.3 pN to separate offset, contour and persistence length.
 
     Needs a force calibration (``microscope.force``) covering the forces, reference beads
     and an anchored Z-LUT. Streams: ``tracks`` (every frame), ``extension`` (one event per
@@ -176,7 +175,7 @@ def force_extension(
         microscope, safe_magnet_height_mm, plan=plan
     )
     sel = yield from select_beads(microscope, wanted, plan=plan)
-    cal = yield from _calibration(microscope)
+    cal = yield from loaded_force_calibration(microscope)
     fs = float((yield from bps.rd(microscope.camera.frame_rate_hz)))
     frames = max(1, int(round(dwell_s * fs)))
     recorder = TrackRecorder(
@@ -195,6 +194,7 @@ def force_extension(
         sel,
         md,
         force_calibration_file=str((yield from bps.rd(microscope.force.calibration_file))),
+        bead_radius_offsets_nm=cal.radius_offsets_nm(sel.beads)[0].tolist(),
         num_points=len(forces),
         progress_stream="extension",
     )
@@ -296,7 +296,7 @@ def rotation_extension(
         microscope, safe_magnet_height_mm, plan=plan
     )
     sel = yield from select_beads(microscope, wanted, plan=plan)
-    cal = yield from _calibration(microscope)
+    cal = yield from loaded_force_calibration(microscope)
     turns0 = float((yield from bps.rd(microscope.magnet_rotation)))
     fs = float((yield from bps.rd(microscope.camera.frame_rate_hz)))
     frames = max(1, int(round(dwell_s * fs)))
@@ -315,6 +315,7 @@ def rotation_extension(
         sel,
         md,
         turns_start=turns0,
+        bead_radius_offsets_nm=cal.radius_offsets_nm(sel.beads)[0].tolist(),
         num_points=len(steps_turns),
         progress_stream="extension",
     )

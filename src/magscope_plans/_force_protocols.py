@@ -17,6 +17,7 @@ from ._arguments import PlanArgs, PlanArgumentError
 from ._force_calibration import fit_band_hz
 from ._preflight import (
     check_microscope,
+    loaded_force_calibration,
     plan_metadata,
     require_force_calibration,
     select_beads,
@@ -101,6 +102,8 @@ def force_ramp(
         microscope, safe_magnet_height_mm, plan=plan
     )
     sel = yield from select_beads(microscope, wanted, plan=plan)
+    cal = yield from loaded_force_calibration(microscope)
+    offsets, _ = cal.radius_offsets_nm(sel.beads)  # extension: the tether's
     duration = abs(stop_pn - start_pn) / rate_pn_per_s
     fs = float((yield from bps.rd(microscope.camera.frame_rate_hz)))
     n_updates = max(1, math.ceil(duration * update_hz))
@@ -120,6 +123,7 @@ def force_ramp(
         sel,
         md,
         force_calibration_file=str((yield from bps.rd(microscope.force.calibration_file))),
+        bead_radius_offsets_nm=offsets.tolist(),
     )
 
     @bpp.stage_decorator([microscope])
@@ -138,7 +142,7 @@ def force_ramp(
             times.append(time.monotonic() - t0)
         yield from bps.wait(group="ramp")
         tracks = yield from recorder.finish()
-        ext = extension_traces(tracks, sel.beads, sel.reference)
+        ext = extension_traces(tracks, sel.beads, sel.reference, offsets)
         t_frames = tracks["timestamp"] - tracks["timestamp"][0]
         edges = np.append(np.asarray(times), np.inf)
         for k in range(len(times)):
@@ -208,7 +212,11 @@ def force_clamp(
     sel = yield from select_beads(microscope, wanted, plan=plan)
     fs = float((yield from bps.rd(microscope.camera.frame_rate_hz)))
     exposure = float((yield from bps.rd(microscope.camera.exposure_s)))
-    radius = float((yield from bps.rd(microscope.tracker.bead_radius_nm)))
+    nominal = float((yield from bps.rd(microscope.tracker.bead_radius_nm)))
+    cal = yield from loaded_force_calibration(microscope)
+    offsets, _ = cal.radius_offsets_nm(sel.beads)  # extension: the tether's
+    # each bead's radius: the reference beads' plus its offset (the nominal one unknown)
+    radii = (cal.reference_radius_nm or nominal) + offsets
     recorder = TrackRecorder(
         microscope.tracker, chunk_frames=chunk_frames, video=getattr(microscope, "video", None)
     )
@@ -223,6 +231,7 @@ def force_clamp(
         sel,
         md,
         force_calibration_file=str((yield from bps.rd(microscope.force.calibration_file))),
+        bead_radius_offsets_nm=offsets.tolist(),
     )
 
     @bpp.stage_decorator([microscope])
@@ -231,15 +240,16 @@ def force_clamp(
         yield from bps.mv(microscope.force, force)
         yield from bps.sleep(settle_s)
         tracks = yield from recorder.record(int(round(duration_s * fs)))
-        ext = extension_traces(tracks, sel.beads, sel.reference)
+        ext = extension_traces(tracks, sel.beads, sel.reference, offsets)
         lateral = lateral_traces(tracks, sel.beads, sel.reference, axis=axis)
         mean, sem = mean_extensions(ext)
         estimates = [
             psd_force(
                 lateral[:, b], fs_hz=fs, exposure_s=exposure,
-                length_nm=float(mean[b]), radius_nm=radius,
+                length_nm=float(mean[b]), radius_nm=float(radii[b]),
                 f_max_hz=fit_band_hz(
-                    lateral[:, b], length_nm=float(mean[b]), radius_nm=radius, fs_hz=fs
+                    lateral[:, b], length_nm=float(mean[b]), radius_nm=float(radii[b]),
+                    fs_hz=fs,
                 ),
             )
             for b in range(sel.beads.size)

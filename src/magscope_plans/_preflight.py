@@ -17,6 +17,7 @@ from bluesky.utils import Msg
 
 from magscope_devices._bead_layout import LAYOUT_FIELDS, BeadLayout
 from magscope_devices._bead_tracker import BeadTracker
+from magscope_devices._force_curve import ForceCalibration
 from magscope_devices._microscope import Microscope
 
 from ._arguments import InstrumentNotReadyError, PlanArgs, PlanArgumentError, PreflightError
@@ -271,6 +272,12 @@ def require_force_calibration(
                 "magnet range with force_calibration",
             )
     return forces
+
+
+def loaded_force_calibration(microscope: Microscope) -> Generator[Msg, Any, ForceCalibration]:
+    """The force calibration ``microscope.force`` has loaded (read from its file)."""
+    path = yield from bps.rd(microscope.force.calibration_file)
+    return ForceCalibration.load(path)
 
 
 def plan_metadata(

@@ -190,21 +190,27 @@ def column_of(tracks: dict[str, np.ndarray], bead_ids) -> np.ndarray:
 
 
 def extension_traces(
-    tracks: dict[str, np.ndarray], beads, reference
+    tracks: dict[str, np.ndarray], beads, reference, radius_offsets_nm=None
 ) -> np.ndarray:
     """Per frame, each bead's height above the reference beads (nm, (frames, beads)).
 
     With an anchored Z-LUT the tracked z is the height above the reference beads at the
     sweep; subtracting the reference beads' mean z frame by frame removes drift and focus
-    moves, leaving the tether extension (plus the bead's radius minus the reference
-    beads'). Frames where a bead or every reference bead is lost are NaN.
+    moves, leaving the tether extension plus the bead's radius minus the reference
+    beads'. ``radius_offsets_nm`` (per bead, nm; from the force calibration,
+    :meth:`~magscope_devices.ForceCalibration.radius_offsets_nm`) subtracts that
+    difference too: the result is then the tether's extension. Frames where a bead or
+    every reference bead is lost are NaN.
     """
     z = tracks["z_nm"]
     ref = z[:, column_of(tracks, reference)]
     with np.errstate(invalid="ignore"):
         ok = np.isfinite(ref).sum(axis=1)
         ref_mean = np.where(ok > 0, np.nansum(ref, axis=1) / np.maximum(ok, 1), np.nan)
-    return z[:, column_of(tracks, beads)] - ref_mean[:, None]
+    heights = z[:, column_of(tracks, beads)] - ref_mean[:, None]
+    if radius_offsets_nm is None:
+        return heights
+    return heights - np.asarray(radius_offsets_nm, dtype=float)[None, :]
 
 
 def lateral_traces(

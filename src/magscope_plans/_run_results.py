@@ -152,4 +152,20 @@ def force_calibration_from_run(run: Any) -> ForceCalibration:
         bead_scale=tuple(float(s) for s in np.atleast_1d(value("bead_scale"))),
         source=_start(run).get("uid"),
         created=float(value("created")),
+        **_radii(node, value),
     )
+
+
+def _radii(node: Any, value: Any) -> dict[str, Any]:
+    """The radii of a force_fit stream (none in runs made before they were measured)."""
+    if "force_fit-bead_radius_nm" not in (node.metadata.get("data_keys") or {}):
+        return {}
+    ref, ref_err = float(value("reference_radius_nm")), float(value("reference_radius_nm_err"))
+    return {
+        "bead_radius_nm": tuple(float(r) for r in np.atleast_1d(value("bead_radius_nm"))),
+        "bead_radius_nm_err": tuple(
+            float(e) for e in np.atleast_1d(value("bead_radius_nm_err"))
+        ),
+        "reference_radius_nm": ref if np.isfinite(ref) else None,
+        "reference_radius_nm_err": ref_err if np.isfinite(ref_err) else None,
+    }

@@ -10,7 +10,11 @@ One row per frame and bead (frames in recording order, beads in the run's bead o
 ``x_nm, y_nm``     bead centre, sensor coordinates (nm)
 ``z_nm``           height from the Z-LUT (nm; NaN without one)
 ``extension_nm``   ``z_nm`` minus the reference beads' mean z in that frame (nm; NaN for
-                   the reference beads themselves and when the run names none)
+                   the reference beads themselves and when the run names none), minus
+                   the bead's radius offset when the run's plan recorded one
+                   (``bead_radius_offsets_nm`` of its start document: the bead's radius
+                   minus the reference beads', from the force calibration), so the
+                   tether's extension, as the plan's own streams give it
 ``force_pn``       the force the microscope reported at the frame's time (pN; the newest
                    reading of the run's events at or before it, by the reading's own
                    timestamp; NaN before the first or when the run did not read it)
@@ -118,6 +122,7 @@ def event_series(run: Any, suffix: str) -> EventSeries | None:
 def tracks_table(
     tracks: RunTracks, reference_beads: Sequence[int] = (), *,
     force: EventSeries | None = None, magnet_z: EventSeries | None = None,
+    radius_offsets_nm: dict[int, float] | None = None,
 ) -> dict[str, np.ndarray]:
     """The export columns of ``tracks`` (see the module docstring), frame-major: row
     ``f * beads + b`` is frame ``f``, bead ``b``."""
@@ -131,6 +136,8 @@ def tracks_table(
             ref_z = np.nanmean(z[:, refs], axis=1)
         extension = z - ref_z[:, None]
         extension[:, refs] = np.nan
+        if radius_offsets_nm:
+            extension -= np.array([radius_offsets_nm.get(int(b), 0.0) for b in ids])[None, :]
     else:
         extension = np.full_like(z, np.nan)
     stamps = np.asarray(tracks.timestamp, float)
@@ -156,6 +163,17 @@ def tracks_table(
         "force_pn": per_frame(force.at(stamps) if force is not None else nan),
         "magnet_z_mm": per_frame(magnet_z.at(stamps) if magnet_z is not None else nan),
     }
+
+
+def _radius_offsets(run: Any) -> dict[int, float]:
+    """Bead id -> its radius minus the reference beads' (nm), as the run's plan used them
+    (start document ``bead_ids`` and ``bead_radius_offsets_nm``); empty if it has none."""
+    start = _start(run)
+    offsets = start.get("bead_radius_offsets_nm")
+    ids = start.get("bead_ids")
+    if not offsets or not ids or len(offsets) != len(ids):
+        return {}
+    return {int(b): float(o) for b, o in zip(ids, offsets, strict=True)}
 
 
 def _reference_beads(run: Any, tracks: RunTracks) -> list[int]:
@@ -261,10 +279,12 @@ def export_tracks(
     refs = _reference_beads(run, tracks)
     force = event_series(run, "-force")
     magnet = event_series(run, "-magnet_z")
-    columns = tracks_table(tracks, refs, force=force, magnet_z=magnet)
+    offsets = _radius_offsets(run)
+    columns = tracks_table(tracks, refs, force=force, magnet_z=magnet, radius_offsets_nm=offsets)
     metadata = run_metadata(run, tracks, refs, {
         "force_source": force.name if force else None,
         "magnet_z_source": magnet.name if magnet else None,
+        "bead_radius_offsets_nm": {str(b): o for b, o in offsets.items()},
     })
     sidecar = write_table(columns, path, fmt, metadata, overwrite=overwrite)
     n_frames, n_beads = tracks.x_nm.shape
