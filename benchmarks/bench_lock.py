@@ -138,7 +138,7 @@ def focus_phase(s: Session, seconds: float) -> dict:
     lock = mic.focus_lock
 
     def defocus(truth):
-        return truth["z_nm"][:, refs].mean(axis=1) - truth["focus_nm"][:, 0]
+        return truth["z_nm"][:, refs].mean(axis=1) - truth["focal_plane_nm"][:, 0]
 
     def extension_error(truth, tracks):
         ref_z = np.nanmean(tracks["z_nm"][:, refs], axis=1)

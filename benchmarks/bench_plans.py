@@ -57,15 +57,18 @@ def main() -> None:
     ap.add_argument("--radius-cv", type=float, default=0.03,
                     help="relative spread of the bead radii (the simulator's default is 0.02)")
     ap.add_argument("--no-rotation", action="store_true", help="skip the hat curve")
+    ap.add_argument("--focal-shift", type=float, default=0.88,
+                    help="the simulated objective's focal shift (the instrument is told the same)")
     args = ap.parse_args()
     if args.fs == 1000.0:
         params = SimParams(
             seed=args.seed, n_tethered=4, n_reference=2, width_px=384, height_px=256,
-            exposure_s=0.001, bead_radius_cv=args.radius_cv,
+            exposure_s=0.001, bead_radius_cv=args.radius_cv, focal_shift=args.focal_shift,
         )
         exposure, roi = 0.001, 64
     else:
-        params = SimParams(seed=args.seed, bead_radius_cv=args.radius_cv)
+        params = SimParams(seed=args.seed, bead_radius_cv=args.radius_cv,
+                           focal_shift=args.focal_shift)
         exposure, roi = 0.005, 64
     world = SimWorld(params)
     table = world.bead_table()
@@ -107,7 +110,8 @@ def main() -> None:
             f"{len(rois.bead_id)} beads found, reference beads {refs} "
             f"(truth: {sorted(table['kind'][tid(refs)].tolist())}); tethers "
             f"{np.nanmin(table['contour_nm']):.0f}..{np.nanmax(table['contour_nm']):.0f} nm; "
-            f"{args.fs:.0f} frames/s, {1e3 * exposure:.0f} ms exposure", flush=True,
+            f"{args.fs:.0f} frames/s, {1e3 * exposure:.0f} ms exposure; focal shift "
+            f"{params.focal_shift:g}, bead radii spread {args.radius_cv:.0%}", flush=True,
         )
         RE(zlut_sweep(mic, -2000, 10000, 100, frames_per_step=3, magnet_z_mm=1.0))
         heights_tab = RE(bps.rd(mic.tracker.height_offsets)).plan_result

@@ -98,7 +98,7 @@ def _wait(condition, timeout_s=10.0, what=""):
 def _ref_defocus(mic, since):
     """Frames since ``since``: the true mean defocus of the reference beads (nm)."""
     _, _, rows = mic.truth.since(since)
-    return rows["z_nm"][:, 4:7].mean(axis=1) - rows["focus_nm"][:, 0], rows
+    return rows["z_nm"][:, 4:7].mean(axis=1) - rows["focal_plane_nm"][:, 0], rows
 
 
 def _newest(mic):

@@ -57,3 +57,21 @@ def test_combined_estimates_weight_by_error_and_widen_on_disagreement():
     assert err == pytest.approx(np.sqrt(chi2) / np.sqrt(1 / 100 + 1 / 900))
     mean, err = combine_estimates([np.nan, 3.0], [1.0, np.inf])
     assert np.isnan(mean) and np.isnan(err)
+
+
+def test_the_focal_shift_comes_back_from_known_contour_lengths():
+    from magscope_plans.analysis import focal_shift_from_contour
+
+    rng = np.random.default_rng(4)
+    true, used, known = 0.80, 0.88, 4000.0
+    fitted = known * used / true * (1 + 0.004 * rng.standard_normal(12))
+    fitted[3] = 2 * fitted[3]  # a double tether: left out
+    fitted[5] = np.nan  # a failed fit
+    est = focal_shift_from_contour(fitted, known, used)
+    assert est.n_beads == 10 and np.isnan(est.per_bead[5])
+    assert est.focal_shift == pytest.approx(true, rel=0.004)
+    assert 0 < est.focal_shift_err < 0.004 * true
+    with pytest.raises(ValueError, match="known_contour_nm=-1"):
+        focal_shift_from_contour(fitted, -1, used)
+    with pytest.raises(ValueError, match="no bead has a fitted contour length"):
+        focal_shift_from_contour([np.nan], known, used)

@@ -150,6 +150,8 @@ def test_the_sim_section_sets_the_simulated_world():
         ({"sim": {"n_tethered": 2.5}}, "sim.n_tethered = 2.5: must be a whole number"),
         ({"sim": {"bit_depth": 12}}, "sim: bit_depth must be 8 or 16, not 12"),
         ({"nm_per_px": float("nan")}, "nm_per_px = nan: must be a finite number nm"),
+        ({"focal_shift": 2.0}, "focal_shift = 2.0: above the maximum 1.5"),
+        ({"sim": {"focal_shift": 0.1}}, "sim: focal_shift=0.1: must be within 0.3 to 1.5"),
         ([1, 2], "(top level) = [1, 2]: must be a mapping of version, instrument"),
     ],
 )
@@ -183,6 +185,28 @@ def test_the_factories_build_each_axis_from_its_config_without_connecting(tmp_pa
     assert scope.focus.drive.address == "python-microscope stage PYRO:Stage@127.0.0.1:1 axis 'F'"
     assert scope.config is config and scope.simulation is not None
     scope.close()
+
+
+def test_the_focal_shift_is_the_configs_else_the_simulated_worlds_else_088(RE, tmp_path):
+    simulated = parse_instrument_config({"sim": {"focal_shift": 0.8}})
+    assert simulated.focal_shift is None and simulated.focal_shift_factor == 0.8
+    told = parse_instrument_config({"focal_shift": 0.85, "sim": {"focal_shift": 0.8}})
+    assert told.focal_shift_factor == 0.85  # what the instrument believes, not the truth
+    real = parse_instrument_config(
+        {"nm_per_px": 100, "camera": {"backend": "python-microscope", "uri": "PYRO:C@h:1",
+                                      "sensor_px": [640, 480]}}
+    )
+    assert real.focal_shift_factor == 0.88
+    with init_devices(mock=True):
+        scope = make_microscope(told, data_dir=tmp_path, name="mic")
+    try:
+        conf = call_in_bluesky_event_loop(scope.focus.read_configuration())
+        assert conf["mic-focus-focal_shift"]["value"] == 0.85
+        with pytest.raises(ValueError, match=r"focal_shift = 0.1 is outside \[0.3, 1.5\]"):
+            call_in_bluesky_event_loop(scope.focus.focal_shift.set(0.1))
+        assert call_in_bluesky_event_loop(scope.focus.focal_shift.get_value()) == 0.85
+    finally:
+        scope.close()
 
 
 def test_the_configured_safe_height_is_a_signal_recorded_with_every_run(RE, tmp_path):

@@ -376,7 +376,13 @@ def test_bead_table_and_truth_fields():
     assert tr.t_s == 100.0 and tr.exposure_s == 0.005 and tr.focus_nm == 2500.0
     assert np.all(np.isnan(tr.force_pn[~t])) and np.all(tr.force_pn[t] > 0)
     np.testing.assert_array_equal(tr.z_nm[~t], world.radius_nm[~t] + tr.drift_z_nm)
-    np.testing.assert_allclose(tr.dz_nm, tr.z_nm - 2500.0)
+    # the focal plane moves by the focal shift per nm of focus travel (0.88 by default)
+    assert p.focal_shift == 0.88 and tr.focal_plane_nm == pytest.approx(0.88 * 2500.0)
+    np.testing.assert_allclose(tr.dz_nm, tr.z_nm - 0.88 * 2500.0)
+    matched = SimWorld(p.replace(focal_shift=1.0)).advance(100.0, 0.005, 3.0, 0.0, 2500.0)
+    np.testing.assert_allclose(matched.dz_nm, matched.z_nm - 2500.0)
+    with pytest.raises(ValueError, match="focal_shift"):
+        SimParams(focal_shift=0.1)
     with pytest.raises(ValueError):
         world.advance(99.0, 0.005, 3.0, 0.0, 0.0)
     with pytest.raises(ValueError):

@@ -185,7 +185,8 @@ def test_malformed_files_are_clear_errors(lut, tmp_path):
             ZLUT.load(p)
     edits = [
         (dict(meta__version=FORMAT_VERSION + 1),
-         rf"unsupported Z-LUT format version {FORMAT_VERSION + 1} .*reads version {FORMAT_VERSION}"),
+         rf"unsupported Z-LUT format version {FORMAT_VERSION + 1} .*reads versions 1, 2"),
+        (dict(meta__focal_shift=2.5), r"focal_shift 2.5 is outside 0.3 to 1.5"),
         (dict(meta__format="something-else"), "format 'something-else', expected 'magscope-zlut'"),
         (dict(profiles=None), "missing profiles"),
         (dict(z_nm=lut.z_nm[::-1].copy()), "strictly increasing"),
@@ -226,3 +227,48 @@ def test_mismatch_with_the_stack_is_a_clear_error(lut):
         track(stack64, "lut.npz")
     # matching options are fine
     track(stack64, lut, options=TrackOptions(bin_px=0.25, radius_px=17.75))
+
+
+# ------------------------------------------------------------------------------ focal shift
+
+
+def test_a_sweep_in_focus_travel_gives_heights_in_the_sample(test_beads, tmp_path):
+    """The objective moved by ``travel``; the focal plane by 0.8 of it (the images' true
+    defocus): a LUT built with the factor tracks the true heights, one built with a wrong
+    factor is off by its ratio until rescaled."""
+    images, dz = sweep(-3000.0, 3000.0, 50.0, 3, seed=36)
+    travel = dz / 0.8
+    right = build_zlut(images, travel, nm_per_px=100.0, focal_shift=0.8)
+    assert right.focal_shift == 0.8
+    np.testing.assert_allclose(right.z_nm, np.unique(dz), atol=1e-9)
+    stack, _, true_dz = test_beads
+    inside = np.abs(true_dz) < 2900.0
+    z = track(stack[inside], right).z_nm
+    assert np.sqrt(np.mean((z - true_dz[inside]) ** 2)) < Z_RMS_NM
+    wrong = build_zlut(images, travel, nm_per_px=100.0, focal_shift=0.88)
+    z_wrong = track(stack[inside], wrong).z_nm
+    np.testing.assert_allclose(np.median(z_wrong / true_dz[inside]), 0.88 / 0.8, rtol=0.01)
+    fixed = wrong.with_focal_shift(0.8)
+    np.testing.assert_allclose(fixed.z_nm, right.z_nm, atol=1e-9)
+    loaded = ZLUT.load(fixed.save(tmp_path / "fixed.npz"))
+    assert loaded.focal_shift == 0.8
+    with pytest.raises(ValueError, match="focal_shift=0.1"):
+        right.with_focal_shift(0.1)
+    with pytest.raises(ValueError, match="focal_shift=2.0"):
+        build_zlut(images, travel, nm_per_px=100.0, focal_shift=2.0)
+    with pytest.raises(ZLUTMismatchError, match="focal_shift differs"):
+        ZLUT.stack([right, wrong._replace(bead_ids=np.array([7]), z_nm=right.z_nm)])
+
+
+def test_a_version_1_file_reads_with_a_focal_shift_of_1(lut, tmp_path):
+    path = lut.save(tmp_path / "v1.npz")
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    meta = json.loads(str(arrays["meta"]))
+    meta["version"] = 1
+    del meta["focal_shift"]
+    arrays["meta"] = np.array(json.dumps(meta))
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    old = ZLUT.load(path)
+    assert old.focal_shift == 1.0 and np.array_equal(old.z_nm, lut.z_nm)

@@ -109,7 +109,7 @@ def test_sweep_builds_loads_and_tracks_z_against_truth(RE, microscope):
     assert list(config["microscope-tracker-bead_ids"]) == sorted(ids)
     assert config["microscope-tracker-zlut_uid"] == uid
     dz_true = np.array([
-        microscope.truth.frame(int(i))["z_nm"][ids] - microscope.truth.frame(int(i))["focus_nm"][0]
+        microscope.truth.frame(int(i))["z_nm"][ids] - microscope.truth.frame(int(i))["focal_plane_nm"][0]
         for i in tracks["frame_index"]
     ])
     tracked = tracks["status"] == 1  # frames the service dropped (load) have NaN rows

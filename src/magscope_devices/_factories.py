@@ -74,14 +74,17 @@ def make_drive(config: AxisConfig) -> AxisDrive | None:
     return None
 
 
-def make_axis(config: AxisConfig, *, name: str = "") -> Axis:
-    """Magnet height (mm), magnet rotation (turns) or focus (nm), by ``config.key``."""
+def make_axis(config: AxisConfig, *, name: str = "", focal_shift: float | None = None) -> Axis:
+    """Magnet height (mm), magnet rotation (turns) or focus (nm), by ``config.key``;
+    ``focal_shift``: the focus stage's (None: its default)."""
     cls = _AXIS_CLASSES[config.key]
     low, high = config.limits
     initial = config.initial if config.initial is not None else min(max(0.0, low), high)
     extra: dict[str, Any] = (
         {"safe": config.safe} if config.key == "magnet_z" and config.safe is not None else {}
     )
+    if config.key == "focus" and focal_shift is not None:
+        extra["focal_shift"] = focal_shift
     return cls(  # type: ignore[call-arg]
         initial=initial, low_limit=low, high_limit=high, velocity=config.velocity,
         drive=make_drive(config), name=name, **extra,
@@ -193,7 +196,7 @@ def make_microscope(
         video=make_video(camera, tracker, path_provider, instance),
         magnet_z=make_axis(config.magnet_z),  # type: ignore[arg-type]
         magnet_rotation=make_axis(config.magnet_rotation),  # type: ignore[arg-type]
-        focus=make_axis(config.focus),  # type: ignore[arg-type]
+        focus=make_axis(config.focus, focal_shift=config.focal_shift_factor),  # type: ignore[arg-type]
         simulation=simulation,
         ownership=ownership,
         axes_link=AxesLink(instance),

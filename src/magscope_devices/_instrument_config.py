@@ -5,6 +5,7 @@ A YAML file (``magscope demo|ipython|qserver --config FILE`` or ``$MAGSCOPE_CONF
     version: 1
     instrument: lab-3-tweezers      # written into every run's start document
     nm_per_px: 108.0                # object-plane pixel size (nm)
+    focal_shift: 0.88               # focal-plane travel per nm of focus travel
     camera:
       backend: python-microscope    # sim | python-microscope
       uri: PYRO:Camera@192.168.1.20:8000
@@ -51,6 +52,9 @@ from .sim.world import SimParams
 CONFIG_VERSION = 1
 #: Environment variable naming the instrument config file.
 CONFIG_ENV = "MAGSCOPE_CONFIG"
+
+#: The focal shift of a real instrument whose config gives none: n_water / n_oil.
+DEFAULT_FOCAL_SHIFT = 0.88
 
 CAMERA_BACKENDS = ("sim", "python-microscope")
 AXIS_BACKENDS = ("sim", "python-microscope", "epics", "pi", "zaber")
@@ -139,6 +143,9 @@ class InstrumentConfig:
 
     instrument: str = "magscope-sim"
     nm_per_px: float | None = None
+    #: focal-plane travel in the sample per nm of focus travel (None: the simulated
+    #: world's own with a simulated camera, else 0.88, oil immersion into water)
+    focal_shift: float | None = None
     camera: CameraConfig = field(default_factory=CameraConfig)
     magnet_z: AxisConfig = field(default_factory=lambda: default_axis("magnet_z"))
     magnet_rotation: AxisConfig = field(default_factory=lambda: default_axis("magnet_rotation"))
@@ -162,6 +169,15 @@ class InstrumentConfig:
     @property
     def simulated_camera(self) -> bool:
         return self.camera.backend == "sim"
+
+    @property
+    def focal_shift_factor(self) -> float:
+        """The focal shift the instrument applies: the config's; else, with a simulated
+        camera, the simulated world's (its truth); else 0.88 (oil immersion into
+        water, the simple n2/n1 estimate: measure it)."""
+        if self.focal_shift is not None:
+            return float(self.focal_shift)
+        return float(self.sim.focal_shift) if self.simulated_camera else DEFAULT_FOCAL_SHIFT
 
     @property
     def pixel_size_nm(self) -> float:
@@ -227,8 +243,8 @@ def parse_instrument_config(data: Any, *, source: str | None = None) -> Instrume
         raise InstrumentConfigError(where + str(exc)) from None
 
 
-_TOP_KEYS = ("version", "instrument", "nm_per_px", "camera", "magnet_z", "magnet_rotation",
-             "focus", "tracking", "sim")
+_TOP_KEYS = ("version", "instrument", "nm_per_px", "focal_shift", "camera", "magnet_z",
+             "magnet_rotation", "focus", "tracking", "sim")
 
 
 def _parse(data: Any, source: str | None) -> InstrumentConfig:
@@ -244,6 +260,9 @@ def _parse(data: Any, source: str | None) -> InstrumentConfig:
     nm_per_px = top.get("nm_per_px")
     if nm_per_px is not None:
         nm_per_px = _number("nm_per_px", nm_per_px, low=1.0, high=10_000.0, units="nm")
+    focal_shift = top.get("focal_shift")
+    if focal_shift is not None:
+        focal_shift = _number("focal_shift", focal_shift, low=0.3, high=1.5)
     sim = _sim_params(top.get("sim", {}))
     if nm_per_px is not None:
         sim = replace(sim, nm_per_px=nm_per_px)
@@ -260,8 +279,8 @@ def _parse(data: Any, source: str | None) -> InstrumentConfig:
     axes = {key: _axis(key, top.get(key, {})) for key in AXES}
     tracking = _tracking(top.get("tracking", {}))
     return InstrumentConfig(
-        instrument=instrument, nm_per_px=nm_per_px, camera=camera, tracking=tracking,
-        sim=sim, source=source, **axes,
+        instrument=instrument, nm_per_px=nm_per_px, focal_shift=focal_shift, camera=camera,
+        tracking=tracking, sim=sim, source=source, **axes,
     )
 
 

@@ -78,6 +78,14 @@ class _FocusThroughDevice:
 
         return self._call(read(), 2.0)
 
+    def focal_shift(self) -> float:
+        focus = self._focus()
+
+        async def read() -> float:
+            return float(await focus.focal_shift.get_value())
+
+        return self._call(read(), 2.0)
+
     def move_to(self, focus_nm: float) -> None:
         focus = self._focus()
 

@@ -214,6 +214,7 @@ def make_simulated_microscope(
     track: bool = True,
     tracking_workers: int | None = None,
     roi_size_px: int = 64,
+    focal_shift: float | None = None,
     instance: str | None = None,
     name: str = "",
 ) -> Microscope:
@@ -233,6 +234,9 @@ def make_simulated_microscope(
     :param track: include the bead tracker (tracking service started on connect).
     :param tracking_workers: tracking worker processes (default one per core).
     :param roi_size_px: side of the tracking ROIs (px).
+    :param focal_shift: the focal shift the instrument believes (focal-plane travel per nm
+        of focus travel; ``microscope.focus.focal_shift``); None: the simulated world's
+        own (``params.focal_shift``), a perfectly configured instrument.
     :param instance: name of the instrument instance, in shared-memory names; a named
         instance is owned by one process at a time (connecting takes its lock, see
         :mod:`magscope_devices._ownership`). Default: a random, private name.
@@ -252,6 +256,7 @@ def make_simulated_microscope(
         focus=default_axis("focus", initial=focus0),
         tracking=TrackingConfig(enabled=track, workers=tracking_workers, roi_size_px=roi_size_px),
         sim=params,
+        focal_shift=focal_shift,
     )
     return make_microscope(
         config, path_provider=path_provider, data_dir=data_dir, instance=instance, name=name

@@ -295,8 +295,18 @@ class MagnetRotation(Axis):
         )
 
 
+#: Focal shifts a focus stage accepts (focal-plane travel per nm of focus travel).
+FOCAL_SHIFT_RANGE = (0.3, 1.5)
+
+
 class FocusStage(Axis):
-    """Objective / sample piezo: the focal plane's height above the surface (nm)."""
+    """Objective / sample piezo (nm of its travel).
+
+    ``focal_shift`` (configuration): how far the focal plane moves in the sample per nm
+    the stage moves: about n_water / n_oil = 0.88 for an oil-immersion objective focusing
+    into water (measure it: docs/focal-shift.md), 1 for an index-matched one. Z-LUT sweeps
+    scale their heights by it and the focus lock divides its corrections by it.
+    """
 
     def __init__(
         self,
@@ -306,8 +316,24 @@ class FocusStage(Axis):
         velocity: float = 500_000.0,
         drive: AxisDrive | None = None,
         name: str = "",
+        focal_shift: float = 0.88,
     ) -> None:
+        _check_focal_shift(focal_shift)
+        with self.add_children_as_readables(Format.CONFIG_SIGNAL):
+            # nm the focal plane moves in the sample per nm the stage moves
+            self.focal_shift = soft_signal_rw(float, float(focal_shift),
+                                              setter=_check_focal_shift, units="nm/nm")
         super().__init__(
             units="nm", initial=initial, low_limit=low_limit, high_limit=high_limit,
             velocity=velocity, precision=1, drive=drive, name=name,
+        )
+
+
+def _check_focal_shift(value: object) -> None:
+    lo, hi = FOCAL_SHIFT_RANGE
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not lo <= float(value) <= hi):
+        raise ValueError(
+            f"focal_shift = {value!r} is outside [{lo:g}, {hi:g}]: the focal plane's travel "
+            "per nm of focus travel (0.88 for oil immersion into water, 1 index-matched)"
         )

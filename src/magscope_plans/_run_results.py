@@ -84,7 +84,7 @@ def stream_layout(node: Any, device: str) -> BeadLayout:
 def zlut_from_run(run: Any) -> ZLUT:
     """The Z-LUT a ``zlut_sweep`` run built, from its ``zlut`` stream: ``zlut-z_nm``,
     ``zlut-profiles``, ``zlut-created`` and the stream's configuration (bead ids, ROI
-    size, nm/px, radial bin spacing). ``source`` is the run uid."""
+    size, nm/px, radial bin spacing, focal shift). ``source`` is the run uid."""
     node = _stream(run, "zlut", "Z-LUT")
     layout = stream_layout(node, "zlut")
     side = layout.roi_size_px
@@ -97,6 +97,8 @@ def zlut_from_run(run: Any) -> ZLUT:
         bead_ids=layout.bead_ids,
         created=float(_last(node, "zlut-created")),
         source=_start(run).get("uid"),
+        # runs from before the focal shift was kept had none (1)
+        focal_shift=float(_configuration(node)["zlut"]["data"].get("zlut-focal_shift", 1.0)),
     )
 
 
@@ -127,6 +129,7 @@ def zlut_from_images(run: Any) -> ZLUT:
     return build_zlut(
         stack, np.repeat(-offsets, frames), nm_per_px=layout.nm_per_px,
         bead_ids=layout.bead_ids, source=start.get("uid"), created=created,
+        focal_shift=float(start.get("focal_shift", 1.0)),
     )
 
 

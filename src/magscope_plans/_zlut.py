@@ -56,7 +56,8 @@ class ZLUTRecord(BeadLayoutRecord):
     (beads,): each bead's height above the reference beads at the sweep (nm; NaN where it
     could not be anchored or without reference beads); ``created`` (UNIX s). Configuration:
     the bead layout (:mod:`magscope_devices._bead_layout`; ``bead_ids`` are the profiles'
-    beads) and ``bin_px``, the radial bin spacing (px).
+    beads), ``bin_px``, the radial bin spacing (px), and ``focal_shift``, the focal-plane
+    travel per nm of focus travel the heights were scaled with.
     """
 
     def __init__(self, name: str = "zlut") -> None:
@@ -67,6 +68,7 @@ class ZLUTRecord(BeadLayoutRecord):
             self.created = soft_signal_rw(float, 0.0, units="s")
         with self.add_children_as_readables(StandardReadableFormat.CONFIG_SIGNAL):
             self.bin_px = soft_signal_rw(float, 0.0, units="px")
+            self.focal_shift = soft_signal_rw(float, 1.0)
         super().__init__(name=name)
 
 
@@ -154,6 +156,7 @@ def zlut_sweep(
                 "`yield from bps.wait_for([microscope.tracker.find_beads])` first"
             )
         focus0 = yield from bps.rd(microscope.focus)
+        focal_shift = float((yield from bps.rd(microscope.focus.focal_shift)))
         f_lo = yield from bps.rd(microscope.focus.low_limit)
         f_hi = yield from bps.rd(microscope.focus.high_limit)
         if focus0 + lo < f_lo or focus0 + hi > f_hi:
@@ -193,6 +196,7 @@ def zlut_sweep(
             "bead_rois": layout.rois_metadata(),
             "reference_bead_ids": refs.tolist(),
             "focus_start_nm": focus0,
+            "focal_shift": focal_shift,
         }
         _md.update(md or {})
         stacks: list[np.ndarray] = []
@@ -214,9 +218,12 @@ def zlut_sweep(
             yield from (take_reading or bps.trigger_and_read)([*detectors, *step])
 
         def build_and_record() -> Generator[Msg, Any, None]:
-            z_rel = np.repeat(-offsets, frames_per_step)  # bead height minus the focal plane
+            # bead height minus the focal plane, in nm of focus travel: the LUT scales
+            # it to the sample's nm with the focal shift
+            z_rel = np.repeat(-offsets, frames_per_step)
             lut = build_zlut(
                 np.concatenate(stacks, axis=1), z_rel, nm_per_px=nm_per_px, bead_ids=selected,
+                focal_shift=focal_shift,
             )
             heights = (
                 height_offsets_nm(lut, refs) if refs.size else np.full(lut.n_beads, np.nan)
@@ -226,7 +233,7 @@ def zlut_sweep(
                 record.z_nm, np.asarray(lut.z_nm, float),
                 record.profiles, np.asarray(lut.profiles, float),
                 record.height_nm, heights, record.created, float(lut.created),
-                record.bin_px, float(lut.bin_px),
+                record.bin_px, float(lut.bin_px), record.focal_shift, lut.focal_shift,
             )
             yield from bps.trigger_and_read([record], name="zlut")
 

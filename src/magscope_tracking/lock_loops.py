@@ -93,6 +93,11 @@ class FocusActuator(Protocol):
         """Move the focus and return when it is there (raise on failure)."""
         ...
 
+    def focal_shift(self) -> float:
+        """Focal-plane travel in the sample per nm of focus travel (0.88 for oil
+        immersion into water): a height error of e nm needs e / focal_shift of focus."""
+        ...
+
 
 class RoiWriter(Protocol):
     """The ROI table's one writer as the XY lock sees it (the tracking service)."""
@@ -331,8 +336,9 @@ class FocusLockLoop(_Loop):
             self._target_nm = height
         error = height - self._target_nm
         focus, low, high = self._focus.position()
-        step = focus_step(error, dt, self._state, self.gains, focus_nm=focus, low_nm=low,
-                          high_nm=high)
+        # the error is in heights of the sample, the focus moves in its own travel
+        step = focus_step(error / self._focus.focal_shift(), dt, self._state, self.gains,
+                          focus_nm=focus, low_nm=low, high_nm=high)
         if not self._enabled:
             return self._hold("off")
         if step.correction_nm != 0.0:

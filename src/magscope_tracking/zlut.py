@@ -4,7 +4,14 @@ A Z-LUT holds, for each of ``n_beads`` beads, the radial profile of the bead at
 ``n_planes`` known heights ``z_nm`` (increasing): ``profiles`` (n_beads, n_planes,
 n_bins), relative to the background (see :mod:`.radial_profile`), with knots every
 ``bin_px`` out to (n_bins - 1) * bin_px. It also records the ROI size it was made for,
-the pixel size, the bead ids, its creation time (UNIX s) and the run it came from.
+the pixel size, the bead ids, its creation time (UNIX s), the run it came from and the
+focal shift its heights were scaled with.
+
+The focal shift: a sweep moves the objective, but an oil-immersion objective focusing into
+water moves its focal plane in the sample by only ``focal_shift`` (about 0.88) of its own
+travel. :func:`build_zlut` takes the heights in nm of focus travel and keeps the planes in
+nm of the sample (travel x ``focal_shift``), so every z tracked with the LUT is a height
+in the sample; :meth:`ZLUT.with_focal_shift` rescales a LUT made with a wrong factor.
 
 :func:`build_zlut` makes one from a focus sweep: images of a bead at known defocus
 (several images per z allowed: their profiles are averaged). The profiles are then
@@ -14,8 +21,9 @@ smoothed along z by a local cubic fit over ``smooth_planes`` neighbouring planes
 
 Files (:meth:`ZLUT.save`, :meth:`ZLUT.load`) are ``.npz`` archives (no pickles): arrays
 ``z_nm``, ``profiles``, ``bead_ids`` and a JSON header ``meta`` with the format name and
-version, ``roi_size``, ``bin_px``, ``nm_per_px``, ``created``, ``source`` and the
-profile method. Loading validates everything; a malformed file raises
+version, ``roi_size``, ``bin_px``, ``nm_per_px``, ``created``, ``source``, the
+profile method and ``focal_shift`` (version 2; a version-1 file, from before the factor,
+reads as 1). Loading validates everything; a malformed file raises
 :class:`ZLUTFormatError`, a LUT that does not fit the ROIs being tracked
 :class:`ZLUTMismatchError` (both ``ValueError``), naming the value and what was expected.
 """
@@ -55,7 +63,11 @@ __all__ = [
 ]
 
 FORMAT_NAME = "magscope-zlut"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Format versions this library reads (1: no focal shift, read as 1).
+READABLE_VERSIONS = (1, 2)
+#: The focal shifts a Z-LUT may carry (focal-plane travel per nm of focus travel).
+FOCAL_SHIFT_RANGE = (0.3, 1.5)
 PROFILE_METHOD = "ls-hat-penalty0.1"
 """Identifies how profiles are computed; a LUT made another way cannot be matched."""
 
@@ -87,7 +99,8 @@ class ZLUT:
     Fields: ``z_nm`` (n_planes,) float64, increasing; ``profiles`` (n_beads, n_planes,
     n_bins) float64, relative to the background; ``roi_size`` (h, w) px; ``bin_px`` knot
     spacing (px); ``nm_per_px``; ``bead_ids`` (n_beads,) int64; ``created`` UNIX s;
-    ``source`` run uid or None; ``profile_method`` (see ``PROFILE_METHOD``).
+    ``source`` run uid or None; ``profile_method`` (see ``PROFILE_METHOD``);
+    ``focal_shift``: the factor from focus travel to the sample heights ``z_nm`` holds.
     """
 
     z_nm: np.ndarray
@@ -99,9 +112,18 @@ class ZLUT:
     created: float
     source: str | None = None
     profile_method: str = PROFILE_METHOD
+    focal_shift: float = 1.0
 
     def __post_init__(self):
         err = ZLUTFormatError
+        lo, hi = FOCAL_SHIFT_RANGE
+        try:
+            shift = float(self.focal_shift)
+        except (TypeError, ValueError):
+            raise err(f"focal_shift must be a number, got {self.focal_shift!r}") from None
+        if not lo <= shift <= hi:
+            raise err(f"focal_shift {self.focal_shift!r} is outside {lo:g} to {hi:g}")
+        object.__setattr__(self, "focal_shift", shift)
         z = np.asarray(self.z_nm, dtype=np.float64)
         prof = np.asarray(self.profiles, dtype=np.float64)
         ids = np.asarray(self.bead_ids)
@@ -182,7 +204,7 @@ class ZLUT:
             f"ZLUT(beads={self.bead_ids.tolist()}, planes={self.n_planes} from "
             f"{self.z_nm[0]:g} to {self.z_nm[-1]:g} nm, roi_size={self.roi_size}, "
             f"bins={self.n_bins} x {self.bin_px:g} px, nm_per_px={self.nm_per_px:g}, "
-            f"source={self.source!r})"
+            f"focal_shift={self.focal_shift:g}, source={self.source!r})"
         )
 
     # ------------------------------------------------------------------ matching
@@ -231,6 +253,17 @@ class ZLUT:
         idx = self.index_of(bead_ids)
         return self._replace(profiles=self.profiles[idx], bead_ids=self.bead_ids[idx])
 
+    def with_focal_shift(self, focal_shift: float) -> ZLUT:
+        """The same LUT with its heights for another focal shift: each plane's height
+        times ``focal_shift`` / ``self.focal_shift`` (a LUT swept with a wrong factor,
+        corrected once the factor is measured)."""
+        lo, hi = FOCAL_SHIFT_RANGE
+        if not (isinstance(focal_shift, int | float) and lo <= focal_shift <= hi):
+            raise ValueError(f"focal_shift={focal_shift!r}: must be a number within {lo:g} "
+                             f"to {hi:g}")
+        return self._replace(z_nm=self.z_nm * (float(focal_shift) / self.focal_shift),
+                             focal_shift=float(focal_shift))
+
     def _replace(self, **changes: Any) -> ZLUT:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
@@ -251,7 +284,7 @@ class ZLUT:
                     f"Z-LUT planes differ: {other.n_planes} planes "
                     f"{other.z_range_nm} nm vs {first.n_planes} planes {first.z_range_nm} nm"
                 )
-            for name in ("roi_size", "bin_px", "nm_per_px"):
+            for name in ("roi_size", "bin_px", "nm_per_px", "focal_shift"):
                 a, b = getattr(other, name), getattr(first, name)
                 if a != b:
                     raise ZLUTMismatchError(f"Z-LUT {name} differs: {a} vs {b}")
@@ -280,6 +313,7 @@ class ZLUT:
             "created": self.created,
             "source": self.source,
             "profile_method": self.profile_method,
+            "focal_shift": self.focal_shift,
         }
         return {
             "meta": np.array(json.dumps(meta)),
@@ -305,12 +339,15 @@ class ZLUT:
                 f"not a Z-LUT: format {meta.get('format')!r}, expected {FORMAT_NAME!r}"
             )
         version = meta.get("version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise ZLUTFormatError(
-                f"unsupported Z-LUT format version {version!r} (this library reads version "
-                f"{FORMAT_VERSION})"
+                f"unsupported Z-LUT format version {version!r} (this library reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))})"
             )
-        for key in ("roi_size", "bin_px", "nm_per_px", "created", "profile_method"):
+        required = ["roi_size", "bin_px", "nm_per_px", "created", "profile_method"]
+        if version >= 2:
+            required.append("focal_shift")
+        for key in required:
             if key not in meta:
                 raise ZLUTFormatError(f"Z-LUT header lacks {key!r}")
         try:
@@ -324,6 +361,7 @@ class ZLUT:
                 created=float(meta["created"]),
                 source=meta.get("source"),
                 profile_method=str(meta["profile_method"]),
+                focal_shift=meta.get("focal_shift", 1.0),
             )
         except ZLUTError:
             raise
@@ -393,13 +431,16 @@ def build_zlut(
     options: TrackOptions | None = None,
     smooth_planes: int = 7,
     created: float | None = None,
+    focal_shift: float = 1.0,
 ) -> ZLUT:
     """Build a Z-LUT from a focus sweep.
 
     ``images``: (m, h, w) ROIs of one bead, or (n_beads, m, h, w) for several beads
     imaged at the same focus positions; ``z_nm`` (m,): the bead height relative to the
-    focus for each image (nm; any common offset), repeats allowed (their profiles are
-    averaged). Each image is located in XY and its profile taken about the bead centre
+    focus for each image, in nm of focus travel (minus the focus offset; any common
+    offset), repeats allowed (their profiles are averaged). The LUT's planes are these
+    heights times ``focal_shift`` (focal-plane travel in the sample per nm of focus
+    travel; 1: an index-matched objective), so z tracked with it is in nm of the sample. Each image is located in XY and its profile taken about the bead centre
     (``options``: as for :func:`track`; they also set the bins). Images where the bead is
     lost are skipped; a height with no usable image is an error. ``smooth_planes``: width
     of the local cubic smoothing along z (0 or 1: none). ``bead_ids`` default 0..n-1.
@@ -439,8 +480,11 @@ def build_zlut(
         sums = np.zeros((levels.size, bins.n_bins))
         np.add.at(sums, inverse[ok], profiles[ok])
         out[b] = _smooth_along_z(sums / counts[:, None], levels, int(smooth_planes))
+    if not FOCAL_SHIFT_RANGE[0] <= focal_shift <= FOCAL_SHIFT_RANGE[1]:
+        raise ValueError(f"focal_shift={focal_shift!r}: must be within "
+                         f"{FOCAL_SHIFT_RANGE[0]:g} to {FOCAL_SHIFT_RANGE[1]:g}")
     return ZLUT(
-        z_nm=levels,
+        z_nm=levels * float(focal_shift),
         profiles=out,
         roi_size=(h, w),
         bin_px=bins.bin_px,
@@ -448,4 +492,5 @@ def build_zlut(
         bead_ids=ids.astype(np.int64),
         created=time.time() if created is None else float(created),
         source=source,
+        focal_shift=float(focal_shift),
     )

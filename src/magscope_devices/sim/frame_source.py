@@ -41,7 +41,8 @@ TRUTH_DTYPE = np.dtype(
         ("extension_nm", "<f8"),
         ("magnet_z_mm", "<f8"),
         ("magnet_turns", "<f8"),
-        ("focus_nm", "<f8"),
+        ("focus_nm", "<f8"),  # the focus axis (objective) position
+        ("focal_plane_nm", "<f8"),  # where it focuses in the sample: focal_shift x focus_nm
         ("exposure_s", "<f8"),
     ]
 )
@@ -54,6 +55,7 @@ def truth_rows(truth, out: np.ndarray) -> None:
     out["magnet_z_mm"] = truth.magnet_z_mm
     out["magnet_turns"] = truth.magnet_turns
     out["focus_nm"] = truth.focus_nm
+    out["focal_plane_nm"] = truth.focal_plane_nm
     out["exposure_s"] = truth.exposure_s
 
 

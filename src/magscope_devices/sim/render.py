@@ -9,7 +9,8 @@ with u = column / (width - 1), v = row / (height - 1) and g the ``illumination_g
 (relative change corner to corner; 0 = flat). A bead modulates the bright-field
 illumination with a radially symmetric, defocus-dependent ring pattern P (see
 :func:`ring_profile`), centred on the bead's exposure-averaged position (sub-pixel), with
-dz = z_bead - focus_nm. Q_b is P integrated over the pixel area, to second order
+dz = z_bead minus the focal plane (``FrameTruth.dz_nm``: the focus position times the
+focal shift). Q_b is P integrated over the pixel area, to second order
 (:func:`pixel_profile`: P plus 1/24 of its Laplacian), averaged over ``supersample`` x
 ``supersample`` sub-pixels (default 1: error < 1.2 % of the ring amplitude).
 
@@ -194,7 +195,7 @@ def _bead_inputs(truth: FrameTruth, params: SimParams):
     p = params.nm_per_px
     cx = np.ascontiguousarray(truth.x_nm, dtype=np.float64) / p
     cy = np.ascontiguousarray(truth.y_nm, dtype=np.float64) / p
-    dz = np.ascontiguousarray(truth.z_nm, dtype=np.float64) - float(truth.focus_nm)
+    dz = np.ascontiguousarray(truth.dz_nm, dtype=np.float64)
     radius = np.ascontiguousarray(truth.radius_nm, dtype=np.float64)
     return cx, cy, dz, radius
 

@@ -68,6 +68,12 @@ class SimParams:
     ``read_noise_e`` (e r.m.s.); ``electrons_per_adu`` (None: 32 e/ADU at 8 bit,
     0.25 e/ADU at 16 bit); ``black_level_adu`` offset.
 
+    Optics: ``focal_shift``, how far the focal plane moves in the sample per nm the
+    objective (the focus axis) moves. An oil-immersion objective focusing into water
+    moves its focal plane by about n_water / n_oil = 0.88 of its own travel (the simple
+    estimate; measured factors range down to ~0.6): a bead's defocus is its height minus
+    ``focal_shift`` times the focus position. 1 is an index-matched objective.
+
     Bead image (see render.py): ``ring_*`` shape parameters of the defocus ring pattern,
     ``max_pattern_radius_px`` cap of its support, ``supersample`` (sub-samples per pixel
     side).
@@ -118,6 +124,8 @@ class SimParams:
     read_noise_e: float = 6.0
     electrons_per_adu: float | None = None
     black_level_adu: float = 0.0
+    # optics
+    focal_shift: float = 0.88
     # bead image (ring pattern, see render.py)
     ring_wavelength_nm: float = 200.0
     ring_z0_nm: float = 1000.0
@@ -145,6 +153,8 @@ class SimParams:
             raise ValueError("bead radius, temperature and viscosity must be positive")
         if self.contour_nm_range[0] <= 0 or self.contour_nm_range[1] < self.contour_nm_range[0]:
             raise ValueError("contour_nm_range must be (low, high) with 0 < low <= high")
+        if not 0.3 <= self.focal_shift <= 1.5:
+            raise ValueError(f"focal_shift={self.focal_shift!r}: must be within 0.3 to 1.5")
 
     @property
     def n_beads(self) -> int:
@@ -209,12 +219,18 @@ class FrameTruth:
     drift_z_nm: float
     magnet_z_mm: float
     magnet_turns: float
-    focus_nm: float
+    focus_nm: float  # the focus axis (objective) position, nm of its travel
+    focal_shift: float = 1.0  # focal plane moved per nm of focus travel
+
+    @property
+    def focal_plane_nm(self) -> float:
+        """Height of the focal plane in the sample (nm): ``focal_shift`` x ``focus_nm``."""
+        return self.focal_shift * self.focus_nm
 
     @property
     def dz_nm(self) -> np.ndarray:
         """Defocus of each bead, exposure-averaged z minus the focal plane (nm)."""
-        return self.z_nm - self.focus_nm
+        return self.z_nm - self.focal_plane_nm
 
     @classmethod
     def still_beads(
@@ -635,4 +651,5 @@ class SimWorld:
             magnet_z_mm=float(magnet_z_mm),
             magnet_turns=float(magnet_turns),
             focus_nm=float(focus_nm),
+            focal_shift=float(self.params.focal_shift),
         )

@@ -11,10 +11,14 @@ Units: nm, s, Hz, pN, turns (see docs/analysis.md for the models and equations).
   worm-like chain;
 - :func:`buckling_point` (:class:`BucklingResult`): hat curves;
 - :func:`subtract_drift`, :func:`reference_drift`: drift correction with reference beads;
-- :func:`mean_and_sem`: mean and honest standard error of a correlated trace.
+- :func:`mean_and_sem`: mean and honest standard error of a correlated trace;
+- :func:`radius_from_drag`, :func:`combine_estimates`: a bead's radius from its drag;
+- :func:`focal_shift_from_contour`: the focal shift from tethers of known length.
 """
 
+from .bead_radius import combine_estimates, radius_from_drag
 from .drift import reference_drift, subtract_drift
+from .focal_shift import FocalShiftEstimate, focal_shift_from_contour
 from .force_allan import allan_force, allan_variance
 from .force_psd import periodogram, psd_force
 from .magnet_force import MagnetForceFit, fit_magnet_force
@@ -33,6 +37,7 @@ from .wlc import WLCFit, wlc_extension_nm, wlc_fit, wlc_force_pn
 
 __all__ = [
     "BucklingResult",
+    "FocalShiftEstimate",
     "ForceResult",
     "MagnetForceFit",
     "WLCFit",
@@ -40,14 +45,17 @@ __all__ = [
     "allan_model",
     "allan_variance",
     "buckling_point",
+    "combine_estimates",
     "expected_corner_hz",
     "expected_periodogram",
     "fit_magnet_force",
+    "focal_shift_from_contour",
     "force_relative_error",
     "mean_and_sem",
     "periodogram",
     "psd_force",
     "psd_model",
+    "radius_from_drag",
     "record_length_s",
     "reference_drift",
     "subtract_drift",
