@@ -137,8 +137,24 @@ def main() -> None:
             e_allan = np.asarray(data["calibration-force_allan_pn"]) / tf - 1
             all_psd += list(e_psd)
             print(f"{np.median(tf):6.2f} {z:5.2f} {data['calibration-record_s']:6.1f} | "
-                  f"{pct(e_psd)} | {pct(e_plain)} | {pct(e_allan)}", flush=True)
+                  f"{pct(e_psd)} | {pct(e_plain)} | {pct(e_allan)}   signed median psd "
+                  f"{100 * np.nanmedian(e_psd):+.1f} %", flush=True)
         print(f"{'all':>6} {'':>5} {'':>6} | {pct(all_psd)}")
+        # what microscope.force reports for each bead, against the truth, by force
+        from magscope_devices import ForceCalibration
+
+        cal = ForceCalibration.load(RE(bps.rd(mic.force.calibration_file)).plan_result)
+        tethered_ids = [b for b in cal.bead_ids]
+        print(f"\nmicroscope.force per bead against the truth ({len(tethered_ids)} beads):")
+        print(f"{'F pN':>6} {'h mm':>5} | {'|error| %':>13} | signed median")
+        every: list[float] = []
+        for f, z in zip(FORCES_PN, heights, strict=True):
+            reported = np.array([cal.force_pn_for_bead(b, z) for b in tethered_ids])
+            true_f = world.true_force(z)[tid(tethered_ids)]
+            e = reported / true_f - 1
+            every += list(e)
+            print(f"{f:6.2f} {z:5.2f} | {pct(e)} | {100 * np.median(e):+.1f} %")
+        print(f"{'all':>6} {'':>5} | {pct(every)}   (bar: median <= 3 %, 95th <= 8 %)")
         fitted = [d["data"] for n, d in docs if n == "event" and "force_fit-bead_radius_nm" in
                   d.get("data", {})][-1]
         t = tid(fitted["force_fit-bead_id"])
