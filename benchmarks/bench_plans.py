@@ -146,15 +146,22 @@ def main() -> None:
         cal = ForceCalibration.load(RE(bps.rd(mic.force.calibration_file)).plan_result)
         tethered_ids = [b for b in cal.bead_ids]
         print(f"\nmicroscope.force per bead against the truth ({len(tethered_ids)} beads):")
-        print(f"{'F pN':>6} {'h mm':>5} | {'|error| %':>13} | signed median")
+        print(f"{'F pN':>6} {'h mm':>5} | {'|error| %':>13} | signed median | reported "
+              f"error (median) | within 1 sigma")
         every: list[float] = []
+        inside: list[bool] = []
         for f, z in zip(FORCES_PN, heights, strict=True):
             reported = np.array([cal.force_pn_for_bead(b, z) for b in tethered_ids])
+            sigma = np.array([cal.force_err_pn_for_bead(b, z) for b in tethered_ids])
             true_f = world.true_force(z)[tid(tethered_ids)]
             e = reported / true_f - 1
             every += list(e)
-            print(f"{f:6.2f} {z:5.2f} | {pct(e)} | {100 * np.median(e):+.1f} %")
-        print(f"{'all':>6} {'':>5} | {pct(every)}   (bar: median <= 3 %, 95th <= 8 %)")
+            hit = np.abs(reported - true_f) <= sigma
+            inside += list(hit)
+            print(f"{f:6.2f} {z:5.2f} | {pct(e)} | {100 * np.median(e):+12.1f} % | "
+                  f"{100 * np.nanmedian(sigma / reported):12.1f} % | {np.mean(hit):13.0%}")
+        print(f"{'all':>6} {'':>5} | {pct(every)}   (bar: median <= 3 %, 95th <= 8 %); "
+              f"1 sigma covers the truth for {np.mean(inside):.0%} (bar: 68 +/- 10 %)")
         fitted = [d["data"] for n, d in docs if n == "event" and "force_fit-bead_radius_nm" in
                   d.get("data", {})][-1]
         t = tid(fitted["force_fit-bead_id"])
@@ -180,11 +187,16 @@ def main() -> None:
         t = tid(fit["wlc-bead_id"])
         c_err = np.asarray(fit["wlc-contour_nm"]) / table["contour_nm"][t] - 1
         p_err = np.asarray(fit["wlc-persistence_nm"]) / table["persistence_nm"][t] - 1
+        c_sigma = np.asarray(fit["wlc-contour_nm_err"])
+        p_sigma = np.asarray(fit["wlc-persistence_nm_err"])
+        c_cover = np.mean(np.abs(c_err) * table["contour_nm"][t] <= c_sigma)
+        p_cover = np.mean(np.abs(p_err) * table["persistence_nm"][t] <= p_sigma)
         print(f"\nWLC fit, {forces[0]:.2f}..{forces[-1]:.1f} pN, {args.dwell} s per step: "
               f"contour |error| {pct(c_err)} %, persistence {pct(p_err)} % (median / 95th); "
               f"contour max {100 * np.nanmax(np.abs(c_err)):.1f} %, signed median "
               f"{100 * np.nanmedian(c_err):+.2f} %; tethers {table['contour_nm'][t].min():.0f}.."
-              f"{table['contour_nm'][t].max():.0f} nm", flush=True)
+              f"{table['contour_nm'][t].max():.0f} nm; 1 sigma covers the truth: contour "
+              f"{c_cover:.0%}, persistence {p_cover:.0%}", flush=True)
 
         # the same records without the radius correction: the baseline, fitted here
         start = [d for n, d in docs if n == "start" and d.get("plan_name") == "force_extension"][-1]

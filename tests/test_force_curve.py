@@ -128,7 +128,7 @@ def test_radii_round_trip_and_give_each_bead_its_offset(tmp_path):
 def test_a_version_1_file_loads_without_radii(tmp_path):
     data = make_cal().to_dict()
     for key in ("bead_radius_nm", "bead_radius_nm_err", "reference_radius_nm",
-                "reference_radius_nm_err"):
+                "reference_radius_nm_err", "covariance", "bead_scale_err"):
         del data[key]
     data["version"] = 1
     path = tmp_path / "v1.json"
@@ -235,3 +235,105 @@ def test_fit_input_errors():
     # NaN points (failed bead fits) are ignored
     fit = fit_magnet_force([1.0, 2.0, 3.0], [10.0, 5.0, np.nan])
     assert fit.n_points == 2
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+def _calibration_data(rng, heights, n_beads=12, scale_cv=0.03):
+    """Forces of ``n_beads`` beads (scales spread ``scale_cv``) at ``heights``, with
+    relative errors growing towards the weak end (3 % at 30 pN, ~25 % at 0.3 pN) as
+    short PSD records give them."""
+    scale = np.exp(scale_cv * rng.standard_normal(n_beads))
+    true = magnet_force_pn(np.asarray(heights), **TRUE)[:, None] * scale[None, :]
+    rel = np.clip(0.03 * (30.0 / true) ** 0.45, 0.03, 0.4)
+    force = true * np.exp(rel * rng.standard_normal(true.shape))
+    return force, rel * force, scale
+
+
+def test_the_errors_cover_the_truth_68_percent_of_the_time():
+    """Curve, scales and each bead's force: their 1-sigma errors cover the truth in 68 %
+    of 80 simulated calibrations (+/- 10 %; the binomial noise is +/- 5 %)."""
+    from magscope_plans.analysis import fit_ensemble_force
+
+    rng = np.random.default_rng(11)
+    heights = [0.8, 2.0, 3.5, 5.0, 6.2, 7.0]
+    probe = np.array([1.0, 4.0, 6.5, 7.0])
+    curve_covered, bead_covered, scale_covered, n = np.zeros(probe.size), 0, 0, 0
+    runs = 80
+    for _ in range(runs):
+        force, err, scale = _calibration_data(rng, heights)
+        fit = fit_ensemble_force(heights, force, err)
+        # the curve is the beads' geometric-mean force: so is its truth
+        mean_scale = np.exp(np.mean(np.log(scale)))
+        true_curve = magnet_force_pn(probe, **TRUE) * mean_scale
+        sigma = fit.curve.force_rel_err(probe)
+        curve_covered += np.abs(np.log(fit.curve.force_pn(probe) / true_curve)) <= sigma
+        scale_covered += int(np.sum(np.abs(fit.bead_scale - scale / mean_scale)
+                                    <= fit.bead_scale_err))
+        # a bead's force: its scale times the curve, both errors
+        got = fit.bead_scale[None, :] * fit.curve.force_pn(probe)[:, None]
+        true = scale[None, :] * magnet_force_pn(probe, **TRUE)[:, None]
+        bead_sigma = np.hypot(sigma[:, None], (fit.bead_scale_err / fit.bead_scale)[None, :])
+        bead_covered += int(np.sum(np.abs(np.log(got / true)) <= bead_sigma))
+        n += scale.size
+    assert np.all(np.abs(curve_covered / runs - 0.68) < 0.10), curve_covered / runs
+    assert abs(scale_covered / n - 0.68) < 0.10, scale_covered / n
+    assert abs(bead_covered / (n * probe.size) - 0.68) < 0.10, bead_covered / (n * probe.size)
+
+
+def test_weighting_every_bead_beats_the_median_at_the_weak_end():
+    from magscope_plans.analysis import fit_ensemble_force
+
+    rng = np.random.default_rng(12)
+    heights = [0.8, 2.0, 3.5, 5.0, 6.2, 7.0]
+    weak = 7.0
+    errors_weighted, errors_median = [], []
+    for _ in range(30):
+        force, err, _ = _calibration_data(rng, heights)
+        weighted = fit_ensemble_force(heights, force, err).curve
+        median = fit_magnet_force(heights, np.median(force, axis=1))
+        truth = magnet_force_pn(weak, **TRUE)
+        errors_weighted.append(weighted.force_pn(weak) / truth - 1)
+        errors_median.append(median.force_pn(weak) / truth - 1)
+    assert np.median(np.abs(errors_weighted)) < 0.8 * np.median(np.abs(errors_median))
+
+
+def test_the_single_exponential_keeps_a_covariance_and_the_ensemble_refuses_too_few():
+    from magscope_plans.analysis import fit_ensemble_force
+
+    z = np.array([1.0, 2.0, 3.0, 4.0])
+    rng = np.random.default_rng(2)
+    force = 50.0 * np.exp(-z / 1.2) * np.exp(0.02 * rng.standard_normal(4))
+    fit = fit_magnet_force(z, force, 0.02 * force)
+    assert fit.covariance is not None and fit.covariance.shape == (4, 4)
+    assert np.all(np.isfinite(fit.force_rel_err(z))) and np.all(fit.force_rel_err(z) > 0)
+    with pytest.raises(ValueError, match="only 1 magnet heights have a usable force"):
+        fit_ensemble_force([1.0, 2.0], [[3.0, 2.0], [np.nan, np.nan]], [[0.1, 0.1], [0.1, 0.1]])
+
+
+def test_the_calibration_keeps_the_fits_errors_and_gives_each_beads(tmp_path):
+    from magscope_plans.analysis import fit_ensemble_force
+
+    rng = np.random.default_rng(5)
+    heights = [0.8, 2.0, 3.5, 5.0, 6.2, 7.0]
+    force, err, _ = _calibration_data(rng, heights, n_beads=3)
+    fit = fit_ensemble_force(heights, force, err)
+    c = fit.curve
+    cal = make_cal(f0_pn=c.f0_pn, a=c.a, l1_mm=c.l1_mm, l2_mm=c.l2_mm,
+                   bead_scale=tuple(fit.bead_scale), bead_scale_err=tuple(fit.bead_scale_err),
+                   covariance=tuple(map(tuple, c.covariance)))
+    z = np.array([1.0, 4.0, 7.5])
+    np.testing.assert_allclose(cal.force_err_pn(z), c.force_rel_err(z) * c.force_pn(z))
+    # beyond the heights the relative error grows
+    assert cal.force_err_pn(7.5) / cal.force_pn(7.5) > cal.force_err_pn(6.0) / cal.force_pn(6.0)
+    loaded = ForceCalibration.load(cal.save(tmp_path / "cal.json"))
+    assert loaded.covariance == cal.covariance and loaded.bead_scale_err == cal.bead_scale_err
+    bead_err = loaded.force_err_pn_for_bead(7, 4.0)
+    rel = np.hypot(c.force_rel_err(4.0), fit.bead_scale_err[1] / fit.bead_scale[1])
+    assert bead_err == pytest.approx(rel * loaded.force_pn_for_bead(7, 4.0))
+    with pytest.raises(KeyError, match="bead 99"):
+        loaded.force_err_pn_for_bead(99, 4.0)
+    assert math.isnan(make_cal().force_err_pn(4.0))  # no covariance: not known
+    with pytest.raises(ValueError, match="covariance must be 4 x 4"):
+        make_cal(covariance=((1.0, 0.0), (0.0, 1.0)))

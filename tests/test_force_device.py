@@ -82,6 +82,25 @@ async def test_load_calibration_file_sets_limits_and_readback(devices, cal_file)
     assert math.isnan(await force.high_limit.get_value())
 
 
+async def test_a_reading_carries_the_calibrations_error_there(devices, tmp_path):
+    magnet_z, force = devices
+    cov = ((0.25, 0.0, 0.0, 0.0), (0.0, 1e-4, 0.0, 0.0), (0.0, 0.0, 1e-4, 0.0),
+           (0.0, 0.0, 0.0, 4e-4))
+    cal = ForceCalibration(
+        f0_pn=68.0, a=0.7, l1_mm=0.8, l2_mm=1.65, min_height_mm=0.5, max_height_mm=6.5,
+        bead_ids=(0, 1), bead_scale=(1.0, 1.05), covariance=cov, created=1.0,
+    )
+    await force.calibration_file.set(str(cal.save(tmp_path / "cal.json")))
+    await magnet_z.set(3.0)
+    reading = await force.read()
+    assert reading["force-error_pn"]["value"] == pytest.approx(cal.force_err_pn(3.0))
+    assert 0 < reading["force-error_pn"]["value"] < 0.1 * reading["force"]["value"]
+    assert (await force.describe())["force-error_pn"]["units"] == "pN"
+    await magnet_z.set(8.0)  # above the calibrated heights: an extrapolation
+    assert math.isnan(await force.error_pn.get_value())
+    assert not math.isnan(await force.readback.get_value())
+
+
 async def test_bad_calibration_file_is_refused(devices, tmp_path):
     _, force = devices
     bad = tmp_path / "bad.json"

@@ -202,11 +202,19 @@ def test_the_focal_shift_is_the_configs_else_the_simulated_worlds_else_088(RE, t
     try:
         conf = call_in_bluesky_event_loop(scope.focus.read_configuration())
         assert conf["mic-focus-focal_shift"]["value"] == 0.85
-        with pytest.raises(ValueError, match=r"focal_shift = 0.1 is outside \[0.3, 1.5\]"):
-            call_in_bluesky_event_loop(scope.focus.focal_shift.set(0.1))
-        assert call_in_bluesky_event_loop(scope.focus.focal_shift.get_value()) == 0.85
     finally:
         scope.close()
+    with init_devices():
+        focus = FocusStage(focal_shift=0.85)
+
+    async def set_badly():
+        await focus.focal_shift.set(0.1)
+
+    with pytest.raises(ValueError, match=r"focal_shift = 0.1 is outside \[0.3, 1.5\]"):
+        call_in_bluesky_event_loop(set_badly())
+    assert call_in_bluesky_event_loop(focus.focal_shift.get_value()) == 0.85
+    with pytest.raises(ValueError, match=r"focal_shift = 2.0 is outside"):
+        FocusStage(focal_shift=2.0)
 
 
 def test_the_configured_safe_height_is_a_signal_recorded_with_every_run(RE, tmp_path):

@@ -9,6 +9,9 @@ path)`` and it is recorded in the run's configuration.
 - ``readback`` (pN, hinted): the calibrated ensemble force at the magnet's current height
   (NaN without a calibration), a derived signal of the magnet readback that updates
   while the magnet moves;
+- ``error_pn`` (pN, read with it): the calibration's standard error of that force (from
+  the fit's covariance); NaN without a calibration, without errors (an old one), or when
+  the magnet stands outside the calibrated heights (an extrapolation);
 - ``setpoint`` (pN): the last force asked for;
 - configuration: ``calibration_file`` (path, "" = none), ``low_limit`` / ``high_limit``
   (pN, read-only): the calibrated force range.
@@ -159,11 +162,27 @@ class Force(StandardReadable, StandardMovable[float]):
             cal = self._calibration
             return math.nan if cal is None else float(cal.force_pn(magnet_z))
 
+        def error_at(magnet_z: float, calibration_file: str) -> float:
+            # the calibration's standard error there; NaN without one or outside the
+            # calibrated heights (an extrapolation has no honest error)
+            cal = self._calibration
+            if cal is None or not cal.min_height_mm <= magnet_z <= cal.max_height_mm:
+                return math.nan
+            return float(cal.force_err_pn(magnet_z))
+
         with self.add_children_as_readables(Format.HINTED_SIGNAL):
             self.readback = derived_signal_r(
                 force_at,
                 derived_units="pN",
                 derived_precision=3,
+                magnet_z=magnet_z.readback,
+                calibration_file=self.calibration_file,
+            )
+        with self.add_children_as_readables():
+            self.error_pn = derived_signal_r(
+                error_at,
+                derived_units="pN",
+                derived_precision=4,
                 magnet_z=magnet_z.readback,
                 calibration_file=self.calibration_file,
             )

@@ -103,6 +103,9 @@ class ForceCalibration:
     reference_radius_nm, reference_radius_nm_err : the radius taken for the reference
         beads (nm; they are stuck and show no drag: the mean of the tethered beads'
         radii, from the same batch) and its standard error; None: not measured.
+    covariance : the fit's covariance of (f0_pn, a, l1_mm, l2_mm), 4 x 4 (empty: not
+        known); :meth:`force_err_pn` is the curve's standard error at a height from it.
+    bead_scale_err : each bead's ``bead_scale`` standard error (empty: not known).
     """
 
     f0_pn: float
@@ -119,6 +122,8 @@ class ForceCalibration:
     bead_radius_nm_err: tuple[float, ...] = ()
     reference_radius_nm: float | None = None
     reference_radius_nm_err: float | None = None
+    covariance: tuple[tuple[float, ...], ...] = ()
+    bead_scale_err: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("f0_pn", "a", "l1_mm", "l2_mm", "min_height_mm", "max_height_mm", "created"):
@@ -173,6 +178,18 @@ class ForceCalibration:
                         f"got {v!r}"
                     )
             object.__setattr__(self, name, tuple(float(v) for v in values))
+        cov = tuple(tuple(float(v) for v in row) for row in self.covariance)
+        if cov and (len(cov) != 4 or any(len(row) != 4 for row in cov)
+                    or not all(math.isfinite(v) for row in cov for v in row)):
+            raise ValueError("ForceCalibration.covariance must be 4 x 4 finite numbers (or empty)")
+        object.__setattr__(self, "covariance", cov)
+        scale_err = tuple(float(v) for v in self.bead_scale_err)
+        if scale_err and len(scale_err) != len(ids):
+            raise ValueError(
+                f"ForceCalibration.bead_scale_err has {len(scale_err)} values for {len(ids)} "
+                "bead_ids"
+            )
+        object.__setattr__(self, "bead_scale_err", scale_err)
         if len(self.bead_radius_nm_err) != len(self.bead_radius_nm):
             raise ValueError("ForceCalibration.bead_radius_nm_err must match bead_radius_nm")
         for name in ("reference_radius_nm", "reference_radius_nm_err"):
@@ -262,6 +279,37 @@ class ForceCalibration:
         """Force (pN) on bead ``bead_id`` at magnet height(s) z (mm): scale x the curve."""
         return self.bead_scale_for(bead_id) * self.force_pn(magnet_z_mm)
 
+    def force_err_pn(self, magnet_z_mm):
+        """Standard error (pN) of the ensemble force at height(s) z (mm), from the fit's
+        covariance; NaN without one. Outside the calibrated heights it is an
+        extrapolation's error: it grows quickly, and plans refuse forces there."""
+        z = np.asarray(magnet_z_mm, dtype=float)
+        if not self.covariance:
+            return np.full(z.shape, np.nan) if z.ndim else math.nan
+        e1, e2 = np.exp(-z / self.l1_mm), np.exp(-z / self.l2_mm)
+        m = self.a * e1 + (1.0 - self.a) * e2
+        grad = np.stack([np.full(z.shape, 1.0 / self.f0_pn), (e1 - e2) / m,
+                         self.a * e1 * z / self.l1_mm**2 / m,
+                         (1.0 - self.a) * e2 * z / self.l2_mm**2 / m], axis=-1)
+        var = np.einsum("...i,ij,...j->...", grad, np.asarray(self.covariance), grad)
+        err = np.sqrt(np.maximum(var, 0.0)) * self.force_pn(z)
+        return float(err) if err.ndim == 0 else err
+
+    def force_err_pn_for_bead(self, bead_id: int, magnet_z_mm):
+        """Standard error (pN) of bead ``bead_id``'s force at height(s) z (mm): the
+        curve's relative error and its scale's, combined; NaN where either is unknown."""
+        i = self.bead_ids.index(int(bead_id)) if int(bead_id) in self.bead_ids else None
+        if i is None:
+            raise KeyError(f"bead {bead_id!r} is not in this force calibration "
+                           f"(calibrated beads: {list(self.bead_ids)})")
+        z = np.asarray(magnet_z_mm, dtype=float)
+        force = self.force_pn(z)
+        curve_rel = np.asarray(self.force_err_pn(z)) / force
+        scale_rel = (self.bead_scale_err[i] / self.bead_scale[i]) if self.bead_scale_err \
+            else math.nan
+        err = self.bead_scale[i] * force * np.hypot(curve_rel, scale_rel)
+        return float(err) if np.ndim(err) == 0 else err
+
     def radius_offsets_nm(self, bead_ids) -> tuple[np.ndarray, np.ndarray]:
         """Per bead, its radius minus the reference beads' (nm) and the standard error of
         that difference (nm): what a height above the reference beads holds beyond the
@@ -305,6 +353,8 @@ class ForceCalibration:
             "bead_radius_nm_err": [_or_none(v) for v in self.bead_radius_nm_err],
             "reference_radius_nm": self.reference_radius_nm,
             "reference_radius_nm_err": self.reference_radius_nm_err,
+            "covariance": [list(row) for row in self.covariance],
+            "bead_scale_err": [_or_none(v) for v in self.bead_scale_err],
         }
 
     def to_json(self) -> str:
@@ -348,17 +398,22 @@ class ForceCalibration:
         )
         if version >= 2:
             required += radii
+        optional = ("covariance", "bead_scale_err") if version >= 2 else ()
         missing = [k for k in required if k not in fields]
         if missing:
             raise ForceCalibrationFormatError(f"force calibration is missing {missing}")
-        unknown = sorted(set(fields) - set(required))
+        unknown = sorted(set(fields) - set(required) - set(optional))
         if unknown:
             raise ForceCalibrationFormatError(f"force calibration has unknown fields {unknown}")
         for key in ("bead_ids", "bead_scale", "bead_radius_nm", "bead_radius_nm_err"):
             if key in fields and not isinstance(fields[key], list):
                 raise ForceCalibrationFormatError(f'"{key}" must be a list, got {fields[key]!r}')
-        for key in ("bead_radius_nm", "bead_radius_nm_err"):
+        for key in ("bead_radius_nm", "bead_radius_nm_err", "bead_scale_err"):
             if key in fields:
+                if not isinstance(fields[key], list):
+                    raise ForceCalibrationFormatError(
+                        f'"{key}" must be a list, got {fields[key]!r}'
+                    )
                 fields[key] = [math.nan if v is None else v for v in fields[key]]
         try:
             return cls(**fields)

@@ -33,7 +33,7 @@ from .analysis import (
     ForceResult,
     allan_force,
     expected_corner_hz,
-    fit_magnet_force,
+    fit_ensemble_force,
     psd_force,
     record_length_s,
     thermal_energy_pn_nm,
@@ -88,6 +88,8 @@ FIT_FIELDS: dict[str, tuple[Any, str]] = {
     "max_height_mm": (FLOAT, "mm"),
     "bead_id": (IDS, ""),
     "bead_scale": (ARRAY, ""),
+    "bead_scale_err": (ARRAY, ""),
+    "covariance": (ARRAY, ""),
     "created": (FLOAT, "s"),
     "bead_radius_nm": (ARRAY, "nm"),
     "bead_radius_nm_err": (ARRAY, "nm"),
@@ -268,7 +270,7 @@ def force_calibration(
     @bpp.stage_decorator([microscope])
     @bpp.run_decorator(md=_md)
     def inner() -> Generator[Msg, Any, None]:
-        psd_forces, drags, drag_errs, heights_above_refs = [], [], [], []
+        psd_forces, psd_errors, drags, drag_errs, heights_above_refs = [], [], [], [], []
         for h in heights:
             yield from bps.mv(microscope.magnet_z, h)
             yield from bps.sleep(settle_s)
@@ -302,6 +304,7 @@ def force_calibration(
                         )
                     )
             psd_forces.append(_per_bead(psd, "force_pn"))
+            psd_errors.append(_per_bead(psd, "force_pn_err"))
             drags.append(_per_bead(psd, "drag_pn_s_per_nm"))
             drag_errs.append(_per_bead(psd, "drag_pn_s_per_nm_err"))
             heights_above_refs.append(np.asarray(ext, float))
@@ -325,7 +328,7 @@ def force_calibration(
                 force_plain_psd_pn=_per_bead(plain, "force_pn"),
                 radius_nm=r_h, radius_nm_err=r_h_err,
             )
-        calibration = _fit_calibration(heights, np.array(psd_forces), sel.beads)
+        calibration = _fit_calibration(heights, np.array(psd_forces), np.array(psd_errors))
         radii = bead_radii(
             np.array(drags), np.array(drag_errs), np.array(heights_above_refs),
             viscosity_pa_s=eta, nominal_radius_nm=radius, n_reference=len(sel.reference),
@@ -336,6 +339,8 @@ def force_calibration(
             min_height_mm=min(heights), max_height_mm=max(heights),
             bead_ids=tuple(int(b) for b in sel.beads),
             bead_scale=tuple(float(s) for s in calibration.bead_scale),
+            bead_scale_err=tuple(float(e) for e in calibration.bead_scale_err),
+            covariance=calibration.covariance,
             created=time.time(),
             bead_radius_nm=tuple(float(r) for r in radii.radius_nm),
             bead_radius_nm_err=tuple(float(e) for e in radii.radius_nm_err),
@@ -349,7 +354,11 @@ def force_calibration(
             l1_mm=fit.l1_mm, l1_mm_err=fit.l1_mm_err, l2_mm=fit.l2_mm, l2_mm_err=fit.l2_mm_err,
             rms_relative_residual=fit.rms_relative_residual,
             min_height_mm=cal.min_height_mm, max_height_mm=cal.max_height_mm,
-            bead_id=sel.beads, bead_scale=calibration.bead_scale, created=cal.created,
+            bead_id=sel.beads, bead_scale=calibration.bead_scale,
+            bead_scale_err=calibration.bead_scale_err,
+            covariance=np.asarray(cal.covariance, float).reshape(-1) if cal.covariance
+            else np.full(16, np.nan),
+            created=cal.created,
             bead_radius_nm=radii.radius_nm, bead_radius_nm_err=radii.radius_nm_err,
             reference_radius_nm=_nan_if_none(radii.reference_nm),
             reference_radius_nm_err=_nan_if_none(radii.reference_nm_err),
@@ -411,34 +420,29 @@ def bead_radii(
 
 
 class _Calibration(NamedTuple):
-    """The ensemble fit and each bead's force relative to it."""
+    """The ensemble fit, each bead's force relative to it and the errors of both."""
 
     fit: Any
     bead_scale: np.ndarray
+    bead_scale_err: np.ndarray
+    covariance: tuple[tuple[float, ...], ...]
 
 
-def _fit_calibration(heights, forces: np.ndarray, beads: np.ndarray) -> _Calibration:
-    """Fit F(z) to the median over beads of the force at each height; each bead's scale is
-    the median over heights of its force over the curve (1 when it has no valid force)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        median = np.nanmedian(forces, axis=1)
-    ok = np.isfinite(median) & (median > 0)
-    if ok.sum() < 2:
+def _fit_calibration(heights, forces: np.ndarray, errors: np.ndarray) -> _Calibration:
+    """Fit F(z) and every bead's scale to all the beads' forces at all heights (each
+    weighted by its own error: :func:`~magscope_plans.analysis.fit_ensemble_force`). A
+    bead without a usable force anywhere gets scale 1 (error NaN)."""
+    try:
+        ensemble = fit_ensemble_force(heights, forces, errors)
+    except ValueError as exc:
         raise RuntimeError(
-            f"force_calibration: only {int(ok.sum())} magnet heights gave a force; "
-            "record longer (duration_s) or calibrate at more heights"
-        )
-    fit = fit_magnet_force(np.asarray(heights)[ok], median[ok])
-    curve = fit.f0_pn * (
-        fit.a * np.exp(-np.asarray(heights) / fit.l1_mm)
-        + (1 - fit.a) * np.exp(-np.asarray(heights) / fit.l2_mm)
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        scale = np.nanmedian(forces / curve[:, None], axis=0)
-    scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
-    return _Calibration(fit, scale)
+            f"force_calibration: {exc}; record longer (duration_s) or calibrate at more "
+            "heights"
+        ) from None
+    scale = np.where(np.isfinite(ensemble.bead_scale), ensemble.bead_scale, 1.0)
+    cov = ensemble.curve.covariance
+    covariance = () if cov is None else tuple(tuple(float(v) for v in row) for row in cov)
+    return _Calibration(ensemble.curve, scale, ensemble.bead_scale_err, covariance)
 
 
 def load_force_calibration(

@@ -38,6 +38,7 @@ EXTENSION_FIELDS: dict[str, tuple[Any, str]] = {
     "turns": (FLOAT, "turns"),
     "bead_id": (IDS, ""),
     "bead_force_pn": (ARRAY, "pN"),
+    "bead_force_pn_err": (ARRAY, "pN"),
     "extension_nm": (ARRAY, "nm"),
     "extension_nm_err": (ARRAY, "nm"),
 }
@@ -48,6 +49,8 @@ WLC_FIELDS: dict[str, tuple[Any, str]] = {
     "contour_nm_err": (ARRAY, "nm"),
     "persistence_nm": (ARRAY, "nm"),
     "persistence_nm_err": (ARRAY, "nm"),
+    "contour_nm_err_stat": (ARRAY, "nm"),
+    "persistence_nm_err_stat": (ARRAY, "nm"),
     "stretch_modulus_pn": (ARRAY, "pN"),
     "residual_rms_nm": (ARRAY, "nm"),
     "offset_nm": (ARRAY, "nm"),
@@ -87,6 +90,37 @@ def _bead_forces(cal: ForceCalibration, beads: np.ndarray, magnet_z_mm: float) -
     return np.array([cal.force_pn_for_bead(int(b), magnet_z_mm) for b in beads], dtype=float)
 
 
+def _bead_force_errors(
+    cal: ForceCalibration, beads: np.ndarray, magnet_z_mm: float
+) -> np.ndarray:
+    return np.array(
+        [cal.force_err_pn_for_bead(int(b), magnet_z_mm) for b in beads], dtype=float
+    )
+
+
+def wlc_fit_with_errors(
+    forces_pn, extension_nm, extension_err_nm, force_err_pn, offset_err_nm, **kw: Any
+) -> tuple[Any, float, float]:
+    """:func:`wlc_fit` of one bead, and the contour and persistence lengths' standard
+    errors (nm) with the calibration's errors in: the force errors (one bead's forces all
+    move together: its scale and the curve) and the radius offset's (a constant in the
+    extension) each shift the fit, found by fitting again with them moved by 1 sigma,
+    and add in quadrature to the fit's own error. Returns (fit, contour error,
+    persistence error)."""
+    fit = wlc_fit(forces_pn, extension_nm, extension_err_nm=extension_err_nm, **kw)
+    contour2, persistence2 = fit.contour_nm_err**2, fit.persistence_nm_err**2
+    shifts = []
+    if np.all(np.isfinite(force_err_pn)):
+        shifts.append((np.asarray(forces_pn) + np.asarray(force_err_pn), extension_nm))
+    if np.isfinite(offset_err_nm) and offset_err_nm > 0:
+        shifts.append((forces_pn, np.asarray(extension_nm) - offset_err_nm))
+    for f, e in shifts:
+        moved = wlc_fit(f, e, extension_err_nm=extension_err_nm, **kw)
+        contour2 += (moved.contour_nm - fit.contour_nm) ** 2
+        persistence2 += (moved.persistence_nm - fit.persistence_nm) ** 2
+    return fit, float(np.sqrt(contour2)), float(np.sqrt(persistence2))
+
+
 def _measure(
     microscope: Microscope,
     sel: BeadSelection,
@@ -97,20 +131,23 @@ def _measure(
     force_pn: float,
     turns: float,
     frames: int,
-) -> Generator[Msg, Any, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+) -> Generator[Msg, Any, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """Record ``frames`` frames where the instrument is now; emit the mean extension per
-    bead into the ``extension`` stream; return (bead forces, extension, its error)."""
+    bead into the ``extension`` stream; return (bead forces, extension, its error, the
+    forces' errors)."""
     tracks = yield from recorder.record(frames)
     offsets, _ = cal.radius_offsets_nm(sel.beads)
     mean, sem = mean_extensions(extension_traces(tracks, sel.beads, sel.reference, offsets))
     magnet_z = float((yield from bps.rd(microscope.magnet_z)))
     forces = _bead_forces(cal, sel.beads, magnet_z)
+    force_errors = _bead_force_errors(cal, sel.beads, magnet_z)
     yield from emit(
         record, "extension",
         force_pn=force_pn, magnet_z_mm=magnet_z, turns=turns, bead_id=sel.beads,
-        bead_force_pn=forces, extension_nm=mean, extension_nm_err=sem,
+        bead_force_pn=forces, bead_force_pn_err=force_errors, extension_nm=mean,
+        extension_nm_err=sem,
     )
-    return forces, mean, sem
+    return forces, mean, sem, force_errors
 
 
 def force_extension(
@@ -142,8 +179,10 @@ def force_extension(
 
     Needs a force calibration (``microscope.force``) covering the forces, reference beads
     and an anchored Z-LUT. Streams: ``tracks`` (every frame), ``extension`` (one event per
-    step: the force, each bead's own force from the calibration, mean extension and error),
-    ``wlc`` (one event: per bead contour_nm, persistence_nm, their errors). The magnets end
+    step: the force, each bead's own force from the calibration and its error, mean
+    extension and error), ``wlc`` (one event: per bead contour_nm, persistence_nm and their
+    standard errors with the calibration's force and radius errors in
+    (:func:`wlc_fit_with_errors`), and the fit's own errors ``*_err_stat``). The magnets end
     at ``safe_magnet_height_mm`` (mm; None: the microscope's configured safe height). Returns the run uid.
 
     ``video``: ``"roi_crops"`` (every bead's ROI at every frame) or ``"frames_every_n"``
@@ -202,32 +241,37 @@ def force_extension(
     @bpp.stage_decorator([microscope])
     @bpp.run_decorator(md=_md)
     def inner() -> Generator[Msg, Any, None]:
-        all_f, all_ext, all_err = [], [], []
+        all_f, all_ext, all_err, all_ferr = [], [], [], []
         for f in forces:
             yield from bps.mv(microscope.force, f)
             yield from bps.sleep(settle_s)
-            bead_f, ext, err = yield from _measure(
+            bead_f, ext, err, f_err = yield from _measure(
                 microscope, sel, recorder, cal, steps, force_pn=f, turns=float("nan"),
                 frames=frames,
             )
             all_f.append(bead_f)
             all_ext.append(ext)
             all_err.append(err)
-        F, E, S = np.array(all_f), np.array(all_ext), np.array(all_err)
-        results = [
-            wlc_fit(
-                F[:, b], E[:, b], extension_err_nm=S[:, b], extensible=extensible,
-                fit_offset=fit_offset,
+            all_ferr.append(f_err)
+        F, E, S, FE = (np.array(a) for a in (all_f, all_ext, all_err, all_ferr))
+        _, offset_err = cal.radius_offsets_nm(sel.beads)
+        fitted = [
+            wlc_fit_with_errors(
+                F[:, b], E[:, b], S[:, b], FE[:, b], float(offset_err[b]),
+                extensible=extensible, fit_offset=fit_offset,
             )
             for b in range(sel.beads.size)
         ]
+        results = [r for r, _, _ in fitted]
         yield from emit(
             fits, "wlc",
             bead_id=sel.beads,
             contour_nm=[r.contour_nm for r in results],
-            contour_nm_err=[r.contour_nm_err for r in results],
+            contour_nm_err=[c for _, c, _ in fitted],
             persistence_nm=[r.persistence_nm for r in results],
-            persistence_nm_err=[r.persistence_nm_err for r in results],
+            persistence_nm_err=[p for _, _, p in fitted],
+            contour_nm_err_stat=[r.contour_nm_err for r in results],
+            persistence_nm_err_stat=[r.persistence_nm_err for r in results],
             stretch_modulus_pn=[r.stretch_modulus_pn for r in results],
             residual_rms_nm=[r.residual_rms_nm for r in results],
             offset_nm=[r.offset_nm for r in results],
@@ -328,7 +372,7 @@ def rotation_extension(
         for t in steps_turns:
             yield from bps.mv(microscope.magnet_rotation, t)
             yield from bps.sleep(settle_s)
-            _, ext, err = yield from _measure(
+            _, ext, err, _ = yield from _measure(
                 microscope, sel, recorder, cal, steps, force_pn=force, turns=t, frames=frames
             )
             ext_rows.append(ext)

@@ -156,7 +156,23 @@ def force_calibration_from_run(run: Any) -> ForceCalibration:
         source=_start(run).get("uid"),
         created=float(value("created")),
         **_radii(node, value),
+        **_errors(node, value),
     )
+
+
+def _errors(node: Any, value: Any) -> dict[str, Any]:
+    """The covariance and scale errors of a force_fit stream (none in older runs)."""
+    keys = node.metadata.get("data_keys") or {}
+    out: dict[str, Any] = {}
+    if "force_fit-covariance" in keys:
+        cov = np.asarray(value("covariance"), float).reshape(-1)
+        if cov.size == 16 and np.all(np.isfinite(cov)):
+            out["covariance"] = tuple(tuple(float(v) for v in row) for row in cov.reshape(4, 4))
+    if "force_fit-bead_scale_err" in keys:
+        out["bead_scale_err"] = tuple(
+            float(e) for e in np.atleast_1d(value("bead_scale_err"))
+        )
+    return out
 
 
 def _radii(node: Any, value: Any) -> dict[str, Any]:

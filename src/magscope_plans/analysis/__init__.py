@@ -21,7 +21,7 @@ from .drift import reference_drift, subtract_drift
 from .focal_shift import FocalShiftEstimate, focal_shift_from_contour
 from .force_allan import allan_force, allan_variance
 from .force_psd import periodogram, psd_force
-from .magnet_force import MagnetForceFit, fit_magnet_force
+from .magnet_force import EnsembleForceFit, MagnetForceFit, fit_ensemble_force, fit_magnet_force
 from .ou_model import (
     ForceResult,
     allan_model,
@@ -39,6 +39,7 @@ __all__ = [
     "BucklingResult",
     "FocalShiftEstimate",
     "ForceResult",
+    "EnsembleForceFit",
     "MagnetForceFit",
     "WLCFit",
     "allan_force",
@@ -48,6 +49,7 @@ __all__ = [
     "combine_estimates",
     "expected_corner_hz",
     "expected_periodogram",
+    "fit_ensemble_force",
     "fit_magnet_force",
     "focal_shift_from_contour",
     "force_relative_error",
