@@ -57,6 +57,8 @@ def main() -> None:
     ap.add_argument("--radius-cv", type=float, default=0.03,
                     help="relative spread of the bead radii (the simulator's default is 0.02)")
     ap.add_argument("--no-rotation", action="store_true", help="skip the hat curve")
+    ap.add_argument("--dump", default=None,
+                    help="save the calibration's events and the truth to this .npz (analysis)")
     ap.add_argument("--focal-shift", type=float, default=0.88,
                     help="the simulated objective's focal shift (the instrument is told the same)")
     args = ap.parse_args()
@@ -140,6 +142,20 @@ def main() -> None:
                   f"{pct(e_psd)} | {pct(e_plain)} | {pct(e_allan)}   signed median psd "
                   f"{100 * np.nanmedian(e_psd):+.1f} %", flush=True)
         print(f"{'all':>6} {'':>5} {'':>6} | {pct(all_psd)}")
+        if args.dump:
+            cal_events = [d["data"] for _, d in docs if "calibration-force_psd_pn" in
+                          d.get("data", {})]
+            ids = np.asarray(cal_events[0]["calibration-bead_id"])
+            np.savez(
+                args.dump,
+                heights=[ev["calibration-magnet_z_mm"] for ev in cal_events],
+                force=[ev["calibration-force_psd_pn"] for ev in cal_events],
+                force_err=[ev["calibration-force_psd_pn_err"] for ev in cal_events],
+                true_force=[world.true_force(ev["calibration-magnet_z_mm"])[tid(ids)]
+                            for ev in cal_events],
+                probe_heights=heights, probe_true=[world.true_force(z)[tid(ids)]
+                                                   for z in heights],
+            )
         # what microscope.force reports for each bead, against the truth, by force
         from magscope_devices import ForceCalibration
 
