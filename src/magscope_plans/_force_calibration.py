@@ -328,11 +328,15 @@ def force_calibration(
                 force_plain_psd_pn=_per_bead(plain, "force_pn"),
                 radius_nm=r_h, radius_nm_err=r_h_err,
             )
-        calibration = _fit_calibration(heights, np.array(psd_forces), np.array(psd_errors))
         radii = bead_radii(
             np.array(drags), np.array(drag_errs), np.array(heights_above_refs),
             viscosity_pa_s=eta, nominal_radius_nm=radius, n_reference=len(sel.reference),
         )
+        forces, errors, lever_rel_err = _with_measured_lever(
+            np.array(psd_forces), np.array(psd_errors), np.array(heights_above_refs),
+            nominal_radius_nm=radius, radii=radii,
+        )
+        calibration = _fit_calibration(heights, forces, errors, common_rel_err=lever_rel_err)
         fit = calibration.fit
         cal = ForceCalibration(
             f0_pn=fit.f0_pn, a=fit.a, l1_mm=fit.l1_mm, l2_mm=fit.l2_mm,
@@ -428,10 +432,36 @@ class _Calibration(NamedTuple):
     covariance: tuple[tuple[float, ...], ...]
 
 
-def _fit_calibration(heights, forces: np.ndarray, errors: np.ndarray) -> _Calibration:
+def _with_measured_lever(
+    forces: np.ndarray, errors: np.ndarray, above_refs_nm: np.ndarray, *,
+    nominal_radius_nm: float, radii: BeadRadii,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """The forces (heights, beads) with the pendulum's length the calibration measured.
+
+    F = k (l + R) and l + R is the height above the reference beads plus their radius: the
+    spectra were fitted with the nominal radius, the calibration then knows the reference
+    beads' (the batch's mean, :func:`bead_radii`), so each force is scaled by the ratio of
+    the two lengths. Its error, common to every bead, is returned apart (relative, at the
+    median length) to go into the curve's covariance, not into each point (it does not
+    average down over beads)."""
+    if radii.reference_nm is None:
+        return forces, errors, 0.0
+    nominal = above_refs_nm + nominal_radius_nm
+    measured = above_refs_nm + radii.reference_nm
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(nominal > 0, measured / nominal, np.nan)
+        lever_rel = float((radii.reference_nm_err or 0.0) / np.nanmedian(measured))
+    return forces * ratio, errors * ratio, lever_rel if np.isfinite(lever_rel) else 0.0
+
+
+def _fit_calibration(
+    heights, forces: np.ndarray, errors: np.ndarray, *, common_rel_err: float = 0.0
+) -> _Calibration:
     """Fit F(z) and every bead's scale to all the beads' forces at all heights (each
     weighted by its own error: :func:`~magscope_plans.analysis.fit_ensemble_force`). A
-    bead without a usable force anywhere gets scale 1 (error NaN)."""
+    bead without a usable force anywhere gets scale 1 (error NaN). ``common_rel_err``: a
+    relative error every force shares (the pendulum length's), added to the curve's
+    covariance as an error of f0."""
     try:
         ensemble = fit_ensemble_force(heights, forces, errors)
     except ValueError as exc:
@@ -440,9 +470,14 @@ def _fit_calibration(heights, forces: np.ndarray, errors: np.ndarray) -> _Calibr
             "heights"
         ) from None
     scale = np.where(np.isfinite(ensemble.bead_scale), ensemble.bead_scale, 1.0)
-    cov = ensemble.curve.covariance
+    curve = ensemble.curve
+    cov = curve.covariance
+    if cov is not None and common_rel_err > 0:
+        cov = cov.copy()
+        cov[0, 0] += (curve.f0_pn * common_rel_err) ** 2
+        curve = dataclasses.replace(curve, covariance=cov, f0_pn_err=float(np.sqrt(cov[0, 0])))
     covariance = () if cov is None else tuple(tuple(float(v) for v in row) for row in cov)
-    return _Calibration(ensemble.curve, scale, ensemble.bead_scale_err, covariance)
+    return _Calibration(curve, scale, ensemble.bead_scale_err, covariance)
 
 
 def load_force_calibration(
