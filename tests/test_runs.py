@@ -114,6 +114,10 @@ def written(tiled_server, tmp_path_factory):
         cal = ForceCalibration(
             f0_pn=80.0, a=0.7, l1_mm=0.9, l2_mm=2.5, min_height_mm=0.5, max_height_mm=4.0,
             bead_ids=tuple(tethered), bead_scale=(1.1, 0.9, 1.0), created=time.time(),
+            bead_scale_err=(0.02, 0.03, 0.02), bead_radius_nm=(1390.0, 1420.0, 1405.0),
+            bead_radius_nm_err=(12.0, 15.0, 11.0), reference_radius_nm=1405.0,
+            reference_radius_nm_err=9.0,
+            covariance=tuple(tuple(float(v) for v in row) for row in np.diag([4.0, 1e-3, 1e-3, 4e-3])),
         )
         # a record with the force calibrated: the export's force column has values
         cal_path = cal.save(tmp_path_factory.mktemp("calibration") / "force.json")
@@ -150,6 +154,12 @@ def written(tiled_server, tmp_path_factory):
                 rms_relative_residual=0.02, min_height_mm=cal.min_height_mm,
                 max_height_mm=cal.max_height_mm, bead_id=np.array(tethered),
                 bead_scale=np.array(cal.bead_scale), created=cal.created,
+                bead_scale_err=np.array(cal.bead_scale_err),
+                covariance=np.asarray(cal.covariance).reshape(-1),
+                bead_radius_nm=np.array(cal.bead_radius_nm),
+                bead_radius_nm_err=np.array(cal.bead_radius_nm_err),
+                reference_radius_nm=cal.reference_radius_nm,
+                reference_radius_nm_err=cal.reference_radius_nm_err,
             )
 
         uid_f = RE(force_fit()).plan_result
