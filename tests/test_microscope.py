@@ -112,6 +112,7 @@ def test_reading_the_microscope_gives_positions_with_units(RE, microscope):
         "microscope-magnet_rotation": "turns",
         "microscope-focus": "nm",
         "microscope-force": "pN",
+        "microscope-force-error_pn": "pN",
         # the bead locks' readbacks (flags and reasons have no units)
         **{f"microscope-{lock}-{key}": units for lock, count in (
             ("focus_lock", "n_reference_valid"), ("xy_lock", "n_beads_valid"))
