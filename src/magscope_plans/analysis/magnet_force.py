@@ -92,15 +92,7 @@ def ln_force_std(magnet_z_mm, params, covariance) -> np.ndarray:
     z = np.asarray(magnet_z_mm, dtype=float)
     if covariance is None:
         return np.full(z.shape, np.nan)
-    f0, a, l1, l2 = params
-    e1, e2 = np.exp(-z / l1), np.exp(-z / l2)
-    m = a * e1 + (1.0 - a) * e2
-    grad = np.stack([
-        np.full(z.shape, 1.0 / f0),
-        (e1 - e2) / m,
-        a * e1 * z / l1**2 / m,
-        (1.0 - a) * e2 * z / l2**2 / m,
-    ], axis=-1)
+    grad = _double_gradient(z, *params)
     cov = np.asarray(covariance, dtype=float)
     var = np.einsum("...i,ij,...j->...", grad, cov, grad)
     return np.sqrt(np.maximum(var, 0.0))
@@ -198,23 +190,12 @@ def fit_magnet_force(magnet_z_mm, force_pn, force_err_pn=None) -> MagnetForceFit
 
     if double:
 
-        def model(p):
-            e1 = np.exp(-z / p[2])
-            e2 = np.exp(-z / p[3])
-            return p[0] * (p[1] * e1 + (1.0 - p[1]) * e2), e1, e2
-
         def resid(p):
-            return (lnf - np.log(model(p)[0])) / r
+            e1, e2 = np.exp(-z / p[2]), np.exp(-z / p[3])
+            return (lnf - np.log(p[0] * (p[1] * e1 + (1.0 - p[1]) * e2))) / r
 
         def jac(p):
-            m, e1, e2 = model(p)
-            cols = [
-                np.full_like(z, 1.0 / p[0]),
-                p[0] * (e1 - e2) / m,
-                p[0] * p[1] * e1 * z / p[2] ** 2 / m,
-                p[0] * (1.0 - p[1]) * e2 * z / p[3] ** 2 / m,
-            ]
-            return -np.stack(cols, axis=1) / r[:, None]
+            return -_double_gradient(z, *p) / r[:, None]
 
         starts = _double_starts(z, lnf, w)
         lower = [0.0, 0.0, 1e-9, 1e-9]
@@ -392,11 +373,16 @@ def _ln_gradient(curve: MagnetForceFit, z: np.ndarray) -> np.ndarray:
     single exponential."""
     if curve.model == _SINGLE:
         return np.stack([np.full(z.shape, 1.0 / curve.f0_pn), z / curve.l1_mm**2], axis=-1)
-    e1, e2 = np.exp(-z / curve.l1_mm), np.exp(-z / curve.l2_mm)
-    m = curve.a * e1 + (1.0 - curve.a) * e2
+    return _double_gradient(z, curve.f0_pn, curve.a, curve.l1_mm, curve.l2_mm)
+
+
+def _double_gradient(z: np.ndarray, f0: float, a: float, l1: float, l2: float) -> np.ndarray:
+    """d ln F / d (f0, a, l1, l2) of the double exponential at heights z (..., 4)."""
+    e1, e2 = np.exp(-z / l1), np.exp(-z / l2)
+    m = a * e1 + (1.0 - a) * e2
     return np.stack([
-        np.full(z.shape, 1.0 / curve.f0_pn), (e1 - e2) / m,
-        curve.a * e1 * z / curve.l1_mm**2 / m, (1.0 - curve.a) * e2 * z / curve.l2_mm**2 / m,
+        np.full(z.shape, 1.0 / f0), (e1 - e2) / m, a * e1 * z / l1**2 / m,
+        (1.0 - a) * e2 * z / l2**2 / m,
     ], axis=-1)
 
 
