@@ -133,6 +133,9 @@ def written(tiled_server, tmp_path_factory):
             for height in FORCED_HEIGHTS_MM:
                 yield from bps.mv(mic.magnet_z, height)
                 yield from bps.trigger_and_read([mic.force, mic.magnet_z], name="axes")
+                # settle: a camera loop running late delivers queued frames exposed up to
+                # 10 periods (100 ms) before they arrive, before the reading's timestamp
+                yield from bps.sleep(0.3)
                 yield from forced_recorder.record(FORCED_FRAMES)
 
         uid_p = RE(forced()).plan_result
