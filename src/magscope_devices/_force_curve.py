@@ -265,15 +265,19 @@ class ForceCalibration:
             z = np.clip(z - (np.log(self.f0_pn * (e1 + e2)) - target) / dlnf_dz, lo, hi)
         return float(z) if z.ndim == 0 else z
 
-    def bead_scale_for(self, bead_id: int) -> float:
-        """Force of bead ``bead_id`` relative to the ensemble curve; KeyError if unknown."""
+    def _bead_index(self, bead_id: int) -> int:
+        """Position of ``bead_id`` in ``bead_ids``; KeyError naming the calibrated beads."""
         try:
-            return self.bead_scale[self.bead_ids.index(int(bead_id))]
+            return self.bead_ids.index(int(bead_id))
         except ValueError:
             raise KeyError(
                 f"bead {bead_id!r} is not in this force calibration "
                 f"(calibrated beads: {list(self.bead_ids)})"
             ) from None
+
+    def bead_scale_for(self, bead_id: int) -> float:
+        """Force of bead ``bead_id`` relative to the ensemble curve; KeyError if unknown."""
+        return self.bead_scale[self._bead_index(bead_id)]
 
     def force_pn_for_bead(self, bead_id: int, magnet_z_mm):
         """Force (pN) on bead ``bead_id`` at magnet height(s) z (mm): scale x the curve."""
@@ -298,10 +302,7 @@ class ForceCalibration:
     def force_err_pn_for_bead(self, bead_id: int, magnet_z_mm):
         """Standard error (pN) of bead ``bead_id``'s force at height(s) z (mm): the
         curve's relative error and its scale's, combined; NaN where either is unknown."""
-        i = self.bead_ids.index(int(bead_id)) if int(bead_id) in self.bead_ids else None
-        if i is None:
-            raise KeyError(f"bead {bead_id!r} is not in this force calibration "
-                           f"(calibrated beads: {list(self.bead_ids)})")
+        i = self._bead_index(bead_id)
         z = np.asarray(magnet_z_mm, dtype=float)
         force = self.force_pn(z)
         curve_rel = np.asarray(self.force_err_pn(z)) / force
