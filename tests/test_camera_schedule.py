@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from magscope_devices._acquisition import next_exposure
+from magscope_devices._acquisition import default_ring_capacity, next_exposure
 
 PERIOD = 0.005  # s (200 frames/s)
 
@@ -52,3 +52,20 @@ def test_catching_up_delivers_every_exposure_once_in_order():
     assert lost == 0
     steps = np.diff(delivered)
     assert all(s == pytest.approx(PERIOD) for s in steps)
+
+
+def test_the_default_ring_holds_two_seconds_within_its_floor_and_memory_cap():
+    mib = 2**20
+    # 100 frames/s of 1024 x 768 8-bit frames: 200 frames (157 MB)
+    assert default_ring_capacity(100.0, 1024 * 768) == 200
+    # slow cameras keep the floor of 64 frames
+    assert default_ring_capacity(10.0, 1024 * 768) == 64
+    # 200 frames/s of 1280 x 1024 16-bit frames: 2 s would be 1 GiB, the cap gives 204
+    capped = default_ring_capacity(200.0, 1280 * 1024 * 2)
+    assert capped == 512 * mib // (1280 * 1024 * 2) == 204
+    # frames so large that 64 exceed the cap: the floor wins
+    assert default_ring_capacity(100.0, 16 * mib) == 64
+    with pytest.raises(ValueError, match="frame_rate_hz must be a positive number.*nan"):
+        default_ring_capacity(float("nan"), 100)
+    with pytest.raises(ValueError, match="frame_bytes must be at least 1 byte, got 0"):
+        default_ring_capacity(100.0, 0)

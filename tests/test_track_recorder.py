@@ -66,6 +66,27 @@ def test_records_only_the_requested_frames_with_offsets(ring, tmp_path):
     np.testing.assert_array_equal(xyz[:, 2, 1], data["z_nm"][:, 1])
 
 
+def test_a_request_starts_at_the_cameras_next_frame_while_the_trackers_are_behind(
+    ring, tmp_path
+):
+    """The camera has written frames 10-17, the trackers published 10-12: the frames
+    13-17 were exposed before the request, so the record starts at frame 18."""
+    write(ring, 3)
+    camera = {"count": 18}
+    rec = TrackRecorder(ring, tmp_path / "t.h5", [7, 3], camera_count=lambda: camera["count"])
+    rec.capture(3)
+    assert rec.first_frame == 18
+    write(ring, 5)  # the trackers catch up on 13-17: not recorded
+    rec.pump()
+    assert rec.rows_written == 0 and rec.busy and rec.backlog == 0
+    write(ring, 4)  # 18-21
+    rec.pump()
+    assert rec.rows_written == 3 and not rec.busy
+    rec.announce(3)
+    rec.close()
+    assert read_track_file(tmp_path / "t.h5")["frame_index"].tolist() == [18, 19, 20]
+
+
 def test_unannounced_rows_are_dropped_and_announced_ones_kept(ring, tmp_path):
     rec = TrackRecorder(ring, tmp_path / "t.h5", [3, 7])
     rec.capture(3)

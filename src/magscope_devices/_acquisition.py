@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import enum
 import logging
+import math
 import os
 import pickle
 import signal
@@ -132,7 +133,8 @@ class AcquisitionConfig:
     """Start-up settings of the acquisition process."""
 
     instance: str = "default"
-    ring_capacity: int = 64  # frames
+    #: frames held in the frame ring; None: :func:`default_ring_capacity`
+    ring_capacity: int | None = None
     exposure_s: float = 0.005
     frame_rate_hz: float = 100.0
     gain: float = 1.0
@@ -140,6 +142,30 @@ class AcquisitionConfig:
     #: frames the camera driver queues while the host is late (pylon's default
     #: MaxNumBuffer is 10): a late loop catches up on them, beyond them frames are lost
     driver_buffer_frames: int = 10
+
+
+#: the frame ring's span when none is configured (s of frames), its floor (frames) and
+#: its memory cap (bytes; the floor wins where 64 frames are larger)
+DEFAULT_RING_SECONDS = 2.0
+MIN_RING_FRAMES = 64
+DEFAULT_RING_MAX_BYTES = 512 * 2**20
+
+
+def default_ring_capacity(frame_rate_hz: float, frame_bytes: int) -> int:
+    """Frames the frame ring holds when the configuration names none.
+
+    Two seconds of frames at ``frame_rate_hz`` (frames/s), at least 64 frames, and no
+    more than 512 MiB of frames of ``frame_bytes`` (bytes) each unless 64 frames are more.
+    The tracking workers may fall half the ring behind before they drop frames, so a
+    host that stalls for up to a second (a busy two-core machine) loses nothing.
+    """
+    if not (math.isfinite(frame_rate_hz) and frame_rate_hz > 0):
+        raise ValueError(f"frame_rate_hz must be a positive number (frames/s), got {frame_rate_hz}")
+    if frame_bytes < 1:
+        raise ValueError(f"frame_bytes must be at least 1 byte, got {frame_bytes}")
+    span = math.ceil(DEFAULT_RING_SECONDS * frame_rate_hz)
+    fits = DEFAULT_RING_MAX_BYTES // int(frame_bytes)
+    return int(max(MIN_RING_FRAMES, min(span, fits)))
 
 
 class AcquisitionProcess:
@@ -176,6 +202,14 @@ class AcquisitionProcess:
         self.gave_up = False
         self._restart_times: list[float] = []
 
+    @property
+    def ring_capacity(self) -> int:
+        """Frames of the frame ring: the configured count or :func:`default_ring_capacity`."""
+        if self.config.ring_capacity is not None:
+            return int(self.config.ring_capacity)
+        height, width = self.sensor_shape
+        return default_ring_capacity(self.config.frame_rate_hz, height * width * self.dtype.itemsize)
+
     # -- owner side ------------------------------------------------------------------
     def start(self, timeout: float = 60.0) -> None:
         """Create the shared memory, start the child and wait until it is ready."""
@@ -187,7 +221,7 @@ class AcquisitionProcess:
         self.control = SharedRecord.create(segment_name(self.config.instance, "camctl"), CONTROL_DTYPE)
         self.ring = FrameRing.create_frames(
             segment_name(self.config.instance, "frames"),
-            self.config.ring_capacity,
+            self.ring_capacity,
             height,
             width,
             self.dtype,

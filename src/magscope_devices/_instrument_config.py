@@ -85,7 +85,7 @@ class CameraConfig:
     bit_depth: int = 8
     frame_rate_hz: float = 100.0
     exposure_s: float = 0.005
-    ring_capacity: int = 64
+    ring_capacity: int | None = None  # frames; None: 2 s of frames (64 to 512 MiB)
     timeout_s: float = 5.0
 
 

@@ -208,7 +208,7 @@ def make_simulated_microscope(
     data_dir: str | Path | None = None,
     exposure_s: float = 0.005,
     frame_rate_hz: float = 100.0,
-    ring_capacity: int = 64,
+    ring_capacity: int | None = None,
     focus_nm: float | None = None,
     magnet_z_mm: float = 8.0,
     track: bool = True,
@@ -227,7 +227,8 @@ def make_simulated_microscope(
         (it must be readable by the Tiled server).
     :param exposure_s: camera exposure (s).
     :param frame_rate_hz: camera frame rate (frames/s).
-    :param ring_capacity: frames held in the shared-memory frame ring.
+    :param ring_capacity: frames held in the shared-memory frame ring; None: two seconds
+        of frames, at least 64 and at most 512 MiB (``default_ring_capacity``).
     :param focus_nm: initial focal-plane height above the surface (nm); default
         0 nm (the surface).
     :param magnet_z_mm: initial magnet height (mm).

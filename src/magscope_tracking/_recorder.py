@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import shutil
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import PurePath
 
 import numpy as np
@@ -53,11 +53,15 @@ class TrackRecorder:
     :param bead_ids: the file's bead columns (sorted here).
     :param z_offsets: nm added to each column's z (per sorted bead id), or None.
     :param flush_every: flush to disk every this many frames (also before announcing).
+    :param camera_count: the camera's frame count now (the index of the next frame it
+        writes), so a request starts at the camera's next frame even while the trackers
+        are behind; None: the track ring's count.
     """
 
     def __init__(
         self, ring: TrackRing, path: str | PurePath, bead_ids: Sequence[int] | np.ndarray,
         *, z_offsets: np.ndarray | None = None, flush_every: int = 16,
+        camera_count: Callable[[], int] | None = None,
     ) -> None:
         ids = np.sort(np.asarray(bead_ids, np.int32))
         self._lock = threading.Lock()
@@ -70,6 +74,7 @@ class TrackRecorder:
             self._writer.close()
             raise ValueError(f"z_offsets must have one value per bead ({ids.size}), got "
                              f"{self.z_offsets.shape}")
+        self._camera_count = camera_count
         self._next = self._until = ring.count  # frames [next, until) go to the file
         self._first = self._next
         self._announced = 0
@@ -85,7 +90,11 @@ class TrackRecorder:
         open (one a pause interrupted) is abandoned: the new one starts now."""
         with self._lock:
             self._check_open()
+            # the camera's next frame: frames the trackers have not published yet were
+            # exposed before the request (the magnet may not have stood where it does now)
             start = self._ring.count
+            if self._camera_count is not None:
+                start = max(start, int(self._camera_count()))
             self._first = start
             self._next, self._until = start, start + int(frames)
             self._window, self._window_index, self._window_time = [], [], []

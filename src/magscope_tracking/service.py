@@ -416,7 +416,8 @@ class TrackingService:
         self.stop_recording()
         assert collector.track_ring is not None
         recorder = TrackRecorder(
-            collector.track_ring, path, bead_ids, z_offsets=z_offsets, flush_every=flush_every
+            collector.track_ring, path, bead_ids, z_offsets=z_offsets, flush_every=flush_every,
+            camera_count=lambda: int(collector.frames.count),
         )
         collector.recorder = recorder
         return recorder
