@@ -193,7 +193,11 @@ def main() -> None:
               f"{np.mean(np.abs(pull) <= 1):.0%}; reference beads' radius "
               f"{fitted['force_fit-reference_radius_nm']:.0f} +/- "
               f"{fitted['force_fit-reference_radius_nm_err']:.0f} nm (true mean "
-              f"{ref_true:.0f})", flush=True)
+              f"{ref_true:.0f}; "
+              + ("from the beads' mean radius)" if not np.isfinite(
+                  fitted["force_fit-radius_pattern_scatter_nm"]) else
+                 f"from the ring-contrast line, scatter "
+                 f"{fitted['force_fit-radius_pattern_scatter_nm']:.1f} nm)"), flush=True)
 
         low = RE(bps.rd(mic.force.low_limit)).plan_result
         high = RE(bps.rd(mic.force.high_limit)).plan_result

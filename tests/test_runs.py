@@ -163,6 +163,7 @@ def written(tiled_server, tmp_path_factory):
                 bead_radius_nm_err=np.array(cal.bead_radius_nm_err),
                 reference_radius_nm=cal.reference_radius_nm,
                 reference_radius_nm_err=cal.reference_radius_nm_err,
+                radius_pattern_scatter_nm=float("nan"),
             )
 
         uid_f = RE(force_fit()).plan_result

@@ -2,6 +2,7 @@
 
 
 import dataclasses
+import logging
 import time
 import warnings
 from collections.abc import Generator, Sequence
@@ -16,6 +17,7 @@ from bluesky.utils import Msg
 
 from magscope_devices._force_curve import ForceCalibration
 from magscope_devices._microscope import Microscope
+from magscope_tracking import ZLUT
 
 from ._arguments import PlanArgs, PlanArgumentError, PreflightError
 from ._bead_match import MAX_ROI_SHIFT_PX, match_beads, rois_metadata
@@ -40,6 +42,9 @@ from .analysis import (
     water_viscosity_pa_s,
 )
 from .analysis.bead_radius import combine_estimates, radius_from_drag
+from .analysis.pattern_radius import PatternRadiusFit, fit_pattern_radius, pattern_contrast
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "CALIBRATION_FIELDS",
@@ -95,6 +100,9 @@ FIT_FIELDS: dict[str, tuple[Any, str]] = {
     "bead_radius_nm_err": (ARRAY, "nm"),
     "reference_radius_nm": (FLOAT, "nm"),
     "reference_radius_nm_err": (FLOAT, "nm"),
+    # the intrinsic scatter of the line from ring contrast to radius the reference beads'
+    # radius came from (NaN: they took the beads' mean radius, no Z-LUT line)
+    "radius_pattern_scatter_nm": (FLOAT, "nm"),
 }
 
 
@@ -328,10 +336,16 @@ def force_calibration(
                 force_plain_psd_pn=_per_bead(plain, "force_pn"),
                 radius_nm=r_h, radius_nm_err=r_h_err,
             )
+        contrast, reference_contrast = yield from _ring_contrasts(tracker, sel)
         radii = bead_radii(
             np.array(drags), np.array(drag_errs), np.array(heights_above_refs),
             viscosity_pa_s=eta, nominal_radius_nm=radius, n_reference=len(sel.reference),
+            contrast=contrast, reference_contrast=reference_contrast,
         )
+        if radii.pattern is None:
+            logger.info("force_calibration: the reference beads take the beads' mean radius "
+                        "(%s)", "no Z-LUT" if contrast is None else
+                        "too few beads with a radius and a ring contrast")
         forces, errors, lever_rel_err = _with_measured_lever(
             np.array(psd_forces), np.array(psd_errors), np.array(heights_above_refs),
             nominal_radius_nm=radius, radii=radii,
@@ -366,6 +380,8 @@ def force_calibration(
             bead_radius_nm=radii.radius_nm, bead_radius_nm_err=radii.radius_nm_err,
             reference_radius_nm=_nan_if_none(radii.reference_nm),
             reference_radius_nm_err=_nan_if_none(radii.reference_nm_err),
+            radius_pattern_scatter_nm=(radii.pattern.scatter_nm if radii.pattern is not None
+                                       else float("nan")),
         )
 
     def calibrate() -> Generator[Msg, Any, str]:
@@ -382,45 +398,88 @@ def force_calibration(
     )
 
 
+def _ring_contrasts(
+    tracker: Any, sel: Any
+) -> Generator[Msg, Any, tuple[np.ndarray | None, np.ndarray | None]]:
+    """The ring contrast (:func:`pattern_contrast`) of each selected bead and reference
+    bead in the tracker's Z-LUT (NaN for one it lacks); (None, None) without a Z-LUT."""
+    path = yield from bps.rd(tracker.zlut_path)
+    if not path:
+        return None, None
+    lut = ZLUT.load(path)
+    contrast = pattern_contrast(lut.profiles)
+    row = {int(b): i for i, b in enumerate(lut.bead_ids)}
+
+    def pick(ids: Any) -> np.ndarray:
+        return np.array([contrast[row[int(b)]] if int(b) in row else np.nan for b in ids],
+                        dtype=float)
+
+    return pick(sel.beads), pick(sel.reference)
+
+
 def _nan_if_none(value: float | None) -> float:
     return float("nan") if value is None else value
 
 
 class BeadRadii(NamedTuple):
-    """Each bead's radius (nm) and its error, and the reference beads' (None: unknown)."""
+    """Each bead's radius (nm) and its error, and the reference beads' (None: unknown);
+    ``pattern``: the line from ring contrast to radius, if the Z-LUT gave one."""
 
     radius_nm: np.ndarray
     radius_nm_err: np.ndarray
     reference_nm: float | None
     reference_nm_err: float | None
+    pattern: PatternRadiusFit | None = None
 
 
 def bead_radii(
     drag: np.ndarray, drag_err: np.ndarray, height_above_refs_nm: np.ndarray, *,
     viscosity_pa_s: float, nominal_radius_nm: float, n_reference: int,
+    contrast: np.ndarray | None = None, reference_contrast: np.ndarray | None = None,
 ) -> BeadRadii:
     """Radii from the drags of a calibration, (heights, beads) arrays each (pN s/nm, nm).
 
     A bead's centre is at its height above the reference beads' centres plus their
-    radius. That radius starts at ``nominal_radius_nm`` and becomes the mean of the beads'
-    radii once they are known (one more pass): the reference beads come from the same
-    batch. Its error is the batch's scatter (standard deviation of the beads' radii) over
-    sqrt(``n_reference``), combined with the error of the mean itself.
+    radius. That radius starts at ``nominal_radius_nm`` and is refined twice.
+
+    With the beads' ring contrasts (``contrast``, one per bead, and
+    ``reference_contrast``, one per reference bead: :func:`pattern_contrast` of the
+    Z-LUT) a line from contrast to radius is fitted to the drag radii
+    (:func:`fit_pattern_radius`): the reference beads take the mean radius it gives at
+    their contrasts, and each bead's drag radius is combined with the one the line fitted
+    without it gives. Without them (or too few beads), the reference beads take the mean
+    of the beads' radii (the same batch), with an error of the batch's scatter over
+    sqrt(``n_reference``) combined with the error of the mean itself.
     """
     reference = float(nominal_radius_nm)
-    for _ in range(2):
+    reference_err = float("nan")
+    pattern: PatternRadiusFit | None = None
+    for _ in range(3):
         r, r_err = radius_from_drag(drag, height_above_refs_nm + reference, viscosity_pa_s,
                                     drag_err)
         radius, radius_err = combine_estimates(r, r_err, axis=0)
         known = np.isfinite(radius)
         if not known.any():
             return BeadRadii(radius, radius_err, None, None)
+        pattern = None
+        if contrast is not None and reference_contrast is not None:
+            pattern = fit_pattern_radius(contrast, radius, radius_err)
+        ref = (pattern.mean_radius_nm(reference_contrast) if pattern is not None
+               else (float("nan"), float("nan")))
+        if np.isfinite(ref[0]) and np.isfinite(ref[1]):
+            reference, reference_err = ref
+            continue
+        pattern = None
         reference = float(np.mean(radius[known]))
-    n = int(known.sum())
-    spread = float(np.std(radius[known], ddof=1)) if n > 1 else float(radius_err[known][0])
-    mean_err = spread / np.sqrt(n)
-    reference_err = float(np.hypot(spread / np.sqrt(max(n_reference, 1)), mean_err))
-    return BeadRadii(radius, radius_err, reference, reference_err)
+        n = int(known.sum())
+        spread = float(np.std(radius[known], ddof=1)) if n > 1 else float(radius_err[known][0])
+        reference_err = float(np.hypot(spread / np.sqrt(max(n_reference, 1)), spread / np.sqrt(n)))
+    if pattern is not None:
+        radius, radius_err = combine_estimates(
+            np.stack([radius, pattern.leave_one_out_nm]),
+            np.stack([radius_err, pattern.leave_one_out_err_nm]), axis=0,
+        )
+    return BeadRadii(radius, radius_err, reference, reference_err, pattern)
 
 
 class _Calibration(NamedTuple):

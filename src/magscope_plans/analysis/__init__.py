@@ -13,6 +13,8 @@ Units: nm, s, Hz, pN, turns (see docs/analysis.md for the models and equations).
 - :func:`subtract_drift`, :func:`reference_drift`: drift correction with reference beads;
 - :func:`mean_and_sem`: mean and honest standard error of a correlated trace;
 - :func:`radius_from_drag`, :func:`combine_estimates`: a bead's radius from its drag;
+- :func:`pattern_contrast`, :func:`fit_pattern_radius`: its radius from its ring pattern,
+  calibrated on the drag radii;
 - :func:`focal_shift_from_contour`: the focal shift from tethers of known length.
 """
 
@@ -30,6 +32,7 @@ from .ou_model import (
     thermal_energy_pn_nm,
     water_viscosity_pa_s,
 )
+from .pattern_radius import PatternRadiusFit, fit_pattern_radius, pattern_contrast
 from .record_length import expected_corner_hz, force_relative_error, record_length_s
 from .stats import mean_and_sem
 from .supercoiling import BucklingResult, buckling_point
@@ -41,6 +44,7 @@ __all__ = [
     "ForceResult",
     "EnsembleForceFit",
     "MagnetForceFit",
+    "PatternRadiusFit",
     "WLCFit",
     "allan_force",
     "allan_model",
@@ -51,9 +55,11 @@ __all__ = [
     "expected_periodogram",
     "fit_ensemble_force",
     "fit_magnet_force",
+    "fit_pattern_radius",
     "focal_shift_from_contour",
     "force_relative_error",
     "mean_and_sem",
+    "pattern_contrast",
     "periodogram",
     "psd_force",
     "psd_model",
