@@ -2,7 +2,7 @@
 
 Usage (by :mod:`magscope_ipc.processes`, never by hand)::
 
-    python -I -S lifeline.py PARENT_PID GRACE_S -- PROGRAM [ARGS...]
+    python -I -S lifeline.py PARENT_PID GRACE_S [--user UID:GID] -- PROGRAM [ARGS...]
 
 The launcher is started as the leader of a new session (so the terminal's Ctrl-C never
 reaches it or its program). It starts ``PROGRAM`` in its own process group and then
@@ -11,7 +11,8 @@ same code. When the launcher's parent dies (its parent pid changes, however the 
 died: ``kill -9`` included), or the launcher is asked to stop (SIGTERM, SIGINT), it sends
 SIGTERM to the whole group, waits up to ``GRACE_S`` seconds, and sends SIGKILL to what is
 left. A service that forks helpers of its own (the queueserver's RE manager and worker)
-is ended as a whole.
+is ended as a whole. With ``--user`` (the launcher runs as root) ``PROGRAM`` runs as that
+uid and gid without supplementary groups: a server that refuses to run as root.
 
 Only the standard library is used (``-I -S``: no site packages, no user environment), so
 the launcher starts in about 20 ms and costs a few MB.
@@ -61,7 +62,12 @@ def _others_in_group(pgid: int) -> bool:
 
 def main(argv: list[str]) -> int:
     parent_pid, grace_s = int(argv[0]), float(argv[1])
-    program = argv[argv.index("--") + 1 :]
+    split = argv.index("--")
+    options, program = argv[2:split], argv[split + 1 :]
+    as_user: dict = {}
+    if options[:1] == ["--user"]:
+        uid, gid = (int(v) for v in options[1].split(":"))
+        as_user = {"user": uid, "group": gid, "extra_groups": []}
     stop_requested = False
 
     def request_stop(signum, frame):  # the group gets the signal too: just stop waiting
@@ -72,7 +78,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, request_stop)
     if os.getppid() != parent_pid:  # the parent died before we got here
         return 1
-    child = subprocess.Popen(program)
+    child = subprocess.Popen(program, **as_user)
     while True:
         code = child.poll()
         if code is not None:

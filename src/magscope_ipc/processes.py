@@ -176,6 +176,8 @@ def spawn(
     cwd: Path | None = None,
     umask: int = 0o077,
     grace_s: float = DEFAULT_GRACE_S,
+    user: int | None = None,
+    group: int | None = None,
 ) -> ChildProcess:
     """Start ``argv`` as a child of this process (see the module docstring).
 
@@ -190,6 +192,8 @@ def spawn(
     :param cwd: its working directory.
     :param umask: its file-creation mask; the default keeps its files owner-only.
     :param grace_s: seconds between SIGTERM and SIGKILL when the launcher ends the group.
+    :param user: / :param group: run it as this uid / gid (root only: a server that refuses
+        to run as root), without this process's supplementary groups.
     """
     child_env = dict(os.environ if env is None else env)
     child_env[ENV_OWNER] = owner_token()
@@ -198,17 +202,21 @@ def spawn(
         log.parent.mkdir(parents=True, exist_ok=True)
         log_file = os.fdopen(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
     command = list(argv)
+    as_user: dict = {} if user is None else {"user": user, "group": group, "extra_groups": []}
     if lifeline:
+        switch = [] if user is None else ["--user", f"{user}:{group}"]
         command = [
-            sys.executable, "-I", "-S", str(_LIFELINE), str(os.getpid()), f"{grace_s:g}", "--",
-            *command,
+            sys.executable, "-I", "-S", str(_LIFELINE), str(os.getpid()), f"{grace_s:g}",
+            *switch, "--", *command,
         ]
+        as_user = {}  # the launcher stays this user; it starts the program as the other
     try:
         popen = subprocess.Popen(
             command,
             stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL,
             stdout=log_file, stderr=subprocess.STDOUT if log_file is not None else None,
             env=child_env, cwd=cwd, start_new_session=True, umask=umask,
+            **as_user,
         )
     except BaseException:
         if log_file is not None:

@@ -159,8 +159,9 @@ def _cmd_tiled(args: argparse.Namespace) -> int:
 
     folder = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
     try:
-        return EmbeddedTiled(folder, port=args.port).run_foreground(show_key=args.show_key)
-    except TiledServerError as err:
+        server = EmbeddedTiled(folder, port=args.port, catalog=args.catalog, tables=args.tables)
+        return server.run_foreground(show_key=args.show_key)
+    except (TiledServerError, ValueError) as err:
         print(f"magscope tiled: {err}", file=sys.stderr)
         return 2
 
@@ -406,6 +407,15 @@ def build_parser() -> argparse.ArgumentParser:
     tiled.add_argument("--port", type=int, default=DEFAULT_PORT)
     tiled.add_argument(
         "--show-key", action="store_true", help="print the API key (kept out of logs otherwise)"
+    )
+    tiled.add_argument(
+        "--catalog", default=None, metavar="URI",
+        help="a PostgreSQL catalog, postgresql://USER:PASSWORD@HOST:PORT/DB (default "
+             "$MAGSCOPE_TILED_CATALOG, else SQLite files in the data dir)",
+    )
+    tiled.add_argument(
+        "--tables", default=None, metavar="URI",
+        help="PostgreSQL database for the runs' event tables (default: the catalog's)",
     )
     tiled.set_defaults(func=_cmd_tiled)
 

@@ -77,6 +77,8 @@ from ._tiled_client import (
 logger = logging.getLogger(__name__)
 
 ENV_DATA_DIR = "MAGSCOPE_DATA_DIR"
+ENV_CATALOG = "MAGSCOPE_TILED_CATALOG"  # a PostgreSQL catalog for `magscope tiled`
+SQL_TABLE_MIMETYPE = "application/x-tiled-sql-table"  # Tiled's appendable tables
 
 DEFAULT_PORT = 8000
 DEFAULT_HOST = "127.0.0.1"
@@ -166,6 +168,11 @@ class EmbeddedTiled:
         Time to wait for the server to answer, in s.
     stop_timeout
         Time to wait after SIGTERM before killing the server, in s.
+    catalog
+        A PostgreSQL catalog (``postgresql://USER:PASSWORD@HOST:PORT/DB``) instead of the
+        data dir's SQLite file; default ``$MAGSCOPE_TILED_CATALOG``, else SQLite. Its
+        event tables go to ``tables`` (a PostgreSQL URI; default the catalog's database).
+        Detector files stay in the data dir's ``detectors`` folder.
     """
 
     def __init__(
@@ -177,8 +184,12 @@ class EmbeddedTiled:
         api_key: str | None = None,
         startup_timeout: float = 60.0,
         stop_timeout: float = 10.0,
+        catalog: str | None = None,
+        tables: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).expanduser() if data_dir else default_data_dir()
+        catalog = catalog if catalog is not None else os.environ.get(ENV_CATALOG) or None
+        self.catalog_uri, self.tables_uri = _postgres_uris(catalog, tables)
         if not 0 <= int(port) < 65536:
             raise ValueError(f"port={port!r} is not a TCP port; use 0..65535 (0 = any free).")
         if api_key is not None and not (api_key.isascii() and api_key.isalnum()):
@@ -308,23 +319,27 @@ class EmbeddedTiled:
         for folder in (self.data_dir, self.writable_data_dir, self.detector_data_dir):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # the owner's data only
         readable = [self.detector_data_dir.as_posix()]
-        if self.legacy_tables_path.exists():
+        if self.legacy_tables_path.exists() and self.catalog_uri is None:
             readable.append(f"duckdb:///{self.legacy_tables_path.as_posix()}")
+        catalog = self.catalog_uri or f"sqlite:///{self.catalog_path.as_posix()}"
+        tables = self.tables_uri or f"sqlite:///{self.tables_path.as_posix()}"
         config = {
             "trees": [
                 {
                     "path": "/",
                     "tree": "catalog",
                     "args": {
-                        "uri": f"sqlite:///{self.catalog_path.as_posix()}",
-                        "writable_storage": [
-                            self.writable_data_dir.as_posix(),
-                            f"sqlite:///{self.tables_path.as_posix()}",
-                        ],
+                        "uri": catalog,
+                        "writable_storage": [self.writable_data_dir.as_posix(), tables],
                         "readable_storage": readable,
                         # clients get databroker's catalog of runs (bluesky-tiled-plugins'
                         # CatalogOfBlueskyRuns): TimeRange queries, catalog[-1], scan ids
                         "specs": [{"name": "CatalogOfBlueskyRuns", "version": "3.0"}],
+                        # event tables read in seq_num order (PostgreSQL has no rowid)
+                        "adapters_by_mimetype": {
+                            SQL_TABLE_MIMETYPE:
+                                "magscope_session._tiled_adapters:EventTableAdapter",
+                        },
                         # serve_main creates the catalog in-process when it does not
                         # exist yet (Tiled's own init spawns `tiled catalog init`, 4 s)
                         "init_if_not_exists": False,
@@ -631,6 +646,25 @@ def unreachable_target(
     )
 
 
+def _postgres_uris(catalog: str | None, tables: str | None) -> tuple[str | None, str | None]:
+    """(catalog URI for Tiled's catalog adapter, table-storage URI) of a PostgreSQL
+    catalog; (None, None) for the data dir's SQLite files. ValueError naming the scheme
+    for anything else."""
+    if catalog is None:
+        if tables is not None:
+            raise ValueError("tables= needs a PostgreSQL catalog= as well")
+        return None, None
+    schemes = ("postgresql://", "postgresql+asyncpg://")
+    for name, uri in (("catalog", catalog), ("tables", tables)):
+        if uri is not None and not uri.startswith(schemes):
+            scheme = uri.split("://", 1)[0] if "://" in uri else uri[:20]
+            raise ValueError(f"{name} must be a PostgreSQL URI (postgresql://USER:PASSWORD@"
+                             f"HOST:PORT/DATABASE), got one of scheme {scheme!r}")
+    plain = "postgresql://" + catalog.split("://", 1)[1]
+    table_uri = "postgresql://" + (tables or plain).split("://", 1)[1]
+    return "postgresql+asyncpg://" + plain.split("://", 1)[1], table_uri
+
+
 def serve_main(argv: list[str] | None = None) -> None:
     """Serve a ``tiled serve config`` file with the single-user API key taken from
     ``$TILED_SINGLE_USER_API_KEY`` (the child side of :class:`EmbeddedTiled`)."""
@@ -646,7 +680,9 @@ def serve_main(argv: list[str] | None = None) -> None:
     config = parse_configs(args.config)
     for tree in config.trees:  # create a new SQLite catalog here, not in a subprocess
         uri = str(tree.args.get("uri", "")) if isinstance(tree.args, dict) else ""
-        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        new_sqlite = uri.startswith("sqlite:///") and not Path(
+            uri.removeprefix("sqlite:///")).exists()
+        if new_sqlite or uri.startswith("postgresql"):  # idempotent on PostgreSQL
             from tiled.commandline._catalog import init as init_catalog
 
             init_catalog(database=uri, if_not_exists=True)

