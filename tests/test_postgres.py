@@ -126,6 +126,61 @@ def test_tiled_on_postgres_takes_four_writers_and_a_second_server_reads_every_ru
         pg.remove()
 
 
+def test_tables_created_at_once_all_succeed_and_each_has_its_index(tmp_path):
+    """Tiled's table creation (CREATE ... IF NOT EXISTS of the table, one index name for
+    every table, a sequence) fails with a unique violation when two creations race on
+    PostgreSQL; the session's adapter retries the loser and names an index per table.
+    12 threads at once: 6 on one schema (one table, 6 datasets), 6 on schemas of their
+    own."""
+    import threading
+
+    import pyarrow
+    from tiled.storage import parse_storage
+    from tiled.structures.core import StructureFamily
+    from tiled.structures.data_source import DataSource
+    from tiled.structures.table import TableStructure
+
+    from magscope_session._tiled_adapters import SQL_TABLE_MIMETYPE, EventTableAdapter
+
+    pg = PostgresServer(tmp_path / "pg", durable=False).start()
+    try:
+        storage = parse_storage(pg.uri("tables"))
+
+        def source(k: int) -> DataSource:
+            names = ["seq_num", "x"] + ([f"c{k}"] if k >= 0 else [])
+            schema = pyarrow.schema([(n, pyarrow.float64()) for n in names])
+            return DataSource(structure_family=StructureFamily.table,
+                              structure=TableStructure.from_schema(schema),
+                              mimetype=SQL_TABLE_MIMETYPE)
+
+        sources = [source(-1) for _ in range(6)] + [source(k) for k in range(6)]
+        barrier = threading.Barrier(len(sources))
+        made: list = [None] * len(sources)
+
+        def create(i: int) -> None:
+            barrier.wait()
+            try:
+                made[i] = EventTableAdapter.init_storage(storage, sources[i])
+            except Exception as exc:  # kept for the assertion below
+                made[i] = exc
+
+        threads = [threading.Thread(target=create, args=(i,)) for i in range(len(sources))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        failed = [m for m in made if not isinstance(m, DataSource)]
+        assert not failed, failed
+        tables = {m.parameters["table_name"] for m in made}
+        assert len(tables) == 7
+        assert len({m.parameters["dataset_id"] for m in made}) == 12
+        indexed = psql(pg, "SELECT tablename FROM pg_indexes WHERE indexdef LIKE "
+                           "'%(_dataset_id, _partition_id)%'", database="tables")
+        assert tables <= set(indexed.stdout.split()), indexed
+    finally:
+        pg.remove()
+
+
 def test_a_catalog_that_is_not_postgresql_is_refused(tmp_path):
     from magscope_session import EmbeddedTiled
 

@@ -708,6 +708,9 @@ def serve_main(argv: list[str] | None = None) -> None:
             from tiled.commandline._catalog import init as init_catalog
 
             init_catalog(database=uri, if_not_exists=True)
+    from magscope_session._tiled_adapters import use_for_table_storage
+
+    use_for_table_storage()  # tables created safely by concurrent writers
     config.authentication.single_user_api_key = os.environ.pop(ENV_SERVER_API_KEY)
     kwargs = dict(config.uvicorn)
     kwargs.update(host=args.host, port=args.port)

@@ -48,7 +48,6 @@ from __future__ import annotations
 import datetime as dt
 import math
 import numbers
-from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from magscope_devices._bead_layout import BeadLayout
@@ -244,7 +243,12 @@ def find_runs(
         ]
     found: dict[str, tuple[float, Any]] = {}
     for part in nodes:
-        for run in islice(part.sort(("start.time", -1)).values(), limit):
+        newest = part.sort(("start.time", -1)).values()
+        # with a limit, one page of that size (Tiled's default page is 100 runs, each
+        # costing the server a count of its streams)
+        if limit == 0:
+            break
+        for run in (newest if limit is None else newest[:limit]):
             start = run.metadata["start"]
             found.setdefault(start["uid"], (float(start.get("time", 0.0)), run))
     ordered = [run for _, run in sorted(found.values(), key=lambda item: -item[0])]
