@@ -22,30 +22,18 @@ spooling writer (``tests/concurrent_writers.py``). Printed:
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from concurrent_writers import check_runs, run_writers  # noqa: E402
+from concurrent_writers import check_runs, run_writers, server_5xx  # noqa: E402
 from magscope_session import EmbeddedTiled  # noqa: E402
 from magscope_session._postgres import PostgresServer  # noqa: E402
 from magscope_session.runs import find_runs  # noqa: E402
-
-_5XX = re.compile(r'^tiled_request_duration_seconds_count\{[^}]*code="5\d\d"[^}]*\} (\S+)', re.M)
-
-
-def server_5xx(uri: str, api_key: str) -> int:
-    """5xx responses the server has given since it started (its Prometheus metrics)."""
-    text = httpx.get(f"{uri}/api/v1/metrics", headers={"Authorization": f"Apikey {api_key}"},
-                     timeout=10).text
-    return int(sum(float(v) for v in _5XX.findall(text)))
 
 
 def write_load(server: EmbeddedTiled, folder: Path, writers: int, runs: int, events: int,

@@ -4,12 +4,14 @@ runs through the session's spooling writer; every document is checked on the way
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 WRITERS = 4
@@ -116,3 +118,14 @@ def check_runs(client, uids: dict[int, list[str]], *, events: int = EVENTS) -> N
             np.testing.assert_array_equal(table["dev-count"], i)
             np.testing.assert_array_equal(np.asarray(table["dev-flag"], bool), i % 2 == 1)
             assert list(table["dev-label"].values) == [f"w{w}-{k}" for k in i]
+
+
+_5XX = re.compile(r'^tiled_request_duration_seconds_count\{[^}]*code="5\d\d"[^}]*\} (\S+)', re.M)
+
+
+def server_5xx(uri: str, api_key: str) -> int:
+    """5xx responses a Tiled server has given since it started, from its Prometheus
+    metrics (the spooling writer retries, so its clients would not tell)."""
+    text = httpx.get(f"{uri}/api/v1/metrics", headers={"Authorization": f"Apikey {api_key}"},
+                     timeout=10).text
+    return int(sum(float(v) for v in _5XX.findall(text)))

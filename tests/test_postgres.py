@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from concurrent_writers import EVENTS, RUNS, WRITERS, check_runs, run_writers
+from concurrent_writers import EVENTS, RUNS, WRITERS, check_runs, run_writers, server_5xx
 from magscope_ipc.processes import port_holder
 from magscope_session._postgres import PostgresServer, postgres_bin_dir
 
@@ -114,8 +114,16 @@ def test_tiled_on_postgres_takes_four_writers_and_a_second_server_reads_every_ru
             # the catalog's URI (which Tiled logs) has no password: PGPASSWORD has it
             assert f"magscope@127.0.0.1:{pg.port}/catalog" in config
             assert stat.S_IMODE(os.stat(first.config_path).st_mode) == 0o600
+            # the table store is a catalog asset before any writer comes (writers creating
+            # the first tables at once each inserted it, and all but one got a 500)
+            assets = psql(pg, "SELECT data_uri FROM assets", database="catalog").stdout
+            assert f"postgresql://127.0.0.1:{pg.port}/tables" in assets.split(), assets
             uids, elapsed = run_writers(first.uri, first.api_key, tmp_path)
             assert first.running, first.log_tail(40)
+            # no request failed on the server (writers racing to create the first tables)
+            assert server_5xx(first.uri, first.api_key) == 0, first.log_tail(80)
+            assets = psql(pg, "SELECT data_uri FROM assets", database="catalog").stdout
+            assert sum(a.startswith("postgresql") for a in assets.split()) == 1, assets
             with EmbeddedTiled(tmp_path / "tiled-b", port=0, **uris) as second:
                 check_runs(second.client(), uids)
             check_runs(first.client(), uids)

@@ -29,7 +29,13 @@ from typing import Any
 
 from tiled.adapters.sql import SQLAdapter
 
-__all__ = ["EVENT_ORDER", "EventTableAdapter", "SQL_TABLE_MIMETYPE", "use_for_table_storage"]
+__all__ = [
+    "EVENT_ORDER",
+    "EventTableAdapter",
+    "SQL_TABLE_MIMETYPE",
+    "register_table_stores",
+    "use_for_table_storage",
+]
 
 #: SQLSTATEs of a ``CREATE ... IF NOT EXISTS`` that lost a race to a concurrent one:
 #: unique violation (the catalog row of the name), duplicate table, duplicate object
@@ -93,6 +99,53 @@ def _index_per_table(storage: Any, table_name: str) -> None:
                     or attempt == CREATE_TRIES - 1):
                 raise
             time.sleep(CREATE_RETRY_PAUSE_S * (attempt + 1))
+
+
+def register_table_stores(catalog_uri: str, writable_storage: list[Any]) -> None:
+    """Enter each PostgreSQL table store of ``writable_storage`` in the catalog's assets
+    once, before any writer does (idempotent; several servers may start at once).
+
+    Every table Tiled creates names its database as an asset; the first tables of a new
+    catalog, created at once by several writers, each found the asset missing and
+    inserted it, and all but one failed on the asset's unique URI (a 500). Run in the
+    server process before it serves; the catalog's password comes from ``PGPASSWORD``.
+    """
+    import asyncio
+
+    from sqlalchemy.dialects.postgresql import insert
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from tiled.catalog import orm
+    from tiled.storage import (
+        RemoteSQLStorage,
+        parse_storage,
+        strip_connection_parameters,
+        strip_storage_uri_query_on_write,
+    )
+    from tiled.utils import ensure_specified_sql_driver
+
+    data_uris = []
+    for item in writable_storage:
+        if isinstance(item, str) and item.startswith("postgresql"):
+            storage = parse_storage(item)
+            if isinstance(storage, RemoteSQLStorage):  # as Tiled's SQL adapter names it
+                data_uris.append(strip_connection_parameters(storage.uri)
+                                 if strip_storage_uri_query_on_write() else storage.uri)
+    if not data_uris:
+        return
+
+    async def insert_assets() -> None:
+        engine = create_async_engine(ensure_specified_sql_driver(catalog_uri))
+        try:
+            async with engine.begin() as conn:
+                for data_uri in data_uris:
+                    await conn.execute(
+                        insert(orm.Asset)
+                        .values(data_uri=data_uri, is_directory=False)
+                        .on_conflict_do_nothing(index_elements=["data_uri"]))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(insert_assets())
 
 
 def use_for_table_storage() -> None:

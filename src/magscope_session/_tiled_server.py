@@ -708,6 +708,10 @@ def serve_main(argv: list[str] | None = None) -> None:
             from tiled.commandline._catalog import init as init_catalog
 
             init_catalog(database=uri, if_not_exists=True)
+        if uri.startswith("postgresql"):
+            from magscope_session._tiled_adapters import register_table_stores
+
+            register_table_stores(uri, tree.args.get("writable_storage") or [])
     from magscope_session._tiled_adapters import use_for_table_storage
 
     use_for_table_storage()  # tables created safely by concurrent writers
