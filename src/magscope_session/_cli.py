@@ -157,6 +157,8 @@ def _cmd_tiled(args: argparse.Namespace) -> int:
         return replay_main(args.data_dir, port=args.port)
     if args.action == "config":
         return _tiled_facility_config(args)
+    if args.action == "access":
+        return _tiled_access(args)
     if args.config:  # one server process of a facility deployment, in the foreground
         from ._tiled_server import serve_main
 
@@ -181,13 +183,51 @@ def _tiled_facility_config(args: argparse.Namespace) -> int:
               "server and instrument) and --output FILE", file=sys.stderr)
         return 2
     try:
-        out = write_facility_config(args.output, args.data_root, host=args.host)
+        out = write_facility_config(args.output, args.data_root, host=args.host,
+                                    access=args.access)
     except ValueError as err:
         print(f"magscope tiled config: {err}", file=sys.stderr)
         return 2
+    secrets_env = ("MAGSCOPE_TILED_AUTHN, MAGSCOPE_TILED_ADMIN_PASSWORD and "
+                   "MAGSCOPE_TILED_SECRET_KEY" if args.access else "TILED_SINGLE_USER_API_KEY")
     print(f"wrote {out}: serve it with `magscope tiled --config {out} --port P` after `tiled catalog init "
           "$MAGSCOPE_TILED_CATALOG` (once); each server needs MAGSCOPE_TILED_CATALOG, "
-          "MAGSCOPE_TILED_TABLES and TILED_SINGLE_USER_API_KEY in its environment")
+          f"MAGSCOPE_TILED_TABLES and {secrets_env} in its environment")
+    return 0
+
+
+def _tiled_access(args: argparse.Namespace) -> int:
+    """Create the instruments' and readers' principals and keys on a lab's Tiled (run by
+    an administrator once per new instrument or reader) and compile the access tags."""
+    from ._tiled_access import (
+        ENV_ADMIN_PASSWORD,
+        add_principals,
+        compile_access_tags,
+        instrument_tag,
+        write_keys,
+    )
+
+    password = os.environ.get(ENV_ADMIN_PASSWORD, "")
+    catalog = args.catalog or os.environ.get("MAGSCOPE_TILED_CATALOG", "")
+    if not args.uri or not args.keys_dir or not args.instrument or not password or not catalog:
+        print("magscope tiled access: give --uri (the lab's Tiled), --keys-dir DIR, one "
+              f"--instrument NAME or more (and --reader NAME), with ${ENV_ADMIN_PASSWORD} "
+              "and $MAGSCOPE_TILED_CATALOG (or --catalog) set", file=sys.stderr)
+        return 2
+    try:
+        made = add_principals(args.uri, password, instruments=args.instrument,
+                              readers=args.reader or [])
+        compile_access_tags(catalog, made)
+        paths = write_keys(args.keys_dir, made)
+    except (ValueError, PermissionError, OSError) as err:
+        print(f"magscope tiled access: {err}", file=sys.stderr)
+        return 2
+    for p, path in zip(made, paths, strict=True):
+        what = (f"writes and reads under {instrument_tag(p.name)}" if p.writes
+                else "reads every instrument's runs")
+        print(f"{p.name}: {what}; key in {path} (owner-only)")
+    print("each instrument's session: MAGSCOPE_TILED_URI, its key as MAGSCOPE_TILED_API_KEY "
+          "and MAGSCOPE_TILED_ACCESS_TAG=instrument-NAME")
     return 0
 
 
@@ -427,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     ipy.set_defaults(func=_cmd_ipython)
 
     tiled = sub.add_parser("tiled", help="the embedded Tiled server")
-    tiled.add_argument("action", nargs="?", choices=["serve", "replay", "config"],
+    tiled.add_argument("action", nargs="?", choices=["serve", "replay", "config", "access"],
                        default="serve")
     data_dir_option(tiled)
     tiled.add_argument("--port", type=int, default=DEFAULT_PORT)
@@ -445,6 +485,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tiled.add_argument("--facility", action="store_true",
                        help="config: a lab deployment (PostgreSQL, several servers)")
+    tiled.add_argument("--access", action="store_true",
+                       help="config: a key per instrument and access tags (no single key)")
+    tiled.add_argument("--uri", default=None,
+                       help="access: the lab's Tiled server, e.g. http://tiled.lab:8000")
+    tiled.add_argument("--instrument", action="append", metavar="NAME",
+                       help="access: an instrument to create a key and tag for (repeat)")
+    tiled.add_argument("--reader", action="append", metavar="NAME",
+                       help="access: a read-only key for every instrument's runs (repeat)")
+    tiled.add_argument("--keys-dir", default=None, metavar="DIR",
+                       help="access: where the keys go, one owner-only file each")
     tiled.add_argument("--data-root", default=None, metavar="DIR",
                        help="config: the shared folder of detector files")
     tiled.add_argument("--host", default="127.0.0.1",

