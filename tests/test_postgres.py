@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from concurrent_writers import EVENTS, RUNS, WRITERS, check_runs, run_writers, server_5xx
-from magscope_ipc.processes import port_holder
+from magscope_ipc.processes import free_port, port_holder
 from magscope_session._postgres import PostgresServer, postgres_bin_dir
 
 pytestmark = pytest.mark.system
@@ -247,7 +247,7 @@ def test_facility_config_two_tiled_processes_on_one_database(tmp_path):
                                pg.uri("catalog", driver="asyncpg", password=False)],
                               capture_output=True, text=True, timeout=120, env=env)
         assert init.returncode == 0, init.stderr[-2000:]
-        ports = [_free_port(), _free_port()]
+        ports = [free_port(), free_port()]
         procs = [_serve(config, p, env, tmp_path / f"tiled{p}.log") for p in ports]
         uids, elapsed = run_writers(f"http://127.0.0.1:{ports[0]}", key, tmp_path, writers=2)
         from tiled.client import from_uri
@@ -260,11 +260,3 @@ def test_facility_config_two_tiled_processes_on_one_database(tmp_path):
         for proc in procs:
             proc.stop()
         pg.remove()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

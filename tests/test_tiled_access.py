@@ -17,6 +17,7 @@ import pytest
 from bluesky import RunEngine
 from ophyd_async.core import StandardReadable, init_devices, soft_signal_rw
 
+from magscope_ipc.processes import free_port
 from magscope_session._document_writer import SpoolingTiledWriter
 from magscope_session._postgres import PostgresServer
 from magscope_session._setup import subscribe_tiled_writer
@@ -58,9 +59,7 @@ def _write_run(uri: str, key: str, spool: Path, tag: str | None, sample: str) ->
 
 def _serve(config: Path, env: dict, log: Path):
     from magscope_ipc.processes import spawn
-    from test_postgres import _free_port
-
-    port = _free_port()
+    port = free_port()
     proc = spawn("Tiled", [MAGSCOPE, "tiled", "--config", str(config), "--port", str(port)],
                  env=env, log=log)
 

@@ -315,6 +315,13 @@ def port_holder(host: str, port: int) -> ProcessInfo | None:
     return None
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on at ``host`` now (the kernel's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
 class AddressInUseError(RuntimeError):
     """A service cannot start: another process listens on its address."""
 

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -168,7 +169,8 @@ def _cmd_tiled(args: argparse.Namespace) -> int:
 
     folder = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
     try:
-        server = EmbeddedTiled(folder, port=args.port, catalog=args.catalog, tables=args.tables)
+        server = EmbeddedTiled(folder, port=args.port, catalog=args.catalog, tables=args.tables,
+                               streaming_cache=args.streaming_cache)
         return server.run_foreground(show_key=args.show_key)
     except (TiledServerError, ValueError) as err:
         print(f"magscope tiled: {err}", file=sys.stderr)
@@ -277,6 +279,68 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(f"wrote {done.rows:,} rows ({done.frames:,} frames x {done.beads} beads) to "
               f"{done.path} in {took:.1f} s; run metadata in {done.sidecar}")
         return 0
+    finally:
+        target.close()
+
+
+def _cmd_reanalyse(args: argparse.Namespace) -> int:
+    from ._reanalysis import reanalyse, write_reanalysis
+    from ._tiled_client import TiledUnreachableError
+    from ._tiled_server import TiledServerError, resolve_tiled
+    from .runs import find_runs
+
+    options: dict[str, object] = {}
+    for item in args.option or []:
+        key, sep, text = item.partition("=")
+        if not sep:
+            print(f"magscope reanalyse: --option wants KEY=VALUE, got {item!r}", file=sys.stderr)
+            return 2
+        try:
+            options[key] = json.loads(text)
+        except json.JSONDecodeError:
+            options[key] = text
+    try:
+        target = resolve_tiled(args.data_dir, port=0)
+    except (TiledUnreachableError, TiledServerError) as err:
+        print(f"magscope reanalyse: {err}", file=sys.stderr)
+        return 2
+    try:
+        client = target.client()
+        uids = list(args.run or [])
+        if args.sample or args.plan_name or args.since:
+            uids += [r.metadata["start"]["uid"] for r in find_runs(
+                client, sample=args.sample, plan_name=args.plan_name, since=args.since)
+                if "video" in list(r)]
+        if not uids:
+            print("magscope reanalyse: no run to re-analyse (give --run UID, or --sample, "
+                  "--plan-name, --since to find runs recorded with ROI crops)", file=sys.stderr)
+            return 2
+        from tqdm import tqdm
+
+        bar = tqdm(total=None, unit="chunk", desc="re-tracking", file=sys.stderr)
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        try:
+            results = reanalyse(target.uri, uids, zlut_run=args.zlut_run, options=options,
+                                api_key=target.api_key, chunk_rows=args.chunk_rows,
+                                scheduler=args.scheduler, workers=args.workers,
+                                serial=args.serial, progress=progress)
+        except (ValueError, TypeError, KeyError) as err:
+            print(f"magscope reanalyse: {err}", file=sys.stderr)
+            return 2
+        finally:
+            bar.close()
+        from ._document_writer import SpoolingTiledWriter
+
+        writer = SpoolingTiledWriter(target.uri, target.api_key, target.spool_dir)
+        for result in results:
+            new = write_reanalysis(writer, result)
+            print(f"run {result.source_run} re-tracked ({result.frame_index.size} rows x "
+                  f"{result.bead_ids.size} beads): new run {new}")
+        return 0 if writer.close(timeout=120) and not writer.unsent_runs() else 1
     finally:
         target.close()
 
@@ -483,6 +547,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--tables", default=None, metavar="URI",
         help="PostgreSQL database for the runs' event tables (default: the catalog's)",
     )
+    tiled.add_argument(
+        "--streaming-cache", default=None, metavar="URI",
+        help="Redis for live data to subscribers (runs.watch_live), redis://HOST:PORT "
+             "(default $MAGSCOPE_TILED_STREAMING_CACHE; none: no live data)",
+    )
     tiled.add_argument("--facility", action="store_true",
                        help="config: a lab deployment (PostgreSQL, several servers)")
     tiled.add_argument("--access", action="store_true",
@@ -553,6 +622,29 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--overwrite", action="store_true", help="replace PATH if it exists")
     data_dir_option(export)
     export.set_defaults(func=_cmd_export)
+
+    rean = sub.add_parser(
+        "reanalyse",
+        help="re-track the ROI crops of past runs with a Z-LUT and tracking options on Dask "
+        "(a LocalCluster, or --scheduler); the results go to Tiled as new runs",
+    )
+    rean.add_argument("--run", action="append", metavar="UID", help="a run (repeat)")
+    rean.add_argument("--sample", help="runs of this sample (with ROI crops)")
+    rean.add_argument("--plan-name", help="runs of this plan")
+    rean.add_argument("--since", help="runs started since (YYYY-MM-DD)")
+    rean.add_argument("--zlut-run", required=True, metavar="UID",
+                      help="the run whose Z-LUT to track with")
+    rean.add_argument("--option", action="append", metavar="KEY=VALUE",
+                      help="a tracking option (TrackOptions), e.g. min_xy_score=0.3 (repeat)")
+    rean.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                      help="a running Dask scheduler (default $MAGSCOPE_DASK_SCHEDULER, else "
+                           "a LocalCluster of --workers processes)")
+    rean.add_argument("--workers", type=int, default=2, help="LocalCluster workers (default 2)")
+    rean.add_argument("--chunk-rows", type=int, default=50,
+                      help="video rows per task (default 50)")
+    rean.add_argument("--serial", action="store_true", help="in this process, no Dask")
+    data_dir_option(rean)
+    rean.set_defaults(func=_cmd_reanalyse)
 
     health = sub.add_parser(
         "health", help="the current figures of a running instrument: camera frame rate and "

@@ -32,7 +32,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from magscope_ipc.processes import ChildProcess, require_free_port, spawn
+from magscope_ipc.processes import ChildProcess, free_port, require_free_port, spawn
 
 __all__ = ["PostgresError", "PostgresServer", "postgres_bin_dir"]
 
@@ -56,14 +56,6 @@ def postgres_bin_dir() -> Path:
     if not (bin_dir / "postgres").exists():
         raise PostgresError(f"no PostgreSQL server in {bin_dir}")
     return bin_dir
-
-
-def _free_port(host: str) -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -107,7 +99,7 @@ class PostgresServer:
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
-        self.port = int(port) if port is not None else _free_port(host)
+        self.port = int(port) if port is not None else free_port(host)
         self.account = _account(run_as)
         self.durable = durable
         if cluster_dir is None:

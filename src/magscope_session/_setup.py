@@ -118,9 +118,12 @@ def close_at_exit(func: Callable[[], Any], *, priority: int) -> None:
 
 
 def subscribe_tiled_writer(
-    RE: RunEngine, target: TiledTarget, *, batch_size: int = 50, check: bool = True
+    RE: RunEngine, target: TiledTarget, *, batch_size: int | None = None, check: bool = True
 ) -> SpoolingTiledWriter:
     """Send every run to ``target`` through a spooling writer (nothing lost if Tiled is down).
+
+    ``batch_size`` (events of a stream sent in one request) defaults to
+    ``$MAGSCOPE_TILED_BATCH_SIZE``, else 50; live subscribers of slow plans want 1-5.
 
     With ``$MAGSCOPE_TILED_ACCESS_TAG`` set (a lab's Tiled that gives each instrument its
     own key, ``docs/deploy.md``), every run's start document carries
@@ -131,6 +134,8 @@ def subscribe_tiled_writer(
     flushed and closed at exit (also in the queueserver's worker), before ``target`` stops
     an embedded server it started.
     """
+    if batch_size is None:
+        batch_size = _batch_size_from_env()
     writer = SpoolingTiledWriter(
         target.uri, target.api_key, target.spool_dir, batch_size=batch_size, check=check
     )
@@ -141,6 +146,16 @@ def subscribe_tiled_writer(
     close_at_exit(lambda: writer.close(timeout=60), priority=10)
     close_at_exit(target.close, priority=5)
     return writer
+
+
+def _batch_size_from_env() -> int:
+    text = os.environ.get("MAGSCOPE_TILED_BATCH_SIZE", "").strip()
+    if not text:
+        return 50
+    if not text.isdigit() or not 1 <= int(text) <= 10_000:
+        raise ValueError(f"MAGSCOPE_TILED_BATCH_SIZE must be an integer 1..10000 (events), "
+                         f"got {text!r}")
+    return int(text)
 
 
 def watch_health(

@@ -64,7 +64,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from magscope_ipc.processes import ChildProcess, port_holder, spawn
+from magscope_ipc.processes import ChildProcess, free_port, port_holder, spawn
 
 from ._tiled_client import (
     API_KEY_FILENAME,
@@ -79,6 +79,8 @@ logger = logging.getLogger(__name__)
 
 ENV_DATA_DIR = "MAGSCOPE_DATA_DIR"
 ENV_CATALOG = "MAGSCOPE_TILED_CATALOG"  # a PostgreSQL catalog for `magscope tiled`
+#: Redis URI of Tiled's streaming cache (live data for subscribers in other processes)
+ENV_STREAMING_CACHE = "MAGSCOPE_TILED_STREAMING_CACHE"
 SQL_TABLE_MIMETYPE = "application/x-tiled-sql-table"  # Tiled's appendable tables
 
 DEFAULT_PORT = 8000
@@ -123,12 +125,6 @@ def tiled_executable() -> Path:
         f"The 'tiled' command was not found next to {sys.executable} (looked in {bindir}). "
         "Install the server extras into this environment: pip install 'tiled[all]'."
     )
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def _port_is_free(host: str, port: int) -> bool:
@@ -187,8 +183,17 @@ class EmbeddedTiled:
         stop_timeout: float = 10.0,
         catalog: str | None = None,
         tables: str | None = None,
+        streaming_cache: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).expanduser() if data_dir else default_data_dir()
+        if streaming_cache is None:
+            streaming_cache = os.environ.get(ENV_STREAMING_CACHE) or None
+        if streaming_cache is not None and not streaming_cache.startswith(("redis://",
+                                                                           "rediss://")):
+            raise ValueError(f"the streaming cache is a Redis URI (redis://HOST:PORT), got "
+                             f"{streaming_cache.split('@')[-1]!r}")
+        #: Redis for Tiled's live streaming (None: no streaming; subscribers get nothing)
+        self.streaming_cache = streaming_cache
         catalog = catalog if catalog is not None else os.environ.get(ENV_CATALOG) or None
         self.catalog_uri, self.tables_uri, self._pg_password = _postgres_uris(catalog, tables)
         if not 0 <= int(port) < 65536:
@@ -350,6 +355,8 @@ class EmbeddedTiled:
             # One log line per request would grow the log by one line per event.
             "uvicorn": {"host": self.host, "access_log": False},
         }
+        if self.streaming_cache:  # live data: every write also published through Redis
+            config["streaming_cache"] = {"uri": self.streaming_cache}
         # JSON is valid YAML: no YAML writer needed.
         fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as file:
@@ -404,7 +411,7 @@ class EmbeddedTiled:
                     f"An embedded Tiled server for {self.data_dir} already runs at {other}. "
                     "Use it (resolve_tiled() attaches to it) or stop it first."
                 )
-            port = self._requested_port or self._reusable_port() or _free_port(self.host)
+            port = self._requested_port or self._reusable_port() or free_port(self.host)
             if not _port_is_free(self.host, port):
                 holder = port_holder(self.host, port)
                 raise TiledServerError(

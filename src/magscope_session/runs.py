@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from magscope_devices._bead_layout import BeadLayout
 
+from ._live_runs import LiveRows, watch_live
 from ._run_export import ExportSummary, export_tracks
 from ._run_frames import NoFramesError, RunFrames, camera_frames
 from ._run_results import force_calibration_of, zlut_of
@@ -94,6 +95,8 @@ __all__ = [
     "read_video",
     "run_summary",
     "zlut_of",
+    "LiveRows",
+    "watch_live",
 ]
 
 _RUN_SPEC = "BlueskyRun"

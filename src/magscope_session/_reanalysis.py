@@ -1,0 +1,233 @@
+"""Re-analysis of past runs: re-track their ROI crops with another Z-LUT or tracking
+options, on Dask distributed, and write the results back to Tiled as new runs.
+
+The work is cut into chunks of a run's video rows; each chunk is one task,
+:func:`retrack_rows`, a function of its arguments only (it reads the crops and the Z-LUT
+from Tiled itself), so a task lost with its worker is simply run again elsewhere and the
+result does not depend on which worker ran what: a cluster gives the serial result
+exactly. The numba kernels are those of :mod:`magscope_tracking`, imported by the
+workers (never defined in ``__main__``, which Dask would pickle with every task).
+
+Cluster: a ``LocalCluster`` of worker processes on this computer by default;
+``scheduler="tcp://HOST:PORT"`` (or ``$MAGSCOPE_DASK_SCHEDULER``) uses a running one,
+e.g. started on a SLURM cluster with dask-jobqueue (``docs/deploy.md``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ENV_SCHEDULER",
+    "ReanalysisResult",
+    "reanalyse",
+    "retrack_rows",
+    "write_reanalysis",
+]
+
+ENV_SCHEDULER = "MAGSCOPE_DASK_SCHEDULER"
+
+
+@dataclasses.dataclass(frozen=True)
+class ReanalysisResult:
+    """One run re-tracked: ``x_nm``, ``y_nm``, ``z_nm`` (rows, beads) nm at the video's
+    rows (``frame_index`` the camera frames), NaN where a bead was not found."""
+
+    source_run: str
+    zlut_run: str
+    options: dict[str, Any]
+    bead_ids: np.ndarray
+    frame_index: np.ndarray
+    timestamp: np.ndarray
+    x_nm: np.ndarray
+    y_nm: np.ndarray
+    z_nm: np.ndarray
+
+    def equals(self, other: ReanalysisResult) -> bool:
+        """Bit for bit the same numbers (NaN equal to NaN)."""
+        return all(np.array_equal(getattr(self, k), getattr(other, k), equal_nan=True)
+                   for k in ("bead_ids", "frame_index", "x_nm", "y_nm", "z_nm"))
+
+
+@functools.lru_cache(maxsize=8)
+def _zlut(uri: str, api_key: str | None, zlut_run: str) -> Any:
+    from . import runs
+    from ._tiled_client import connect
+
+    return runs.zlut_of(connect(uri, api_key)[zlut_run])
+
+
+@functools.lru_cache(maxsize=8)
+def _video_of(uri: str, api_key: str | None, run_uid: str) -> tuple[Any, float]:
+    from . import runs
+    from ._tiled_client import connect
+
+    run = connect(uri, api_key)[run_uid]
+    video = runs.read_video(run)
+    if video.kind != "crops":
+        raise ValueError(f"run {run_uid} holds whole frames, not ROI crops: re-tracking "
+                         "needs a record made with video='roi_crops'")
+    nm_per_px = float(runs.read_tracks(run).layout.nm_per_px)
+    return video, nm_per_px
+
+
+def retrack_rows(uri: str, api_key: str | None, run_uid: str, start: int, stop: int,
+                 zlut_run: str, options: dict[str, Any]) -> np.ndarray:
+    """Rows ``start:stop`` of run ``run_uid``'s ROI crops tracked again with the Z-LUT of
+    run ``zlut_run`` and :class:`~magscope_tracking.TrackOptions` ``options``: an array
+    (rows, beads, 3) of x, y, z in nm (x, y in the camera frame), NaN where lost.
+    A pure function of its arguments (the data come from Tiled): one Dask task."""
+    from magscope_tracking import TrackOptions, track
+
+    video, nm_per_px = _video_of(uri, api_key, run_uid)
+    zlut = _zlut(uri, api_key, zlut_run)
+    index = zlut.index_of(video.bead_ids)
+    opts = TrackOptions(**options)
+    out = np.full((stop - start, video.bead_ids.size, 3), np.nan)
+    for k, row in enumerate(range(start, stop)):
+        result = track(video.image(row), zlut, bead_index=index, options=opts)
+        origin = video.origin(row).astype(float)
+        origin[origin < 0] = np.nan  # a bead not tracked in that frame
+        out[k, :, 0] = (result.x_px + origin[:, 0]) * nm_per_px
+        out[k, :, 1] = (result.y_px + origin[:, 1]) * nm_per_px
+        out[k, :, 2] = result.z_nm
+    return out
+
+
+def _chunks(n_rows: int, chunk_rows: int) -> list[tuple[int, int]]:
+    return [(s, min(s + chunk_rows, n_rows)) for s in range(0, n_rows, chunk_rows)]
+
+
+def reanalyse(
+    uri: str,
+    run_uids: Sequence[str],
+    *,
+    zlut_run: str,
+    options: dict[str, Any] | None = None,
+    api_key: str | None = None,
+    chunk_rows: int = 50,
+    scheduler: str | None = None,
+    workers: int = 2,
+    serial: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    retries: int = 3,
+) -> list[ReanalysisResult]:
+    """Re-track every run of ``run_uids`` (in that order) with the Z-LUT of run
+    ``zlut_run`` and tracking ``options``.
+
+    ``serial``: in this process, no Dask (the reference a cluster must equal).
+    Otherwise on ``scheduler`` (``tcp://HOST:PORT``; default ``$MAGSCOPE_DASK_SCHEDULER``,
+    else a ``LocalCluster`` of ``workers`` worker processes, closed at the end).
+    ``progress(done, total)`` is called as chunks finish. A chunk whose worker died is
+    run again (up to ``retries`` times).
+    """
+    from magscope_tracking import TrackOptions
+
+    options = dict(options or {})
+    TrackOptions(**options)  # refused here, not in a worker
+    if not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be an integer >= 1 (video rows), got {chunk_rows!r}")
+    if not isinstance(workers, int) or not 1 <= workers <= 256:
+        raise ValueError(f"workers must be an integer 1..256, got {workers!r}")
+    plans = []
+    for uid in run_uids:
+        video, _ = _video_of(uri, api_key, uid)
+        plans.append((uid, video, _chunks(len(video), chunk_rows)))
+    total = sum(len(chunks) for _, _, chunks in plans)
+    tasks = [(uid, s, e) for uid, _, chunks in plans for s, e in chunks]
+    parts: dict[tuple[str, int], np.ndarray] = {}
+    if serial:
+        for done, (uid, s, e) in enumerate(tasks, 1):
+            parts[(uid, s)] = retrack_rows(uri, api_key, uid, s, e, zlut_run, options)
+            if progress:
+                progress(done, total)
+    else:
+        parts = _on_dask(uri, api_key, tasks, zlut_run, options, scheduler, workers,
+                         progress, retries)
+    results = []
+    for uid, video, chunks in plans:
+        rows = np.concatenate([parts[(uid, s)] for s, _ in chunks]) if chunks else \
+            np.zeros((0, video.bead_ids.size, 3))
+        results.append(ReanalysisResult(
+            source_run=uid, zlut_run=zlut_run, options=options,
+            bead_ids=np.asarray(video.bead_ids), frame_index=np.asarray(video.frame_index),
+            timestamp=np.asarray(video.timestamp), x_nm=rows[..., 0], y_nm=rows[..., 1],
+            z_nm=rows[..., 2]))
+    return results
+
+
+def _on_dask(uri, api_key, tasks, zlut_run, options, scheduler, workers, progress,
+             retries) -> dict[tuple[str, int], np.ndarray]:
+    from distributed import Client, LocalCluster, as_completed
+
+    scheduler = scheduler or os.environ.get(ENV_SCHEDULER) or None
+    cluster = None
+    if scheduler is None:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               host="127.0.0.1", dashboard_address=None)
+        client = Client(cluster)
+    else:
+        client = Client(scheduler, timeout=30)
+    try:
+        futures = {
+            client.submit(retrack_rows, uri, api_key, uid, s, e, zlut_run, options,
+                          key=f"retrack-{uid}-{s}", retries=retries, pure=False): (uid, s)
+            for uid, s, e in tasks
+        }
+        parts = {}
+        for done, future in enumerate(as_completed(futures), 1):
+            parts[futures[future]] = future.result()
+            if progress:
+                progress(done, len(futures))
+        return parts
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def write_reanalysis(writer: Callable[[str, Any], Any], result: ReanalysisResult,
+                     *, md: dict[str, Any] | None = None) -> str:
+    """Send ``result`` as a new run through ``writer`` (a document callback, e.g. the
+    session's spooling writer): start (naming the source run, the Z-LUT run and the
+    options), a ``tracks`` stream with one event per video row, stop. Returns its uid."""
+    from event_model import compose_run
+
+    start_md = {
+        "plan_name": "reanalyse", "source_run": result.source_run,
+        "zlut_run": result.zlut_run, "tracking_options": result.options,
+        "bead_ids": [int(b) for b in result.bead_ids], **(md or {}),
+    }
+    bundle = compose_run(metadata=start_md)
+    writer("start", bundle.start_doc)
+    n_beads = int(result.bead_ids.size)
+    shape = [n_beads]
+    desc = bundle.compose_descriptor(
+        name="tracks",
+        data_keys={
+            "frame_index": {"source": "reanalysis", "dtype": "integer", "shape": []},
+            "x_nm": {"source": "reanalysis", "dtype": "array", "shape": shape, "units": "nm",
+                     "dtype_numpy": "<f8"},
+            "y_nm": {"source": "reanalysis", "dtype": "array", "shape": shape, "units": "nm",
+                     "dtype_numpy": "<f8"},
+            "z_nm": {"source": "reanalysis", "dtype": "array", "shape": shape, "units": "nm",
+                     "dtype_numpy": "<f8"},
+        },
+    )
+    writer("descriptor", desc.descriptor_doc)
+    now = time.time()
+    for i in range(result.frame_index.size):
+        t = float(result.timestamp[i]) if math.isfinite(result.timestamp[i]) else now
+        data = {"frame_index": int(result.frame_index[i]), "x_nm": result.x_nm[i].tolist(),
+                "y_nm": result.y_nm[i].tolist(), "z_nm": result.z_nm[i].tolist()}
+        writer("event", desc.compose_event(data=data, timestamps={k: t for k in data}))
+    writer("stop", bundle.compose_stop(exit_status="success"))
+    return str(bundle.start_doc["uid"])
