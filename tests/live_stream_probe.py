@@ -33,7 +33,7 @@ SUBSCRIBER = textwrap.dedent("""
                 f.write(json.dumps([rows.run_uid, rows.stream, int(seq), float(t),
                                     rows.received]) + "\\n")
                 f.flush()
-                seen.add(int(seq))
+                seen.add((rows.run_uid, int(seq)))
             if len(seen) >= int(expected):
                 done.set()
         sub = runs.watch_live(uri, on_rows, streams={"primary": None},
@@ -52,15 +52,16 @@ class Dev(StandardReadable):
 
 
 def measure_live(uri: str, api_key: str, folder: Path, *, events: int, period_s: float,
-                 batch_size: int | None) -> tuple[str, list[list]]:
-    """Run ``bp.count`` of ``events`` events ``period_s`` apart with the session's writer
-    at ``batch_size`` (None: its default) while the subscriber listens; returns the run's uid and the rows
-    the subscriber got: ``[run_uid, stream, seq_num, event time, received time]``."""
+                 batch_size: int | None, runs: int = 1) -> tuple[list[str], list[list]]:
+    """Run ``bp.count`` of ``events`` events ``period_s`` apart, ``runs`` times, with the
+    session's writer at ``batch_size`` (None: its default) while one subscriber listens
+    throughout; returns the runs' uids and the rows the subscriber got:
+    ``[run_uid, stream, seq_num, event time, received time]``."""
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / "received.jsonl"
     sub = subprocess.Popen(
         [sys.executable, "-c", SUBSCRIBER, uri, api_key, str(time.time()), str(out),
-         str(events)], stdout=subprocess.PIPE, text=True, env=dict(os.environ))
+         str(events * runs)], stdout=subprocess.PIPE, text=True, env=dict(os.environ))
     try:
         assert sub.stdout is not None and sub.stdout.readline().strip() == "listening"
         RE = RunEngine({})
@@ -68,20 +69,23 @@ def measure_live(uri: str, api_key: str, folder: Path, *, events: int, period_s:
         writer = subscribe_tiled_writer(RE, target, batch_size=batch_size)
         with init_devices():
             dev = Dev()
-        (uid,) = RE(bp.count([dev], num=events, delay=period_s), sample="live")
+        uids = [RE(bp.count([dev], num=events, delay=period_s), sample="live")[0]
+                for _ in range(runs)]
         if not writer.close(timeout=60) or writer.unsent_runs():
-            raise RuntimeError(f"the run {uid} did not reach Tiled whole")
+            raise RuntimeError(f"the runs {uids} did not reach Tiled whole")
         if sub.wait(timeout=60) != 0:
             raise RuntimeError(f"the subscriber exited {sub.returncode}")
     finally:
         if sub.poll() is None:
             sub.kill()
-    return uid, [json.loads(line) for line in out.read_text().splitlines()]
+    return uids, [json.loads(line) for line in out.read_text().splitlines()]
 
 
-def latencies(rows: list[list]) -> np.ndarray:
-    """Seconds from each event's time to its arrival at the subscriber (first arrival)."""
-    first: dict[int, float] = {}
-    for _, _, seq, t, received in rows:
-        first.setdefault(seq, received - t)
+def latencies(rows: list[list], run_uid: str | None = None) -> np.ndarray:
+    """Seconds from each event's time to its (first) arrival at the subscriber, of one run
+    or of all."""
+    first: dict[tuple[str, int], float] = {}
+    for uid, _, seq, t, received in rows:
+        if run_uid is None or uid == run_uid:
+            first.setdefault((uid, seq), received - t)
     return np.array(list(first.values()))

@@ -79,6 +79,7 @@ def test_the_server_dies_with_a_killed_owner(tmp_path):
         pathlib.Path({str(port_file)!r}).write_text(str(s.port))
         time.sleep(600)
     """)
+    shm_before = {p.name for p in Path("/dev/shm").glob("PostgreSQL.*")}
     owner = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
     try:
         deadline = time.monotonic() + 60
@@ -93,6 +94,8 @@ def test_the_server_dies_with_a_killed_owner(tmp_path):
         while port_holder("127.0.0.1", port) is not None and time.monotonic() < deadline:
             time.sleep(0.2)
         assert port_holder("127.0.0.1", port) is None
+        # its shared memory was in the cluster, not left in /dev/shm
+        assert {p.name for p in Path("/dev/shm").glob("PostgreSQL.*")} <= shm_before
     finally:
         if owner.poll() is None:
             owner.kill()

@@ -9,24 +9,16 @@ import os
 import signal
 import time
 
-import bluesky.plan_stubs as bps
-import bluesky.preprocessors as bpp
 import numpy as np
 import pytest
-from bluesky import RunEngine
-from ophyd_async.core import init_devices
 
-from magscope_devices import make_simulated_microscope
-from magscope_devices.sim.world import SimParams
-from magscope_plans import TrackRecorder, with_video_mode, zlut_sweep
+from crop_runs import record_crop_runs
 from magscope_session import EmbeddedTiled, runs
 from magscope_session._document_writer import SpoolingTiledWriter
 from magscope_session._reanalysis import reanalyse, write_reanalysis
 
 pytestmark = pytest.mark.system
 
-PARAMS = SimParams(seed=5, n_tethered=4, n_reference=2, width_px=448, height_px=320,
-                   contour_nm_range=(2000.0, 3000.0))
 FRAMES = 120
 
 
@@ -36,33 +28,7 @@ def recorded(tmp_path_factory):
     (tiled, zlut_uid, [run uids])."""
     folder = tmp_path_factory.mktemp("reanalysis")
     with EmbeddedTiled(folder / "tiled", port=0) as tiled:
-        RE = RunEngine(call_returns_result=True)
-        writer = SpoolingTiledWriter(tiled.uri, tiled.api_key, folder / "spool",
-                                     batch_size=50)
-        RE.subscribe(writer)
-        with init_devices():
-            mic = make_simulated_microscope(
-                PARAMS, data_dir=tiled.detector_data_dir, instance="reanalysis",
-                tracking_workers=1, frame_rate_hz=100.0, name="mic")
-        try:
-            RE(bps.mv(mic.magnet_z, 2.0))
-            RE(bps.wait_for([mic.tracker.find_beads]))
-            zlut_uid = RE(zlut_sweep(mic, -2000, 7000, 100, frames_per_step=2,
-                                     magnet_z_mm=1.0)).run_start_uids[0]
-            uids = []
-            for height in (2.0, 4.0):
-                RE(bps.mv(mic.magnet_z, height))
-                recorder = TrackRecorder(mic.tracker, chunk_frames=40, video=mic.video)
-
-                @bpp.stage_decorator([mic])
-                @bpp.run_decorator(md={"sample": "reanalysis test"})
-                def record():
-                    yield from with_video_mode(recorder.record(FRAMES), mic, "roi_crops")
-
-                uids.append(RE(record()).run_start_uids[0])
-        finally:
-            mic.close()
-            assert writer.close(timeout=60)
+        zlut_uid, uids = record_crop_runs(tiled, folder, frames=FRAMES)
         yield tiled, zlut_uid, uids
 
 

@@ -216,7 +216,10 @@ class PostgresServer:
             self._owned_dir(socket_dir, 0o700)
         argv = [str(bin_dir / "postgres"), "-D", str(self.cluster_dir),
                 "-c", f"listen_addresses={self.host}", "-p", str(self.port),
-                "-c", f"unix_socket_directories={socket_dir}", "-c", "max_connections=200"]
+                "-c", f"unix_socket_directories={socket_dir}", "-c", "max_connections=200",
+                # parallel queries' shared memory as files in the cluster (pg_dynshmem),
+                # not in /dev/shm, where a server ended by SIGKILL would leave them
+                "-c", "dynamic_shared_memory_type=mmap"]
         if not self.durable:
             argv += ["-c", "fsync=off", "-c", "synchronous_commit=off",
                      "-c", "full_page_writes=off"]

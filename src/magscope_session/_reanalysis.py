@@ -75,7 +75,9 @@ def _video_of(uri: str, api_key: str | None, run_uid: str) -> tuple[Any, float]:
     if video.kind != "crops":
         raise ValueError(f"run {run_uid} holds whole frames, not ROI crops: re-tracking "
                          "needs a record made with video='roi_crops'")
-    nm_per_px = float(runs.read_tracks(run).layout.nm_per_px)
+    from ._run_tracks import _tracks_layout
+
+    nm_per_px = float(_tracks_layout(run, None).layout.nm_per_px)  # not the tracks
     return video, nm_per_px
 
 
@@ -91,14 +93,16 @@ def retrack_rows(uri: str, api_key: str | None, run_uid: str, start: int, stop: 
     zlut = _zlut(uri, api_key, zlut_run)
     index = zlut.index_of(video.bead_ids)
     opts = TrackOptions(**options)
-    out = np.full((stop - start, video.bead_ids.size, 3), np.nan)
-    for k, row in enumerate(range(start, stop)):
-        result = track(video.image(row), zlut, bead_index=index, options=opts)
-        origin = video.origin(row).astype(float)
-        origin[origin < 0] = np.nan  # a bead not tracked in that frame
-        out[k, :, 0] = (result.x_px + origin[:, 0]) * nm_per_px
-        out[k, :, 1] = (result.y_px + origin[:, 1]) * nm_per_px
-        out[k, :, 2] = result.z_nm
+    crops = video.images(start, stop)  # (rows, beads, size, size): one read
+    origins = video.origins(start, stop).astype(float)
+    origins[origins < 0] = np.nan  # a bead not tracked in that frame
+    rows, beads = crops.shape[:2]
+    result = track(crops.reshape(rows * beads, *crops.shape[2:]), zlut,
+                   bead_index=np.tile(index, rows), options=opts)
+    out = np.empty((rows, beads, 3))
+    out[:, :, 0] = (result.x_px.reshape(rows, beads) + origins[:, :, 0]) * nm_per_px
+    out[:, :, 1] = (result.y_px.reshape(rows, beads) + origins[:, :, 1]) * nm_per_px
+    out[:, :, 2] = result.z_nm.reshape(rows, beads)
     return out
 
 

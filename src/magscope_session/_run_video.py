@@ -75,6 +75,23 @@ class RunVideo:
             raise IndexError(f"row {i} of {len(self)}")
         return np.ascontiguousarray(self._row(self._images, i))
 
+    def images(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` in one read: (rows, height, width) frames or (rows, beads,
+        size, size) crops (one request to Tiled, where :meth:`image` makes one a row)."""
+        if not 0 <= start <= stop <= len(self):
+            raise IndexError(f"rows {start}:{stop} of {len(self)}")
+        block = np.asarray(self._images[start:stop])
+        return np.ascontiguousarray(block[:, 0] if self._per_event else block)
+
+    def origins(self, start: int, stop: int) -> np.ndarray:
+        """:meth:`origin` of rows ``start:stop`` in one read: (rows, beads, 2) px."""
+        if self._origin is None:
+            raise ValueError(f"stream {self.stream!r} holds whole frames, not crops")
+        if not 0 <= start <= stop <= len(self):
+            raise IndexError(f"rows {start}:{stop} of {len(self)}")
+        block = np.asarray(self._origin[start:stop])
+        return block[:, 0] if self._per_event else block
+
     def crop(self, i: int, bead_id: int) -> np.ndarray:
         """Bead ``bead_id``'s crop (size, size) in row ``i`` (crops only)."""
         if self.kind != "crops":
