@@ -47,10 +47,22 @@ class DemoResult:
     png: Path | None = None
 
     def read_back_code(self) -> str:
-        """The lines of Python that read the demo's runs back from Tiled."""
-        key = f", api_key={self.api_key!r}" if self.api_key else ""
+        """The lines of Python that read the demo's runs back from Tiled (the key read
+        from its owner-only file or the environment, never printed)."""
+        from ._tiled_server import API_KEY_FILENAME
+
+        key_file = self.data_dir / API_KEY_FILENAME
+        if not self.api_key:
+            key_line, key = "", ""
+        elif key_file.exists():
+            key_line = f"key = open({str(key_file)!r}).read().strip()\n"
+            key = ", api_key=key"
+        else:
+            key_line = 'import os\nkey = os.environ["MAGSCOPE_TILED_API_KEY"]\n'
+            key = ", api_key=key"
         return (
             "from tiled.client import from_uri\n"
+            f"{key_line}"
             f"run = from_uri({self.uri!r}{key})[{self.uids[-1]!r}]\n"
             'frames = run["primary"]["microscope-camera"].read()  # (20, 1, 768, 1024) uint8\n'
             "x = run[\"primary\"][\"microscope-tracker-x_nm\"].read()  # (20, 10, n_beads) nm"
