@@ -73,6 +73,11 @@ def test_a_cluster_gives_the_serial_result_exactly_even_when_a_worker_dies(recor
     assert all(a.equals(b) for a, b in zip(serial, again, strict=True))
     print(f"re-analysis with a worker killed: exact, {time.monotonic() - started:.1f} s")
 
+    # a job that stops making progress ends with an error naming what is missing
+    with pytest.raises(TimeoutError, match=r"stalled: no chunk finished in 0.01 s; \d+ of 24"):
+        reanalyse(tiled.uri, uids, zlut_run=zlut_uid, api_key=tiled.api_key, chunk_rows=10,
+                  workers=1, stall_s=0.01)
+
     # back to Tiled: new runs naming their source, the Z-LUT and the options
     writer = SpoolingTiledWriter(tiled.uri, tiled.api_key, tiled.spool_dir, batch_size=50)
     new_uid = write_reanalysis(writer, serial[0])
@@ -101,4 +106,6 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path):
         reanalyse("http://127.0.0.1:9", [], zlut_run="x", workers=0)
     with pytest.raises(TypeError):
         reanalyse("http://127.0.0.1:9", [], zlut_run="x", options={"no_such_option": 1})
+    with pytest.raises(ValueError, match="stall_s"):
+        reanalyse("http://127.0.0.1:9", [], zlut_run="x", stall_s=0)
 

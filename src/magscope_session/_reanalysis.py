@@ -123,6 +123,7 @@ def reanalyse(
     serial: bool = False,
     progress: Callable[[int, int], None] | None = None,
     retries: int = 3,
+    stall_s: float = 600.0,
 ) -> list[ReanalysisResult]:
     """Re-track every run of ``run_uids`` (in that order) with the Z-LUT of run
     ``zlut_run`` and tracking ``options``.
@@ -131,7 +132,8 @@ def reanalyse(
     Otherwise on ``scheduler`` (``tcp://HOST:PORT``; default ``$MAGSCOPE_DASK_SCHEDULER``,
     else a ``LocalCluster`` of ``workers`` worker processes, closed at the end).
     ``progress(done, total)`` is called as chunks finish. A chunk whose worker died is
-    run again (up to ``retries`` times).
+    run again (up to ``retries`` times). When no chunk finishes for ``stall_s`` seconds
+    the job ends with :class:`TimeoutError` naming the chunks still missing.
     """
     from magscope_tracking import TrackOptions
 
@@ -141,6 +143,8 @@ def reanalyse(
         raise ValueError(f"chunk_rows must be an integer >= 1 (video rows), got {chunk_rows!r}")
     if not isinstance(workers, int) or not 1 <= workers <= 256:
         raise ValueError(f"workers must be an integer 1..256, got {workers!r}")
+    if not (isinstance(stall_s, int | float) and 0 < stall_s < math.inf):
+        raise ValueError(f"stall_s must be a positive number of seconds, got {stall_s!r}")
     plans = []
     for uid in run_uids:
         video, _ = _video_of(uri, api_key, uid)
@@ -155,7 +159,7 @@ def reanalyse(
                 progress(done, total)
     else:
         parts = _on_dask(uri, api_key, tasks, zlut_run, options, scheduler, workers,
-                         progress, retries)
+                         progress, retries, stall_s)
     results = []
     for uid, video, chunks in plans:
         rows = np.concatenate([parts[(uid, s)] for s, _ in chunks]) if chunks else \
@@ -169,8 +173,8 @@ def reanalyse(
 
 
 def _on_dask(uri, api_key, tasks, zlut_run, options, scheduler, workers, progress,
-             retries) -> dict[tuple[str, int], np.ndarray]:
-    from distributed import Client, LocalCluster, as_completed
+             retries, stall_s) -> dict[tuple[str, int], np.ndarray]:
+    from distributed import Client, LocalCluster, wait
 
     scheduler = scheduler or os.environ.get(ENV_SCHEDULER) or None
     cluster = None
@@ -186,11 +190,24 @@ def _on_dask(uri, api_key, tasks, zlut_run, options, scheduler, workers, progres
                           key=f"retrack-{uid}-{s}", retries=retries, pure=False): (uid, s)
             for uid, s, e in tasks
         }
-        parts = {}
-        for done, future in enumerate(as_completed(futures), 1):
-            parts[futures[future]] = future.result()
-            if progress:
-                progress(done, len(futures))
+        parts: dict[tuple[str, int], np.ndarray] = {}
+        pending = set(futures)
+        while pending:
+            try:
+                finished, pending = wait(pending, timeout=stall_s,
+                                         return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                missing = sorted(f"{uid[:8]} rows {s}+" for uid, s in
+                                 (futures[f] for f in pending))
+                raise TimeoutError(
+                    f"re-analysis stalled: no chunk finished in {stall_s:g} s; "
+                    f"{len(pending)} of {len(futures)} chunks missing "
+                    f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})"
+                ) from None
+            for future in finished:
+                parts[futures[future]] = future.result()
+                if progress:
+                    progress(len(parts), len(futures))
         return parts
     finally:
         client.close()
