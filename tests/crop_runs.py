@@ -20,9 +20,12 @@ PARAMS = SimParams(seed=5, n_tethered=4, n_reference=2, width_px=448, height_px=
 
 
 def record_crop_runs(tiled, folder: Path, *, frames: int, heights=(2.0, 4.0),
-                     instance: str = "reanalysis") -> tuple[str, list[str]]:
+                     instance: str = "reanalysis", every_n: int | None = None
+                     ) -> tuple[str, list[str]]:
     """A Z-LUT sweep and one record of ``frames`` frames with ROI crops per magnet height
-    (mm), written to ``tiled`` (an EmbeddedTiled); returns (Z-LUT run uid, run uids)."""
+    (mm), written to ``tiled`` (an EmbeddedTiled); with ``every_n``, then one more record
+    with every ``every_n``-th whole frame (its uid last). Returns (Z-LUT run uid, run
+    uids)."""
     RE = RunEngine(call_returns_result=True)
     writer = SpoolingTiledWriter(tiled.uri, tiled.api_key, folder / "spool", batch_size=50)
     RE.subscribe(writer)
@@ -46,6 +49,16 @@ def record_crop_runs(tiled, folder: Path, *, frames: int, heights=(2.0, 4.0),
                 yield from with_video_mode(rec.record(frames), mic, "roi_crops")
 
             uids.append(RE(record()).run_start_uids[0])
+        if every_n is not None:
+            recorder = TrackRecorder(mic.tracker, chunk_frames=40, video=mic.video)
+
+            @bpp.stage_decorator([mic])
+            @bpp.run_decorator(md={"sample": "reanalysis frames"})
+            def record_frames(rec: TrackRecorder = recorder):
+                yield from with_video_mode(rec.record(frames), mic, "frames_every_n",
+                                           every_n=every_n)
+
+            uids.append(RE(record_frames()).run_start_uids[0])
     finally:
         mic.close()
         if not writer.close(timeout=120) or writer.unsent_runs():

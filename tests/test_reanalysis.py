@@ -25,15 +25,15 @@ FRAMES = 120
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
     """An embedded Tiled holding a Z-LUT run and two runs of ROI crops; yields
-    (tiled, zlut_uid, [run uids])."""
+    (tiled, zlut_uid, [run uids], the uid of a run of every 4th whole frame)."""
     folder = tmp_path_factory.mktemp("reanalysis")
     with EmbeddedTiled(folder / "tiled", port=0) as tiled:
-        zlut_uid, uids = record_crop_runs(tiled, folder, frames=FRAMES)
-        yield tiled, zlut_uid, uids
+        zlut_uid, uids = record_crop_runs(tiled, folder, frames=FRAMES, every_n=4)
+        yield tiled, zlut_uid, uids[:2], uids[2]
 
 
 def test_a_cluster_gives_the_serial_result_exactly_even_when_a_worker_dies(recorded, capsys):
-    tiled, zlut_uid, uids = recorded
+    tiled, zlut_uid, uids, _ = recorded
     options = {"min_xy_score": 0.3}
     serial = reanalyse(tiled.uri, uids, zlut_run=zlut_uid, options=options,
                        api_key=tiled.api_key, chunk_rows=20, serial=True)
@@ -73,6 +73,20 @@ def test_a_cluster_gives_the_serial_result_exactly_even_when_a_worker_dies(recor
     assert all(a.equals(b) for a, b in zip(serial, again, strict=True))
     print(f"re-analysis with a worker killed: exact, {time.monotonic() - started:.1f} s")
 
+    # on a running cluster (--scheduler): the only tasks it sees are the chunks; the
+    # Tiled reads inside a task compute in that task (sent to the cluster, they hung it)
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        on_scheduler = reanalyse(tiled.uri, uids, zlut_run=zlut_uid, options=options,
+                                 api_key=tiled.api_key, chunk_rows=40,
+                                 scheduler=cluster.scheduler_address)
+        prefixes = client.run_on_scheduler(
+            lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
+    assert all(a.equals(b) for a, b in zip(serial, on_scheduler, strict=True))
+    assert prefixes == ["retrack"], prefixes
+
     # a job that stops making progress ends with an error naming what is missing
     with pytest.raises(TimeoutError, match=r"stalled: no chunk finished in 0.01 s; \d+ of 24"):
         reanalyse(tiled.uri, uids, zlut_run=zlut_uid, api_key=tiled.api_key, chunk_rows=10,
@@ -90,13 +104,38 @@ def test_a_cluster_gives_the_serial_result_exactly_even_when_a_worker_dies(recor
     assert np.array_equal(z, serial[0].z_nm, equal_nan=True)
 
 
+def test_whole_frames_are_retracked_at_the_record_s_rois(recorded):
+    """A record of every 4th whole frame: cut at the record's ROIs and re-tracked, the
+    beads sit where the tracker found them live at those frames."""
+    tiled, zlut_uid, _, frames_uid = recorded
+    (result,) = reanalyse(tiled.uri, [frames_uid], zlut_run=zlut_uid,
+                          api_key=tiled.api_key, chunk_rows=10, serial=True)
+    run = tiled.client()[frames_uid]
+    video, tracks = runs.read_video(run), runs.read_tracks(run)
+    assert video.kind == "frames" and len(result.frame_index) == len(video) == FRAMES // 4
+    assert np.array_equal(result.bead_ids, tracks.layout.bead_ids)
+    rows = np.flatnonzero(np.isin(tracks.frame_index, video.frame_index))
+    assert rows.size == len(video)
+    dx = np.abs(result.x_nm - tracks.x_nm[rows])
+    dy = np.abs(result.y_nm - tracks.y_nm[rows])
+    assert np.nanmedian(dx) < 1.0 and np.nanmedian(dy) < 1.0, (np.nanmedian(dx),
+                                                              np.nanmedian(dy))
+    assert np.isfinite(result.z_nm).mean() > 0.9
+
+
 def _worker_processes():
     """The Dask worker processes of this test (children of this process)."""
     import psutil
 
-    me = psutil.Process()
-    return [p for p in me.children(recursive=True)
-            if "distributed" in " ".join(p.cmdline()) or "spawn_main" in " ".join(p.cmdline())]
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:  # a child may exit (or be a zombie not yet reaped) while we look
+            command = " ".join(p.cmdline())
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            continue
+        if "distributed" in command or "spawn_main" in command:
+            found.append(p)
+    return found
 
 
 def test_bad_arguments_are_refused_before_any_work(tmp_path):

@@ -1,5 +1,6 @@
-"""Re-analysis of past runs: re-track their ROI crops with another Z-LUT or tracking
-options, on Dask distributed, and write the results back to Tiled as new runs.
+"""Re-analysis of past runs: re-track their ROI crops (or their whole frames, cut at the
+record's ROIs) with another Z-LUT or tracking options, on Dask distributed, and write
+the results back to Tiled as new runs.
 
 The work is cut into chunks of a run's video rows; each chunk is one task,
 :func:`retrack_rows`, a function of its arguments only (it reads the crops and the Z-LUT
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 import os
 import time
@@ -34,6 +36,8 @@ __all__ = [
 ]
 
 ENV_SCHEDULER = "MAGSCOPE_DASK_SCHEDULER"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,35 +70,74 @@ def _zlut(uri: str, api_key: str | None, zlut_run: str) -> Any:
 
 
 @functools.lru_cache(maxsize=8)
-def _video_of(uri: str, api_key: str | None, run_uid: str) -> tuple[Any, float]:
+def _video_of(uri: str, api_key: str | None, run_uid: str) -> tuple[Any, Any]:
+    """The run's video and the bead layout of its tracks (ROIs, nm/px; not the tracks)."""
     from . import runs
+    from ._run_tracks import _tracks_layout
     from ._tiled_client import connect
 
     run = connect(uri, api_key)[run_uid]
-    video = runs.read_video(run)
-    if video.kind != "crops":
-        raise ValueError(f"run {run_uid} holds whole frames, not ROI crops: re-tracking "
-                         "needs a record made with video='roi_crops'")
-    from ._run_tracks import _tracks_layout
+    return runs.read_video(run), _tracks_layout(run, None).layout
 
-    nm_per_px = float(_tracks_layout(run, None).layout.nm_per_px)  # not the tracks
-    return video, nm_per_px
+
+def _bead_ids(video: Any, layout: Any) -> np.ndarray:
+    """The beads re-tracked: those of the crops, or for whole frames the tracks' beads."""
+    return np.asarray(video.bead_ids if video.kind == "crops" else layout.bead_ids)
+
+
+def _cut_rois(frames: np.ndarray, layout: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Whole frames (rows, height, width) cut at the record's ROIs: crops (rows, beads,
+    size, size) and their origins (rows, beads, 2) px. The ROIs are those the tracker
+    had when the record began (a record with the XY lock moving them is not re-tracked
+    exactly)."""
+    size = layout.roi_size_px
+    x0, y0 = layout.roi_x0_px, layout.roi_y0_px
+    height, width = frames.shape[1:]
+    if (x0 < 0).any() or (y0 < 0).any() or (x0 + size > width).any() or \
+            (y0 + size > height).any():
+        raise ValueError(f"the record's ROIs ({size} px) do not fit its {width} x {height} "
+                         "px frames")
+    crops = np.stack([frames[:, y:y + size, x:x + size] for x, y in zip(x0, y0, strict=True)],
+                     axis=1)
+    origins = np.broadcast_to(np.stack([x0, y0], axis=1), (frames.shape[0], x0.size, 2))
+    return crops, origins
 
 
 def retrack_rows(uri: str, api_key: str | None, run_uid: str, start: int, stop: int,
                  zlut_run: str, options: dict[str, Any]) -> np.ndarray:
-    """Rows ``start:stop`` of run ``run_uid``'s ROI crops tracked again with the Z-LUT of
+    """Rows ``start:stop`` of run ``run_uid``'s ROI crops (or whole frames, cut at the
+    record's ROIs) tracked again with the Z-LUT of
     run ``zlut_run`` and :class:`~magscope_tracking.TrackOptions` ``options``: an array
     (rows, beads, 3) of x, y, z in nm (x, y in the camera frame), NaN where lost.
-    A pure function of its arguments (the data come from Tiled): one Dask task."""
+    A pure function of its arguments (the data come from Tiled): one Dask task.
+
+    The Tiled client reads arrays by computing a small dask graph; inside a Dask worker
+    that graph would go to the cluster itself (the worker's client), the task waiting
+    for sub-tasks that wait for a worker thread: with every thread busy the job hung
+    (in 3 of 7 runs on 2 workers x 1 thread). The reads here compute in this
+    task's own threads (``scheduler="threads"``).
+    """
+    import dask
+
+    with dask.config.set(scheduler="threads"):
+        return _retrack_rows(uri, api_key, run_uid, start, stop, zlut_run, options)
+
+
+def _retrack_rows(uri: str, api_key: str | None, run_uid: str, start: int, stop: int,
+                  zlut_run: str, options: dict[str, Any]) -> np.ndarray:
     from magscope_tracking import TrackOptions, track
 
-    video, nm_per_px = _video_of(uri, api_key, run_uid)
+    video, layout = _video_of(uri, api_key, run_uid)
+    nm_per_px = layout.nm_per_px
     zlut = _zlut(uri, api_key, zlut_run)
-    index = zlut.index_of(video.bead_ids)
+    index = zlut.index_of(_bead_ids(video, layout))
     opts = TrackOptions(**options)
-    crops = video.images(start, stop)  # (rows, beads, size, size): one read
-    origins = video.origins(start, stop).astype(float)
+    if video.kind == "crops":
+        crops = video.images(start, stop)  # (rows, beads, size, size): one read
+        origins = video.origins(start, stop).astype(float)
+    else:  # whole frames (frames_every_n, trigger windows): cut at the record's ROIs
+        crops, origins = _cut_rois(video.images(start, stop), layout)
+        origins = origins.astype(float)
     origins[origins < 0] = np.nan  # a bead not tracked in that frame
     rows, beads = crops.shape[:2]
     result = track(crops.reshape(rows * beads, *crops.shape[2:]), zlut,
@@ -147,10 +190,10 @@ def reanalyse(
         raise ValueError(f"stall_s must be a positive number of seconds, got {stall_s!r}")
     plans = []
     for uid in run_uids:
-        video, _ = _video_of(uri, api_key, uid)
-        plans.append((uid, video, _chunks(len(video), chunk_rows)))
-    total = sum(len(chunks) for _, _, chunks in plans)
-    tasks = [(uid, s, e) for uid, _, chunks in plans for s, e in chunks]
+        video, layout = _video_of(uri, api_key, uid)
+        plans.append((uid, video, layout, _chunks(len(video), chunk_rows)))
+    total = sum(len(chunks) for *_, chunks in plans)
+    tasks = [(uid, s, e) for uid, *_, chunks in plans for s, e in chunks]
     parts: dict[tuple[str, int], np.ndarray] = {}
     if serial:
         for done, (uid, s, e) in enumerate(tasks, 1):
@@ -161,12 +204,12 @@ def reanalyse(
         parts = _on_dask(uri, api_key, tasks, zlut_run, options, scheduler, workers,
                          progress, retries, stall_s)
     results = []
-    for uid, video, chunks in plans:
+    for uid, video, layout, chunks in plans:
         rows = np.concatenate([parts[(uid, s)] for s, _ in chunks]) if chunks else \
-            np.zeros((0, video.bead_ids.size, 3))
+            np.zeros((0, _bead_ids(video, layout).size, 3))
         results.append(ReanalysisResult(
             source_run=uid, zlut_run=zlut_run, options=options,
-            bead_ids=np.asarray(video.bead_ids), frame_index=np.asarray(video.frame_index),
+            bead_ids=_bead_ids(video, layout), frame_index=np.asarray(video.frame_index),
             timestamp=np.asarray(video.timestamp), x_nm=rows[..., 0], y_nm=rows[..., 1],
             z_nm=rows[..., 2]))
     return results
@@ -209,10 +252,16 @@ def _on_dask(uri, api_key, tasks, zlut_run, options, scheduler, workers, progres
                 if progress:
                     progress(len(parts), len(futures))
         return parts
-    finally:
-        client.close()
+    finally:  # bounded: closing while chunks still run must not hang the caller
+        try:
+            client.close(timeout=30)
+        except Exception as exc:  # noqa: BLE001 - report, then close the cluster
+            logger.warning("closing the Dask client: %s: %s", type(exc).__name__, exc)
         if cluster is not None:
-            cluster.close()
+            try:
+                cluster.close(timeout=30)
+            except Exception as exc:  # noqa: BLE001 - the workers die with this process
+                logger.warning("closing the LocalCluster: %s: %s", type(exc).__name__, exc)
 
 
 def write_reanalysis(writer: Callable[[str, Any], Any], result: ReanalysisResult,
