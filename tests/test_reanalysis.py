@@ -47,6 +47,9 @@ def test_a_cluster_gives_the_serial_result_exactly_even_when_a_worker_dies(recor
     both = rows >= 0
     dx = np.abs(serial[0].x_nm[rows[both]] - tracks.x_nm[both])
     assert np.nanmedian(dx) < 1.0, np.nanmedian(dx)
+    # z too (this Z-LUT is not anchored; test_recalibration has one that is)
+    dz = np.abs(serial[0].z_nm[rows[both]] - tracks.z_nm[both])
+    assert np.nanmedian(dz) < 1.0, np.nanmedian(dz)
 
     seen: list[tuple[int, int]] = []
     clustered = reanalyse(tiled.uri, uids, zlut_run=zlut_uid, options=options,

@@ -31,6 +31,7 @@ from ._recording import TrackRecorder, extension_traces, lateral_traces
 from ._results import ARRAY, FLOAT, IDS, ResultRecord, emit, set_layouts
 from ._run_results import force_calibration_from_run
 from ._safety import check_safe_height, with_safe_finish
+from ._video import check_video_option, with_video_mode
 from .analysis import (
     ForceResult,
     allan_force,
@@ -50,8 +51,10 @@ __all__ = [
     "CALIBRATION_FIELDS",
     "FIT_FIELDS",
     "calibration_cache_path",
+    "calibration_from_heights",
     "fit_band_hz",
     "force_calibration",
+    "forces_at_height",
     "load_force_calibration",
 ]
 
@@ -74,6 +77,10 @@ CALIBRATION_FIELDS: dict[str, tuple[Any, str]] = {
     "force_plain_psd_pn": (ARRAY, "pN"),
     "radius_nm": (ARRAY, "nm"),
     "radius_nm_err": (ARRAY, "nm"),
+    # the camera frames of the record the forces come from (first, last; a pilot record
+    # before it is not used): what re-analysis re-tracks (magscope_session.recalibrate)
+    "frame_first": (FLOAT, ""),
+    "frame_last": (FLOAT, ""),
 }
 
 #: Once per run, stream ``force_fit``: the double exponential F(z) the Force device uses,
@@ -178,6 +185,8 @@ def force_calibration(
     chunk_frames: int = 100,
     viscosity_pa_s: float | None = None,
     safe_magnet_height_mm: float | None = None,
+    video: str | None = None,
+    every_n: int | None = None,
     md: dict[str, Any] | None = None,
 ) -> Generator[Msg, Any, str]:
     """Measure the force on every selected bead at each magnet height (mm) and fit the
@@ -216,7 +225,13 @@ def force_calibration(
     size, nm/px, Z-LUT run uid). After the run the calibration is cached in the tracker's
     data folder as ``force-calibration-<uid>.json`` (:func:`calibration_cache_path`) and
     loaded into ``microscope.force``; :func:`load_force_calibration` reloads it later. The
-    magnets end at ``safe_magnet_height_mm`` (mm; None: the microscope's configured safe height). Returns the run uid.
+    magnets end at ``safe_magnet_height_mm`` (mm; None: the microscope's configured safe height).
+
+    ``video``: ``"roi_crops"`` records every bead's ROI at every frame into stream
+    ``video`` (``"frames_every_n"``: every ``every_n``-th whole frame), so that the
+    calibration can be recomputed later from re-tracked images
+    (:func:`magscope_session.recalibrate`); None leaves ``microscope.video.mode`` as it
+    is. Returns the run uid.
     """
     plan = "force_calibration"
     args = PlanArgs(plan)
@@ -239,6 +254,7 @@ def force_calibration(
     safe_magnet_height_mm = args.optional_real(
         "safe_magnet_height_mm", safe_magnet_height_mm, units="mm"
     )
+    video, every_n = check_video_option(args, video, every_n)
     md = args.metadata("md", md)
     check_microscope(microscope, plan, tracker=True)
     heights = yield from check_magnet_heights(microscope, heights, plan=plan, min_heights=2)
@@ -250,8 +266,10 @@ def force_calibration(
     fs = float((yield from bps.rd(microscope.camera.frame_rate_hz)))
     exposure = float((yield from bps.rd(microscope.camera.exposure_s)))
     radius = float((yield from bps.rd(tracker.bead_radius_nm)))
-    recorder = TrackRecorder(tracker, chunk_frames=chunk_frames)
-    per_height = ResultRecord(CALIBRATION_FIELDS, name="calibration")
+    recorder = TrackRecorder(
+        tracker, chunk_frames=chunk_frames, video=getattr(microscope, "video", None)
+    )
+    per_height_record = ResultRecord(CALIBRATION_FIELDS, name="calibration")
     fit_record = ResultRecord(FIT_FIELDS, name="force_fit")
     _md = plan_metadata(
         plan,
@@ -272,13 +290,13 @@ def force_calibration(
         progress_stream="calibration",
     )
 
-    yield from set_layouts(tracker, sel.beads, per_height, fit_record)
+    yield from set_layouts(tracker, sel.beads, per_height_record, fit_record)
     made: list[ForceCalibration] = []
 
     @bpp.stage_decorator([microscope])
     @bpp.run_decorator(md=_md)
     def inner() -> Generator[Msg, Any, None]:
-        psd_forces, psd_errors, drags, drag_errs, heights_above_refs = [], [], [], [], []
+        per_height: list[dict[str, Any]] = []
         for h in heights:
             yield from bps.mv(microscope.magnet_z, h)
             yield from bps.sleep(settle_s)
@@ -291,98 +309,21 @@ def force_calibration(
             else:
                 n_frames = int(round(duration_s * fs))
             tracks = yield from recorder.record_whole(n_frames)
-            ext_all = extension_traces(tracks, sel.beads, sel.reference)
-            lateral = lateral_traces(tracks, sel.beads, sel.reference, axis=axis)
-            psd, allan, plain, ext = [], [], [], []
-            for b in range(sel.beads.size):
-                length = float(np.nanmean(ext_all[:, b]))
-                ext.append(length)
-                kw: dict[str, Any] = dict(
-                    fs_hz=fs, exposure_s=exposure, length_nm=length, radius_nm=radius
-                )
-                band = fit_band_hz(lateral[:, b], length_nm=length, radius_nm=radius, fs_hz=fs)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    psd.append(psd_force(lateral[:, b], **kw, f_max_hz=band))
-                    allan.append(allan_force(lateral[:, b], **kw))
-                    plain.append(
-                        psd_force(
-                            lateral[:, b], **kw, f_max_hz=band, blur_correction=False,
-                            aliasing_correction=False,
-                        )
-                    )
-            psd_forces.append(_per_bead(psd, "force_pn"))
-            psd_errors.append(_per_bead(psd, "force_pn_err"))
-            drags.append(_per_bead(psd, "drag_pn_s_per_nm"))
-            drag_errs.append(_per_bead(psd, "drag_pn_s_per_nm_err"))
-            heights_above_refs.append(np.asarray(ext, float))
-            r_h, r_h_err = radius_from_drag(
-                drags[-1], heights_above_refs[-1] + radius, eta, drag_errs[-1]
+            values = forces_at_height(
+                tracks, sel.beads, sel.reference, fs_hz=fs, exposure_s=exposure,
+                radius_nm=radius, viscosity_pa_s=eta, axis=axis,
             )
-            yield from emit(
-                per_height, "calibration",
-                magnet_z_mm=h, record_s=lateral.shape[0] / fs, bead_id=sel.beads,
-                extension_nm=ext,
-                force_psd_pn=_per_bead(psd, "force_pn"),
-                force_psd_pn_err=_per_bead(psd, "force_pn_err"),
-                stiffness_pn_per_nm=_per_bead(psd, "stiffness_pn_per_nm"),
-                stiffness_pn_per_nm_err=_per_bead(psd, "stiffness_pn_per_nm_err"),
-                corner_hz=_per_bead(psd, "corner_hz"),
-                corner_hz_err=_per_bead(psd, "corner_hz_err"),
-                drag_pn_s_per_nm=_per_bead(psd, "drag_pn_s_per_nm"),
-                drag_pn_s_per_nm_err=_per_bead(psd, "drag_pn_s_per_nm_err"),
-                force_allan_pn=_per_bead(allan, "force_pn"),
-                force_allan_pn_err=_per_bead(allan, "force_pn_err"),
-                force_plain_psd_pn=_per_bead(plain, "force_pn"),
-                radius_nm=r_h, radius_nm_err=r_h_err,
-            )
+            per_height.append(values)
+            yield from emit(per_height_record, "calibration", magnet_z_mm=h,
+                            bead_id=sel.beads, **values)
         contrast, reference_contrast = yield from _ring_contrasts(tracker, sel)
-        radii = bead_radii(
-            np.array(drags), np.array(drag_errs), np.array(heights_above_refs),
-            viscosity_pa_s=eta, nominal_radius_nm=radius, n_reference=len(sel.reference),
-            contrast=contrast, reference_contrast=reference_contrast,
-        )
-        if radii.pattern is None:
-            logger.info("force_calibration: the reference beads take the beads' mean radius "
-                        "(%s)", "no Z-LUT" if contrast is None else
-                        "too few beads with a radius and a ring contrast")
-        forces, errors, lever_rel_err = _with_measured_lever(
-            np.array(psd_forces), np.array(psd_errors), np.array(heights_above_refs),
-            nominal_radius_nm=radius, radii=radii,
-        )
-        calibration = _fit_calibration(heights, forces, errors, common_rel_err=lever_rel_err)
-        fit = calibration.fit
-        cal = ForceCalibration(
-            f0_pn=fit.f0_pn, a=fit.a, l1_mm=fit.l1_mm, l2_mm=fit.l2_mm,
-            min_height_mm=min(heights), max_height_mm=max(heights),
-            bead_ids=tuple(int(b) for b in sel.beads),
-            bead_scale=tuple(float(s) for s in calibration.bead_scale),
-            bead_scale_err=tuple(float(e) for e in calibration.bead_scale_err),
-            covariance=calibration.covariance,
-            created=time.time(),
-            bead_radius_nm=tuple(float(r) for r in radii.radius_nm),
-            bead_radius_nm_err=tuple(float(e) for e in radii.radius_nm_err),
-            reference_radius_nm=radii.reference_nm,
-            reference_radius_nm_err=radii.reference_nm_err,
+        cal, fit_values = calibration_from_heights(
+            heights, per_height, sel.beads, n_reference=len(sel.reference),
+            viscosity_pa_s=eta, nominal_radius_nm=radius, contrast=contrast,
+            reference_contrast=reference_contrast,
         )
         made.append(cal)
-        yield from emit(
-            fit_record, "force_fit",
-            f0_pn=fit.f0_pn, f0_pn_err=fit.f0_pn_err, a=fit.a, a_err=fit.a_err,
-            l1_mm=fit.l1_mm, l1_mm_err=fit.l1_mm_err, l2_mm=fit.l2_mm, l2_mm_err=fit.l2_mm_err,
-            rms_relative_residual=fit.rms_relative_residual,
-            min_height_mm=cal.min_height_mm, max_height_mm=cal.max_height_mm,
-            bead_id=sel.beads, bead_scale=calibration.bead_scale,
-            bead_scale_err=calibration.bead_scale_err,
-            covariance=np.asarray(cal.covariance, float).reshape(-1) if cal.covariance
-            else np.full(16, np.nan),
-            created=cal.created,
-            bead_radius_nm=radii.radius_nm, bead_radius_nm_err=radii.radius_nm_err,
-            reference_radius_nm=_nan_if_none(radii.reference_nm),
-            reference_radius_nm_err=_nan_if_none(radii.reference_nm_err),
-            radius_pattern_scatter_nm=(radii.pattern.scatter_nm if radii.pattern is not None
-                                       else float("nan")),
-        )
+        yield from emit(fit_record, "force_fit", bead_id=sel.beads, **fit_values)
 
     def calibrate() -> Generator[Msg, Any, str]:
         uid = yield from inner()
@@ -393,9 +334,132 @@ def force_calibration(
 
     return (
         yield from with_safe_finish(
-            calibrate(), microscope, safe_magnet_height_mm=safe_magnet_height_mm
+            with_video_mode(calibrate(), microscope, video, every_n), microscope,
+            safe_magnet_height_mm=safe_magnet_height_mm,
         )
     )
+
+
+def forces_at_height(
+    tracks: dict[str, np.ndarray], beads: np.ndarray, reference: np.ndarray, *,
+    fs_hz: float, exposure_s: float, radius_nm: float, viscosity_pa_s: float, axis: str,
+) -> dict[str, Any]:
+    """The forces of one magnet height from its record (a tracks dict: ``x_nm``, ``y_nm``,
+    ``z_nm`` (frames, beads) nm, ``bead_id``, ``frame_index``): per bead (``beads``, in
+    that order) the PSD force (exposure blur and aliasing corrected), the Allan and the
+    plain Lorentzian force (pN), stiffness (pN/nm), corner frequency (Hz), drag
+    (pN s/nm) with their standard errors, the mean height above the ``reference`` beads
+    (``extension_nm``) and the radius its drag gives (nm, Stokes with Faxen's wall
+    correction in ``viscosity_pa_s``, Pa s); ``record_s`` and the record's first and
+    last camera frame. The values of the ``calibration`` stream; a pure function (the
+    plan and :func:`magscope_session.recalibrate` both use it)."""
+    ext_all = extension_traces(tracks, beads, reference)
+    lateral = lateral_traces(tracks, beads, reference, axis=axis)
+    psd, allan, plain, ext = [], [], [], []
+    for b in range(len(beads)):
+        length = float(np.nanmean(ext_all[:, b]))
+        ext.append(length)
+        kw: dict[str, Any] = dict(
+            fs_hz=fs_hz, exposure_s=exposure_s, length_nm=length, radius_nm=radius_nm
+        )
+        band = fit_band_hz(lateral[:, b], length_nm=length, radius_nm=radius_nm, fs_hz=fs_hz)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            psd.append(psd_force(lateral[:, b], **kw, f_max_hz=band))
+            allan.append(allan_force(lateral[:, b], **kw))
+            plain.append(
+                psd_force(
+                    lateral[:, b], **kw, f_max_hz=band, blur_correction=False,
+                    aliasing_correction=False,
+                )
+            )
+    extension = np.asarray(ext, float)
+    r_h, r_h_err = radius_from_drag(
+        _per_bead(psd, "drag_pn_s_per_nm"), extension + radius_nm, viscosity_pa_s,
+        _per_bead(psd, "drag_pn_s_per_nm_err"),
+    )
+    frames = np.asarray(tracks["frame_index"], float)
+    return {
+        "record_s": np.float64(lateral.shape[0] / fs_hz),
+        "extension_nm": extension,
+        "force_psd_pn": _per_bead(psd, "force_pn"),
+        "force_psd_pn_err": _per_bead(psd, "force_pn_err"),
+        "stiffness_pn_per_nm": _per_bead(psd, "stiffness_pn_per_nm"),
+        "stiffness_pn_per_nm_err": _per_bead(psd, "stiffness_pn_per_nm_err"),
+        "corner_hz": _per_bead(psd, "corner_hz"),
+        "corner_hz_err": _per_bead(psd, "corner_hz_err"),
+        "drag_pn_s_per_nm": _per_bead(psd, "drag_pn_s_per_nm"),
+        "drag_pn_s_per_nm_err": _per_bead(psd, "drag_pn_s_per_nm_err"),
+        "force_allan_pn": _per_bead(allan, "force_pn"),
+        "force_allan_pn_err": _per_bead(allan, "force_pn_err"),
+        "force_plain_psd_pn": _per_bead(plain, "force_pn"),
+        "radius_nm": np.asarray(r_h, float),
+        "radius_nm_err": np.asarray(r_h_err, float),
+        "frame_first": np.float64(frames[0] if frames.size else np.nan),
+        "frame_last": np.float64(frames[-1] if frames.size else np.nan),
+    }
+
+
+def calibration_from_heights(
+    heights: Sequence[float], per_height: Sequence[dict[str, Any]],
+    beads: np.ndarray, *, n_reference: int, viscosity_pa_s: float,
+    nominal_radius_nm: float, contrast: np.ndarray | None = None,
+    reference_contrast: np.ndarray | None = None, created: float | None = None,
+) -> tuple[ForceCalibration, dict[str, Any]]:
+    """The calibration from the :func:`forces_at_height` values of each magnet height
+    (mm): every bead's radius (:func:`bead_radii`, with the ring ``contrast`` of the beads
+    and ``reference_contrast`` of the reference beads when there is a Z-LUT), the forces
+    with the measured pendulum length, and F(z) fitted to them weighted by their errors.
+    Returns the :class:`ForceCalibration` and the values of the ``force_fit`` stream
+    (without ``bead_id``). A pure function."""
+    def stack(key: str) -> np.ndarray:
+        return np.array([values[key] for values in per_height], dtype=float)
+
+    above_refs = stack("extension_nm")
+    radii = bead_radii(
+        stack("drag_pn_s_per_nm"), stack("drag_pn_s_per_nm_err"), above_refs,
+        viscosity_pa_s=viscosity_pa_s, nominal_radius_nm=nominal_radius_nm,
+        n_reference=n_reference, contrast=contrast, reference_contrast=reference_contrast,
+    )
+    if radii.pattern is None:
+        logger.info("force_calibration: the reference beads take the beads' mean radius "
+                    "(%s)", "no Z-LUT" if contrast is None else
+                    "too few beads with a radius and a ring contrast")
+    forces, errors, lever_rel_err = _with_measured_lever(
+        stack("force_psd_pn"), stack("force_psd_pn_err"), above_refs,
+        nominal_radius_nm=nominal_radius_nm, radii=radii,
+    )
+    calibration = _fit_calibration(heights, forces, errors, common_rel_err=lever_rel_err)
+    fit = calibration.fit
+    cal = ForceCalibration(
+        f0_pn=fit.f0_pn, a=fit.a, l1_mm=fit.l1_mm, l2_mm=fit.l2_mm,
+        min_height_mm=min(heights), max_height_mm=max(heights),
+        bead_ids=tuple(int(b) for b in beads),
+        bead_scale=tuple(float(s) for s in calibration.bead_scale),
+        bead_scale_err=tuple(float(e) for e in calibration.bead_scale_err),
+        covariance=calibration.covariance,
+        created=time.time() if created is None else created,
+        bead_radius_nm=tuple(float(r) for r in radii.radius_nm),
+        bead_radius_nm_err=tuple(float(e) for e in radii.radius_nm_err),
+        reference_radius_nm=radii.reference_nm,
+        reference_radius_nm_err=radii.reference_nm_err,
+    )
+    fit_values = dict(
+        f0_pn=fit.f0_pn, f0_pn_err=fit.f0_pn_err, a=fit.a, a_err=fit.a_err,
+        l1_mm=fit.l1_mm, l1_mm_err=fit.l1_mm_err, l2_mm=fit.l2_mm, l2_mm_err=fit.l2_mm_err,
+        rms_relative_residual=fit.rms_relative_residual,
+        min_height_mm=cal.min_height_mm, max_height_mm=cal.max_height_mm,
+        bead_scale=calibration.bead_scale, bead_scale_err=calibration.bead_scale_err,
+        covariance=np.asarray(cal.covariance, float).reshape(-1) if cal.covariance
+        else np.full(16, np.nan),
+        created=cal.created,
+        bead_radius_nm=radii.radius_nm, bead_radius_nm_err=radii.radius_nm_err,
+        reference_radius_nm=_nan_if_none(radii.reference_nm),
+        reference_radius_nm_err=_nan_if_none(radii.reference_nm_err),
+        radius_pattern_scatter_nm=(radii.pattern.scatter_nm if radii.pattern is not None
+                                   else float("nan")),
+    )
+    return cal, fit_values
 
 
 def _ring_contrasts(

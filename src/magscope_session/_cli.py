@@ -334,12 +334,30 @@ def _cmd_reanalyse(args: argparse.Namespace) -> int:
         finally:
             bar.close()
         from ._document_writer import SpoolingTiledWriter
+        from ._recalibration import recalibration_of, write_recalibration
+        from .runs import force_calibration_of, zlut_of
 
         writer = SpoolingTiledWriter(target.uri, target.api_key, target.spool_dir)
+        zlut = None
         for result in results:
             new = write_reanalysis(writer, result)
             print(f"run {result.source_run} re-tracked ({result.frame_index.size} rows x "
                   f"{result.bead_ids.size} beads): new run {new}")
+            source = client[result.source_run]
+            if source.metadata["start"].get("plan_name") != "force_calibration":
+                continue
+            zlut = zlut if zlut is not None else zlut_of(client[args.zlut_run])
+            try:
+                rec = recalibration_of(source, result, zlut)
+            except ValueError as err:
+                print(f"  its force calibration is not recomputed: {err}", file=sys.stderr)
+                continue
+            was = force_calibration_of(source)
+            cal_uid = write_recalibration(writer, rec)
+            print(f"  force calibration recomputed: F(z) f0 = {rec.calibration.f0_pn:.3f} "
+                  f"+/- {rec.fit['f0_pn_err']:.3f} pN (was {was.f0_pn:.3f} pN), "
+                  f"l1 = {rec.calibration.l1_mm:.3f} mm, l2 = {rec.calibration.l2_mm:.3f} "
+                  f"mm: new run {cal_uid}")
         return 0 if writer.close(timeout=120) and not writer.unsent_runs() else 1
     finally:
         target.close()
@@ -625,8 +643,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     rean = sub.add_parser(
         "reanalyse",
-        help="re-track the ROI crops of past runs with a Z-LUT and tracking options on Dask "
-        "(a LocalCluster, or --scheduler); the results go to Tiled as new runs",
+        help="re-track the ROI crops (or whole frames) of past runs with a Z-LUT and "
+        "tracking options on Dask (a LocalCluster, or --scheduler), and recompute the force "
+        "calibration of a force_calibration run; the results go to Tiled as new runs",
     )
     rean.add_argument("--run", action="append", metavar="UID", help="a run (repeat)")
     rean.add_argument("--sample", help="runs of this sample (with ROI crops)")

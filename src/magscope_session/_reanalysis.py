@@ -43,7 +43,9 @@ logger = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class ReanalysisResult:
     """One run re-tracked: ``x_nm``, ``y_nm``, ``z_nm`` (rows, beads) nm at the video's
-    rows (``frame_index`` the camera frames), NaN where a bead was not found."""
+    rows (``frame_index`` the camera frames), NaN where a bead was not found; x, y in the
+    camera frame, z with the Z-LUT run's anchored heights added (the height above the
+    reference beads, as the live tracker records it)."""
 
     source_run: str
     zlut_run: str
@@ -62,11 +64,22 @@ class ReanalysisResult:
 
 
 @functools.lru_cache(maxsize=8)
-def _zlut(uri: str, api_key: str | None, zlut_run: str) -> Any:
+def _zlut(uri: str, api_key: str | None, zlut_run: str) -> tuple[Any, dict[int, float]]:
+    """The Z-LUT of run ``zlut_run`` and its beads' anchored heights above the reference
+    beads (nm; the beads with a finite height): the offsets the live tracker adds to z
+    (``tracker.height_offsets``), so that a re-tracked z is the same height as a live one."""
+    from magscope_plans._run_results import NoResultError, zlut_heights_from_run
+
     from . import runs
     from ._tiled_client import connect
 
-    return runs.zlut_of(connect(uri, api_key)[zlut_run])
+    run = connect(uri, api_key)[zlut_run]
+    try:
+        ids, heights = zlut_heights_from_run(run)
+    except (KeyError, NoResultError):  # a Z-LUT without anchored heights: none added
+        ids, heights = np.zeros(0, np.int64), np.zeros(0)
+    offsets = {int(b): float(h) for b, h in zip(ids, heights, strict=True) if np.isfinite(h)}
+    return runs.zlut_of(run), offsets
 
 
 @functools.lru_cache(maxsize=8)
@@ -129,8 +142,10 @@ def _retrack_rows(uri: str, api_key: str | None, run_uid: str, start: int, stop:
 
     video, layout = _video_of(uri, api_key, run_uid)
     nm_per_px = layout.nm_per_px
-    zlut = _zlut(uri, api_key, zlut_run)
-    index = zlut.index_of(_bead_ids(video, layout))
+    zlut, heights = _zlut(uri, api_key, zlut_run)
+    bead_ids = _bead_ids(video, layout)
+    index = zlut.index_of(bead_ids)
+    offsets = np.array([heights.get(int(b), 0.0) for b in bead_ids])
     opts = TrackOptions(**options)
     if video.kind == "crops":
         crops = video.images(start, stop)  # (rows, beads, size, size): one read
@@ -145,7 +160,7 @@ def _retrack_rows(uri: str, api_key: str | None, run_uid: str, start: int, stop:
     out = np.empty((rows, beads, 3))
     out[:, :, 0] = (result.x_px.reshape(rows, beads) + origins[:, :, 0]) * nm_per_px
     out[:, :, 1] = (result.y_px.reshape(rows, beads) + origins[:, :, 1]) * nm_per_px
-    out[:, :, 2] = result.z_nm.reshape(rows, beads)
+    out[:, :, 2] = result.z_nm.reshape(rows, beads) + offsets[None, :]
     return out
 
 
