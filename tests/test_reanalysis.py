@@ -15,7 +15,8 @@ import pytest
 from crop_runs import record_crop_runs
 from magscope_session import EmbeddedTiled, runs
 from magscope_session._document_writer import SpoolingTiledWriter
-from magscope_session._reanalysis import reanalyse, write_reanalysis
+from magscope_session._reanalysis import _video_of, reanalyse, write_reanalysis
+from magscope_session._run_video_files import HDF5Rows
 
 pytestmark = pytest.mark.system
 
@@ -35,8 +36,12 @@ def recorded(tmp_path_factory):
 def test_a_cluster_gives_the_serial_result_exactly_even_when_a_worker_dies(recorded, capsys):
     tiled, zlut_uid, uids, _ = recorded
     options = {"min_xy_score": 0.3}
+    # the serial reference reads through Tiled; the cluster below reads the same bytes
+    # from the runs' HDF5 files (read_from="auto": they are on this computer)
     serial = reanalyse(tiled.uri, uids, zlut_run=zlut_uid, options=options,
-                       api_key=tiled.api_key, chunk_rows=20, serial=True)
+                       api_key=tiled.api_key, chunk_rows=20, serial=True, read_from="tiled")
+    direct, _ = _video_of(tiled.uri, tiled.api_key, uids[0], "auto")
+    assert isinstance(direct._images, HDF5Rows) and isinstance(direct._origin, HDF5Rows)
     assert [r.source_run for r in serial] == uids
     for r in serial:
         assert r.x_nm.shape == (FRAMES, r.bead_ids.size) and r.bead_ids.size >= 4
@@ -83,7 +88,7 @@ def test_a_cluster_gives_the_serial_result_exactly_even_when_a_worker_dies(recor
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster, Client(cluster) as client:
         on_scheduler = reanalyse(tiled.uri, uids, zlut_run=zlut_uid, options=options,
-                                 api_key=tiled.api_key, chunk_rows=40,
+                                 api_key=tiled.api_key, chunk_rows=40, read_from="tiled",
                                  scheduler=cluster.scheduler_address)
         prefixes = client.run_on_scheduler(
             lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
@@ -151,3 +156,5 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="stall_s"):
         reanalyse("http://127.0.0.1:9", [], zlut_run="x", stall_s=0)
 
+    with pytest.raises(ValueError, match=r"read_from must be one of .* got 'disk'"):
+        reanalyse("http://127.0.0.1:9", [], zlut_run="x", read_from="disk")

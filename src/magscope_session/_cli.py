@@ -327,7 +327,8 @@ def _cmd_reanalyse(args: argparse.Namespace) -> int:
             results = reanalyse(target.uri, uids, zlut_run=args.zlut_run, options=options,
                                 api_key=target.api_key, chunk_rows=args.chunk_rows,
                                 scheduler=args.scheduler, workers=args.workers,
-                                serial=args.serial, progress=progress)
+                                serial=args.serial, progress=progress,
+                                read_from=args.read_from)
         except (ValueError, TypeError, KeyError) as err:
             print(f"magscope reanalyse: {err}", file=sys.stderr)
             return 2
@@ -662,6 +663,10 @@ def build_parser() -> argparse.ArgumentParser:
     rean.add_argument("--chunk-rows", type=int, default=50,
                       help="video rows per task (default 50)")
     rean.add_argument("--serial", action="store_true", help="in this process, no Dask")
+    rean.add_argument("--read-from", choices=("auto", "files", "tiled"), default="auto",
+                      help="where the images are read: the runs' HDF5 files at the path "
+                           "the Tiled server has them (a shared filesystem), through "
+                           "Tiled, or auto: files where readable (default)")
     data_dir_option(rean)
     rean.set_defaults(func=_cmd_reanalyse)
 

@@ -29,6 +29,7 @@ import numpy as np
 
 __all__ = [
     "ENV_SCHEDULER",
+    "READ_FROM",
     "ReanalysisResult",
     "reanalyse",
     "retrack_rows",
@@ -82,15 +83,32 @@ def _zlut(uri: str, api_key: str | None, zlut_run: str) -> tuple[Any, dict[int, 
     return runs.zlut_of(run), offsets
 
 
+#: Where a task reads the images: "files" (the run's HDF5 files, at the path Tiled
+#: serves them from), "tiled" (through the server), "auto" (files when readable here).
+READ_FROM = ("auto", "files", "tiled")
+
+
 @functools.lru_cache(maxsize=8)
-def _video_of(uri: str, api_key: str | None, run_uid: str) -> tuple[Any, Any]:
-    """The run's video and the bead layout of its tracks (ROIs, nm/px; not the tracks)."""
+def _video_of(uri: str, api_key: str | None, run_uid: str,
+              read_from: str = "auto") -> tuple[Any, Any]:
+    """The run's video (its images read as ``read_from`` says) and the bead layout of its
+    tracks (ROIs, nm/px; not the tracks)."""
     from . import runs
     from ._run_tracks import _tracks_layout
+    from ._run_video_files import with_file_reads
     from ._tiled_client import connect
 
     run = connect(uri, api_key)[run_uid]
-    return runs.read_video(run), _tracks_layout(run, None).layout
+    video = runs.read_video(run)
+    if read_from != "tiled":
+        direct = with_file_reads(video)
+        if direct is None and read_from == "files":
+            raise ValueError(
+                f"run {run_uid}: its video is not in HDF5 files readable on this computer "
+                "at the path the Tiled server has them (mount the detector data at the same "
+                "path, or read through Tiled: read_from='tiled')")
+        video = direct or video
+    return video, _tracks_layout(run, None).layout
 
 
 def _bead_ids(video: Any, layout: Any) -> np.ndarray:
@@ -117,12 +135,15 @@ def _cut_rois(frames: np.ndarray, layout: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def retrack_rows(uri: str, api_key: str | None, run_uid: str, start: int, stop: int,
-                 zlut_run: str, options: dict[str, Any]) -> np.ndarray:
+                 zlut_run: str, options: dict[str, Any], read_from: str = "auto"
+                 ) -> np.ndarray:
     """Rows ``start:stop`` of run ``run_uid``'s ROI crops (or whole frames, cut at the
     record's ROIs) tracked again with the Z-LUT of
     run ``zlut_run`` and :class:`~magscope_tracking.TrackOptions` ``options``: an array
     (rows, beads, 3) of x, y, z in nm (x, y in the camera frame), NaN where lost.
-    A pure function of its arguments (the data come from Tiled): one Dask task.
+    A pure function of its arguments (the data come from Tiled, the images from the
+    run's HDF5 files when ``read_from`` allows and this computer can read them): one
+    Dask task.
 
     The Tiled client reads arrays by computing a small dask graph; inside a Dask worker
     that graph would go to the cluster itself (the worker's client), the task waiting
@@ -133,14 +154,15 @@ def retrack_rows(uri: str, api_key: str | None, run_uid: str, start: int, stop: 
     import dask
 
     with dask.config.set(scheduler="threads"):
-        return _retrack_rows(uri, api_key, run_uid, start, stop, zlut_run, options)
+        return _retrack_rows(uri, api_key, run_uid, start, stop, zlut_run, options,
+                             read_from)
 
 
 def _retrack_rows(uri: str, api_key: str | None, run_uid: str, start: int, stop: int,
-                  zlut_run: str, options: dict[str, Any]) -> np.ndarray:
+                  zlut_run: str, options: dict[str, Any], read_from: str) -> np.ndarray:
     from magscope_tracking import TrackOptions, track
 
-    video, layout = _video_of(uri, api_key, run_uid)
+    video, layout = _video_of(uri, api_key, run_uid, read_from)
     nm_per_px = layout.nm_per_px
     zlut, heights = _zlut(uri, api_key, zlut_run)
     bead_ids = _bead_ids(video, layout)
@@ -182,6 +204,7 @@ def reanalyse(
     progress: Callable[[int, int], None] | None = None,
     retries: int = 3,
     stall_s: float = 600.0,
+    read_from: str = "auto",
 ) -> list[ReanalysisResult]:
     """Re-track every run of ``run_uids`` (in that order) with the Z-LUT of run
     ``zlut_run`` and tracking ``options``.
@@ -192,6 +215,12 @@ def reanalyse(
     ``progress(done, total)`` is called as chunks finish. A chunk whose worker died is
     run again (up to ``retries`` times). When no chunk finishes for ``stall_s`` seconds
     the job ends with :class:`TimeoutError` naming the chunks still missing.
+
+    ``read_from``: where the tasks read the images: ``"files"``, the run's HDF5 files at
+    the path the Tiled server reads them from (a shared filesystem mounted at the same
+    path on every worker; the server is then out of the path), ``"tiled"``, through the
+    server, or ``"auto"`` (files where a task can read them, else Tiled). The same bytes
+    either way, so the same result.
     """
     from magscope_tracking import TrackOptions
 
@@ -203,21 +232,24 @@ def reanalyse(
         raise ValueError(f"workers must be an integer 1..256, got {workers!r}")
     if not (isinstance(stall_s, int | float) and 0 < stall_s < math.inf):
         raise ValueError(f"stall_s must be a positive number of seconds, got {stall_s!r}")
+    if read_from not in READ_FROM:
+        raise ValueError(f"read_from must be one of {READ_FROM}, got {read_from!r}")
     plans = []
     for uid in run_uids:
-        video, layout = _video_of(uri, api_key, uid)
+        video, layout = _video_of(uri, api_key, uid, read_from)
         plans.append((uid, video, layout, _chunks(len(video), chunk_rows)))
     total = sum(len(chunks) for *_, chunks in plans)
     tasks = [(uid, s, e) for uid, *_, chunks in plans for s, e in chunks]
     parts: dict[tuple[str, int], np.ndarray] = {}
     if serial:
         for done, (uid, s, e) in enumerate(tasks, 1):
-            parts[(uid, s)] = retrack_rows(uri, api_key, uid, s, e, zlut_run, options)
+            parts[(uid, s)] = retrack_rows(uri, api_key, uid, s, e, zlut_run, options,
+                                           read_from)
             if progress:
                 progress(done, total)
     else:
         parts = _on_dask(uri, api_key, tasks, zlut_run, options, scheduler, workers,
-                         progress, retries, stall_s)
+                         progress, retries, stall_s, read_from)
     results = []
     for uid, video, layout, chunks in plans:
         rows = np.concatenate([parts[(uid, s)] for s, _ in chunks]) if chunks else \
@@ -231,7 +263,7 @@ def reanalyse(
 
 
 def _on_dask(uri, api_key, tasks, zlut_run, options, scheduler, workers, progress,
-             retries, stall_s) -> dict[tuple[str, int], np.ndarray]:
+             retries, stall_s, read_from) -> dict[tuple[str, int], np.ndarray]:
     from distributed import Client, LocalCluster, wait
 
     scheduler = scheduler or os.environ.get(ENV_SCHEDULER) or None
@@ -245,7 +277,8 @@ def _on_dask(uri, api_key, tasks, zlut_run, options, scheduler, workers, progres
     try:
         futures = {
             client.submit(retrack_rows, uri, api_key, uid, s, e, zlut_run, options,
-                          key=f"retrack-{uid}-{s}", retries=retries, pure=False): (uid, s)
+                          read_from, key=f"retrack-{uid}-{s}", retries=retries,
+                          pure=False): (uid, s)
             for uid, s, e in tasks
         }
         parts: dict[tuple[str, int], np.ndarray] = {}
