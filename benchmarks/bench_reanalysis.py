@@ -11,8 +11,9 @@ on 1 and 2 worker processes, both as ``magscope reanalyse`` runs a job (a LocalC
 started for it: its start-up included) and on a cluster that is already up (warm
 workers; every run's metadata read again each time). Printed per configuration: median
 seconds, runs per minute, rows per second, and whether the result equals the serial one
-bit for bit. This machine has 2 cores: the crops come from the Tiled
-server (a third process) over loopback.
+bit for bit. Each configuration twice: the crops read through the Tiled server (a third
+process, over loopback) and straight from the runs' HDF5 files (``read_from``); this
+machine has 2 cores.
 """
 
 from __future__ import annotations
@@ -63,14 +64,18 @@ def main() -> None:
                         reference = out
                     exact &= all(a.equals(b) for a, b in zip(reference, out, strict=True))
                 med = statistics.median(times)
-                print(f"{label:<44} median {med:5.1f} s ({min(times):.1f}-{max(times):.1f}): "
+                print(f"{label:<48} median {med:5.1f} s ({min(times):.1f}-{max(times):.1f}): "
                       f"{60 * len(uids) / med:6.1f} runs/min, {rows / med:5.0f} rows/s; "
                       f"equal to serial: {exact}", flush=True)
 
-            measure("serial, in this process (baseline)", _clear_caches, serial=True)
+            measure("serial, in this process, via Tiled (baseline)", _clear_caches,
+                    serial=True, read_from="tiled")
+            measure("serial, in this process, from the files", _clear_caches, serial=True,
+                    read_from="files")
             for n in (1, 2):  # as `magscope reanalyse` does: a LocalCluster per job
-                measure(f"{n} worker(s), a LocalCluster started per job", _clear_caches,
-                        workers=n)
+                for source in ("tiled", "files"):
+                    measure(f"{n} worker(s), a LocalCluster per job, {source}",
+                            _clear_caches, workers=n, read_from=source)
             from distributed import Client, LocalCluster
 
             for n in (1, 2):  # a cluster that is up (a lab's scheduler): warm workers
@@ -83,8 +88,9 @@ def main() -> None:
                         _clear_caches()
                         client.run(_clear_caches)
 
-                    measure(f"{n} worker(s), a cluster already up", clear,
-                            scheduler=cluster.scheduler_address)
+                    for source in ("tiled", "files"):
+                        measure(f"{n} worker(s), a cluster already up, {source}", clear,
+                                scheduler=cluster.scheduler_address, read_from=source)
 
 
 def _clear_caches() -> None:
