@@ -193,3 +193,46 @@ def test_beads_are_added_moved_and_removed_by_stable_id(RE, microscope):
         microscope.tracker, truth["x_nm"][7] / NM_PER_PX, truth["y_nm"][7] / NM_PER_PX
     )).plan_result
     assert new_id == 4  # one more than the largest id in the table
+
+
+def test_a_record_restarted_after_a_pause_counts_from_the_rows_it_kept(RE, microscope):
+    """A fly scan whose frames were written but not yet saved when a pause came: the
+    resumed record's prepare drops them, and its kickoff must count from the rows the
+    file kept. The count is read from the frames_written signal's cache whenever anything
+    subscribes to it (here a monitor; its poll is 5 ms): read stale, the record waited
+    for rows that never came ("the request was ended early", the intermittent
+    pause/resume failure under load)."""
+    from ophyd_async.core import TriggerInfo
+
+    _select_true_beads(RE, microscope)
+    tracker = microscope.tracker
+    info = TriggerInfo(number_of_events=1, collections_per_event=20)
+
+    def plan():
+        yield from bps.open_run()
+        yield from bps.monitor(tracker.frames_written, name="written")
+        yield from bps.stage(tracker)
+        yield from bps.prepare(tracker, info, wait=True)
+        yield from bps.declare_stream(tracker, name="tracks", collect=True)
+        yield from bps.kickoff(tracker, wait=True)
+        yield from bps.complete(tracker, wait=True)  # written, not saved: then a pause
+        yield from bps.prepare(tracker, info, wait=True)  # the resumed record
+        yield from bps.kickoff(tracker, wait=True)
+        yield from bps.complete(tracker, wait=True)
+        yield from bps.collect(tracker, name="tracks")
+        yield from bps.unstage(tracker)
+        yield from bps.unmonitor(tracker.frames_written)
+        yield from bps.close_run()
+
+    for attempt in range(5):
+        docs = []
+        t0 = time.monotonic()
+        RE(plan(), lambda name, doc: docs.append((name, doc)))
+        took = time.monotonic() - t0
+        datums = [d for n, d in docs if n == "stream_datum"]
+        rows = {}
+        for d in datums:
+            rows[d["stream_resource"]] = rows.get(d["stream_resource"], 0) + (
+                d["indices"]["stop"] - d["indices"]["start"])
+        assert rows and set(rows.values()) == {1}, (attempt, rows)
+        assert took < 4.0, f"attempt {attempt}: the resumed record waited {took:.1f} s"

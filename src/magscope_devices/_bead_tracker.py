@@ -670,6 +670,11 @@ class BeadTracker(StandardDetector):
         # frame of it is written between this prepare and the next kickoff (which counts
         # the frames written) and none is claimed by the next record's StreamDatums
         self._capture.drop_unannounced()
+        # the count a kickoff or trigger starts from is read from the signal's cache while
+        # anything subscribes to it (its 5 ms poll): read it afresh after the drop, or a
+        # resumed record may start from the rows it just dropped and wait for rows that
+        # never come ("the request was ended early", seen under load)
+        await self.frames_written.get_value(cached=False)
         await StandardDetector.prepare(self, value)
         self._prepared = True
 
@@ -690,6 +695,7 @@ class BeadTracker(StandardDetector):
             await self.prepare(TriggerInfo(collections_per_event=window))
         else:  # a window a pause interrupted: its rows go, the new window starts now
             self._capture.drop_unannounced()
+            await self.frames_written.get_value(cached=False)  # as in prepare
         async for update in forward_updates(StandardDetector.trigger(self), self._check_service):
             yield update
 

@@ -490,12 +490,16 @@ class Camera(StandardDetector):
     @AsyncStatus.wrap
     async def prepare(self, value: TriggerInfo) -> None:
         await self.drop_unannounced_frames()
+        # the count a kickoff starts from is read from the signal's cache while anything
+        # subscribes to it: read it afresh after the drop (see BeadTracker.prepare)
+        await self.frames_captured.get_value(cached=False)
         await StandardDetector.prepare(self, value)
 
     # -- fail fast when the acquisition process dies -----------------------------------
     @WatchableAsyncStatus.wrap
     async def trigger(self) -> AsyncIterator[WatcherUpdate[int]]:
         await self.drop_unannounced_frames()
+        await self.frames_captured.get_value(cached=False)  # as in prepare
         async for update in self._guarded(StandardDetector.trigger(self)):
             yield update
 

@@ -505,6 +505,9 @@ class VideoRecorder(StandardDetector):
     async def prepare(self, value: TriggerInfo) -> None:
         self.drop_unannounced()
         await self._rewound()
+        # the count a kickoff starts from is read from the signal's cache while anything
+        # subscribes to it: read it afresh after the drop (see BeadTracker.prepare)
+        await self.rows_written.get_value(cached=False)
         await StandardDetector.prepare(self, value)
 
     def pause(self) -> None:
@@ -518,6 +521,7 @@ class VideoRecorder(StandardDetector):
     async def trigger(self) -> AsyncIterator[WatcherUpdate[int]]:
         self.drop_unannounced()
         await self._rewound()
+        await self.rows_written.get_value(cached=False)  # as in prepare
         async for update in forward_updates(StandardDetector.trigger(self), self._check):
             yield update
 

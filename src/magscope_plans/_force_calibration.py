@@ -56,6 +56,7 @@ __all__ = [
     "force_calibration",
     "forces_at_height",
     "load_force_calibration",
+    "ring_contrasts",
 ]
 
 #: Per magnet height, stream ``calibration`` (one value per bead unless a number).
@@ -465,12 +466,20 @@ def calibration_from_heights(
 def _ring_contrasts(
     tracker: Any, sel: Any
 ) -> Generator[Msg, Any, tuple[np.ndarray | None, np.ndarray | None]]:
-    """The ring contrast (:func:`pattern_contrast`) of each selected bead and reference
-    bead in the tracker's Z-LUT (NaN for one it lacks); (None, None) without a Z-LUT."""
+    """:func:`ring_contrasts` of the selected beads and reference beads in the tracker's
+    Z-LUT; (None, None) without a Z-LUT."""
     path = yield from bps.rd(tracker.zlut_path)
     if not path:
         return None, None
-    lut = ZLUT.load(path)
+    return ring_contrasts(ZLUT.load(path), sel.beads, sel.reference)
+
+
+def ring_contrasts(
+    lut: ZLUT, beads: Any, reference: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ring contrast (:func:`pattern_contrast`) of each of ``beads`` and of
+    ``reference`` (bead ids) in ``lut``, NaN for a bead it lacks: what
+    :func:`calibration_from_heights` fits the reference beads' radius with."""
     contrast = pattern_contrast(lut.profiles)
     row = {int(b): i for i, b in enumerate(lut.bead_ids)}
 
@@ -478,7 +487,7 @@ def _ring_contrasts(
         return np.array([contrast[row[int(b)]] if int(b) in row else np.nan for b in ids],
                         dtype=float)
 
-    return pick(sel.beads), pick(sel.reference)
+    return pick(beads), pick(reference)
 
 
 def _nan_if_none(value: float | None) -> float:

@@ -71,9 +71,12 @@ def recalibration_of(run: Any, result: ReanalysisResult, zlut: Any) -> Recalibra
 
     Raises ValueError when the run is not a calibration, predates the frame ranges, or
     its re-tracked rows do not cover a height's record frame for frame."""
-    from magscope_plans._force_calibration import calibration_from_heights, forces_at_height
+    from magscope_plans._force_calibration import (
+        calibration_from_heights,
+        forces_at_height,
+        ring_contrasts,
+    )
     from magscope_plans._run_results import stream_layout
-    from magscope_plans.analysis.pattern_radius import pattern_contrast
 
     start = dict(run.metadata["start"])
     uid = str(start["uid"])
@@ -110,16 +113,11 @@ def recalibration_of(run: Any, result: ReanalysisResult, zlut: Any) -> Recalibra
             tracks, plan["beads"], plan["reference"], fs_hz=plan["fs_hz"],
             exposure_s=plan["exposure_s"], radius_nm=plan["radius_nm"],
             viscosity_pa_s=plan["viscosity_pa_s"], axis=plan["axis"]))
-    contrast = pattern_contrast(zlut.profiles)
-    row = {int(b): i for i, b in enumerate(zlut.bead_ids)}
-
-    def pick(ids: np.ndarray) -> np.ndarray:
-        return np.array([contrast[row[int(b)]] if int(b) in row else np.nan for b in ids])
-
+    contrast, reference_contrast = ring_contrasts(zlut, plan["beads"], plan["reference"])
     calibration, fit = calibration_from_heights(
         heights, per_height, plan["beads"], n_reference=plan["reference"].size,
         viscosity_pa_s=plan["viscosity_pa_s"], nominal_radius_nm=plan["radius_nm"],
-        contrast=pick(plan["beads"]), reference_contrast=pick(plan["reference"]))
+        contrast=contrast, reference_contrast=reference_contrast)
     layout = dataclasses.replace(stream_layout(node, "calibration"), zlut_uid=result.zlut_run)
     return Recalibration(
         source_run=uid, zlut_run=result.zlut_run, options=dict(result.options),
