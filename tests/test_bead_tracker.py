@@ -225,9 +225,9 @@ def test_a_record_restarted_after_a_pause_counts_from_the_rows_it_kept(RE, micro
         yield from bps.close_run()
 
     for attempt in range(5):
-        docs = []
+        docs: list[tuple[str, dict]] = []
         t0 = time.monotonic()
-        RE(plan(), lambda name, doc: docs.append((name, doc)))
+        RE(plan(), lambda name, doc, docs=docs: docs.append((name, doc)))
         took = time.monotonic() - t0
         datums = [d for n, d in docs if n == "stream_datum"]
         rows = {}
