@@ -669,14 +669,18 @@ class BeadTracker(StandardDetector):
         # a record interrupted by a pause is abandoned here, and its rows dropped, so no
         # frame of it is written between this prepare and the next kickoff (which counts
         # the frames written) and none is claimed by the next record's StreamDatums
-        self._capture.drop_unannounced()
-        # the count a kickoff or trigger starts from is read from the signal's cache while
-        # anything subscribes to it (its 5 ms poll): read it afresh after the drop, or a
-        # resumed record may start from the rows it just dropped and wait for rows that
-        # never come ("the request was ended early", seen under load)
-        await self.frames_written.get_value(cached=False)
+        await self._drop_unannounced_and_recount()
         await StandardDetector.prepare(self, value)
         self._prepared = True
+
+    async def _drop_unannounced_and_recount(self) -> None:
+        """Drop the rows no StreamDatum announced, and read the count of rows afresh: a
+        kickoff or trigger reads the count it starts from from the signal's cache while
+        anything subscribes to it (its 5 ms poll), so a resumed record could start from
+        the rows just dropped and wait for rows that never come ("the request was ended
+        early", seen under load)."""
+        self._capture.drop_unannounced()
+        await self.frames_written.get_value(cached=False)
 
     def pause(self) -> None:
         """The RunEngine paused: drop the rows of a window the pause interrupted now, so
@@ -694,8 +698,7 @@ class BeadTracker(StandardDetector):
             window = await self.window_frames.get_value()
             await self.prepare(TriggerInfo(collections_per_event=window))
         else:  # a window a pause interrupted: its rows go, the new window starts now
-            self._capture.drop_unannounced()
-            await self.frames_written.get_value(cached=False)  # as in prepare
+            await self._drop_unannounced_and_recount()
         async for update in forward_updates(StandardDetector.trigger(self), self._check_service):
             yield update
 

@@ -489,17 +489,20 @@ class Camera(StandardDetector):
 
     @AsyncStatus.wrap
     async def prepare(self, value: TriggerInfo) -> None:
-        await self.drop_unannounced_frames()
-        # the count a kickoff starts from is read from the signal's cache while anything
-        # subscribes to it: read it afresh after the drop (see BeadTracker.prepare)
-        await self.frames_captured.get_value(cached=False)
+        await self._drop_unannounced_and_recount()
         await StandardDetector.prepare(self, value)
+
+    async def _drop_unannounced_and_recount(self) -> None:
+        """:meth:`drop_unannounced_frames`, then the count of frames read afresh (a
+        kickoff or trigger reads it from the signal's cache while anything subscribes to
+        it: see BeadTracker._drop_unannounced_and_recount)."""
+        await self.drop_unannounced_frames()
+        await self.frames_captured.get_value(cached=False)
 
     # -- fail fast when the acquisition process dies -----------------------------------
     @WatchableAsyncStatus.wrap
     async def trigger(self) -> AsyncIterator[WatcherUpdate[int]]:
-        await self.drop_unannounced_frames()
-        await self.frames_captured.get_value(cached=False)  # as in prepare
+        await self._drop_unannounced_and_recount()
         async for update in self._guarded(StandardDetector.trigger(self)):
             yield update
 

@@ -503,12 +503,16 @@ class VideoRecorder(StandardDetector):
 
     @AsyncStatus.wrap
     async def prepare(self, value: TriggerInfo) -> None:
+        await self._drop_unannounced_and_recount()
+        await StandardDetector.prepare(self, value)
+
+    async def _drop_unannounced_and_recount(self) -> None:
+        """Drop the rows no StreamDatum announced, wait until the writer has, and read the
+        count of rows afresh (a kickoff or trigger reads it from the signal's cache while
+        anything subscribes to it: see BeadTracker._drop_unannounced_and_recount)."""
         self.drop_unannounced()
         await self._rewound()
-        # the count a kickoff starts from is read from the signal's cache while anything
-        # subscribes to it: read it afresh after the drop (see BeadTracker.prepare)
         await self.rows_written.get_value(cached=False)
-        await StandardDetector.prepare(self, value)
 
     def pause(self) -> None:
         """The RunEngine paused: drop the rows of a record the pause interrupted."""
@@ -519,9 +523,7 @@ class VideoRecorder(StandardDetector):
 
     @WatchableAsyncStatus.wrap
     async def trigger(self) -> AsyncIterator[WatcherUpdate[int]]:
-        self.drop_unannounced()
-        await self._rewound()
-        await self.rows_written.get_value(cached=False)  # as in prepare
+        await self._drop_unannounced_and_recount()
         async for update in forward_updates(StandardDetector.trigger(self), self._check):
             yield update
 
