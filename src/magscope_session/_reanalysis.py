@@ -65,22 +65,24 @@ class ReanalysisResult:
 
 
 @functools.lru_cache(maxsize=8)
-def _zlut(uri: str, api_key: str | None, zlut_run: str) -> tuple[Any, dict[int, float]]:
+def _zlut(uri: str, api_key: str | None, zlut_run: str) -> tuple[Any, Any]:
     """The Z-LUT of run ``zlut_run`` and its beads' anchored heights above the reference
-    beads (nm; the beads with a finite height): the offsets the live tracker adds to z
-    (``tracker.height_offsets``), so that a re-tracked z is the same height as a live one."""
+    beads as the live tracker holds them (``tracker.height_offsets``, a
+    :class:`~magscope_devices._bead_rois.BeadHeights` table of the beads with a finite
+    height), so that a re-tracked z is the same height as a live one."""
+    from magscope_devices._bead_rois import BeadHeights
     from magscope_plans._run_results import NoResultError, zlut_heights_from_run
+    from magscope_plans._zlut import heights_table
 
     from . import runs
     from ._tiled_client import connect
 
     run = connect(uri, api_key)[zlut_run]
     try:
-        ids, heights = zlut_heights_from_run(run)
+        heights = heights_table(*zlut_heights_from_run(run))
     except (KeyError, NoResultError):  # a Z-LUT without anchored heights: none added
-        ids, heights = np.zeros(0, np.int64), np.zeros(0)
-    offsets = {int(b): float(h) for b, h in zip(ids, heights, strict=True) if np.isfinite(h)}
-    return runs.zlut_of(run), offsets
+        heights = BeadHeights.empty()
+    return runs.zlut_of(run), heights
 
 
 #: Where a task reads the images: "files" (the run's HDF5 files, at the path Tiled
@@ -160,6 +162,7 @@ def retrack_rows(uri: str, api_key: str | None, run_uid: str, start: int, stop: 
 
 def _retrack_rows(uri: str, api_key: str | None, run_uid: str, start: int, stop: int,
                   zlut_run: str, options: dict[str, Any], read_from: str) -> np.ndarray:
+    from magscope_devices._bead_rois import offsets_for
     from magscope_tracking import TrackOptions, track
 
     video, layout = _video_of(uri, api_key, run_uid, read_from)
@@ -167,7 +170,7 @@ def _retrack_rows(uri: str, api_key: str | None, run_uid: str, start: int, stop:
     zlut, heights = _zlut(uri, api_key, zlut_run)
     bead_ids = _bead_ids(video, layout)
     index = zlut.index_of(bead_ids)
-    offsets = np.array([heights.get(int(b), 0.0) for b in bead_ids])
+    offsets = offsets_for(heights, bead_ids)  # as the live tracker adds them (or None)
     opts = TrackOptions(**options)
     if video.kind == "crops":
         crops = video.images(start, stop)  # (rows, beads, size, size): one read
@@ -182,7 +185,9 @@ def _retrack_rows(uri: str, api_key: str | None, run_uid: str, start: int, stop:
     out = np.empty((rows, beads, 3))
     out[:, :, 0] = (result.x_px.reshape(rows, beads) + origins[:, :, 0]) * nm_per_px
     out[:, :, 1] = (result.y_px.reshape(rows, beads) + origins[:, :, 1]) * nm_per_px
-    out[:, :, 2] = result.z_nm.reshape(rows, beads) + offsets[None, :]
+    out[:, :, 2] = result.z_nm.reshape(rows, beads)
+    if offsets is not None:
+        out[:, :, 2] += offsets[None, :]
     return out
 
 

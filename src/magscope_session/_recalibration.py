@@ -181,7 +181,7 @@ def write_recalibration(writer: Callable[[str, Any], Any], rec: Recalibration, *
 
     from magscope_plans._force_calibration import CALIBRATION_FIELDS, FIT_FIELDS
 
-    layout_data = {f"{k}": _plain(v) for k, v in dataclasses.asdict(rec.layout).items()}
+    layout_data = {k: _plain(v) for k, v in dataclasses.asdict(rec.layout).items()}
     start_md = {
         "plan_name": "recalibrate", "source_run": rec.source_run, "zlut_run": rec.zlut_run,
         "tracking_options": rec.options,
@@ -196,15 +196,16 @@ def write_recalibration(writer: Callable[[str, Any], Any], rec: Recalibration, *
     def stream(name: str, fields: dict[str, tuple[Any, str]],
                events: Sequence[dict[str, Any]]) -> None:
         units = {k: u for k, (_, u) in fields.items()}
+        data_keys = _data_keys(name, events[0], units)
         config_data = {f"{name}-{k}": v for k, v in layout_data.items()}
         desc = bundle.compose_descriptor(
             name=name,
-            data_keys=_data_keys(name, events[0], units),
+            data_keys=data_keys,
             configuration={name: {
                 "data": config_data, "timestamps": {k: now for k in config_data},
                 "data_keys": {k: _config_key(v) for k, v in config_data.items()},
             }},
-            object_keys={name: list(_data_keys(name, events[0], units))},
+            object_keys={name: list(data_keys)},
         )
         writer("descriptor", desc.descriptor_doc)
         for values in events:

@@ -41,26 +41,32 @@ class HDF5Rows:
     event_axis: bool = False
 
     def __getitem__(self, index: Any) -> np.ndarray:
-        import h5py
-        import hdf5plugin  # noqa: F401 - registers the compression filters (bitshuffle-lz4)
-
-        head, axis, rest = index, slice(None), ()
-        if isinstance(index, tuple):
-            head, axis, rest = index[0], (index[1:2] or (slice(None),))[0], index[2:]
+        parts = index if isinstance(index, tuple) else (index,)
         if not self.event_axis:
-            index = (head, axis, *rest) if isinstance(index, tuple) else index
-            with h5py.File(self.path, "r", swmr=self.swmr, locking=False) as f:
-                return np.asarray(f[self.dataset][index])
+            return self._read(parts)
+        head, axis, rest = parts[0], (parts[1:2] or (slice(None),))[0], parts[2:]
         if not (axis == slice(None) or axis == 0 or axis == -1):
             raise IndexError(f"index {axis!r} of an axis of length 1")
-        with h5py.File(self.path, "r", swmr=self.swmr, locking=False) as f:
-            data = np.asarray(f[self.dataset][(head, *rest)])
+        data = self._read((head, *rest))
         if isinstance(axis, slice):
             return np.expand_dims(data, 1 if isinstance(head, slice) else 0)
         return data
 
+    def _read(self, index: tuple[Any, ...]) -> np.ndarray:
+        with _open(self.path, self.swmr) as f:
+            return np.asarray(f[self.dataset][index])
+
     def __len__(self) -> int:
         return int(self.shape[0])
+
+
+def _open(path: str, swmr: bool) -> Any:
+    """The HDF5 file at ``path``, read-only, without file locking, its compression filters
+    (bitshuffle-lz4) registered."""
+    import h5py
+    import hdf5plugin  # noqa: F401 - registers the compression filters
+
+    return h5py.File(path, "r", swmr=swmr, locking=False)
 
 
 def _local_path(data_uri: str) -> str | None:
@@ -83,16 +89,15 @@ def file_rows(array_client: Any) -> HDF5Rows | None:
     source = sources[0]
     if source.mimetype != "application/x-hdf5" or len(source.assets) != 1:
         return None
+    params = source.parameters or {}
     path = _local_path(source.assets[0].data_uri)
-    dataset = (source.parameters or {}).get("dataset")
+    dataset = params.get("dataset")
     if path is None or not dataset:
         return None
     served = tuple(int(n) for n in array_client.shape)
-    swmr = bool((source.parameters or {}).get("swmr"))
+    swmr = bool(params.get("swmr"))
     try:
-        import h5py
-
-        with h5py.File(path, "r", swmr=swmr, locking=False) as f:
+        with _open(path, swmr) as f:
             stored = tuple(int(n) for n in f[str(dataset)].shape)
     except (OSError, KeyError):
         return None
