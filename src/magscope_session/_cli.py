@@ -23,7 +23,7 @@ import os
 import sys
 from pathlib import Path
 
-from ._tiled_server import DEFAULT_PORT, ENV_DATA_DIR
+from ._tiled_server import DEFAULT_PORT, ENV_DATA_DIR, TiledTarget
 
 ENV_PROFILE_DIR = "MAGSCOPE_PROFILE_DIR"
 
@@ -248,18 +248,27 @@ def _cmd_health(args: argparse.Namespace) -> int:
     return subprocess.call(health_command(instance, extra))
 
 
+def _tiled_for(command: str, args: argparse.Namespace) -> TiledTarget | None:
+    """The Tiled server of ``args.data_dir`` (``resolve_tiled``, a running one or the
+    embedded one started), or None after printing why not as ``magscope COMMAND: ...``."""
+    from ._tiled_client import TiledUnreachableError
+    from ._tiled_server import TiledServerError, resolve_tiled
+
+    try:
+        return resolve_tiled(args.data_dir, port=0)
+    except (TiledUnreachableError, TiledServerError) as err:
+        print(f"magscope {command}: {err}", file=sys.stderr)
+        return None
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     import time
 
     from ._run_export import export_tracks
     from ._run_tracks import NoTracksError
-    from ._tiled_client import TiledUnreachableError
-    from ._tiled_server import TiledServerError, resolve_tiled
 
-    try:
-        target = resolve_tiled(args.data_dir, port=0)
-    except (TiledUnreachableError, TiledServerError) as err:
-        print(f"magscope export: {err}", file=sys.stderr)
+    target = _tiled_for("export", args)
+    if target is None:
         return 2
     try:
         client = target.client()
@@ -285,8 +294,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_reanalyse(args: argparse.Namespace) -> int:
     from ._reanalysis import reanalyse, write_reanalysis
-    from ._tiled_client import TiledUnreachableError
-    from ._tiled_server import TiledServerError, resolve_tiled
     from .runs import find_runs
 
     options: dict[str, object] = {}
@@ -299,10 +306,8 @@ def _cmd_reanalyse(args: argparse.Namespace) -> int:
             options[key] = json.loads(text)
         except json.JSONDecodeError:
             options[key] = text
-    try:
-        target = resolve_tiled(args.data_dir, port=0)
-    except (TiledUnreachableError, TiledServerError) as err:
-        print(f"magscope reanalyse: {err}", file=sys.stderr)
+    target = _tiled_for("reanalyse", args)
+    if target is None:
         return 2
     try:
         client = target.client()
